@@ -1,0 +1,23 @@
+"""SpatialWorld: procedurally generated spatial preference pairs with an exact scene graph.
+
+`Scene`/`SceneObject` describe a scene, `Relation` a stated relation (evaluated with `evaluate` on a scene's
+`SceneLayout` or on what `detect` reads from any image), `sample_scene` draws a scene and the relations to state,
+`perturb` breaks exactly k of them, `render` draws a scene, `describe` writes its prompt and `build` writes a
+dataset dir (see DESIGN.md for the format)."""
+
+from data_synthesis.build import BuildConfig, BuildError, build
+from data_synthesis.detect import PixelLayout, detect, read_relations
+from data_synthesis.perturb import Perturbation, perturb
+from data_synthesis.prompts import describe
+from data_synthesis.relations import FAMILIES, KINDS, Relation, SceneLayout, Truth, evaluate
+from data_synthesis.render import render
+from data_synthesis.sampler import WorldConfig, sample_scene
+from data_synthesis.scene import COLOURS, REGIONS, SHAPES, SIZES, Background, Scene, SceneError, SceneObject
+from data_synthesis.verify import DatasetError, load_pairs, verify
+
+__all__ = [
+    "COLOURS", "FAMILIES", "KINDS", "REGIONS", "SHAPES", "SIZES", "Background", "BuildConfig", "BuildError",
+    "DatasetError", "Perturbation", "PixelLayout", "Relation", "Scene", "SceneError", "SceneLayout", "SceneObject",
+    "Truth", "WorldConfig", "build", "describe", "detect", "evaluate", "load_pairs", "perturb", "read_relations",
+    "render", "sample_scene", "verify",
+]

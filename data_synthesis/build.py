@@ -1,0 +1,354 @@
+"""Dataset builder: (prompt, perfect image, perturbed image) triplets written as the dataset dir of DESIGN.md.
+
+Determinism: pair `i` depends only on (seed, i), so the same arguments give the same pairs whatever the number of
+workers; the dataset is the first `num_pairs` indices whose perturbation verified and whose prompt is new.
+Resumable: images are written atomically as soon as they are rendered, and a rerun with the same arguments
+regenerates the (cheap) pair descriptions and renders only the images that are missing; `pairs.parquet` and
+`meta.json` are written last, atomically. Splits are drawn from a hash of the prompt, so they are disjoint by
+prompt.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from data_synthesis.perturb import sample_pair
+from data_synthesis.prompts import describe
+from data_synthesis.relations import Relation
+from data_synthesis.render import MAX_RESOLUTION, MIN_RESOLUTION, render
+from data_synthesis.sampler import WorldConfig
+from data_synthesis.scene import Scene, SceneError, min_resolution
+from shared.io import atomic_write_bytes, atomic_write_json, stable_seed
+
+SCHEMA_VERSION = 1
+GENERATOR = "spatialworld-pillow"
+SPLITS = ("train", "val", "test")
+COLUMNS = (
+    "pair_id", "index", "split", "prompt", "perturbed_prompt", "perfect_image", "perturbed_image", "perfect_scene",
+    "perturbed_scene", "stated_relations", "broken_relations", "perturbed_relations", "broken_families",
+    "operations", "num_broken", "num_relations", "num_objects", "generator", "seed", "render_seed", "review_status",
+)
+
+
+class BuildError(ValueError):
+    """A build request that cannot be carried out (bad argument, output dir holding another dataset)."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that determines the dataset's bytes (the number of workers does not)."""
+
+    num_pairs: int
+    seed: int = 0
+    resolution: int = 128
+    min_objects: int = 3
+    max_objects: int = 6
+    max_broken: int = 3
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    jitter: int = 8
+    noise: float = 0.0
+    world: WorldConfig = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.num_pairs < 1:
+            raise BuildError(f"--num-pairs must be at least 1, got {self.num_pairs}")
+        try:
+            world = WorldConfig(min_objects=self.min_objects, max_objects=self.max_objects)
+        except SceneError as error:
+            raise BuildError(str(error)) from error
+        object.__setattr__(self, "world", world)
+        if not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
+            raise BuildError(f"--resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {self.resolution}")
+        needed = min_resolution(self.max_objects)
+        if self.resolution < needed:
+            raise BuildError(f"--resolution {self.resolution} is too small for {self.max_objects} objects: the "
+                             f"smallest object would span under the detector's minimum; use at least {needed}")
+        if not 1 <= self.max_broken <= 3:
+            raise BuildError(f"--max-broken must be 1, 2 or 3, got {self.max_broken}")
+        if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions) or not math.isclose(
+                sum(self.split_fractions), 1.0, abs_tol=1e-6):
+            raise BuildError(f"--split-fractions needs three non-negative numbers (train val test) summing to 1, "
+                             f"got {list(self.split_fractions)}")
+        if not 0 <= self.jitter <= 64:
+            raise BuildError(f"--jitter must be in [0, 64] colour levels, got {self.jitter}")
+        if not 0 <= self.noise <= 64:
+            raise BuildError(f"--noise must be in [0, 64] colour levels, got {self.noise}")
+
+    def arguments(self) -> dict:
+        args = asdict(self)
+        args.pop("world")
+        args["split_fractions"] = list(self.split_fractions)
+        args["schema_version"] = SCHEMA_VERSION
+        return args
+
+
+# --- one pair ------------------------------------------------------------------------------------------------------
+def image_paths(index: int) -> tuple[str, str]:
+    """Relative paths of a pair's two images (a folder per thousand pairs keeps directories small)."""
+    stem = f"images/{index // 1000:04d}/{index:07d}"
+    return f"{stem}_perfect.png", f"{stem}_perturbed.png"
+
+
+def split_of(prompt: str, fractions: tuple[float, float, float]) -> str:
+    u = stable_seed("split", prompt) / 2**63
+    if u < fractions[0]:
+        return "train"
+    return "val" if u < fractions[0] + fractions[1] else "test"
+
+
+def make_pair(config: BuildConfig, index: int) -> dict | None:
+    """The row of pair `index`, or None when no perturbation verified (skipped and counted)."""
+    pair_seed = stable_seed(config.seed, "pair", index)
+    rng = random.Random(pair_seed)
+    k = rng.randint(1, config.max_broken)
+    sample = sample_pair(rng, config.world, k)
+    if sample is None:
+        return None
+    scene, stated, perturbation = sample.scene, sample.stated, sample.perturbation
+    broken = list(perturbation.broken)
+    perturbed_relations = [r.opposite() if i in broken else r for i, r in enumerate(stated)]
+    style_seed, render_seed = rng.randrange(2**31), rng.randrange(2**31)
+    prompt = describe(scene, stated, style_seed)
+    perfect_image, perturbed_image = image_paths(index)
+    return {
+        "pair_id": f"sw-{config.seed}-{index:07d}",
+        "index": index,
+        "split": split_of(prompt, config.split_fractions),
+        "prompt": prompt,
+        "perturbed_prompt": describe(perturbation.scene, perturbed_relations, style_seed),
+        "perfect_image": perfect_image,
+        "perturbed_image": perturbed_image,
+        "perfect_scene": scene.to_json(),
+        "perturbed_scene": perturbation.scene.to_json(),
+        "stated_relations": _relations_json(stated),
+        "broken_relations": json.dumps(broken),
+        "perturbed_relations": _relations_json(perturbed_relations),
+        "broken_families": ",".join(sorted({stated[i].family for i in broken})),
+        "operations": json.dumps(list(perturbation.operations)),
+        "num_broken": k,
+        "num_relations": len(stated),
+        "num_objects": len(scene.objects),
+        "generator": GENERATOR,
+        "seed": pair_seed,
+        "render_seed": render_seed,
+        "review_status": "verified",  # the perturbation was checked against the exact scene graph
+    }
+
+
+def _relations_json(relations: list[Relation]) -> str:
+    return json.dumps([r.to_dict() for r in relations], sort_keys=True, separators=(",", ":"))
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def render_pair(config: BuildConfig, row: dict, out_dir: Path) -> None:
+    """Render and write a pair's two images unless both are already there (resume)."""
+    for scene_column, path_column in (("perfect_scene", "perfect_image"), ("perturbed_scene", "perturbed_image")):
+        path = out_dir / row[path_column]
+        if path.exists():
+            continue
+        image = render(Scene.from_json(row[scene_column]), config.resolution, jitter=config.jitter,
+                       noise=config.noise, seed=row["render_seed"])
+        atomic_write_bytes(path, png_bytes(image))
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(config: BuildConfig, out_dir: Path) -> None:
+    _WORKER["config"], _WORKER["out_dir"] = config, out_dir
+
+
+def _work(index: int) -> tuple[int, dict | None]:
+    config, out_dir = _WORKER["config"], _WORKER["out_dir"]
+    row = make_pair(config, index)
+    if row is not None:
+        render_pair(config, row, out_dir)
+    return index, row
+
+
+# --- the whole dataset ---------------------------------------------------------------------------------------------
+@dataclass
+class BuildResult:
+    out_dir: Path
+    counts: dict
+    seconds: float
+    resumed_images: int = 0
+
+
+def build(config: BuildConfig, out_dir: str | os.PathLike, *, workers: int = 1, overwrite: bool = False,
+          progress: bool = True) -> BuildResult:
+    """Build (or finish building) the dataset dir. Raises BuildError before any work if `out_dir` holds a dataset
+    built with other arguments, unless `overwrite`."""
+    out_dir = Path(out_dir)
+    if workers < 1:
+        raise BuildError(f"--workers must be at least 1, got {workers}")
+    arguments = config.arguments()
+    _claim_output_dir(out_dir, arguments, overwrite)
+    if _complete(out_dir):
+        meta = json.loads((out_dir / "meta.json").read_text())
+        return BuildResult(out_dir, meta["counts"], 0.0)
+
+    start = time.perf_counter()
+    for stale in [*out_dir.glob(".*.tmp"), *out_dir.glob("images/*/.*.tmp")]:
+        stale.unlink()
+    existing = sum(1 for _ in out_dir.glob("images/*/*.png"))
+    rows, skipped = _collect(config, out_dir, workers, progress)
+    _remove_unreferenced_images(out_dir, rows)
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False, engine="pyarrow")
+    atomic_write_bytes(out_dir / "pairs.parquet", buffer.getvalue())
+    counts = _counts(frame, skipped)
+    seconds = time.perf_counter() - start
+    atomic_write_json(out_dir / "build_log.json", {
+        "seconds": round(seconds, 3),
+        "pairs_per_second": round(len(rows) / max(seconds, 1e-9), 2),
+        "workers": workers,
+        "images_found_on_start": existing,
+    })
+    atomic_write_json(out_dir / "meta.json", {"schema_version": SCHEMA_VERSION, "arguments": arguments,
+                                              "generator": GENERATOR, "counts": counts})
+    return BuildResult(out_dir, counts, seconds, existing)
+
+
+def _complete(out_dir: Path) -> bool:
+    """A finished build whose images are all still there (a rerun then changes nothing)."""
+    if not ((out_dir / "meta.json").exists() and (out_dir / "pairs.parquet").exists()):
+        return False
+    try:
+        frame = pd.read_parquet(out_dir / "pairs.parquet", columns=["perfect_image", "perturbed_image"])
+    except (OSError, ValueError):
+        return False
+    return all((out_dir / p).exists() for column in frame.columns for p in frame[column])
+
+
+def _claim_output_dir(out_dir: Path, arguments: dict, overwrite: bool) -> None:
+    args_path = out_dir / "build_args.json"
+    if out_dir.exists() and any(out_dir.iterdir()):
+        previous = json.loads(args_path.read_text()) if args_path.exists() else None
+        if previous != arguments:
+            if not overwrite:
+                what = "a dataset built with other arguments" if previous is not None else "files of another kind"
+                raise BuildError(f"{out_dir} already holds {what}; choose another --out or pass --overwrite"
+                                 + (f" (differs in: {_differences(previous, arguments)})" if previous else ""))
+            if previous is None and not (out_dir / "images").exists():
+                raise BuildError(f"{out_dir} is not a dataset dir; refusing to overwrite it")
+            for name in ("images", "pairs.parquet", "meta.json", "build_log.json", "build_args.json"):
+                target = out_dir / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args_path, arguments)
+
+
+def _differences(previous: dict, arguments: dict) -> str:
+    keys = sorted(set(previous) | set(arguments))
+    return ", ".join(f"{k}: {previous.get(k)!r} -> {arguments.get(k)!r}" for k in keys
+                     if previous.get(k) != arguments.get(k))
+
+
+def _index_batches(config: BuildConfig, accepted: int, next_index: int, success_rate: float) -> range:
+    remaining = config.num_pairs - accepted
+    size = max(64, math.ceil(remaining / max(success_rate, 0.2) * 1.1))
+    return range(next_index, next_index + size)
+
+
+def _collect(config: BuildConfig, out_dir: Path, workers: int, progress: bool) -> tuple[list[dict], Counter]:
+    """Rows of the first `num_pairs` indices that give a verified pair with a new prompt, in index order."""
+    rows: list[dict] = []
+    seen_prompts: set[str] = set()
+    skipped: Counter = Counter()
+    next_index, tried = 0, 0
+    bar = tqdm(total=config.num_pairs, desc="pairs", unit="pair", disable=not progress, dynamic_ncols=True)
+    with _pool(config, out_dir, workers) as run:
+        while len(rows) < config.num_pairs:
+            success_rate = len(rows) / tried if tried else 0.7
+            batch = _index_batches(config, len(rows), next_index, success_rate)
+            for _, row in run(batch):
+                tried += 1
+                if len(rows) == config.num_pairs:
+                    continue  # over-generated in this batch: its images are removed afterwards
+                if row is None:
+                    skipped["perturbation_failed"] += 1
+                elif row["prompt"] in seen_prompts:
+                    skipped["duplicate_prompt"] += 1
+                else:
+                    seen_prompts.add(row["prompt"])
+                    rows.append(row)
+                    bar.update(1)
+            next_index = batch.stop
+    bar.close()
+    return rows, skipped
+
+
+class _pool:
+    """`run(indices)` yields (index, row) in index order, in this process or in a pool of worker processes."""
+
+    def __init__(self, config: BuildConfig, out_dir: Path, workers: int):
+        self.config, self.out_dir, self.workers = config, out_dir, workers
+        self.pool = None
+
+    def __enter__(self):
+        _init_worker(self.config, self.out_dir)
+        if self.workers > 1:
+            context = multiprocessing.get_context("fork")
+            self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.config, self.out_dir))
+        return self.run
+
+    def run(self, indices: range) -> Iterator[tuple[int, dict | None]]:
+        if self.pool is None:
+            return map(_work, indices)
+        return self.pool.imap(_work, indices, chunksize=16)
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def _remove_unreferenced_images(out_dir: Path, rows: list[dict]) -> None:
+    referenced = {row[c] for row in rows for c in ("perfect_image", "perturbed_image")}
+    for path in out_dir.glob("images/*/*.png"):
+        if path.relative_to(out_dir).as_posix() not in referenced:
+            path.unlink()
+    for folder in out_dir.glob("images/*"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _counts(frame: pd.DataFrame, skipped: Counter) -> dict:
+    families: Counter = Counter()
+    for value in frame["broken_families"]:
+        families.update(value.split(","))
+    stated: Counter = Counter()
+    for value in frame["stated_relations"]:
+        stated.update(Relation.from_dict(r).family for r in json.loads(value))
+    return {
+        "pairs": len(frame),
+        "by_split": {s: int((frame["split"] == s).sum()) for s in SPLITS},
+        "by_num_broken": {str(k): int((frame["num_broken"] == k).sum()) for k in sorted(frame["num_broken"].unique())},
+        "pairs_by_broken_family": dict(sorted(families.items())),
+        "stated_by_family": dict(sorted(stated.items())),
+        "skipped": dict(sorted(skipped.items())),
+    }

@@ -1,0 +1,163 @@
+"""Pixel detector: finds each described object again in any RGB image by its colour, and reads the relations.
+
+It is the oracle for generated images, which are small and blurry, so it says "not found" rather than guess.
+
+- Segmentation: every pixel goes to the nearest colour of the palette (all object colours and the background
+  colours), or to none if it is far from all of them. A described object's mask is its colour's pixels after a
+  small morphological opening (which removes the one-pixel fringes where two colours blend), keeping the
+  connected parts of at least a quarter of the largest one (an occluder can cut an object in two). Fewer than
+  `min_pixels` pixels: not found.
+- Positions and extents: the box of the mask; relations use box centres and box gaps, like the scene graph.
+- Occlusion (in front of / behind): an object that is partly hidden has a bite taken out of it, so the convex
+  hull of its visible pixels reaches over the object that hides it; the hull of an unhidden convex shape covers
+  nothing of the other. The reading is (pixels of A inside hull(B) - pixels of B inside hull(A)) / smaller area:
+  positive when A is in front. Exact for convex shapes, which is why only convex shapes take depth relations.
+- Containment (inside): the fraction of A's pixels that lie within the convex hull of B's visible pixels (an
+  object drawn inside B leaves B's outline whole, so B's hull covers it).
+- Horizon: the row that best splits sky-coloured background pixels (above) from ground-coloured ones (below).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from data_synthesis.hull import filled_hull
+from data_synthesis.relations import Box, Relation, Truth, evaluate
+from data_synthesis.scene import BACKGROUND_COLOURS, COLOURS, SceneError
+
+_NAMES = list(COLOURS) + ["bg:" + name for name in BACKGROUND_COLOURS]
+_PALETTE = np.array(list(COLOURS.values()) + list(BACKGROUND_COLOURS.values()), dtype=np.float32)  # [P, 3]
+_PLAIN, _SKY, _GROUND = (_NAMES.index("bg:" + name) for name in ("plain", "sky", "ground"))
+# Luma and chroma (JPEG's YCbCr); chroma counts less because blur and chroma subsampling smear it most.
+CHROMA_WEIGHT = float(__import__("os").environ.get("CW", "0.3"))
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.1687, -0.3313, 0.5], [0.5, -0.4187, -0.0813]], np.float32)  # [3, 3]
+_SPACE = _YCC.T * np.sqrt([1.0, CHROMA_WEIGHT, CHROMA_WEIGHT]).astype(np.float32)  # [3, 3] RGB -> weighted YCbCr
+_POINTS = _PALETTE @ _SPACE  # [P, 3]
+MIX_COST = float(__import__("os").environ.get("LAM", "400"))  # squared distance a two-colour blend pays over a pure colour
+MAX_COLOUR_DISTANCE = 80.0  # farther than this from every palette colour and blend: unassigned
+_CROSS = ndimage.generate_binary_structure(2, 1)
+
+
+def segment(image: Image.Image) -> np.ndarray:
+    """Palette index of every pixel (-1: unassigned).  # [H, W]
+
+    A pixel is explained either as one palette colour or as a blend of two (anti-aliasing, blur and JPEG mix
+    colours along every border), whichever fits better in luma/chroma space; a blend pays `MIX_COST` so that a
+    pure colour is not explained away as a mix of two others. A blend goes to the colour it has more of, so the
+    border falls where it was drawn and thin parts (a container's ring) survive. Only one background is used:
+    plain or sky and ground, whichever covers more pixels."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) @ _SPACE  # [H, W, 3]
+    flat = pixels.reshape(-1, 3)  # [N, 3]
+    pure = ((flat[:, None] - _POINTS[None]) ** 2).sum(-1)  # [N, P]
+    nearest = pure.argmin(1)
+    allowed = np.ones(len(_NAMES), dtype=bool)
+    if (nearest == _PLAIN).sum() > np.isin(nearest, (_SKY, _GROUND)).sum():
+        allowed[[_SKY, _GROUND]] = False
+    else:
+        allowed[_PLAIN] = False
+    pure[:, ~allowed] = np.inf
+    labels = pure.argmin(1)
+    cost = pure[np.arange(len(flat)), labels]
+    unsure = np.nonzero(cost > MIX_COST)[0]  # only these can be explained better by a blend
+    if len(unsure):
+        index = np.nonzero(allowed)[0]
+        first, second = np.triu_indices(len(index), 1)
+        first, second = index[first], index[second]  # [K] pairs of palette colours
+        span = _POINTS[first] - _POINTS[second]  # [K, 3]
+        offset = flat[unsure, None] - _POINTS[second][None]  # [U, K, 3]
+        share = np.clip((offset * span).sum(-1) / (span**2).sum(-1), 0.0, 1.0)  # [U, K] of the first colour
+        residual = ((offset - share[..., None] * span) ** 2).sum(-1) + MIX_COST  # [U, K]
+        best = residual.argmin(1)
+        rows = np.arange(len(unsure))
+        blended = residual[rows, best] < cost[unsure]
+        mixed_label = np.where(share[rows, best] >= 0.5, first[best], second[best])
+        labels[unsure] = np.where(blended, mixed_label, labels[unsure])
+        cost[unsure] = np.minimum(cost[unsure], residual[rows, best])
+    labels[cost > MAX_COLOUR_DISTANCE**2] = -1
+    return labels.reshape(pixels.shape[:2])
+
+
+class PixelLayout:
+    """What the detector read from one image; relations evaluated on it use the reading margins."""
+
+    strict = False
+
+    def __init__(self, labels: np.ndarray, colours: list[str], min_pixels: int):
+        self.height, self.width = labels.shape
+        self.labels = labels
+        self.masks: dict[str, np.ndarray] = {}
+        for colour in colours:
+            if colour not in COLOURS:
+                raise SceneError(f"unknown colour {colour!r}; known colours: {', '.join(COLOURS)}")
+            mask = _clean(labels == _NAMES.index(colour))
+            if mask.sum() >= min_pixels:
+                self.masks[colour] = mask
+        self._hulls: dict[str, np.ndarray] = {}
+
+    def found(self, colour: str) -> bool:
+        return colour in self.masks
+
+    def box(self, colour: str) -> Box | None:
+        mask = self.masks.get(colour)
+        if mask is None:
+            return None
+        rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+        return (cols[0] / self.width, rows[0] / self.height, (cols[-1] + 1) / self.width, (rows[-1] + 1) / self.height)
+
+    def hull(self, colour: str) -> np.ndarray:
+        if colour not in self._hulls:
+            self._hulls[colour] = filled_hull(self.masks[colour])
+        return self._hulls[colour]
+
+    def occlusion(self, front: str, back: str) -> float:
+        mask_front, mask_back = self.masks[front], self.masks[back]
+        if not (ndimage.binary_dilation(mask_front, _CROSS, iterations=2) & mask_back).any():
+            return 0.0
+        front_in_back = (self.hull(back) & mask_front).sum()
+        back_in_front = (self.hull(front) & mask_back).sum()
+        return float((front_in_back - back_in_front) / min(mask_front.sum(), mask_back.sum()))
+
+    def containment(self, inner: str, outer: str) -> float:
+        mask_inner = self.masks[inner]
+        return float((self.hull(outer) & mask_inner).sum() / mask_inner.sum())
+
+    @cached_property
+    def _horizon(self) -> float | None:
+        sky = (self.labels == _NAMES.index("bg:sky")).sum(1)  # [H]
+        ground = (self.labels == _NAMES.index("bg:ground")).sum(1)
+        if sky.sum() + ground.sum() < 0.2 * self.labels.size or min(sky.sum(), ground.sum()) == 0:
+            return None
+        # rows 0..split-1 are sky, split..H-1 ground: maximise agreeing pixels
+        agreement = np.concatenate([[0], np.cumsum(sky)]) + np.concatenate([np.cumsum(ground[::-1])[::-1], [0]])
+        return float(agreement.argmax() / self.height)
+
+    def horizon(self) -> float | None:
+        return self._horizon
+
+
+def _clean(mask: np.ndarray) -> np.ndarray:
+    parts, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(parts.ravel())[1:]
+    keep = np.nonzero(sizes >= 0.25 * sizes.max())[0] + 1
+    return np.isin(parts, keep)
+
+
+def detect(image: Image.Image, colours: list[str], *, min_pixels: int | None = None) -> PixelLayout:
+    """Read the objects of the given colours from `image`. Objects with fewer than `min_pixels` visible pixels
+    (default: 0.15% of the image, at least 4) count as not found."""
+    labels = segment(image)
+    if min_pixels is None:
+        min_pixels = max(4, round(0.0015 * labels.size))
+    return PixelLayout(labels, colours, min_pixels)
+
+
+def read_relations(image: Image.Image, relations: list[Relation], colours: list[str]) -> list[Truth]:
+    """The detector's truth for each relation (MISSING where an object it names was not found)."""
+    layout = detect(image, colours)
+    return [evaluate(r, layout) for r in relations]

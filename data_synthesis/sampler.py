@@ -1,0 +1,356 @@
+"""Layout sampler: random SpatialWorld scenes that realise a sampled set of relations, and the relations to state.
+
+The sampler first draws which relation families the prompt should state, then *constructs* the ones that random
+placement almost never produces (an object inside another, two objects overlapping in depth, two objects next to
+each other, one object between two others), places the rest at random, and finally states a family-balanced
+selection of relations that hold with the strict margin. Every placement obeys the same rules (border clearance,
+no unplanned overlap, nothing straddling the horizon), which perturbations obey as well, so the perturbed images
+are not recognisable by layout statistics alone.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from data_synthesis.hull import filled_hull
+from data_synthesis.relations import FAMILIES, Relation, SceneLayout, Truth, box_gap, evaluate
+from data_synthesis.scene import (
+    COLOURS,
+    CONTAINER_SHAPES,
+    CONVEX_SHAPES,
+    REGIONS,
+    SHAPES,
+    SIZES,
+    Background,
+    Scene,
+    SceneError,
+    SceneObject,
+    object_scale,
+)
+
+BORDER = 0.02  # every box keeps this clearance from the image border
+CLEARANCE = 0.015  # box gap between objects that are not meant to overlap
+HORIZON_CLEARANCE = 0.03  # no box straddles the horizon; each keeps this distance from it
+MAX_OBJECTS = 8
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """What scenes to sample. Validated on construction so a bad value fails before any work starts."""
+
+    min_objects: int = 3
+    max_objects: int = 6
+    min_relations: int = 1
+    max_relations: int = 8
+    sky_ground_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.min_objects < 2:
+            raise SceneError(f"min_objects must be at least 2 (relations need two objects), got {self.min_objects}")
+        if self.max_objects > MAX_OBJECTS:
+            raise SceneError(f"max_objects must be at most {MAX_OBJECTS}, got {self.max_objects}")
+        if self.max_objects < self.min_objects:
+            raise SceneError(f"max_objects ({self.max_objects}) is below min_objects ({self.min_objects})")
+        if not 1 <= self.min_relations <= self.max_relations <= 8:
+            raise SceneError(f"need 1 <= min_relations <= max_relations <= 8, got "
+                             f"{self.min_relations}..{self.max_relations}")
+        if not 0.0 <= self.sky_ground_fraction <= 1.0:
+            raise SceneError(f"sky_ground_fraction must be in [0, 1], got {self.sky_ground_fraction}")
+
+
+# --- placement rules, shared with the perturbations -------------------------------------------------------------
+def within_border(obj: SceneObject) -> bool:
+    x0, y0, x1, y1 = obj.box
+    return x0 >= BORDER and y0 >= BORDER and x1 <= 1 - BORDER and y1 <= 1 - BORDER
+
+
+def clear_of_horizon(obj: SceneObject, background: Background) -> bool:
+    if background.horizon is None:
+        return True
+    _, y0, _, y1 = obj.box
+    return y1 <= background.horizon - HORIZON_CLEARANCE or y0 >= background.horizon + HORIZON_CLEARANCE
+
+
+def placement_ok(obj: SceneObject, others: list[SceneObject], background: Background) -> bool:
+    """Inside the border, clear of the horizon and clear of every object in `others`."""
+    return (
+        within_border(obj)
+        and clear_of_horizon(obj, background)
+        and all(box_gap(obj.box, other.box) >= CLEARANCE for other in others)
+    )
+
+
+def overlapping_pairs(scene: Scene) -> set[frozenset[str]]:
+    """Pairs whose boxes come closer than the clearance (the only pairs allowed to touch or overlap)."""
+    objects = scene.objects
+    return {
+        frozenset((a.colour, b.colour))
+        for i, a in enumerate(objects)
+        for b in objects[i + 1:]
+        if box_gap(a.box, b.box) < CLEARANCE
+    }
+
+
+def depth_readable(scene: Scene, a: str, b: str, min_bite: float = 0.06) -> bool:
+    """Whichever of the two is in front, it takes a visible bite out of the other.
+
+    A straight edge that cuts across a convex shape leaves it convex, and then no one (and no detector) can tell
+    from pixels which is in front; a corner or a curve poking into it leaves a notch. The bite is the part of the
+    hidden object's convex hull that the front object covers, relative to the smaller object (exact masks)."""
+    aligned = scene.aligned_masks(a, b, union=True)
+    if aligned is None:
+        return False
+    mask_a, mask_b = aligned[0][::2, ::2], aligned[1][::2, ::2]  # half resolution is plenty for a notch test
+    smaller = min(mask_a.sum(), mask_b.sum())
+    for front, back in ((mask_a, mask_b), (mask_b, mask_a)):
+        bite = (filled_hull(back & ~front) & front).sum()
+        if bite < min_bite * smaller:
+            return False
+    return True
+
+
+def random_position(rng: random.Random, radius: float) -> tuple[float, float]:
+    low, high = BORDER + radius, 1 - BORDER - radius
+    return rng.uniform(low, high), rng.uniform(low, high)
+
+
+# --- scene sampling -----------------------------------------------------------------------------------------------
+_CONSTRUCTED = {"depth": 2, "proximity": 2, "containment": 2, "between": 3}
+
+
+@dataclass(frozen=True)
+class SampledScene:
+    scene: Scene
+    planned: list[Relation]  # the constructed relations (inside, in front of, next to, between) that hold
+    candidates: dict[str, list[Relation]]  # every relation that holds with margin, by family, one phrasing per fact
+    num_relations: int  # how many relations the prompt should state (fewer if fewer survive the perturbation)
+
+
+def sample_scene(rng: random.Random, config: WorldConfig, max_attempts: int = 200) -> SampledScene:
+    """A random scene whose layout realises a sampled set of relation families, with the relations that hold."""
+    for _ in range(max_attempts):
+        sampled = _try_sample(rng, config)
+        if sampled is not None:
+            return sampled
+    raise SceneError(f"could not place a scene in {max_attempts} attempts")
+
+
+def _try_sample(rng: random.Random, config: WorldConfig) -> SampledScene | None:
+    num_objects = rng.randint(config.min_objects, config.max_objects)
+    scale = object_scale(num_objects)
+    sky_ground = rng.random() < config.sky_ground_fraction
+    background = Background("sky_ground", round(rng.uniform(0.4, 0.6), 4)) if sky_ground else Background("plain")
+    families = [f for f in FAMILIES if sky_ground or f != "background"]
+    # Few objects cannot carry many independent relations (most perturbations would break several at once).
+    target = rng.randint(config.min_relations, max(min(config.max_relations, 2 * num_objects), config.min_relations))
+    wanted = [rng.choice(families) for _ in range(target)]
+
+    colours = rng.sample(list(COLOURS), num_objects)
+    shapes = {c: rng.choice(SHAPES) for c in colours}
+    sizes = {c: rng.choice(list(SIZES)) for c in colours}
+
+    # Assign disjoint object groups to the families that must be constructed.
+    free = list(colours)
+    groups: list[tuple[str, list[str]]] = []
+    for family in wanted:
+        need = _CONSTRUCTED.get(family)
+        if need is None or len(free) < need:
+            continue
+        members = [free.pop() for _ in range(need)]
+        groups.append((family, members))
+        if family == "containment":
+            inner, outer = members
+            shapes[outer], sizes[outer], sizes[inner] = rng.choice(CONTAINER_SHAPES), "large", "small"
+        elif family == "depth":
+            for colour in members:  # small overlapping shapes leave too small a notch to read at 64 px
+                shapes[colour], sizes[colour] = rng.choice(CONVEX_SHAPES), rng.choice(("medium", "large"))
+
+    order = list(colours)
+    rng.shuffle(order)
+    depth = {c: i for i, c in enumerate(order)}
+    for family, members in groups:
+        if family in ("containment", "depth") and depth[members[0]] < depth[members[1]]:
+            depth[members[0]], depth[members[1]] = depth[members[1]], depth[members[0]]
+
+    def make(colour: str, x: float, y: float) -> SceneObject:
+        return SceneObject(colour, shapes[colour], sizes[colour], round(x, 4), round(y, 4),
+                           round(SIZES[sizes[colour]] * scale, 4), depth[colour])
+
+    placed: list[SceneObject] = []
+    planned: list[Relation] = []
+    for family, members in groups:
+        group = _place_group(rng, family, members, make, placed, background)
+        if group is None:
+            return None
+        placed.extend(group)
+        planned.append(_planned_relation(rng, family, members))
+    for colour in colours:
+        if any(o.colour == colour for o in placed):
+            continue
+        obj = _place_free(rng, colour, make, placed, background)
+        if obj is None:
+            return None
+        placed.append(obj)
+
+    scene = Scene(tuple(sorted(placed, key=lambda o: colours.index(o.colour))), background)
+    layout = SceneLayout(scene)
+    planned = [r for r in planned if evaluate(r, layout) is Truth.HOLDS]
+    return SampledScene(scene, planned, _candidates(rng, scene, layout), target)
+
+
+def _place_free(rng, colour, make, placed, background, tries: int = 60) -> SceneObject | None:
+    for _ in range(tries):
+        obj = make(colour, 0.5, 0.5)
+        obj = obj.moved(*(round(v, 4) for v in random_position(rng, obj.radius)))
+        if placement_ok(obj, placed, background):
+            return obj
+    return None
+
+
+def _place_group(rng, family, members, make, placed, background, tries: int = 60) -> list[SceneObject] | None:
+    """Place a group of objects that realises one constructed relation."""
+    for _ in range(tries):
+        group = [o.moved(round(o.x, 4), round(o.y, 4)) for o in _propose_group(rng, family, members, make)]
+        if not all(placement_ok(o, placed, background) for o in group):
+            continue
+        probe = Scene(tuple(group), background)
+        if family == "containment" and probe.covered_fraction(members[0], members[1]) < 0.999:
+            continue
+        if family == "depth" and not (0.15 <= probe.overlap_fraction(*members) <= 0.45
+                                      and depth_readable(probe, *members)):
+            continue
+        if family in ("proximity", "between") and overlapping_pairs(probe):
+            continue
+        return group
+    return None
+
+
+def _propose_group(rng, family, members, make) -> list[SceneObject]:
+    if family == "containment":
+        inner, outer = members
+        outer_obj = make(outer, 0.5, 0.5)
+        outer_obj = outer_obj.moved(*random_position(rng, outer_obj.radius))
+        jitter = 0.1 * outer_obj.radius
+        inner_obj = make(inner, outer_obj.x + rng.uniform(-jitter, jitter), outer_obj.y + rng.uniform(-jitter, jitter))
+        return [inner_obj, outer_obj]
+    if family == "depth":
+        front, back = members
+        back_obj = make(back, 0.5, 0.5)
+        back_obj = back_obj.moved(*random_position(rng, back_obj.radius))
+        front_obj = make(front, 0.5, 0.5)
+        angle = rng.uniform(0, 2 * math.pi)
+        distance = (front_obj.radius + back_obj.radius) * rng.uniform(0.45, 0.8)
+        return [front_obj.moved(back_obj.x + distance * math.cos(angle), back_obj.y + distance * math.sin(angle)),
+                back_obj]
+    if family == "proximity":
+        first, second = members
+        first_obj = make(first, 0.5, 0.5)
+        first_obj = first_obj.moved(*random_position(rng, first_obj.radius))
+        second_obj = make(second, 0.5, 0.5)
+        return [first_obj, place_next_to(rng, second_obj, first_obj)]
+    if family == "between":
+        middle, end_a, end_b = members
+        a_obj, b_obj, m_obj = make(end_a, 0.5, 0.5), make(end_b, 0.5, 0.5), make(middle, 0.5, 0.5)
+        a_obj = a_obj.moved(*random_position(rng, a_obj.radius))
+        b_obj = b_obj.moved(*random_position(rng, b_obj.radius))
+        t = rng.uniform(0.4, 0.6)
+        return [m_obj.moved(a_obj.x + t * (b_obj.x - a_obj.x) + rng.uniform(-0.02, 0.02),
+                            a_obj.y + t * (b_obj.y - a_obj.y) + rng.uniform(-0.02, 0.02)), a_obj, b_obj]
+    raise AssertionError(family)
+
+
+def place_next_to(rng: random.Random, mover: SceneObject, anchor: SceneObject) -> SceneObject:
+    """`mover` placed beside `anchor` (left, right, above or below) with a small gap and some sideways slack."""
+    gap = rng.uniform(0.02, 0.05)
+    side = rng.choice(("left", "right", "above", "below"))
+    reach = anchor.radius + mover.radius + gap
+    slack = rng.uniform(-0.6, 0.6) * min(anchor.radius, mover.radius)
+    dx, dy = {"left": (-reach, slack), "right": (reach, slack), "above": (slack, -reach), "below": (slack, reach)}[side]
+    return mover.moved(anchor.x + dx, anchor.y + dy)
+
+
+def _planned_relation(rng: random.Random, family: str, members: list[str]) -> Relation:
+    if family == "containment":
+        return Relation("inside", (members[0], members[1]))
+    if family == "depth":
+        return (Relation("in_front_of", (members[0], members[1])) if rng.random() < 0.5
+                else Relation("behind", (members[1], members[0])))
+    if family == "proximity":
+        return Relation("next_to", tuple(rng.sample(members, 2)))
+    if family == "between":
+        ends = rng.sample(members[1:], 2)
+        return Relation("between", (members[0], *ends))
+    raise AssertionError(family)
+
+
+def _candidates(rng: random.Random, scene: Scene, layout: SceneLayout) -> dict[str, list[Relation]]:
+    """Every relation that holds with the strict margin, grouped by family, one phrasing per fact."""
+    found: dict[str, list[Relation]] = {f: [] for f in FAMILIES}
+    colours = [o.colour for o in scene.objects]
+
+    def add(relation: Relation, alternative: Relation | None = None) -> None:
+        if relation.family == "depth" and scene.overlap_fraction(*relation.subjects) > 0.6:
+            return  # an object within another: containment, not a depth order a perturbation could reverse
+        if evaluate(relation, layout) is Truth.HOLDS:
+            found[relation.family].append(alternative if alternative is not None and rng.random() < 0.5 else relation)
+
+    for i, a in enumerate(colours):
+        for b in colours[i + 1:]:
+            for forward, backward in (("left_of", "right_of"), ("above", "below"), ("in_front_of", "behind")):
+                add(Relation(forward, (a, b)), Relation(backward, (b, a)))
+                add(Relation(forward, (b, a)), Relation(backward, (a, b)))
+            add(Relation("next_to", (a, b)))
+            add(Relation("inside", (a, b)))
+            add(Relation("inside", (b, a)))
+        if scene.background.kind == "sky_ground":
+            add(Relation("in_sky", (a,)))
+            add(Relation("on_ground", (a,)))
+        regions = [r for r in REGIONS if evaluate(Relation("in_region", (a,), r), layout) is Truth.HOLDS]
+        if regions:
+            found["absolute"].append(Relation("in_region", (a,), rng.choice(regions)))
+    for middle in colours:
+        for end_a in colours:
+            for end_b in colours:
+                if len({middle, end_a, end_b}) == 3 and end_a < end_b:
+                    add(Relation("between", (middle, end_a, end_b)))
+    # "far from" is true of most pairs: offer a few so that it is not a word only perturbed prompts use.
+    far = [Relation("far_from", (a, b)) for i, a in enumerate(colours) for b in colours[i + 1:]
+           if evaluate(Relation("far_from", (a, b)), layout) is Truth.HOLDS]
+    found["proximity"].extend(rng.sample(far, min(len(far), 1)))
+    return found
+
+
+def fact(relation: Relation) -> tuple:
+    """A key that is equal for two phrasings of one fact (A left of B, B right of A)."""
+    mirrored = {"right_of": "left_of", "below": "above", "behind": "in_front_of"}
+    if relation.kind in mirrored:
+        return (mirrored[relation.kind], tuple(reversed(relation.subjects)))
+    if relation.kind in ("next_to", "far_from"):
+        return (relation.kind, tuple(sorted(relation.subjects)))
+    if relation.kind == "between":
+        return ("between", relation.subjects[0], tuple(sorted(relation.subjects[1:])))
+    if relation.kind in ("in_region", "in_sky", "on_ground"):
+        return ("placement", relation.kind, relation.subjects)
+    return (relation.kind, relation.subjects)
+
+
+def choose_relations(rng: random.Random, candidates: dict[str, list[Relation]], count: int,
+                     taken: list[Relation] = ()) -> list[Relation]:
+    """Up to `count` candidates that state facts not in `taken`, each drawn from a uniformly chosen family among
+    those with candidates left (family-balanced)."""
+    facts = {fact(r) for r in taken}
+    pools = {f: [r for r in rs if fact(r) not in facts] for f, rs in candidates.items()}
+    chosen: list[Relation] = []
+    while len(chosen) < count:
+        families = [f for f, rs in pools.items() if rs]
+        if not families:
+            break
+        pool = pools[rng.choice(families)]
+        relation = pool.pop(rng.randrange(len(pool)))
+        if fact(relation) in facts:
+            continue
+        facts.add(fact(relation))
+        chosen.append(relation)
+    return chosen

@@ -8,7 +8,7 @@ import os
 import sys
 
 from data_synthesis.build import BuildConfig, BuildError, build
-from data_synthesis.scene import SceneError
+from data_synthesis.scene import COLOURS, SHAPES, SceneError
 from data_synthesis.show import contact_sheet
 from data_synthesis.verify import DatasetError, format_report, verify
 from shared.io import atomic_write_json
@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="each pair breaks k relations, k uniform in 1..max-broken (at most 3)")
     b.add_argument("--split-fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
                    help="fractions of prompts per split (disjoint by prompt)")
+    b.add_argument("--colours", nargs="+", default=list(COLOURS), help="palette to draw object colours from")
+    b.add_argument("--shapes", nargs="+", default=list(SHAPES), help="shapes to draw objects from")
     b.add_argument("--jitter", type=int, default=8, help="colour jitter in levels (0 to switch off)")
     b.add_argument("--noise", type=float, default=0.0, help="Gaussian pixel noise in levels")
     b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             config = BuildConfig(num_pairs=args.num_pairs, seed=args.seed, resolution=args.resolution,
                                  min_objects=args.min_objects, max_objects=args.max_objects,
                                  max_broken=args.max_broken, split_fractions=tuple(args.split_fractions),
-                                 jitter=args.jitter, noise=args.noise)
+                                 jitter=args.jitter, noise=args.noise, colours=tuple(args.colours),
+                                 shapes=tuple(args.shapes))
             result = build(config, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
             rate = f" in {result.seconds:.1f} s" if result.seconds else " (already complete: nothing to do)"
             print(f"{result.out_dir}: {result.counts['pairs']} pairs{rate}; splits {result.counts['by_split']}; "

@@ -31,7 +31,7 @@ from data_synthesis.prompts import describe
 from data_synthesis.relations import Relation
 from data_synthesis.render import MAX_RESOLUTION, MIN_RESOLUTION, render
 from data_synthesis.sampler import WorldConfig
-from data_synthesis.scene import Scene, SceneError, min_resolution
+from data_synthesis.scene import COLOURS, SHAPES, Scene, SceneError, min_resolution
 from shared.io import atomic_write_bytes, atomic_write_json, stable_seed
 
 SCHEMA_VERSION = 1
@@ -61,13 +61,16 @@ class BuildConfig:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     jitter: int = 8
     noise: float = 0.0
+    colours: tuple[str, ...] = tuple(COLOURS)
+    shapes: tuple[str, ...] = SHAPES
     world: WorldConfig = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.num_pairs < 1:
             raise BuildError(f"--num-pairs must be at least 1, got {self.num_pairs}")
         try:
-            world = WorldConfig(min_objects=self.min_objects, max_objects=self.max_objects)
+            world = WorldConfig(min_objects=self.min_objects, max_objects=self.max_objects,
+                                colours=tuple(self.colours), shapes=tuple(self.shapes))
         except SceneError as error:
             raise BuildError(str(error)) from error
         object.__setattr__(self, "world", world)
@@ -92,6 +95,7 @@ class BuildConfig:
         args = asdict(self)
         args.pop("world")
         args["split_fractions"] = list(self.split_fractions)
+        args["colours"], args["shapes"] = list(self.colours), list(self.shapes)
         args["schema_version"] = SCHEMA_VERSION
         return args
 

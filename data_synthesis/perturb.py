@@ -18,8 +18,9 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from data_synthesis.relations import Relation, SceneLayout, Truth, evaluate
+from data_synthesis.relations import FAMILIES, Relation, SceneLayout, Truth, evaluate
 from data_synthesis.sampler import (
+    BORDER,
     WorldConfig,
     choose_relations,
     clear_of_horizon,
@@ -32,7 +33,7 @@ from data_synthesis.sampler import (
 )
 from data_synthesis.scene import Scene
 
-SWAP_PROBABILITY = 0.1
+SWAP_PROBABILITY = 0.05
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,17 @@ def _proposals(scene: Scene, relation: Relation, rng: random.Random, count: int)
     if family == "depth":
         yield _reverse_depth(scene, *relation.subjects), "reverse_depth"
         return
+    if family in ("horizontal", "vertical"):
+        # The operation and the object that jumps are drawn once, not per proposal: retrying with the other choice
+        # would let the layout decide which object moves, and so make that readable from the layout.
+        if rng.random() < SWAP_PROBABILITY:
+            yield _swap(scene, *relation.subjects), "swap"
+            return
+        low_jumps = rng.random() < 0.5
+        for _ in range(count):
+            yield _move_across(scene, relation, low_jumps, rng), "move_across"
+        return
     for _ in range(count):
-        if family in ("horizontal", "vertical"):
-            if rng.random() < SWAP_PROBABILITY:
-                yield _swap(scene, *relation.subjects), "swap"
-            else:
-                yield _move_across(scene, relation, rng), "move_across"
-            continue
         if relation.kind == "far_from":
             mover, anchor = rng.sample(relation.subjects, 2)
             moved, name = _move_next_to(scene, mover, anchor, rng), "move_next_to"
@@ -154,15 +159,22 @@ def _reverse_depth(scene: Scene, a: str, b: str) -> Scene:
     return scene.replace_objects(replace(obj_a, depth=obj_b.depth), replace(obj_b, depth=obj_a.depth))
 
 
-def _move_across(scene: Scene, relation: Relation, rng: random.Random) -> Scene:
+def _move_across(scene: Scene, relation: Relation, low_jumps: bool, rng: random.Random) -> Scene:
     """One object (with whatever overlaps it) jumps to the other side of the other, which shifts a little the same
     way."""
     axis = 0 if relation.family == "horizontal" else 1
     # `low` is the object with the smaller coordinate (left of / above the other) in the relation as stated
     low, high = relation.subjects if relation.kind in ("left_of", "above") else reversed(relation.subjects)
-    mover, anchor = (low, high) if rng.random() < 0.5 else (high, low)
-    direction = 1.0 if mover == low else -1.0  # where the mover goes
-    new_gap = rng.uniform(0.1, 0.3)
+    mover, anchor, direction = (low, high, 1.0) if low_jumps else (high, low, -1.0)  # direction: where it goes
+    anchor_at = (scene[anchor].x, scene[anchor].y)[axis]
+    box = scene[mover].box
+    centre = (scene[mover].x, scene[mover].y)[axis]
+    # farthest the mover's centre may go on that side and keep its box inside the border
+    room = (1 - BORDER - (box[axis + 2] - centre)) - anchor_at if direction > 0 else \
+        anchor_at - (BORDER + (centre - box[axis]))
+    if room < 0.1:
+        return scene  # no room on that side: the caller's check rejects the unchanged scene
+    new_gap = rng.uniform(0.1, min(room, 0.3))
     shift = rng.uniform(0.01, new_gap - 0.09)
     anchor_coord = (scene[anchor].x, scene[anchor].y)[axis]
     mover_coord = (scene[mover].x, scene[mover].y)[axis]
@@ -212,14 +224,18 @@ class PairSample:
 def sample_pair(rng: random.Random, config: WorldConfig, k: int, *, max_attempts: int = 30) -> PairSample | None:
     """A scene, the relations its prompt states and a perturbation that breaks exactly `k` of them.
 
-    The k relations to break are chosen first (family-balanced) and broken; the prompt then states them plus
+    The families of the k relations to break are drawn first (uniformly), then a scene that has such relations,
+    which are broken; the prompt then states them plus
     further relations drawn (family-balanced) from those that hold in both scenes, up to the sampled count. So
     every pair breaks exactly k stated relations and keeps the rest, and hard-to-keep scenes are not discarded
     wholesale (which would skew k and the families). Fresh scenes are drawn up to `max_attempts` times; None if
     none worked (the caller skips the pair and counts it)."""
+    # The families to break are drawn once per pair, uniformly: redrawing them with each fresh scene would favour
+    # the families whose perturbations verify most easily.
+    families = tuple(rng.choice(FAMILIES) for _ in range(k))
     for _ in range(max_attempts):
-        sampled = sample_scene(rng, config)
-        targets = choose_relations(rng, sampled.candidates, k)
+        sampled = sample_scene(rng, config, require=families)
+        targets = choose_relations(rng, sampled.candidates, k, prefer_disjoint=True, families=families)
         if len(targets) < k:
             continue
         perturbation = perturb(sampled.scene, targets, k, rng=rng, max_choices=1, proposals_per_relation=12)

@@ -45,8 +45,21 @@ class WorldConfig:
     min_relations: int = 1
     max_relations: int = 8
     sky_ground_fraction: float = 0.5
+    colours: tuple[str, ...] = tuple(COLOURS)  # the palette to draw from (a scene's colours are distinct)
+    shapes: tuple[str, ...] = SHAPES
 
     def __post_init__(self) -> None:
+        unknown_colours = [c for c in self.colours if c not in COLOURS]
+        if unknown_colours:
+            raise SceneError(f"unknown colours {unknown_colours}; known colours: {', '.join(COLOURS)}")
+        unknown_shapes = [s for s in self.shapes if s not in SHAPES]
+        if unknown_shapes:
+            raise SceneError(f"unknown shapes {unknown_shapes}; known shapes: {', '.join(SHAPES)}")
+        if not self.shapes:
+            raise SceneError("at least one shape is needed")
+        if len(set(self.colours)) < self.max_objects:
+            raise SceneError(f"{len(set(self.colours))} distinct colours cannot colour {self.max_objects} objects "
+                             "(colours are unique within a scene)")
         if self.min_objects < 2:
             raise SceneError(f"min_objects must be at least 2 (relations need two objects), got {self.min_objects}")
         if self.max_objects > MAX_OBJECTS:
@@ -128,27 +141,31 @@ class SampledScene:
     num_relations: int  # how many relations the prompt should state (fewer if fewer survive the perturbation)
 
 
-def sample_scene(rng: random.Random, config: WorldConfig, max_attempts: int = 200) -> SampledScene:
-    """A random scene whose layout realises a sampled set of relation families, with the relations that hold."""
+def sample_scene(rng: random.Random, config: WorldConfig, require: tuple[str, ...] = (),
+                 max_attempts: int = 200) -> SampledScene:
+    """A random scene whose layout realises a sampled set of relation families (including those in `require`),
+    with the relations that hold."""
     for _ in range(max_attempts):
-        sampled = _try_sample(rng, config)
+        sampled = _try_sample(rng, config, require)
         if sampled is not None:
             return sampled
     raise SceneError(f"could not place a scene in {max_attempts} attempts")
 
 
-def _try_sample(rng: random.Random, config: WorldConfig) -> SampledScene | None:
+def _try_sample(rng: random.Random, config: WorldConfig, require: tuple[str, ...] = ()) -> SampledScene | None:
     num_objects = rng.randint(config.min_objects, config.max_objects)
     scale = object_scale(num_objects)
-    sky_ground = rng.random() < config.sky_ground_fraction
+    sky_ground = "background" in require or rng.random() < config.sky_ground_fraction
     background = Background("sky_ground", round(rng.uniform(0.4, 0.6), 4)) if sky_ground else Background("plain")
     families = [f for f in FAMILIES if sky_ground or f != "background"]
     # Few objects cannot carry many independent relations (most perturbations would break several at once).
     target = rng.randint(config.min_relations, max(min(config.max_relations, 2 * num_objects), config.min_relations))
-    wanted = [rng.choice(families) for _ in range(target)]
+    wanted = list(require) + [rng.choice(families) for _ in range(max(target - len(require), 0))]
 
-    colours = rng.sample(list(COLOURS), num_objects)
-    shapes = {c: rng.choice(SHAPES) for c in colours}
+    colours = rng.sample(sorted(set(config.colours), key=list(COLOURS).index), num_objects)
+    shapes = {c: rng.choice(config.shapes) for c in colours}
+    containers = [s for s in CONTAINER_SHAPES if s in config.shapes]
+    convex = [s for s in CONVEX_SHAPES if s in config.shapes]
     sizes = {c: rng.choice(list(SIZES)) for c in colours}
 
     # Assign disjoint object groups to the families that must be constructed.
@@ -156,16 +173,17 @@ def _try_sample(rng: random.Random, config: WorldConfig) -> SampledScene | None:
     groups: list[tuple[str, list[str]]] = []
     for family in wanted:
         need = _CONSTRUCTED.get(family)
-        if need is None or len(free) < need:
+        if need is None or len(free) < need or (family == "containment" and not containers) or (
+                family == "depth" and not convex):
             continue
         members = [free.pop() for _ in range(need)]
         groups.append((family, members))
         if family == "containment":
             inner, outer = members
-            shapes[outer], sizes[outer], sizes[inner] = rng.choice(CONTAINER_SHAPES), "large", "small"
+            shapes[outer], sizes[outer], sizes[inner] = rng.choice(containers), "large", "small"
         elif family == "depth":
             for colour in members:  # small overlapping shapes leave too small a notch to read at 64 px
-                shapes[colour], sizes[colour] = rng.choice(CONVEX_SHAPES), rng.choice(("medium", "large"))
+                shapes[colour], sizes[colour] = rng.choice(convex), rng.choice(("medium", "large"))
 
     order = list(colours)
     rng.shuffle(order)
@@ -290,31 +308,45 @@ def _candidates(rng: random.Random, scene: Scene, layout: SceneLayout) -> dict[s
     found: dict[str, list[Relation]] = {f: [] for f in FAMILIES}
     colours = [o.colour for o in scene.objects]
 
-    def add(relation: Relation, alternative: Relation | None = None) -> None:
-        if relation.family == "depth" and scene.overlap_fraction(*relation.subjects) > 0.6:
+    def add(kind: str, subjects: tuple[str, ...], mirrored: str | None = None) -> None:
+        relation = Relation(kind, subjects)
+        if evaluate(relation, layout) is not Truth.HOLDS:
+            return
+        if relation.family == "depth" and scene.overlap_fraction(*subjects) > 0.6:
             return  # an object within another: containment, not a depth order a perturbation could reverse
-        if evaluate(relation, layout) is Truth.HOLDS:
-            found[relation.family].append(alternative if alternative is not None and rng.random() < 0.5 else relation)
+        if mirrored is not None and rng.random() < 0.5:
+            relation = Relation(mirrored, tuple(reversed(subjects)))
+        found[relation.family].append(relation)
 
+    boxes = {c: scene[c].box for c in colours}
     for i, a in enumerate(colours):
         for b in colours[i + 1:]:
+            touching = box_gap(boxes[a], boxes[b]) < 0  # depth and containment need overlapping boxes
             for forward, backward in (("left_of", "right_of"), ("above", "below"), ("in_front_of", "behind")):
-                add(Relation(forward, (a, b)), Relation(backward, (b, a)))
-                add(Relation(forward, (b, a)), Relation(backward, (a, b)))
-            add(Relation("next_to", (a, b)))
-            add(Relation("inside", (a, b)))
-            add(Relation("inside", (b, a)))
+                if forward != "in_front_of" or touching:
+                    add(forward, (a, b), backward)
+                    add(forward, (b, a), backward)
+            add("next_to", (a, b))
+            if touching:
+                add("inside", (a, b))
+                add("inside", (b, a))
         if scene.background.kind == "sky_ground":
-            add(Relation("in_sky", (a,)))
-            add(Relation("on_ground", (a,)))
+            add("in_sky", (a,))
+            add("on_ground", (a,))
         regions = [r for r in REGIONS if evaluate(Relation("in_region", (a,), r), layout) is Truth.HOLDS]
         if regions:
             found["absolute"].append(Relation("in_region", (a,), rng.choice(regions)))
+    centres = {c: ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for c, b in boxes.items()}
     for middle in colours:
+        mx, my = centres[middle]
         for end_a in colours:
             for end_b in colours:
-                if len({middle, end_a, end_b}) == 3 and end_a < end_b:
-                    add(Relation("between", (middle, end_a, end_b)))
+                if len({middle, end_a, end_b}) < 3 or end_a > end_b:
+                    continue
+                (ax, ay), (bx, by) = centres[end_a], centres[end_b]
+                # cheap necessary condition: the middle lies near the box spanned by the two ends
+                if min(ax, bx) - 0.1 <= mx <= max(ax, bx) + 0.1 and min(ay, by) - 0.1 <= my <= max(ay, by) + 0.1:
+                    add("between", (middle, end_a, end_b))
     # "far from" is true of most pairs: offer a few so that it is not a word only perturbed prompts use.
     far = [Relation("far_from", (a, b)) for i, a in enumerate(colours) for b in colours[i + 1:]
            if evaluate(Relation("far_from", (a, b)), layout) is Truth.HOLDS]
@@ -337,18 +369,30 @@ def fact(relation: Relation) -> tuple:
 
 
 def choose_relations(rng: random.Random, candidates: dict[str, list[Relation]], count: int,
-                     taken: list[Relation] = ()) -> list[Relation]:
-    """Up to `count` candidates that state facts not in `taken`, each drawn from a uniformly chosen family among
-    those with candidates left (family-balanced)."""
+                     taken: list[Relation] = (), prefer_disjoint: bool = False,
+                     families: tuple[str, ...] | None = None) -> list[Relation]:
+    """Up to `count` candidates that state facts not in `taken`. Each comes from the next of `families` if given
+    (none if that family has no candidate left), else from a uniformly chosen family among those with candidates
+    left (family-balanced). With `prefer_disjoint`, a relation that shares no object with those already chosen is
+    preferred within its family (relations broken together should not all push one object the same way, which
+    would make that object's position alone tell the images apart)."""
     facts = {fact(r) for r in taken}
     pools = {f: [r for r in rs if fact(r) not in facts] for f, rs in candidates.items()}
     chosen: list[Relation] = []
     while len(chosen) < count:
-        families = [f for f, rs in pools.items() if rs]
-        if not families:
-            break
-        pool = pools[rng.choice(families)]
-        relation = pool.pop(rng.randrange(len(pool)))
+        if families is not None:
+            family = families[len(chosen)]
+            if not pools.get(family):
+                break
+        else:
+            available = [f for f, rs in pools.items() if rs]
+            if not available:
+                break
+            family = rng.choice(available)
+        pool = pools[family]
+        used = {c for r in chosen for c in r.subjects}
+        disjoint = [i for i, r in enumerate(pool) if not used & set(r.subjects)] if prefer_disjoint else []
+        relation = pool.pop(rng.choice(disjoint) if disjoint else rng.randrange(len(pool)))
         if fact(relation) in facts:
             continue
         facts.add(fact(relation))

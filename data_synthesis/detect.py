@@ -2,16 +2,22 @@
 
 It is the oracle for generated images, which are small and blurry, so it says "not found" rather than guess.
 
-- Segmentation: every pixel goes to the nearest colour of the palette (all object colours and the background
-  colours), or to none if it is far from all of them. A described object's mask is its colour's pixels after a
-  small morphological opening (which removes the one-pixel fringes where two colours blend), keeping the
-  connected parts of at least a quarter of the largest one (an occluder can cut an object in two). Fewer than
-  `min_pixels` pixels: not found.
+- Segmentation: every pixel is explained as one palette colour (all object colours and one background: plain, or
+  sky and ground, whichever covers more) or as a blend of two colours seen clearly within a few pixels, in a
+  luma/chroma space where chroma counts less (blur and JPEG smear it most). A blend goes to the colour it has more
+  of, so borders fall where they were drawn and thin parts (a container's ring) survive; pixels far from every
+  colour and blend stay unassigned. A described object's mask is its colour's pixels, keeping the connected parts
+  of at least a quarter of the largest one (an occluder can cut an object in two). Fewer than `min_pixels`
+  pixels: not found.
 - Positions and extents: the box of the mask; relations use box centres and box gaps, like the scene graph.
-- Occlusion (in front of / behind): an object that is partly hidden has a bite taken out of it, so the convex
-  hull of its visible pixels reaches over the object that hides it; the hull of an unhidden convex shape covers
-  nothing of the other. The reading is (pixels of A inside hull(B) - pixels of B inside hull(A)) / smaller area:
-  positive when A is in front. Exact for convex shapes, which is why only convex shapes take depth relations.
+- Occlusion (in front of / behind): the one in front keeps its convex outline, so the border between two
+  touching objects bulges into the one behind. The border's two ends (where it meets a third colour) give the
+  chord a straight cut would leave; the reading is (pixels of A beyond the chord on B's side - pixels of B beyond
+  it on A's side) / smaller area: positive when A is in front. Measured from the chord rather than from a mask's
+  convex hull (whose pixel centres lie half a pixel inside its outline), a bite of a pixel or two still reads at
+  64 px. Where the border has not exactly two ends (one object cut in two), the hulls are used: the convex hull of
+  the hidden one's visible pixels reaches over the one that hides it. Exact for convex shapes, which is why only
+  convex shapes take depth relations.
 - Containment (inside): the fraction of A's pixels that lie within the convex hull of B's visible pixels (an
   object drawn inside B leaves B's outline whole, so B's hull covers it).
 - Horizon: the row that best splits sky-coloured background pixels (above) from ground-coloured ones (below).
@@ -33,13 +39,13 @@ _NAMES = list(COLOURS) + ["bg:" + name for name in BACKGROUND_COLOURS]
 _PALETTE = np.array(list(COLOURS.values()) + list(BACKGROUND_COLOURS.values()), dtype=np.float32)  # [P, 3]
 _PLAIN, _SKY, _GROUND = (_NAMES.index("bg:" + name) for name in ("plain", "sky", "ground"))
 # Luma and chroma (JPEG's YCbCr); chroma counts less because blur and chroma subsampling smear it most.
-CHROMA_WEIGHT = float(__import__("os").environ.get("CW", "0.3"))
+CHROMA_WEIGHT = 0.3
 _YCC = np.array([[0.299, 0.587, 0.114], [-0.1687, -0.3313, 0.5], [0.5, -0.4187, -0.0813]], np.float32)  # [3, 3]
 _SPACE = _YCC.T * np.sqrt([1.0, CHROMA_WEIGHT, CHROMA_WEIGHT]).astype(np.float32)  # [3, 3] RGB -> weighted YCbCr
 _POINTS = _PALETTE @ _SPACE  # [P, 3]
-MIX_COST = float(__import__("os").environ.get("LAM", "400"))  # squared distance a two-colour blend pays over a pure colour
-CLEAR_COST = float(__import__('os').environ.get('CLR', '400'))  # squared distance within which a pixel is clearly that colour
-NEIGHBOURHOOD = int(__import__('os').environ.get('NB', '3'))  # blends use colours seen clearly within this many pixels
+MIX_COST = 250.0  # squared distance a two-colour blend pays over a pure colour
+CLEAR_COST = 400.0  # squared distance within which a pixel is clearly that colour
+NEIGHBOURHOOD = 3  # blends use colours seen clearly within this many pixels
 MAX_COLOUR_DISTANCE = 80.0  # farther than this from every palette colour and blend: unassigned
 _CROSS = ndimage.generate_binary_structure(2, 1)
 

@@ -37,6 +37,7 @@ class VerifyReport:
     perfect_all_hold: float = 0.0
     perturbed_exact: float = 0.0
     relation_agreement: dict[str, float] = field(default_factory=dict)
+    disagreements: list[str] = field(default_factory=list)
     shortcut: dict = field(default_factory=dict)
     threshold: float = 0.99
 
@@ -50,6 +51,7 @@ class VerifyReport:
             "passed": self.passed, "num_pairs": self.num_pairs, "missing": self.missing, "corrupt": self.corrupt,
             "malformed": self.malformed, "perfect_all_hold": self.perfect_all_hold,
             "perturbed_exact": self.perturbed_exact, "relation_agreement": self.relation_agreement,
+            "disagreements": self.disagreements,
             "shortcut": self.shortcut, "threshold": self.threshold,
         }
 
@@ -133,6 +135,12 @@ def check_pair(row: dict, dataset_dir: Path, resolution: int) -> dict:
     result["perturbed_ok"] = perturbed_truths == expected
     result["relations"] = [(r.family, perfect_truths[i] is Truth.HOLDS, perturbed_truths[i] is expected[i])
                            for i, r in enumerate(stated)]
+    result["disagreements"] = [
+        f"{row['pair_id']} {image}: {_format(r)} read {got.value}, expected {want.value}"
+        for image, truths, wanted in (("perfect", perfect_truths, [Truth.HOLDS] * len(stated)),
+                                      ("perturbed", perturbed_truths, expected))
+        for r, got, want in zip(stated, truths, wanted, strict=True) if got is not want
+    ]
     first = stated[broken[0]]
     result["shortcut"] = {
         "kind": first.kind, "family": first.family,
@@ -140,6 +148,10 @@ def check_pair(row: dict, dataset_dir: Path, resolution: int) -> dict:
                   for role, colour in zip("ABC", first.subjects, strict=False)},
     }
     return result
+
+
+def _format(relation: Relation) -> str:
+    return f"{relation.kind}({', '.join(relation.subjects)}{', ' + relation.region if relation.region else ''})"
 
 
 def shortcut_report(shortcuts: list[dict]) -> dict:
@@ -217,6 +229,7 @@ def verify(dataset_dir: str | os.PathLike, *, workers: int = 1, threshold: float
         report.perturbed_exact = round(sum(r["perturbed_ok"] for r in checked) / len(checked), 4)
         agreement: dict[str, list[int]] = defaultdict(list)
         for result in checked:
+            report.disagreements += result["disagreements"]
             for family, perfect_ok, perturbed_ok in result["relations"]:
                 agreement[family] += [perfect_ok, perturbed_ok]
         report.relation_agreement = {f: round(sum(v) / len(v), 4) for f, v in sorted(agreement.items())}
@@ -237,6 +250,9 @@ def format_report(report: VerifyReport) -> str:
     if report.relation_agreement:
         lines.append("relation reads agreeing with the scene graph, by family: " + ", ".join(
             f"{f} {v:.1%}" for f, v in report.relation_agreement.items()))
+    if report.disagreements:
+        lines.append(f"detector disagreements ({len(report.disagreements)}; all in the JSON report):")
+        lines += [f"  {item}" for item in report.disagreements[:10]]
     if report.shortcut:
         shortcut = report.shortcut
         flag = "ok" if shortcut["overall"] <= shortcut["target"] else "ABOVE TARGET"

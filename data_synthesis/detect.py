@@ -143,11 +143,13 @@ class PixelLayout:
         if not (ndimage.binary_dilation(mask_front, _CROSS, iterations=2) & mask_back).any():
             return 0.0
         smaller = min(mask_front.sum(), mask_back.sum())
+        # the hulls read a bite reliably once it is a few pixels deep; the chord reads the shallow ones
+        front_in_back = (self.hull(back) & mask_front).sum()
+        back_in_front = (self.hull(front) & mask_back).sum()
+        hull_reading = float((front_in_back - back_in_front) / smaller)
         chord = _contact_chord(mask_front, mask_back)
-        if chord is None:  # no single contact with two ends (one object cut in two): the hulls show the bite
-            front_in_back = (self.hull(back) & mask_front).sum()
-            back_in_front = (self.hull(front) & mask_back).sum()
-            return float((front_in_back - back_in_front) / smaller)
+        if chord is None:  # no single contact with two ends (one object cut in two, or a fringe in between)
+            return hull_reading
         start, end = chord  # [2] (row, col) each
         rows, cols = np.mgrid[: self.height, : self.width]
         along, across = end - start, np.array([start[1] - end[1], end[0] - start[0]], dtype=float)
@@ -160,7 +162,7 @@ class PixelLayout:
         # the one in front bulges across the chord into the other (it keeps its convex outline)
         front_over = (mask_front & band & (side < 0)).sum()
         back_over = (mask_back & band & (side > 0)).sum()
-        return float((front_over - back_over) / smaller)
+        return hull_reading + float((front_over - back_over) / smaller)
 
     def containment(self, inner: str, outer: str) -> float:
         mask_inner = self.masks[inner]

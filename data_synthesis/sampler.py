@@ -10,16 +10,21 @@ are not recognisable by layout statistics alone.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
 
 from data_synthesis.hull import filled_hull
 from data_synthesis.relations import FAMILIES, Relation, SceneLayout, Truth, box_gap, evaluate
 from data_synthesis.scene import (
     COLOURS,
     CONTAINER_SHAPES,
-    CONVEX_SHAPES,
+    DEPTH_SHAPES,
+    GEOMETRY_GRID,
     REGIONS,
     SHAPES,
     SIZES,
@@ -106,22 +111,48 @@ def overlapping_pairs(scene: Scene) -> set[frozenset[str]]:
     }
 
 
-def depth_readable(scene: Scene, a: str, b: str, min_bite: float = 0.06) -> bool:
+def depth_readable(scene: Scene, a: str, b: str, min_bite: float = 0.06, min_bite_area: float = 0.001) -> bool:
     """Whichever of the two is in front, it takes a visible bite out of the other.
 
     A straight edge that cuts across a convex shape leaves it convex, and then no one (and no detector) can tell
     from pixels which is in front; a corner or a curve poking into it leaves a notch. The bite is the part of the
-    hidden object's convex hull that the front object covers, relative to the smaller object (exact masks)."""
+    hidden object's convex hull that the front object covers (exact masks); it must reach `min_bite` of the smaller
+    object and `min_bite_area` of the image (4 pixels at 64 px, so that it survives blur at that size)."""
     aligned = scene.aligned_masks(a, b, union=True)
     if aligned is None:
         return False
     mask_a, mask_b = aligned[0][::2, ::2], aligned[1][::2, ::2]  # half resolution is plenty for a notch test
     smaller = min(mask_a.sum(), mask_b.sum())
+    needed = max(min_bite * smaller, min_bite_area * (GEOMETRY_GRID // 2) ** 2)
     for front, back in ((mask_a, mask_b), (mask_b, mask_a)):
-        bite = (filled_hull(back & ~front) & front).sum()
-        if bite < min_bite * smaller:
+        # slivers thinner than about a pixel at 64 px would stretch the hull but vanish in any image
+        visible_back = ndimage.binary_opening(back & ~front, np.ones((3, 3), bool))
+        if not visible_back.any():
+            return False
+        bite = (filled_hull(visible_back) & front).sum()
+        if bite < needed:
             return False
     return True
+
+
+@functools.lru_cache(maxsize=None)
+def _ring_when_centred(outer_shape: str, inner_shape: str, scale: float) -> float:
+    """Narrowest ring (fraction of the image side) a large `outer_shape` leaves round a small `inner_shape`."""
+    outer = SceneObject("blue", outer_shape, "large", 0.5, 0.5, SIZES["large"] * scale, 0)
+    inner = SceneObject("red", inner_shape, "small", 0.5, 0.5, SIZES["small"] * scale, 1)
+    inner_mask, outer_mask = Scene((inner, outer), Background("plain")).aligned_masks("red", "blue", union=True)
+    return float(ndimage.distance_transform_edt(outer_mask)[inner_mask].min()) / GEOMETRY_GRID
+
+
+def ring_readable(scene: Scene, inner: str, outer: str, min_ring: float = 0.02) -> bool:
+    """The container shows a ring at least `min_ring` of the image side wide all round its content (1.3 pixels
+    at 64 px), so that blur does not swallow it and the content still reads as inside."""
+    aligned = scene.aligned_masks(inner, outer, union=True)
+    if aligned is None:
+        return False
+    inner_mask, outer_mask = aligned
+    depth_inside_outer = ndimage.distance_transform_edt(outer_mask)  # cells to the nearest cell outside it
+    return bool(inner_mask.any()) and float(depth_inside_outer[inner_mask].min()) >= min_ring * GEOMETRY_GRID
 
 
 def random_position(rng: random.Random, radius: float) -> tuple[float, float]:
@@ -165,7 +196,7 @@ def _try_sample(rng: random.Random, config: WorldConfig, require: tuple[str, ...
     colours = rng.sample(sorted(set(config.colours), key=list(COLOURS).index), num_objects)
     shapes = {c: rng.choice(config.shapes) for c in colours}
     containers = [s for s in CONTAINER_SHAPES if s in config.shapes]
-    convex = [s for s in CONVEX_SHAPES if s in config.shapes]
+    overlappable = [s for s in DEPTH_SHAPES if s in config.shapes]
     sizes = {c: rng.choice(list(SIZES)) for c in colours}
 
     # Assign disjoint object groups to the families that must be constructed.
@@ -174,16 +205,19 @@ def _try_sample(rng: random.Random, config: WorldConfig, require: tuple[str, ...
     for family in wanted:
         need = _CONSTRUCTED.get(family)
         if need is None or len(free) < need or (family == "containment" and not containers) or (
-                family == "depth" and not convex):
+                family == "depth" and not overlappable):
             continue
         members = [free.pop() for _ in range(need)]
         groups.append((family, members))
         if family == "containment":
             inner, outer = members
-            shapes[outer], sizes[outer], sizes[inner] = rng.choice(containers), "large", "small"
+            fitting = [c for c in containers if _ring_when_centred(c, shapes[inner], scale) >= 0.025]
+            if not fitting:
+                continue
+            shapes[outer], sizes[outer], sizes[inner] = rng.choice(fitting), "large", "small"
         elif family == "depth":
-            for colour in members:  # small overlapping shapes leave too small a notch to read at 64 px
-                shapes[colour], sizes[colour] = rng.choice(convex), rng.choice(("medium", "large"))
+            for colour in members:  # smaller overlapping shapes leave too small a notch to read at 64 px
+                shapes[colour], sizes[colour] = rng.choice(overlappable), "large"
 
     order = list(colours)
     rng.shuffle(order)
@@ -234,9 +268,9 @@ def _place_group(rng, family, members, make, placed, background, tries: int = 60
         if not all(placement_ok(o, placed, background) for o in group):
             continue
         probe = Scene(tuple(group), background)
-        if family == "containment" and probe.covered_fraction(members[0], members[1]) < 0.999:
+        if family == "containment" and not ring_readable(probe, members[0], members[1]):
             continue
-        if family == "depth" and not (0.15 <= probe.overlap_fraction(*members) <= 0.45
+        if family == "depth" and not (0.3 <= probe.overlap_fraction(*members) <= 0.5
                                       and depth_readable(probe, *members)):
             continue
         if family in ("proximity", "between") and overlapping_pairs(probe):
@@ -250,7 +284,7 @@ def _propose_group(rng, family, members, make) -> list[SceneObject]:
         inner, outer = members
         outer_obj = make(outer, 0.5, 0.5)
         outer_obj = outer_obj.moved(*random_position(rng, outer_obj.radius))
-        jitter = 0.1 * outer_obj.radius
+        jitter = 0.05 * outer_obj.radius
         inner_obj = make(inner, outer_obj.x + rng.uniform(-jitter, jitter), outer_obj.y + rng.uniform(-jitter, jitter))
         return [inner_obj, outer_obj]
     if family == "depth":
@@ -259,7 +293,7 @@ def _propose_group(rng, family, members, make) -> list[SceneObject]:
         back_obj = back_obj.moved(*random_position(rng, back_obj.radius))
         front_obj = make(front, 0.5, 0.5)
         angle = rng.uniform(0, 2 * math.pi)
-        distance = (front_obj.radius + back_obj.radius) * rng.uniform(0.45, 0.8)
+        distance = (front_obj.radius + back_obj.radius) * rng.uniform(0.3, 0.7)
         return [front_obj.moved(back_obj.x + distance * math.cos(angle), back_obj.y + distance * math.sin(angle)),
                 back_obj]
     if family == "proximity":

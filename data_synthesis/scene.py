@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -57,8 +57,8 @@ def _star(points: int = 5, inner: float = 0.45) -> tuple[tuple[float, float], ..
 
 
 _ARM = 0.36
-# Unit outlines inside [-1, 1]^2 (y down); None means a circle. Convex shapes can take part in occlusion relations
-# (the detector reads occlusion through convex hulls); `CONTAINER_SHAPES` are roomy enough to hold a small object.
+# Unit outlines inside [-1, 1]^2 (y down); None means a circle. `CONTAINER_SHAPES` are roomy enough to hold a small
+# object.
 SHAPE_OUTLINES: dict[str, tuple[tuple[float, float], ...] | None] = {
     "circle": None,
     "square": ((-0.9, -0.9), (0.9, -0.9), (0.9, 0.9), (-0.9, 0.9)),
@@ -78,8 +78,10 @@ _UNIT_EXTENTS = {
         min(u for u, _ in outline), min(v for _, v in outline), max(u for u, _ in outline), max(v for _, v in outline))
     for name, outline in SHAPE_OUTLINES.items()
 }
-CONVEX_SHAPES = ("circle", "square", "triangle", "diamond", "pentagon", "hexagon")
 CONTAINER_SHAPES = ("circle", "square", "hexagon")
+# Shapes that take part in depth relations: convex (occlusion is read through outlines) and blunt, so the bite one
+# takes out of the other is wide enough to survive blur at 64 px (sharp triangle and diamond tips are not).
+DEPTH_SHAPES = ("circle", "square", "pentagon", "hexagon")
 
 # Half-extent of each size, as a fraction of the image side, for scenes of up to 4 objects; larger scenes scale
 # every object down by sqrt(4 / n) so that 8 objects still fit without crowding.

@@ -47,6 +47,7 @@ MIX_COST = 250.0  # squared distance a two-colour blend pays over a pure colour
 CLEAR_COST = 400.0  # squared distance within which a pixel is clearly that colour
 NEIGHBOURHOOD = 3  # blends use colours seen clearly within this many pixels
 MAX_COLOUR_DISTANCE = 80.0  # farther than this from every palette colour and blend: unassigned
+MIN_SOLIDITY = 0.3  # found objects fill at least this fraction of their convex hull
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
@@ -115,13 +116,18 @@ class PixelLayout:
         self.height, self.width = labels.shape
         self.labels = labels
         self.masks: dict[str, np.ndarray] = {}
+        self._hulls: dict[str, np.ndarray] = {}
         for colour in colours:
             if colour not in COLOURS:
                 raise SceneError(f"unknown colour {colour!r}; known colours: {', '.join(COLOURS)}")
             mask = _clean(labels == _NAMES.index(colour))
-            if mask.sum() >= min_pixels:
-                self.masks[colour] = mask
-        self._hulls: dict[str, np.ndarray] = {}
+            if mask.sum() < min_pixels:
+                continue
+            hull = filled_hull(mask)
+            # a shape (even a ring round its content, or a bitten one) fills a good part of its hull; specks of a
+            # colour scattered over noise or texture do not, and are "not found" rather than a guess
+            if mask.sum() >= MIN_SOLIDITY * hull.sum():
+                self.masks[colour], self._hulls[colour] = mask, hull
 
     def found(self, colour: str) -> bool:
         return colour in self.masks

@@ -8,12 +8,15 @@ perturbations would (a new overlap, an object on the border or on the horizon) i
 
 Honest difficulty: a plain swap moves both objects, so each object's own position tells the two images apart
 (on a swap-only dataset 99.6% of pairs were solved by the first object's position alone). `move_across` instead
-moves one object across the other and shifts the other a little the same way: which object jumps is a coin flip,
-so for either object alone "did it move left or right" is a coin flip too. Swaps stay, but rare.
+moves one object across the other and shifts the other a little the same way, so for either object alone "did it
+move left or right" is balanced; repositioned objects keep their distance to the image centre; and each choice
+(operation, which object moves) is made once per relation, not retried until something verifies, which would
+let the layout pick it. Swaps stay, but rare. `data_synthesis verify` measures what single-object rules achieve.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -34,6 +37,7 @@ from data_synthesis.sampler import (
 from data_synthesis.scene import Scene
 
 SWAP_PROBABILITY = 0.05
+DISTANCE_SLACK = 0.04  # how far a repositioned object's distance to the centre may change
 
 
 @dataclass(frozen=True)
@@ -97,12 +101,12 @@ def _proposals(scene: Scene, relation: Relation, rng: random.Random, count: int)
         yield _reverse_depth(scene, *relation.subjects), "reverse_depth"
         return
     if family in ("horizontal", "vertical"):
-        # The operation and the object that jumps are drawn once, not per proposal: retrying with the other choice
-        # would let the layout decide which object moves, and so make that readable from the layout.
+        # The operation and the object that jumps are chosen once, not per proposal: falling back to the other
+        # choice when proposals fail would make the object that moves depend on the rest of the layout.
         if rng.random() < SWAP_PROBABILITY:
             yield _swap(scene, *relation.subjects), "swap"
             return
-        low_jumps = rng.random() < 0.5
+        low_jumps = _low_jumps(scene, relation)
         for _ in range(count):
             yield _move_across(scene, relation, low_jumps, rng), "move_across"
         return
@@ -159,6 +163,20 @@ def _reverse_depth(scene: Scene, a: str, b: str) -> Scene:
     return scene.replace_objects(replace(obj_a, depth=obj_b.depth), replace(obj_b, depth=obj_a.depth))
 
 
+def _low_jumps(scene: Scene, relation: Relation) -> bool:
+    """Whether the object with the smaller coordinate jumps (else the other one does): the one whose jump moves
+    the pair's midpoint towards the image centre.
+
+    A jump moves the pair's midpoint in the jump's direction. Chosen by a coin flip, that drifts pairs away from
+    the centre on average (a pair around the centre moves outwards either way), and "the objects nearer the
+    centre" picked the perfect image of 66-69% of such pairs (measured on 1,200 pairs); jumping towards the centre
+    brings that to 57%. Which object jumps is still balanced, by mirror symmetry of the layouts: "the first-named
+    object moved left" picks the perfect image of 55% of pairs."""
+    axis = 0 if relation.family == "horizontal" else 1
+    midpoint = sum((scene[c].x, scene[c].y)[axis] for c in relation.subjects) / 2
+    return midpoint < 0.5  # the lower object jumps in the + direction
+
+
 def _move_across(scene: Scene, relation: Relation, low_jumps: bool, rng: random.Random) -> Scene:
     """One object (with whatever overlaps it) jumps to the other side of the other, which shifts a little the same
     way."""
@@ -202,12 +220,25 @@ def _move_next_to(scene: Scene, mover: str, anchor: str, rng: random.Random, tri
 
 def _reposition(scene: Scene, mover: str, relation: Relation, rng: random.Random, tries: int = 20) -> Scene | None:
     """Move `mover` (with whatever overlaps it, unless the relation is the containment being broken) to a random
-    free place where `relation` is broken with the strict margin."""
+    free place where `relation` is broken with the strict margin.
+
+    For relations between objects the new place keeps the mover's distance to the image centre (within
+    DISTANCE_SLACK) and only changes its direction from the centre: a uniformly random place is farther out on
+    average than, say, an object between two others or next to one, and "objects nearer the centre" would then
+    pick the perfect image. One-object relations (absolute placement, sky/ground) move freely: they are about
+    where the object is."""
     group = [mover] if relation.family == "containment" else cluster(scene, mover)
     if any(c in group for c in relation.subjects if c != mover):
         return None  # the group carries the other object along: the relation cannot change
+    keep_distance = len(relation.subjects) > 1
+    distance = math.hypot(scene[mover].x - 0.5, scene[mover].y - 0.5)
     for _ in range(tries):
-        x, y = random_position(rng, scene[mover].radius)
+        if keep_distance:
+            angle = rng.uniform(0, 2 * math.pi)
+            radius = max(distance + rng.uniform(-DISTANCE_SLACK, DISTANCE_SLACK), 0.0)
+            x, y = 0.5 + radius * math.cos(angle), 0.5 + radius * math.sin(angle)
+        else:
+            x, y = random_position(rng, scene[mover].radius)
         candidate = _translate(scene, group, x - scene[mover].x, y - scene[mover].y)
         if _group_fits(candidate, group) and evaluate(relation, SceneLayout(candidate)) is Truth.BROKEN:
             return candidate

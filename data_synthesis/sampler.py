@@ -135,6 +135,7 @@ def depth_readable(scene: Scene, a: str, b: str, min_bite: float = 0.06, min_bit
     return True
 
 
+
 @functools.lru_cache(maxsize=None)
 def _ring_when_centred(outer_shape: str, inner_shape: str, scale: float) -> float:
     """Narrowest ring (fraction of the image side) a large `outer_shape` leaves round a small `inner_shape`."""

@@ -37,7 +37,8 @@ from data_synthesis.sampler import (
 from data_synthesis.scene import Scene
 
 SWAP_PROBABILITY = 0.05
-DISTANCE_SLACK = 0.04  # how far a repositioned object's distance to the centre may change
+DISTANCE_SLACK = 0.04
+TARGETS_PER_SCENE = 3  # choices of relations to break tried on one scene before drawing another  # how far a repositioned object's distance to the centre may change
 
 
 @dataclass(frozen=True)
@@ -264,8 +265,9 @@ def sample_pair(rng: random.Random, config: WorldConfig, k: int, *, max_attempts
     # The families to break are drawn once per pair, uniformly: redrawing them with each fresh scene would favour
     # the families whose perturbations verify most easily.
     families = tuple(rng.choice(FAMILIES) for _ in range(k))
-    for _ in range(max_attempts):
-        sampled = sample_scene(rng, config, require=families)
+    for attempt in range(max_attempts):
+        if attempt % TARGETS_PER_SCENE == 0:  # a scene is cheap to keep and costly to redraw
+            sampled = sample_scene(rng, config, require=families)
         targets = choose_relations(rng, sampled.candidates, k, prefer_disjoint=True, families=families)
         if len(targets) < k:
             continue

@@ -124,15 +124,25 @@ def depth_readable(scene: Scene, a: str, b: str, min_bite: float = 0.06, min_bit
     mask_a, mask_b = aligned[0][::2, ::2], aligned[1][::2, ::2]  # half resolution is plenty for a notch test
     smaller = min(mask_a.sum(), mask_b.sum())
     needed = max(min_bite * smaller, min_bite_area * (GEOMETRY_GRID // 2) ** 2)
+    visible = []
     for front, back in ((mask_a, mask_b), (mask_b, mask_a)):
         # slivers thinner than about a pixel at 64 px would stretch the hull but vanish in any image
         visible_back = ndimage.binary_opening(back & ~front, np.ones((3, 3), bool))
-        if not visible_back.any():
+        if not visible_back.any() or not _same_extent(visible_back, back):
             return False
-        bite = (filled_hull(visible_back) & front).sum()
-        if bite < needed:
-            return False
-    return True
+        visible.append((front, visible_back))
+    return all((filled_hull(visible_back) & front).sum() >= needed for front, visible_back in visible)
+
+
+def _same_extent(part: np.ndarray, whole: np.ndarray) -> bool:
+    """`part` still reaches every side of `whole`'s bounding box. A bite that cuts off an extreme of the hidden
+    object would shrink its visible box, and "the object with the smaller box is behind" would then read depth
+    from one object alone."""
+    extents = []
+    for mask in (part, whole):
+        rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+        extents.append((rows[0], rows[-1], cols[0], cols[-1]))
+    return extents[0] == extents[1]
 
 
 
@@ -234,7 +244,7 @@ def _try_sample(rng: random.Random, config: WorldConfig, require: tuple[str, ...
     placed: list[SceneObject] = []
     planned: list[Relation] = []
     for family, members in groups:
-        group = _place_group(rng, family, members, make, placed, background)
+        group = _place_group(rng, family, members, make, placed, background, shapes, overlappable)
         if group is None:
             return None
         placed.extend(group)
@@ -262,9 +272,14 @@ def _place_free(rng, colour, make, placed, background, tries: int = 60) -> Scene
     return None
 
 
-def _place_group(rng, family, members, make, placed, background, tries: int = 60) -> list[SceneObject] | None:
-    """Place a group of objects that realises one constructed relation."""
+def _place_group(rng, family, members, make, placed, background, shapes: dict[str, str],
+                 depth_shapes: list[str], tries: int = 60) -> list[SceneObject] | None:
+    """Place a group of objects that realises one constructed relation. Depth pairs also redraw their shapes on
+    each try: which shapes can overlap readably depends on the offset (see depth_readable)."""
     for _ in range(tries):
+        if family == "depth":
+            for colour in members:
+                shapes[colour] = rng.choice(depth_shapes)
         group = [o.moved(round(o.x, 4), round(o.y, 4)) for o in _propose_group(rng, family, members, make)]
         if not all(placement_ok(o, placed, background) for o in group):
             continue
@@ -293,8 +308,9 @@ def _propose_group(rng, family, members, make) -> list[SceneObject]:
         back_obj = make(back, 0.5, 0.5)
         back_obj = back_obj.moved(*random_position(rng, back_obj.radius))
         front_obj = make(front, 0.5, 0.5)
-        angle = rng.uniform(0, 2 * math.pi)
-        distance = (front_obj.radius + back_obj.radius) * rng.uniform(0.3, 0.7)
+        # diagonal offsets: the bite then takes a corner region and leaves both boxes whole (see depth_readable)
+        angle = math.pi / 4 + rng.randrange(4) * math.pi / 2 + rng.uniform(-0.25, 0.25)
+        distance = (front_obj.radius + back_obj.radius) * rng.uniform(0.38, 0.62)
         return [front_obj.moved(back_obj.x + distance * math.cos(angle), back_obj.y + distance * math.sin(angle)),
                 back_obj]
     if family == "proximity":

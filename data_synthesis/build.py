@@ -171,7 +171,7 @@ def render_pair(config: BuildConfig, row: dict, out_dir: Path) -> None:
             continue
         image = render(Scene.from_json(row[scene_column]), config.resolution, jitter=config.jitter,
                        noise=config.noise, seed=row["render_seed"])
-        atomic_write_bytes(path, png_bytes(image))
+        atomic_write_bytes(path, png_bytes(image), durable=False)
 
 
 _WORKER: dict = {}
@@ -273,8 +273,10 @@ def _differences(previous: dict, arguments: dict) -> str:
 
 
 def _index_batches(config: BuildConfig, accepted: int, next_index: int, success_rate: float) -> range:
+    """The next indices to try: enough for the pairs still missing at the success rate seen so far, plus a few,
+    in batches of at most 1,024 (everything a batch renders beyond `num_pairs` is wasted and deleted)."""
     remaining = config.num_pairs - accepted
-    size = max(64, math.ceil(remaining / max(success_rate, 0.2) * 1.1))
+    size = min(1024, math.ceil(remaining / max(success_rate, 0.2) * 1.02) + 8)
     return range(next_index, next_index + size)
 
 
@@ -287,7 +289,7 @@ def _collect(config: BuildConfig, out_dir: Path, workers: int, progress: bool) -
     bar = tqdm(total=config.num_pairs, desc="pairs", unit="pair", disable=not progress, dynamic_ncols=True)
     with _pool(config, out_dir, workers) as run:
         while len(rows) < config.num_pairs:
-            success_rate = len(rows) / tried if tried else 0.7
+            success_rate = len(rows) / tried if tried else 0.95
             batch = _index_batches(config, len(rows), next_index, success_rate)
             for _, row in run(batch):
                 tried += 1

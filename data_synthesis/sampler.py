@@ -121,9 +121,9 @@ def depth_readable(scene: Scene, a: str, b: str, min_bite: float = 0.06, min_bit
     aligned = scene.aligned_masks(a, b, union=True)
     if aligned is None:
         return False
-    mask_a, mask_b = aligned[0][::2, ::2], aligned[1][::2, ::2]  # half resolution is plenty for a notch test
+    mask_a, mask_b = aligned
     smaller = min(mask_a.sum(), mask_b.sum())
-    needed = max(min_bite * smaller, min_bite_area * (GEOMETRY_GRID // 2) ** 2)
+    needed = max(min_bite * smaller, min_bite_area * GEOMETRY_GRID**2)
     visible = []
     for front, back in ((mask_a, mask_b), (mask_b, mask_a)):
         # slivers thinner than about a pixel at 64 px would stretch the hull but vanish in any image

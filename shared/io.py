@@ -9,23 +9,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = True) -> None:
+    """Write `data` to `path` atomically. `durable` also fsyncs before the rename, so the file survives a power
+    cut, not only a killed process; bulk writes (thousands of images) may skip it for speed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one writer per process: the pid makes it unique
     try:
-        with os.fdopen(handle, "wb") as tmp_file:
+        tmp_file = open(tmp_path, "wb")  # noqa: SIM115 (closed below, before the rename)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_file = open(tmp_path, "wb")  # noqa: SIM115
+    try:
+        with tmp_file:
             tmp_file.write(data)
-            tmp_file.flush()
-            os.fsync(tmp_file.fileno())
-        os.replace(tmp_name, path)
+            if durable:
+                tmp_file.flush()
+                os.fsync(tmp_file.fileno())
+        os.replace(tmp_path, path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp_path.unlink(missing_ok=True)
         raise
 
 

@@ -14,24 +14,36 @@ from shared.io import atomic_write_json
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_synthesis",
-                                     description="SpatialWorld: procedural spatial preference pairs with exact ground truth.")
+    parser = argparse.ArgumentParser(
+        prog="python -m data_synthesis",
+        description="SpatialWorld: procedural spatial preference pairs with exact ground truth.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    b = commands.add_parser("build", help="build a dataset dir (pairs.parquet, images/, meta.json)",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                            description="Build (or resume building) a SpatialWorld dataset dir. The same arguments "
-                                        "give byte-identical files; rerun after a kill to finish.")
+    b = commands.add_parser(
+        "build",
+        help="build a dataset dir (pairs.parquet, images/, meta.json)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Build (or resume building) a SpatialWorld dataset dir. The same arguments "
+        "give byte-identical files; rerun after a kill to finish.",
+    )
     b.add_argument("--out", required=True, help="output dataset dir")
     b.add_argument("--num-pairs", type=int, required=True, help="number of (prompt, perfect, perturbed) pairs")
     b.add_argument("--seed", type=int, default=0, help="dataset seed")
     b.add_argument("--resolution", type=int, default=128, help="image side in pixels (64 to 1024)")
     b.add_argument("--min-objects", type=int, default=3, help="fewest objects per scene (at least 2)")
     b.add_argument("--max-objects", type=int, default=6, help="most objects per scene (at most 8)")
-    b.add_argument("--max-broken", type=int, default=3,
-                   help="each pair breaks k relations, k uniform in 1..max-broken (at most 3)")
-    b.add_argument("--split-fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"),
-                   help="fractions of prompts per split (disjoint by prompt)")
+    b.add_argument(
+        "--max-broken", type=int, default=3, help="each pair breaks k relations, k uniform in 1..max-broken (at most 3)"
+    )
+    b.add_argument(
+        "--split-fractions",
+        type=float,
+        nargs=3,
+        default=(0.8, 0.1, 0.1),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="fractions of prompts per split (disjoint by prompt)",
+    )
     b.add_argument("--colours", nargs="+", default=list(COLOURS), help="palette to draw object colours from")
     b.add_argument("--shapes", nargs="+", default=list(SHAPES), help="shapes to draw objects from")
     b.add_argument("--jitter", type=int, default=8, help="colour jitter in levels (0 to switch off)")
@@ -40,17 +52,27 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace a dataset built with other arguments")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    v = commands.add_parser("verify", help="check every file and read every image back with the pixel detector",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v = commands.add_parser(
+        "verify",
+        help="check every file and read every image back with the pixel detector",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     v.add_argument("dataset", help="dataset dir")
-    v.add_argument("--threshold", type=float, default=0.99,
-                   help="fail below this fraction of perfect/perturbed images read exactly as recorded")
+    v.add_argument(
+        "--threshold",
+        type=float,
+        default=0.99,
+        help="fail below this fraction of perfect/perturbed images read exactly as recorded",
+    )
     v.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     v.add_argument("--report", help="also write the report as JSON to this path")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    s = commands.add_parser("show", help="contact sheet of pairs with prompts and broken relations",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = commands.add_parser(
+        "show",
+        help="contact sheet of pairs with prompts and broken relations",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     s.add_argument("dataset", help="dataset dir")
     s.add_argument("--num", type=int, default=16, help="number of pairs")
     s.add_argument("--split", choices=("train", "val", "test"), help="only pairs of this split")
@@ -63,15 +85,25 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "build":
-            config = BuildConfig(num_pairs=args.num_pairs, seed=args.seed, resolution=args.resolution,
-                                 min_objects=args.min_objects, max_objects=args.max_objects,
-                                 max_broken=args.max_broken, split_fractions=tuple(args.split_fractions),
-                                 jitter=args.jitter, noise=args.noise, colours=tuple(args.colours),
-                                 shapes=tuple(args.shapes))
+            config = BuildConfig(
+                num_pairs=args.num_pairs,
+                seed=args.seed,
+                resolution=args.resolution,
+                min_objects=args.min_objects,
+                max_objects=args.max_objects,
+                max_broken=args.max_broken,
+                split_fractions=tuple(args.split_fractions),
+                jitter=args.jitter,
+                noise=args.noise,
+                colours=tuple(args.colours),
+                shapes=tuple(args.shapes),
+            )
             result = build(config, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
             rate = f" in {result.seconds:.1f} s" if result.seconds else " (already complete: nothing to do)"
-            print(f"{result.out_dir}: {result.counts['pairs']} pairs{rate}; splits {result.counts['by_split']}; "
-                  f"skipped {result.counts['skipped']}")
+            print(
+                f"{result.out_dir}: {result.counts['pairs']} pairs{rate}; splits {result.counts['by_split']}; "
+                f"skipped {result.counts['skipped']}"
+            )
             return 0
         if args.command == "verify":
             report = verify(args.dataset, workers=args.workers, threshold=args.threshold, progress=not args.quiet)

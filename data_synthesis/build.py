@@ -38,9 +38,27 @@ SCHEMA_VERSION = 1
 GENERATOR = "spatialworld-pillow"
 SPLITS = ("train", "val", "test")
 COLUMNS = (
-    "pair_id", "index", "split", "prompt", "perturbed_prompt", "perfect_image", "perturbed_image", "perfect_scene",
-    "perturbed_scene", "stated_relations", "broken_relations", "perturbed_relations", "broken_families",
-    "operations", "num_broken", "num_relations", "num_objects", "generator", "seed", "render_seed", "review_status",
+    "pair_id",
+    "index",
+    "split",
+    "prompt",
+    "perturbed_prompt",
+    "perfect_image",
+    "perturbed_image",
+    "perfect_scene",
+    "perturbed_scene",
+    "stated_relations",
+    "broken_relations",
+    "perturbed_relations",
+    "broken_families",
+    "operations",
+    "num_broken",
+    "num_relations",
+    "num_objects",
+    "generator",
+    "seed",
+    "render_seed",
+    "review_status",
 )
 
 
@@ -69,8 +87,12 @@ class BuildConfig:
         if self.num_pairs < 1:
             raise BuildError(f"--num-pairs must be at least 1, got {self.num_pairs}")
         try:
-            world = WorldConfig(min_objects=self.min_objects, max_objects=self.max_objects,
-                                colours=tuple(self.colours), shapes=tuple(self.shapes))
+            world = WorldConfig(
+                min_objects=self.min_objects,
+                max_objects=self.max_objects,
+                colours=tuple(self.colours),
+                shapes=tuple(self.shapes),
+            )
         except SceneError as error:
             raise BuildError(str(error)) from error
         object.__setattr__(self, "world", world)
@@ -78,14 +100,21 @@ class BuildConfig:
             raise BuildError(f"--resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {self.resolution}")
         needed = min_resolution(self.max_objects)
         if self.resolution < needed:
-            raise BuildError(f"--resolution {self.resolution} is too small for {self.max_objects} objects: the "
-                             f"smallest object would span under the detector's minimum; use at least {needed}")
+            raise BuildError(
+                f"--resolution {self.resolution} is too small for {self.max_objects} objects: the "
+                f"smallest object would span under the detector's minimum; use at least {needed}"
+            )
         if not 1 <= self.max_broken <= 3:
             raise BuildError(f"--max-broken must be 1, 2 or 3, got {self.max_broken}")
-        if len(self.split_fractions) != 3 or any(f < 0 for f in self.split_fractions) or not math.isclose(
-                sum(self.split_fractions), 1.0, abs_tol=1e-6):
-            raise BuildError(f"--split-fractions needs three non-negative numbers (train val test) summing to 1, "
-                             f"got {list(self.split_fractions)}")
+        if (
+            len(self.split_fractions) != 3
+            or any(f < 0 for f in self.split_fractions)
+            or not math.isclose(sum(self.split_fractions), 1.0, abs_tol=1e-6)
+        ):
+            raise BuildError(
+                f"--split-fractions needs three non-negative numbers (train val test) summing to 1, "
+                f"got {list(self.split_fractions)}"
+            )
         if not 0 <= self.jitter <= 64:
             raise BuildError(f"--jitter must be in [0, 64] colour levels, got {self.jitter}")
         if not 0 <= self.noise <= 64:
@@ -169,8 +198,13 @@ def render_pair(config: BuildConfig, row: dict, out_dir: Path) -> None:
         path = out_dir / row[path_column]
         if path.exists():
             continue
-        image = render(Scene.from_json(row[scene_column]), config.resolution, jitter=config.jitter,
-                       noise=config.noise, seed=row["render_seed"])
+        image = render(
+            Scene.from_json(row[scene_column]),
+            config.resolution,
+            jitter=config.jitter,
+            noise=config.noise,
+            seed=row["render_seed"],
+        )
         atomic_write_bytes(path, png_bytes(image), durable=False)
 
 
@@ -198,8 +232,9 @@ class BuildResult:
     resumed_images: int = 0
 
 
-def build(config: BuildConfig, out_dir: str | os.PathLike, *, workers: int = 1, overwrite: bool = False,
-          progress: bool = True) -> BuildResult:
+def build(
+    config: BuildConfig, out_dir: str | os.PathLike, *, workers: int = 1, overwrite: bool = False, progress: bool = True
+) -> BuildResult:
     """Build (or finish building) the dataset dir. Raises BuildError before any work if `out_dir` holds a dataset
     built with other arguments, unless `overwrite`."""
     out_dir = Path(out_dir)
@@ -223,14 +258,19 @@ def build(config: BuildConfig, out_dir: str | os.PathLike, *, workers: int = 1, 
     atomic_write_bytes(out_dir / "pairs.parquet", buffer.getvalue())
     counts = _counts(frame, skipped)
     seconds = time.perf_counter() - start
-    atomic_write_json(out_dir / "build_log.json", {
-        "seconds": round(seconds, 3),
-        "pairs_per_second": round(len(rows) / max(seconds, 1e-9), 2),
-        "workers": workers,
-        "images_found_on_start": existing,
-    })
-    atomic_write_json(out_dir / "meta.json", {"schema_version": SCHEMA_VERSION, "arguments": arguments,
-                                              "generator": GENERATOR, "counts": counts})
+    atomic_write_json(
+        out_dir / "build_log.json",
+        {
+            "seconds": round(seconds, 3),
+            "pairs_per_second": round(len(rows) / max(seconds, 1e-9), 2),
+            "workers": workers,
+            "images_found_on_start": existing,
+        },
+    )
+    atomic_write_json(
+        out_dir / "meta.json",
+        {"schema_version": SCHEMA_VERSION, "arguments": arguments, "generator": GENERATOR, "counts": counts},
+    )
     return BuildResult(out_dir, counts, seconds, existing)
 
 
@@ -252,8 +292,10 @@ def _claim_output_dir(out_dir: Path, arguments: dict, overwrite: bool) -> None:
         if previous != arguments:
             if not overwrite:
                 what = "a dataset built with other arguments" if previous is not None else "files of another kind"
-                raise BuildError(f"{out_dir} already holds {what}; choose another --out or pass --overwrite"
-                                 + (f" (differs in: {_differences(previous, arguments)})" if previous else ""))
+                raise BuildError(
+                    f"{out_dir} already holds {what}; choose another --out or pass --overwrite"
+                    + (f" (differs in: {_differences(previous, arguments)})" if previous else "")
+                )
             if previous is None and not (out_dir / "images").exists():
                 raise BuildError(f"{out_dir} is not a dataset dir; refusing to overwrite it")
             for name in ("images", "pairs.parquet", "meta.json", "build_log.json", "build_args.json"):
@@ -268,8 +310,9 @@ def _claim_output_dir(out_dir: Path, arguments: dict, overwrite: bool) -> None:
 
 def _differences(previous: dict, arguments: dict) -> str:
     keys = sorted(set(previous) | set(arguments))
-    return ", ".join(f"{k}: {previous.get(k)!r} -> {arguments.get(k)!r}" for k in keys
-                     if previous.get(k) != arguments.get(k))
+    return ", ".join(
+        f"{k}: {previous.get(k)!r} -> {arguments.get(k)!r}" for k in keys if previous.get(k) != arguments.get(k)
+    )
 
 
 def _index_batches(config: BuildConfig, accepted: int, next_index: int, success_rate: float) -> range:

@@ -81,7 +81,7 @@ def segment(image: Image.Image) -> np.ndarray:
     seen.reshape(-1, len(_NAMES))[rows[clear], labels[clear]] = True
     seen = ndimage.maximum_filter(seen, size=(2 * NEIGHBOURHOOD + 1, 2 * NEIGHBOURHOOD + 1, 1)).reshape(-1, len(_NAMES))
     # where nothing but background is seen clearly (a small, washed-out object), keep the best colour overall
-    lone = seen[:, :len(COLOURS)].sum(1) == 0
+    lone = seen[:, : len(COLOURS)].sum(1) == 0
     seen[lone, labels[lone]] = True
     unsure = np.nonzero(cost > MIX_COST)[0]  # only these can be explained better by a blend
     if len(unsure):

@@ -36,9 +36,9 @@ from data_synthesis.sampler import (
 )
 from data_synthesis.scene import Scene
 
-SWAP_PROBABILITY = 0.05
-DISTANCE_SLACK = 0.04
-TARGETS_PER_SCENE = 3  # choices of relations to break tried on one scene before drawing another  # how far a repositioned object's distance to the centre may change
+SWAP_PROBABILITY = 0.05  # of horizontal/vertical breaks done by swapping the two objects
+DISTANCE_SLACK = 0.04  # how far a repositioned object's distance to the centre may change
+TARGETS_PER_SCENE = 3  # choices of relations to break tried on one scene before drawing another
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,15 @@ class Perturbation:
     operations: tuple[str, ...]  # one operation name per broken relation, in the order of `broken`
 
 
-def perturb(scene: Scene, relations: list[Relation], k: int, *, rng: random.Random, max_choices: int = 6,
-            proposals_per_relation: int = 30) -> Perturbation | None:
+def perturb(
+    scene: Scene,
+    relations: list[Relation],
+    k: int,
+    *,
+    rng: random.Random,
+    max_choices: int = 6,
+    proposals_per_relation: int = 30,
+) -> Perturbation | None:
     """Break exactly `k` of `relations` (all of which hold in `scene`) and keep the others; None if no verified
     candidate was found (the caller skips the scene and counts it).
 
@@ -91,7 +98,11 @@ def is_valid_perturbation(original: Scene, perturbed: Scene, relations: list[Rel
         return False
     for before, after in zip(original.objects, perturbed.objects, strict=True):
         assert (before.colour, before.shape, before.size, before.radius) == (
-            after.colour, after.shape, after.size, after.radius), "perturbations only move and re-layer objects"
+            after.colour,
+            after.shape,
+            after.size,
+            after.radius,
+        ), "perturbations only move and re-layer objects"
     return all(evaluate(r, layout) is Truth.HOLDS for i, r in enumerate(relations) if i not in broken)
 
 
@@ -119,8 +130,12 @@ def _proposals(scene: Scene, relation: Relation, rng: random.Random, count: int)
             inner, outer = relation.subjects
             moved, name = _reposition(scene, inner if rng.random() < 0.7 else outer, relation, rng), "move_out"
         else:
-            name = {"proximity": "move_away", "between": "move_off_line", "background": "move_across_horizon",
-                    "absolute": "move_out_of_region"}[family]
+            name = {
+                "proximity": "move_away",
+                "between": "move_off_line",
+                "background": "move_across_horizon",
+                "absolute": "move_out_of_region",
+            }[family]
             moved = _reposition(scene, rng.choice(relation.subjects), relation, rng)
         if moved is not None:
             yield moved, name
@@ -142,8 +157,9 @@ def cluster(scene: Scene, colour: str) -> list[str]:
 
 
 def _translate(scene: Scene, colours: list[str], dx: float, dy: float) -> Scene:
-    return scene.replace_objects(*(scene[c].moved(round(scene[c].x + dx, 4), round(scene[c].y + dy, 4))
-                                   for c in colours))
+    return scene.replace_objects(
+        *(scene[c].moved(round(scene[c].x + dx, 4), round(scene[c].y + dy, 4)) for c in colours)
+    )
 
 
 def _group_fits(scene: Scene, group: list[str]) -> bool:
@@ -189,8 +205,11 @@ def _move_across(scene: Scene, relation: Relation, low_jumps: bool, rng: random.
     box = scene[mover].box
     centre = (scene[mover].x, scene[mover].y)[axis]
     # farthest the mover's centre may go on that side and keep its box inside the border
-    room = (1 - BORDER - (box[axis + 2] - centre)) - anchor_at if direction > 0 else \
-        anchor_at - (BORDER + (centre - box[axis]))
+    room = (
+        (1 - BORDER - (box[axis + 2] - centre)) - anchor_at
+        if direction > 0
+        else anchor_at - (BORDER + (centre - box[axis]))
+    )
     if room < 0.1:
         return scene  # no room on that side: the caller's check rejects the unchanged scene
     new_gap = rng.uniform(0.1, min(room, 0.3))
@@ -275,8 +294,9 @@ def sample_pair(rng: random.Random, config: WorldConfig, k: int, *, max_attempts
         if perturbation is None:
             continue
         perturbed_layout = SceneLayout(perturbation.scene)
-        kept = {f: [r for r in rs if evaluate(r, perturbed_layout) is Truth.HOLDS]
-                for f, rs in sampled.candidates.items()}
+        kept = {
+            f: [r for r in rs if evaluate(r, perturbed_layout) is Truth.HOLDS] for f, rs in sampled.candidates.items()
+        }
         extra = choose_relations(rng, kept, max(sampled.num_relations - k, 0), taken=targets)
         stated = targets + extra
         order = list(range(len(stated)))

@@ -26,40 +26,82 @@ SHAPE_WORDS = {
 }
 BACKGROUND_WORDS = {
     "plain": ("a plain light background", "an empty pale backdrop", "a flat cream-coloured background"),
-    "sky_ground": ("a landscape of blue sky over green ground", "an open field under a blue sky",
-                   "a simple landscape where the sky meets the ground at the horizon"),
+    "sky_ground": (
+        "a landscape of blue sky over green ground",
+        "an open field under a blue sky",
+        "a simple landscape where the sky meets the ground at the horizon",
+    ),
 }
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 
 # Placeholders: {a}, {b}, {c} are "the red star"-style references; a sentence may start with one.
 TEMPLATES: dict[str, tuple[str, ...]] = {
-    "left_of": ("{a} is to the left of {b}.", "{a} sits left of {b}.", "to the left of {b} is {a}.",
-                "{a} is placed on the left side of {b}."),
-    "right_of": ("{a} is to the right of {b}.", "{a} sits right of {b}.", "to the right of {b} is {a}.",
-                 "{a} is placed on the right side of {b}."),
-    "above": ("{a} is above {b}.", "{a} is positioned higher than {b}.", "above {b} is {a}.",
-              "{a} sits higher up than {b}."),
-    "below": ("{a} is below {b}.", "{a} is positioned lower than {b}.", "below {b} is {a}.",
-              "{a} sits further down than {b}."),
-    "in_front_of": ("{a} is in front of {b}, partly covering it.", "{a} overlaps and hides part of {b}.",
-                    "{a} is in front of {b}."),
+    "left_of": (
+        "{a} is to the left of {b}.",
+        "{a} sits left of {b}.",
+        "to the left of {b} is {a}.",
+        "{a} is placed on the left side of {b}.",
+    ),
+    "right_of": (
+        "{a} is to the right of {b}.",
+        "{a} sits right of {b}.",
+        "to the right of {b} is {a}.",
+        "{a} is placed on the right side of {b}.",
+    ),
+    "above": (
+        "{a} is above {b}.",
+        "{a} is positioned higher than {b}.",
+        "above {b} is {a}.",
+        "{a} sits higher up than {b}.",
+    ),
+    "below": (
+        "{a} is below {b}.",
+        "{a} is positioned lower than {b}.",
+        "below {b} is {a}.",
+        "{a} sits further down than {b}.",
+    ),
+    "in_front_of": (
+        "{a} is in front of {b}, partly covering it.",
+        "{a} overlaps and hides part of {b}.",
+        "{a} is in front of {b}.",
+    ),
     "behind": ("{a} is behind {b}, partly hidden by it.", "{a} is partly covered by {b}.", "{a} is behind {b}."),
-    "next_to": ("{a} is next to {b}.", "{a} is right beside {b}.", "{a} and {b} are close together.",
-                "{a} sits close to {b}."),
-    "far_from": ("{a} is far from {b}.", "{a} and {b} are far apart.", "{a} is a long way from {b}.",
-                 "{a} sits far away from {b}."),
+    "next_to": (
+        "{a} is next to {b}.",
+        "{a} is right beside {b}.",
+        "{a} and {b} are close together.",
+        "{a} sits close to {b}.",
+    ),
+    "far_from": (
+        "{a} is far from {b}.",
+        "{a} and {b} are far apart.",
+        "{a} is a long way from {b}.",
+        "{a} sits far away from {b}.",
+    ),
     "inside": ("{a} is inside {b}.", "{a} sits within {b}.", "{b} contains {a}."),
     "outside": ("{a} is outside {b}.", "{a} is not inside {b}.", "{b} does not contain {a}."),
-    "between": ("{a} is between {b} and {c}.", "{a} sits in the middle between {b} and {c}.",
-                "between {b} and {c} is {a}."),
-    "not_between": ("{a} is not between {b} and {c}.", "{a} does not lie between {b} and {c}.",
-                    "{a} is not in the middle between {b} and {c}."),
+    "between": (
+        "{a} is between {b} and {c}.",
+        "{a} sits in the middle between {b} and {c}.",
+        "between {b} and {c} is {a}.",
+    ),
+    "not_between": (
+        "{a} is not between {b} and {c}.",
+        "{a} does not lie between {b} and {c}.",
+        "{a} is not in the middle between {b} and {c}.",
+    ),
     "in_sky": ("{a} floats in the sky.", "{a} is up in the sky.", "{a} is in the sky, above the horizon."),
     "on_ground": ("{a} rests on the ground.", "{a} is on the ground.", "{a} is on the ground, below the horizon."),
-    "in_region": ("{a} is in the {region} of the image.", "{a} is placed in the {region}.",
-                  "in the {region} of the picture is {a}."),
-    "not_in_region": ("{a} is not in the {region} of the image.", "{a} is away from the {region}.",
-                      "{a} is not placed in the {region}."),
+    "in_region": (
+        "{a} is in the {region} of the image.",
+        "{a} is placed in the {region}.",
+        "in the {region} of the picture is {a}.",
+    ),
+    "not_in_region": (
+        "{a} is not in the {region} of the image.",
+        "{a} is away from the {region}.",
+        "{a} is not placed in the {region}.",
+    ),
 }
 
 
@@ -78,7 +120,10 @@ def describe(scene: Scene, relations: list[Relation], style_seed: int) -> str:
     for obj in scene.objects:  # two draws per object, whatever its attributes
         size_pick, shape_pick = rng.randrange(1000), rng.randrange(1000)
         size_options, shape_options = SIZE_WORDS[obj.size], SHAPE_WORDS[obj.shape]
-        words[obj.colour] = (size_options[size_pick % len(size_options)], shape_options[shape_pick % len(shape_options)])
+        words[obj.colour] = (
+            size_options[size_pick % len(size_options)],
+            shape_options[shape_pick % len(shape_options)],
+        )
     reference = {c: f"the {c} {shape}" for c, (_, shape) in words.items()}
     mentions = [f"a {size} {c} {shape}" for c, (size, shape) in words.items()]
     object_order = list(range(len(mentions)))

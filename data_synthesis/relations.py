@@ -72,8 +72,12 @@ KINDS: dict[str, tuple[int, str, str]] = {
     "not_in_region": (1, "in_region", "absolute"),
 }
 FAMILIES = ("horizontal", "vertical", "depth", "proximity", "containment", "between", "background", "absolute")
-_HALF_OPPOSITES = {"left half": "right half", "right half": "left half", "top half": "bottom half",
-                   "bottom half": "top half"}
+_HALF_OPPOSITES = {
+    "left half": "right half",
+    "right half": "left half",
+    "top half": "bottom half",
+    "bottom half": "top half",
+}
 
 
 @dataclass(frozen=True, order=True)
@@ -143,14 +147,48 @@ class Margins:
     centre_out: float
 
 
-STRICT = Margins(order=0.08, occlusion=0.10, near=0.06, near_min=0.005, far=0.22, inside=0.999, outside=0.0, outside_gap=0.02,
-                 between_t=(0.3, 0.7), between_out=0.15, between_perp=0.06, between_perp_out=0.22,
-                 between_span=0.3, horizon=0.02, half=0.08, corner_in=0.33, corner_out=0.55, centre_in=0.1,
-                 centre_out=0.25)
-READING = Margins(order=0.03, occlusion=0.02, near=0.10, near_min=-1.0, far=0.17, inside=0.85, outside=0.15, outside_gap=-1.0,
-                  between_t=(0.18, 0.82), between_out=0.05, between_perp=0.11, between_perp_out=0.16,
-                  between_span=0.2, horizon=-0.02, half=0.03, corner_in=0.4, corner_out=0.5, centre_in=0.15,
-                  centre_out=0.2)
+STRICT = Margins(
+    order=0.08,
+    occlusion=0.10,
+    near=0.06,
+    near_min=0.005,
+    far=0.22,
+    inside=0.999,
+    outside=0.0,
+    outside_gap=0.02,
+    between_t=(0.3, 0.7),
+    between_out=0.15,
+    between_perp=0.06,
+    between_perp_out=0.22,
+    between_span=0.3,
+    horizon=0.02,
+    half=0.08,
+    corner_in=0.33,
+    corner_out=0.55,
+    centre_in=0.1,
+    centre_out=0.25,
+)
+READING = Margins(
+    order=0.03,
+    occlusion=0.02,
+    near=0.10,
+    near_min=-1.0,
+    far=0.17,
+    inside=0.85,
+    outside=0.15,
+    outside_gap=-1.0,
+    between_t=(0.18, 0.82),
+    between_out=0.05,
+    between_perp=0.11,
+    between_perp_out=0.16,
+    between_span=0.2,
+    horizon=-0.02,
+    half=0.03,
+    corner_in=0.4,
+    corner_out=0.5,
+    centre_in=0.15,
+    centre_out=0.2,
+)
 
 
 def _centre(box: Box) -> tuple[float, float]:
@@ -182,8 +220,7 @@ def evaluate(relation: Relation, layout: Layout) -> Truth:
     boxes = [layout.box(c) for c in relation.subjects]
     if any(b is None for b in boxes):
         return Truth.MISSING
-    opposite_kinds = {"right_of", "below", "behind", "far_from", "outside", "not_between", "on_ground",
-                      "not_in_region"}
+    opposite_kinds = {"right_of", "below", "behind", "far_from", "outside", "not_between", "on_ground", "not_in_region"}
     if relation.kind in opposite_kinds:
         return _flip(evaluate(relation.opposite(), layout))
     m = STRICT if layout.strict else READING

@@ -19,8 +19,9 @@ def _jittered(colour: tuple[int, int, int], rng: random.Random, amount: int) -> 
     return tuple(min(255, max(0, c + rng.randint(-amount, amount))) for c in colour)
 
 
-def render(scene: Scene, resolution: int = 128, *, jitter: int = 8, noise: float = 0.0, seed: int = 0,
-           supersample: int = 3) -> Image.Image:
+def render(
+    scene: Scene, resolution: int = 128, *, jitter: int = 8, noise: float = 0.0, seed: int = 0, supersample: int = 3
+) -> Image.Image:
     """Render `scene` as a `resolution` x `resolution` RGB image.
 
     `jitter` shifts each colour channel of the background and of every object by up to that many levels and
@@ -36,8 +37,9 @@ def render(scene: Scene, resolution: int = 128, *, jitter: int = 8, noise: float
         canvas = Image.new("RGB", (side, side), _jittered(BACKGROUND_COLOURS["plain"], rng, jitter))
     else:
         canvas = Image.new("RGB", (side, side), _jittered(BACKGROUND_COLOURS["ground"], rng, jitter))
-        ImageDraw.Draw(canvas).rectangle((0, 0, side, round(background.horizon * side) - 1),
-                                         fill=_jittered(BACKGROUND_COLOURS["sky"], rng, jitter))
+        ImageDraw.Draw(canvas).rectangle(
+            (0, 0, side, round(background.horizon * side) - 1), fill=_jittered(BACKGROUND_COLOURS["sky"], rng, jitter)
+        )
     object_colours = {o.colour: _jittered(COLOURS[o.colour], rng, jitter) for o in scene.objects}
     draw = ImageDraw.Draw(canvas)
     for obj in sorted(scene.objects, key=lambda o: o.depth):

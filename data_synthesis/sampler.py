@@ -63,8 +63,10 @@ class WorldConfig:
         if not self.shapes:
             raise SceneError("at least one shape is needed")
         if len(set(self.colours)) < self.max_objects:
-            raise SceneError(f"{len(set(self.colours))} distinct colours cannot colour {self.max_objects} objects "
-                             "(colours are unique within a scene)")
+            raise SceneError(
+                f"{len(set(self.colours))} distinct colours cannot colour {self.max_objects} objects "
+                "(colours are unique within a scene)"
+            )
         if self.min_objects < 2:
             raise SceneError(f"min_objects must be at least 2 (relations need two objects), got {self.min_objects}")
         if self.max_objects > MAX_OBJECTS:
@@ -72,8 +74,9 @@ class WorldConfig:
         if self.max_objects < self.min_objects:
             raise SceneError(f"max_objects ({self.max_objects}) is below min_objects ({self.min_objects})")
         if not 1 <= self.min_relations <= self.max_relations <= 8:
-            raise SceneError(f"need 1 <= min_relations <= max_relations <= 8, got "
-                             f"{self.min_relations}..{self.max_relations}")
+            raise SceneError(
+                f"need 1 <= min_relations <= max_relations <= 8, got {self.min_relations}..{self.max_relations}"
+            )
         if not 0.0 <= self.sky_ground_fraction <= 1.0:
             raise SceneError(f"sky_ground_fraction must be in [0, 1], got {self.sky_ground_fraction}")
 
@@ -106,7 +109,7 @@ def overlapping_pairs(scene: Scene) -> set[frozenset[str]]:
     return {
         frozenset((a.colour, b.colour))
         for i, a in enumerate(objects)
-        for b in objects[i + 1:]
+        for b in objects[i + 1 :]
         if box_gap(a.box, b.box) < CLEARANCE
     }
 
@@ -145,8 +148,7 @@ def _same_extent(part: np.ndarray, whole: np.ndarray) -> bool:
     return extents[0] == extents[1]
 
 
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ring_when_centred(outer_shape: str, inner_shape: str, scale: float) -> float:
     """Narrowest ring (fraction of the image side) a large `outer_shape` leaves round a small `inner_shape`."""
     outer = SceneObject("blue", outer_shape, "large", 0.5, 0.5, SIZES["large"] * scale, 0)
@@ -183,8 +185,9 @@ class SampledScene:
     num_relations: int  # how many relations the prompt should state (fewer if fewer survive the perturbation)
 
 
-def sample_scene(rng: random.Random, config: WorldConfig, require: tuple[str, ...] = (),
-                 max_attempts: int = 200) -> SampledScene:
+def sample_scene(
+    rng: random.Random, config: WorldConfig, require: tuple[str, ...] = (), max_attempts: int = 200
+) -> SampledScene:
     """A random scene whose layout realises a sampled set of relation families (including those in `require`),
     with the relations that hold."""
     for _ in range(max_attempts):
@@ -215,8 +218,12 @@ def _try_sample(rng: random.Random, config: WorldConfig, require: tuple[str, ...
     groups: list[tuple[str, list[str]]] = []
     for family in wanted:
         need = _CONSTRUCTED.get(family)
-        if need is None or len(free) < need or (family == "containment" and not containers) or (
-                family == "depth" and not overlappable):
+        if (
+            need is None
+            or len(free) < need
+            or (family == "containment" and not containers)
+            or (family == "depth" and not overlappable)
+        ):
             continue
         members = [free.pop() for _ in range(need)]
         groups.append((family, members))
@@ -238,8 +245,15 @@ def _try_sample(rng: random.Random, config: WorldConfig, require: tuple[str, ...
             depth[members[0]], depth[members[1]] = depth[members[1]], depth[members[0]]
 
     def make(colour: str, x: float, y: float) -> SceneObject:
-        return SceneObject(colour, shapes[colour], sizes[colour], round(x, 4), round(y, 4),
-                           round(SIZES[sizes[colour]] * scale, 4), depth[colour])
+        return SceneObject(
+            colour,
+            shapes[colour],
+            sizes[colour],
+            round(x, 4),
+            round(y, 4),
+            round(SIZES[sizes[colour]] * scale, 4),
+            depth[colour],
+        )
 
     placed: list[SceneObject] = []
     planned: list[Relation] = []
@@ -272,8 +286,9 @@ def _place_free(rng, colour, make, placed, background, tries: int = 60) -> Scene
     return None
 
 
-def _place_group(rng, family, members, make, placed, background, shapes: dict[str, str],
-                 depth_shapes: list[str], tries: int = 60) -> list[SceneObject] | None:
+def _place_group(
+    rng, family, members, make, placed, background, shapes: dict[str, str], depth_shapes: list[str], tries: int = 60
+) -> list[SceneObject] | None:
     """Place a group of objects that realises one constructed relation. Depth pairs also redraw their shapes on
     each try: which shapes can overlap readably depends on the offset (see depth_readable)."""
     for _ in range(tries):
@@ -286,8 +301,9 @@ def _place_group(rng, family, members, make, placed, background, shapes: dict[st
         probe = Scene(tuple(group), background)
         if family == "containment" and not ring_readable(probe, members[0], members[1]):
             continue
-        if family == "depth" and not (0.3 <= probe.overlap_fraction(*members) <= 0.5
-                                      and depth_readable(probe, *members)):
+        if family == "depth" and not (
+            0.3 <= probe.overlap_fraction(*members) <= 0.5 and depth_readable(probe, *members)
+        ):
             continue
         if family in ("proximity", "between") and overlapping_pairs(probe):
             continue
@@ -311,8 +327,10 @@ def _propose_group(rng, family, members, make) -> list[SceneObject]:
         # diagonal offsets: the bite then takes a corner region and leaves both boxes whole (see depth_readable)
         angle = math.pi / 4 + rng.randrange(4) * math.pi / 2 + rng.uniform(-0.25, 0.25)
         distance = (front_obj.radius + back_obj.radius) * rng.uniform(0.38, 0.62)
-        return [front_obj.moved(back_obj.x + distance * math.cos(angle), back_obj.y + distance * math.sin(angle)),
-                back_obj]
+        return [
+            front_obj.moved(back_obj.x + distance * math.cos(angle), back_obj.y + distance * math.sin(angle)),
+            back_obj,
+        ]
     if family == "proximity":
         first, second = members
         first_obj = make(first, 0.5, 0.5)
@@ -325,8 +343,14 @@ def _propose_group(rng, family, members, make) -> list[SceneObject]:
         a_obj = a_obj.moved(*random_position(rng, a_obj.radius))
         b_obj = b_obj.moved(*random_position(rng, b_obj.radius))
         t = rng.uniform(0.4, 0.6)
-        return [m_obj.moved(a_obj.x + t * (b_obj.x - a_obj.x) + rng.uniform(-0.02, 0.02),
-                            a_obj.y + t * (b_obj.y - a_obj.y) + rng.uniform(-0.02, 0.02)), a_obj, b_obj]
+        return [
+            m_obj.moved(
+                a_obj.x + t * (b_obj.x - a_obj.x) + rng.uniform(-0.02, 0.02),
+                a_obj.y + t * (b_obj.y - a_obj.y) + rng.uniform(-0.02, 0.02),
+            ),
+            a_obj,
+            b_obj,
+        ]
     raise AssertionError(family)
 
 
@@ -344,8 +368,11 @@ def _planned_relation(rng: random.Random, family: str, members: list[str]) -> Re
     if family == "containment":
         return Relation("inside", (members[0], members[1]))
     if family == "depth":
-        return (Relation("in_front_of", (members[0], members[1])) if rng.random() < 0.5
-                else Relation("behind", (members[1], members[0])))
+        return (
+            Relation("in_front_of", (members[0], members[1]))
+            if rng.random() < 0.5
+            else Relation("behind", (members[1], members[0]))
+        )
     if family == "proximity":
         return Relation("next_to", tuple(rng.sample(members, 2)))
     if family == "between":
@@ -371,7 +398,7 @@ def _candidates(rng: random.Random, scene: Scene, layout: SceneLayout) -> dict[s
 
     boxes = {c: scene[c].box for c in colours}
     for i, a in enumerate(colours):
-        for b in colours[i + 1:]:
+        for b in colours[i + 1 :]:
             touching = box_gap(boxes[a], boxes[b]) < 0  # depth and containment need overlapping boxes
             for forward, backward in (("left_of", "right_of"), ("above", "below"), ("in_front_of", "behind")):
                 if forward != "in_front_of" or touching:
@@ -399,8 +426,12 @@ def _candidates(rng: random.Random, scene: Scene, layout: SceneLayout) -> dict[s
                 if min(ax, bx) - 0.1 <= mx <= max(ax, bx) + 0.1 and min(ay, by) - 0.1 <= my <= max(ay, by) + 0.1:
                     add("between", (middle, end_a, end_b))
     # "far from" is true of most pairs: offer a few so that it is not a word only perturbed prompts use.
-    far = [Relation("far_from", (a, b)) for i, a in enumerate(colours) for b in colours[i + 1:]
-           if evaluate(Relation("far_from", (a, b)), layout) is Truth.HOLDS]
+    far = [
+        Relation("far_from", (a, b))
+        for i, a in enumerate(colours)
+        for b in colours[i + 1 :]
+        if evaluate(Relation("far_from", (a, b)), layout) is Truth.HOLDS
+    ]
     found["proximity"].extend(rng.sample(far, min(len(far), 1)))
     return found
 
@@ -419,9 +450,14 @@ def fact(relation: Relation) -> tuple:
     return (relation.kind, relation.subjects)
 
 
-def choose_relations(rng: random.Random, candidates: dict[str, list[Relation]], count: int,
-                     taken: list[Relation] = (), prefer_disjoint: bool = False,
-                     families: tuple[str, ...] | None = None) -> list[Relation]:
+def choose_relations(
+    rng: random.Random,
+    candidates: dict[str, list[Relation]],
+    count: int,
+    taken: list[Relation] = (),
+    prefer_disjoint: bool = False,
+    families: tuple[str, ...] | None = None,
+) -> list[Relation]:
     """Up to `count` candidates that state facts not in `taken`. Each comes from the next of `families` if given
     (none if that family has no candidate left), else from a uniformly chosen family among those with candidates
     left (family-balanced). With `prefer_disjoint`, a relation that shares no object with those already chosen is

@@ -41,8 +41,10 @@ BACKGROUND_KINDS = ("plain", "sky_ground")
 
 def _regular_polygon(num_vertices: int, start_angle: float, radius: float = 1.0) -> tuple[tuple[float, float], ...]:
     return tuple(
-        (radius * math.cos(start_angle + 2 * math.pi * i / num_vertices),
-         radius * math.sin(start_angle + 2 * math.pi * i / num_vertices))
+        (
+            radius * math.cos(start_angle + 2 * math.pi * i / num_vertices),
+            radius * math.sin(start_angle + 2 * math.pi * i / num_vertices),
+        )
         for i in range(num_vertices)
     )
 
@@ -68,14 +70,30 @@ SHAPE_OUTLINES: dict[str, tuple[tuple[float, float], ...] | None] = {
     "hexagon": _regular_polygon(6, 0.0),
     "star": _star(),
     "cross": (
-        (-_ARM, -1.0), (_ARM, -1.0), (_ARM, -_ARM), (1.0, -_ARM), (1.0, _ARM), (_ARM, _ARM),
-        (_ARM, 1.0), (-_ARM, 1.0), (-_ARM, _ARM), (-1.0, _ARM), (-1.0, -_ARM), (-_ARM, -_ARM),
+        (-_ARM, -1.0),
+        (_ARM, -1.0),
+        (_ARM, -_ARM),
+        (1.0, -_ARM),
+        (1.0, _ARM),
+        (_ARM, _ARM),
+        (_ARM, 1.0),
+        (-_ARM, 1.0),
+        (-_ARM, _ARM),
+        (-1.0, _ARM),
+        (-1.0, -_ARM),
+        (-_ARM, -_ARM),
     ),
 }
 SHAPES = tuple(SHAPE_OUTLINES)
 _UNIT_EXTENTS = {
-    name: (-1.0, -1.0, 1.0, 1.0) if outline is None else (
-        min(u for u, _ in outline), min(v for _, v in outline), max(u for u, _ in outline), max(v for _, v in outline))
+    name: (-1.0, -1.0, 1.0, 1.0)
+    if outline is None
+    else (
+        min(u for u, _ in outline),
+        min(v for _, v in outline),
+        max(u for u, _ in outline),
+        max(v for _, v in outline),
+    )
     for name, outline in SHAPE_OUTLINES.items()
 }
 CONTAINER_SHAPES = ("circle", "square", "hexagon")
@@ -89,8 +107,15 @@ SIZES: dict[str, float] = {"small": 0.06, "medium": 0.08, "large": 0.105}
 
 # Absolute placements ("in the top-left corner").
 REGIONS = (
-    "left half", "right half", "top half", "bottom half",
-    "top-left corner", "top-right corner", "bottom-left corner", "bottom-right corner", "centre",
+    "left half",
+    "right half",
+    "top half",
+    "bottom half",
+    "top-left corner",
+    "top-right corner",
+    "bottom-left corner",
+    "bottom-right corner",
+    "centre",
 )
 
 # The smallest object must span at least this many pixels for the detector to find it after blur.
@@ -197,8 +222,8 @@ class Scene:
         window, x0, y0 = self.window(colour)
         full = np.zeros((GEOMETRY_GRID + 2 * window.shape[0], GEOMETRY_GRID + 2 * window.shape[1]), dtype=bool)
         oy, ox = window.shape  # padding, so windows that reach past the border need no clipping
-        full[oy + y0:oy + y0 + window.shape[0], ox + x0:ox + x0 + window.shape[1]] = window
-        return full[oy:oy + GEOMETRY_GRID, ox:ox + GEOMETRY_GRID]
+        full[oy + y0 : oy + y0 + window.shape[0], ox + x0 : ox + x0 + window.shape[1]] = window
+        return full[oy : oy + GEOMETRY_GRID, ox : ox + GEOMETRY_GRID]
 
     def aligned_masks(self, a: str, b: str, union: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
         """The two silhouettes cropped to the intersection of their windows (or drawn on the union), None if the
@@ -212,10 +237,10 @@ class Scene:
         if x1 <= x0 or y1 <= y0:
             return None
         if not union:
-            return (mask_a[y0 - ay:y1 - ay, x0 - ax:x1 - ax], mask_b[y0 - by:y1 - by, x0 - bx:x1 - bx])
+            return (mask_a[y0 - ay : y1 - ay, x0 - ax : x1 - ax], mask_b[y0 - by : y1 - by, x0 - bx : x1 - bx])
         out_a, out_b = np.zeros((y1 - y0, x1 - x0), bool), np.zeros((y1 - y0, x1 - x0), bool)
-        out_a[ay - y0:ay - y0 + mask_a.shape[0], ax - x0:ax - x0 + mask_a.shape[1]] = mask_a
-        out_b[by - y0:by - y0 + mask_b.shape[0], bx - x0:bx - x0 + mask_b.shape[1]] = mask_b
+        out_a[ay - y0 : ay - y0 + mask_a.shape[0], ax - x0 : ax - x0 + mask_a.shape[1]] = mask_a
+        out_b[by - y0 : by - y0 + mask_b.shape[0], bx - x0 : bx - x0 + mask_b.shape[1]] = mask_b
         return out_a, out_b
 
     def overlap_fraction(self, a: str, b: str) -> float:
@@ -282,8 +307,7 @@ def validate_objects(specs: list[tuple[str, str, str]]) -> None:
         raise SceneError(f"colours must be unique within a scene (they identify objects); repeated: {repeated}")
 
 
-def draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, side: int, fill,
-               offset: tuple[int, int] = (0, 0)) -> None:
+def draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, side: int, fill, offset: tuple[int, int] = (0, 0)) -> None:
     """Draw one object's silhouette for an image of `side` pixels (coordinates scale with the side), on a canvas
     whose top-left pixel is `offset` of that image."""
     outline = obj.outline()

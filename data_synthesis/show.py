@@ -27,8 +27,14 @@ def _describe_relation(relation: Relation) -> str:
     return " ".join([subjects[0], words, *subjects[1:]])
 
 
-def contact_sheet(dataset_dir: str | os.PathLike, out_path: str | os.PathLike, *, num: int = 16, split: str | None = None,
-                  columns: int = 4) -> Path:
+def contact_sheet(
+    dataset_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    num: int = 16,
+    split: str | None = None,
+    columns: int = 4,
+) -> Path:
     """Write a PNG with `num` pairs (the first ones of `split`, or of the whole dataset)."""
     dataset_dir, out_path = Path(dataset_dir), Path(out_path)
     _, frame = load_pairs(dataset_dir)
@@ -46,8 +52,10 @@ def contact_sheet(dataset_dir: str | os.PathLike, out_path: str | os.PathLike, *
         stated = [Relation.from_dict(r) for r in json.loads(row["stated_relations"])]
         broken = set(json.loads(row["broken_relations"]))
         prompt_lines = textwrap.wrap(row["prompt"], int(TEXT_WIDTH / char_width))
-        relation_lines = [(f"{'BROKEN ' if i in broken else 'kept   '}{_describe_relation(r)}", i in broken)
-                          for i, r in enumerate(stated)]
+        relation_lines = [
+            (f"{'BROKEN ' if i in broken else 'kept   '}{_describe_relation(r)}", i in broken)
+            for i, r in enumerate(stated)
+        ]
         height = TILE + 24 + line_height * (len(prompt_lines) + len(relation_lines) + 1)
         cell = Image.new("RGB", (cell_w, height), "white")
         draw = ImageDraw.Draw(cell)
@@ -65,7 +73,7 @@ def contact_sheet(dataset_dir: str | os.PathLike, out_path: str | os.PathLike, *
             y += line_height
         cells.append(cell)
     columns = max(1, min(columns, len(cells)))
-    grid_rows = [cells[i:i + columns] for i in range(0, len(cells), columns)]
+    grid_rows = [cells[i : i + columns] for i in range(0, len(cells), columns)]
     row_heights = [max(c.height for c in r) for r in grid_rows]
     sheet = Image.new("RGB", (columns * cell_w, sum(row_heights)), (235, 235, 235))
     y = 0

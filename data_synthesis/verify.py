@@ -44,16 +44,25 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
-        return (not (self.missing or self.corrupt or self.malformed) and self.num_pairs > 0
-                and min(self.perfect_all_hold, self.perturbed_exact) >= self.threshold)
+        return (
+            not (self.missing or self.corrupt or self.malformed)
+            and self.num_pairs > 0
+            and min(self.perfect_all_hold, self.perturbed_exact) >= self.threshold
+        )
 
     def to_dict(self) -> dict:
         return {
-            "passed": self.passed, "num_pairs": self.num_pairs, "missing": self.missing, "corrupt": self.corrupt,
-            "malformed": self.malformed, "perfect_all_hold": self.perfect_all_hold,
-            "perturbed_exact": self.perturbed_exact, "relation_agreement": self.relation_agreement,
+            "passed": self.passed,
+            "num_pairs": self.num_pairs,
+            "missing": self.missing,
+            "corrupt": self.corrupt,
+            "malformed": self.malformed,
+            "perfect_all_hold": self.perfect_all_hold,
+            "perturbed_exact": self.perturbed_exact,
+            "relation_agreement": self.relation_agreement,
             "disagreements": self.disagreements,
-            "shortcut": self.shortcut, "threshold": self.threshold,
+            "shortcut": self.shortcut,
+            "threshold": self.threshold,
         }
 
 
@@ -103,8 +112,12 @@ def _features(box) -> dict[str, float] | None:
     if box is None:
         return None
     x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    return {"x": x, "y": y, "distance_to_centre": ((x - 0.5) ** 2 + (y - 0.5) ** 2) ** 0.5,
-            "box_area": (box[2] - box[0]) * (box[3] - box[1])}
+    return {
+        "x": x,
+        "y": y,
+        "distance_to_centre": ((x - 0.5) ** 2 + (y - 0.5) ** 2) ** 0.5,
+        "box_area": (box[2] - box[0]) * (box[3] - box[1]),
+    }
 
 
 def check_pair(row: dict, dataset_dir: Path, resolution: int) -> dict:
@@ -120,8 +133,9 @@ def check_pair(row: dict, dataset_dir: Path, resolution: int) -> dict:
         Scene.from_json(row["perfect_scene"])
         stated = [Relation.from_dict(r) for r in json.loads(row["stated_relations"])]
         broken = json.loads(row["broken_relations"])
-        colours = sorted({c for r in stated for c in r.subjects} | {o["colour"] for o in json.loads(
-            row["perfect_scene"])["objects"]})
+        colours = sorted(
+            {c for r in stated for c in r.subjects} | {o["colour"] for o in json.loads(row["perfect_scene"])["objects"]}
+        )
     except (SceneError, json.JSONDecodeError, KeyError, TypeError) as error:
         result["problems"].append(("malformed", f"{row['pair_id']}: {error}"))
         return result
@@ -134,19 +148,26 @@ def check_pair(row: dict, dataset_dir: Path, resolution: int) -> dict:
     expected = [Truth.BROKEN if i in broken else Truth.HOLDS for i in range(len(stated))]
     result["perfect_ok"] = all(t is Truth.HOLDS for t in perfect_truths)
     result["perturbed_ok"] = perturbed_truths == expected
-    result["relations"] = [(r.family, perfect_truths[i] is Truth.HOLDS, perturbed_truths[i] is expected[i])
-                           for i, r in enumerate(stated)]
+    result["relations"] = [
+        (r.family, perfect_truths[i] is Truth.HOLDS, perturbed_truths[i] is expected[i]) for i, r in enumerate(stated)
+    ]
     result["disagreements"] = [
         f"{row['pair_id']} {image}: {_format(r)} read {got.value}, expected {want.value}"
-        for image, truths, wanted in (("perfect", perfect_truths, [Truth.HOLDS] * len(stated)),
-                                      ("perturbed", perturbed_truths, expected))
-        for r, got, want in zip(stated, truths, wanted, strict=True) if got is not want
+        for image, truths, wanted in (
+            ("perfect", perfect_truths, [Truth.HOLDS] * len(stated)),
+            ("perturbed", perturbed_truths, expected),
+        )
+        for r, got, want in zip(stated, truths, wanted, strict=True)
+        if got is not want
     ]
     first = stated[broken[0]]
     result["shortcut"] = {
-        "kind": first.kind, "family": first.family,
-        "roles": {role: (_features(perfect.box(colour)), _features(perturbed.box(colour)))
-                  for role, colour in zip("ABC", first.subjects, strict=False)},
+        "kind": first.kind,
+        "family": first.family,
+        "roles": {
+            role: (_features(perfect.box(colour)), _features(perturbed.box(colour)))
+            for role, colour in zip("ABC", first.subjects, strict=False)
+        },
     }
     return result
 
@@ -178,8 +199,9 @@ def shortcut_report(shortcuts: list[dict]) -> dict:
                 votes[item["kind"]][(role, feature)].append(score)
     by_kind, by_family, weights = {}, defaultdict(list), Counter()
     for kind, rules in votes.items():
-        best = max(((max(sum(s) / len(s), 1 - sum(s) / len(s)), rule) for rule, s in rules.items()),
-                   key=lambda item: item[0])
+        best = max(
+            ((max(sum(s) / len(s), 1 - sum(s) / len(s)), rule) for rule, s in rules.items()), key=lambda item: item[0]
+        )
         count = len(next(iter(rules.values())))
         by_kind[kind] = {"accuracy": round(best[0], 4), "rule": f"{best[1][0]}.{best[1][1]}", "pairs": count}
         by_family[families[kind]].append((best[0], count))
@@ -191,7 +213,9 @@ def shortcut_report(shortcuts: list[dict]) -> dict:
         "overall": round(overall, 4),
         "overall_pairs": total,
         "target": SHORTCUT_TARGET,
-        "by_family": {f: round(sum(a * n for a, n in v) / sum(n for _, n in v), 4) for f, v in sorted(by_family.items())},
+        "by_family": {
+            f: round(sum(a * n for a, n in v) / sum(n for _, n in v), 4) for f, v in sorted(by_family.items())
+        },
         "by_kind": dict(sorted(by_kind.items())),
     }
 
@@ -207,8 +231,9 @@ def _check(row: dict) -> dict:
     return check_pair(row, _STATE["dir"], _STATE["resolution"])
 
 
-def verify(dataset_dir: str | os.PathLike, *, workers: int = 1, threshold: float = 0.99,
-           progress: bool = True) -> VerifyReport:
+def verify(
+    dataset_dir: str | os.PathLike, *, workers: int = 1, threshold: float = 0.99, progress: bool = True
+) -> VerifyReport:
     dataset_dir = Path(dataset_dir)
     meta, frame = load_pairs(dataset_dir)
     resolution = int(meta["arguments"]["resolution"])
@@ -253,17 +278,24 @@ def format_report(report: VerifyReport) -> str:
     lines.append(f"perfect images, every stated relation read as holding: {report.perfect_all_hold:.2%}")
     lines.append(f"perturbed images, exactly the recorded relations read as broken: {report.perturbed_exact:.2%}")
     if report.relation_agreement:
-        lines.append("relation reads agreeing with the scene graph, by family: " + ", ".join(
-            f"{f} {v:.1%}" for f, v in report.relation_agreement.items()))
+        lines.append(
+            "relation reads agreeing with the scene graph, by family: "
+            + ", ".join(f"{f} {v:.1%}" for f, v in report.relation_agreement.items())
+        )
     if report.disagreements:
         lines.append(f"detector disagreements ({len(report.disagreements)}; all in the JSON report):")
         lines += [f"  {item}" for item in report.disagreements[:10]]
     if report.shortcut:
         shortcut = report.shortcut
         flag = "ok" if shortcut["overall"] <= shortcut["target"] else "ABOVE TARGET"
-        lines.append(f"best single-object shortcut rule on relations between objects: {shortcut['overall']:.1%} "
-                     f"over {shortcut['overall_pairs']} pairs (target <= {shortcut['target']:.0%}: {flag})")
-        lines.append("  by family: " + ", ".join(f"{f} {v:.1%}" for f, v in shortcut["by_family"].items())
-                     + f" ({', '.join(SINGLE_OBJECT_FAMILIES)}: one object by definition)")
+        lines.append(
+            f"best single-object shortcut rule on relations between objects: {shortcut['overall']:.1%} "
+            f"over {shortcut['overall_pairs']} pairs (target <= {shortcut['target']:.0%}: {flag})"
+        )
+        lines.append(
+            "  by family: "
+            + ", ".join(f"{f} {v:.1%}" for f, v in shortcut["by_family"].items())
+            + f" ({', '.join(SINGLE_OBJECT_FAMILIES)}: one object by definition)"
+        )
     lines.append("PASSED" if report.passed else f"FAILED (threshold {report.threshold:.0%}, no bad files)")
     return "\n".join(lines)

@@ -11,6 +11,10 @@ from data_synthesis.build import BuildConfig, build
 def small_dataset(tmp_path_factory):
     """60 pairs at 128 px, built with 2 workers."""
     out = tmp_path_factory.mktemp("datasets") / "small"
-    build(BuildConfig(num_pairs=60, seed=3, resolution=128, split_fractions=(0.6, 0.2, 0.2)), out, workers=2,
-          progress=False)
+    build(
+        BuildConfig(num_pairs=60, seed=3, resolution=128, split_fractions=(0.6, 0.2, 0.2)),
+        out,
+        workers=2,
+        progress=False,
+    )
     return out

@@ -26,8 +26,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def digest_tree(root: Path) -> dict[str, str]:
     """sha256 of every file except the timing log."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "build_log.json"}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "build_log.json"
+    }
 
 
 def test_dataset_dir_format(small_dataset):
@@ -111,16 +114,19 @@ def test_show_writes_a_contact_sheet(small_dataset, tmp_path):
         assert sheet.width > 2 * 192 and sheet.height > 192
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--min-objects", "1"], "at least 2"),
-    (["--max-objects", "8", "--resolution", "64"], "too small for 8 objects"),
-    (["--resolution", "32"], "--resolution must be in"),
-    (["--colours", "red", "mauve"], "unknown colours"),
-    (["--shapes", "blob"], "unknown shapes"),
-    (["--max-broken", "4"], "--max-broken"),
-    (["--split-fractions", "0.5", "0.2", "0.2"], "summing to 1"),
-    (["--num-pairs", "0"], "--num-pairs"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--min-objects", "1"], "at least 2"),
+        (["--max-objects", "8", "--resolution", "64"], "too small for 8 objects"),
+        (["--resolution", "32"], "--resolution must be in"),
+        (["--colours", "red", "mauve"], "unknown colours"),
+        (["--shapes", "blob"], "unknown shapes"),
+        (["--max-broken", "4"], "--max-broken"),
+        (["--split-fractions", "0.5", "0.2", "0.2"], "summing to 1"),
+        (["--num-pairs", "0"], "--num-pairs"),
+    ],
+)
 def test_cli_rejects_bad_arguments_before_any_work(tmp_path, capsys, args, message):
     out = tmp_path / "out"
     base = ["build", "--out", str(out), "--num-pairs", "5", "--quiet"]
@@ -137,8 +143,25 @@ def test_an_output_dir_with_another_dataset_is_refused_unless_overwrite(tmp_path
     with pytest.raises(BuildError, match="other arguments"):
         build(BuildConfig(num_pairs=6, seed=1, resolution=64, max_objects=4), out, progress=False)
     assert digest_tree(out) == before
-    assert main(["build", "--out", str(out), "--num-pairs", "6", "--resolution", "64", "--max-objects", "4",
-                 "--seed", "1", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "build",
+                "--out",
+                str(out),
+                "--num-pairs",
+                "6",
+                "--resolution",
+                "64",
+                "--max-objects",
+                "4",
+                "--seed",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "num_pairs: 5 -> 6" in capsys.readouterr().err
     build(BuildConfig(num_pairs=6, seed=1, resolution=64, max_objects=4), out, overwrite=True, progress=False)
     assert len(pd.read_parquet(out / "pairs.parquet")) == 6

@@ -39,8 +39,10 @@ def agreement(resolution: int, degraded: bool, num_pairs: int) -> float:
         broken = set(sample.perturbation.broken)
         for scene, expected in (
             (sample.scene, [Truth.HOLDS] * len(sample.stated)),
-            (sample.perturbation.scene, [Truth.BROKEN if i in broken else Truth.HOLDS
-                                         for i in range(len(sample.stated))]),
+            (
+                sample.perturbation.scene,
+                [Truth.BROKEN if i in broken else Truth.HOLDS for i in range(len(sample.stated))],
+            ),
         ):
             image = render(scene, resolution, seed=seed)
             if degraded:
@@ -62,17 +64,28 @@ def test_says_not_found_on_noise_and_on_an_empty_image():
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8))
     assert not detect(noise, list(COLOURS)).masks
     assert not detect(Image.new("RGB", (96, 96), (228, 226, 212)), list(COLOURS)).masks
-    scene = Scene((SceneObject("red", "circle", "large", 0.3, 0.3, 0.1, 0),
-                   SceneObject("blue", "square", "large", 0.7, 0.7, 0.1, 1)), Background("plain"))
+    scene = Scene(
+        (
+            SceneObject("red", "circle", "large", 0.3, 0.3, 0.1, 0),
+            SceneObject("blue", "square", "large", 0.7, 0.7, 0.1, 1),
+        ),
+        Background("plain"),
+    )
     layout = detect(render(scene, 96), ["red", "blue", "green"])
     assert layout.found("red") and layout.found("blue") and not layout.found("green")
     assert read_relations(render(scene, 96), [Relation("left_of", ("green", "blue"))], ["green", "blue"]) == [
-        Truth.MISSING]
+        Truth.MISSING
+    ]
 
 
 def test_boxes_match_the_geometry_within_a_pixel():
-    scene = Scene((SceneObject("red", "square", "large", 0.3, 0.4, 0.1, 0),
-                   SceneObject("cyan", "circle", "medium", 0.7, 0.6, 0.08, 1)), Background("sky_ground", 0.5))
+    scene = Scene(
+        (
+            SceneObject("red", "square", "large", 0.3, 0.4, 0.1, 0),
+            SceneObject("cyan", "circle", "medium", 0.7, 0.6, 0.08, 1),
+        ),
+        Background("sky_ground", 0.5),
+    )
     layout = detect(render(scene, 128), ["red", "cyan"])
     for colour in ("red", "cyan"):
         assert layout.box(colour) == pytest.approx(scene[colour].box, abs=1.5 / 128)

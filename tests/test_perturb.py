@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from data_synthesis.perturb import cluster, perturb, sample_pair
@@ -18,7 +18,7 @@ from data_synthesis.scene import Background, Scene, SceneObject
 @given(seed=st.integers(0, 2**31), k=st.integers(1, 3))
 def test_exactly_k_stated_relations_break_and_the_rest_hold(seed, k):
     sample = sample_pair(random.Random(seed), WorldConfig(3, 6), k)
-    assert sample is not None
+    assume(sample is not None)  # about 2% of seeds find no verified perturbation: skipped and counted by build
     original, perturbed = sample.scene, sample.perturbation.scene
     assert len(sample.perturbation.broken) == k == len(sample.perturbation.operations)
     for index, relation in enumerate(sample.stated):
@@ -31,27 +31,43 @@ def test_exactly_k_stated_relations_break_and_the_rest_hold(seed, k):
     # attributes never change; placement rules hold; no overlap appears that was not there
     for before, after in zip(original.objects, perturbed.objects, strict=True):
         assert (before.colour, before.shape, before.size, before.radius) == (
-            after.colour, after.shape, after.size, after.radius)
+            after.colour,
+            after.shape,
+            after.size,
+            after.radius,
+        )
     assert all(within_border(o) and clear_of_horizon(o, perturbed.background) for o in perturbed.objects)
     assert overlapping_pairs(perturbed) <= overlapping_pairs(original)
 
 
-def test_move_across_keeps_the_first_object_or_shifts_both_the_same_way():
-    """Honest difficulty: the object that jumps is a coin flip, so each object's own shift is too."""
-    left = SceneObject("red", "circle", "medium", 0.3, 0.5, 0.06, 0)
-    right = SceneObject("blue", "square", "medium", 0.55, 0.5, 0.06, 1)
-    scene = Scene((left, right), Background("plain"))
-    moved_right = Counter()
-    for seed in range(200):
-        result = perturb(scene, [Relation("left_of", ("red", "blue"))], 1, rng=random.Random(seed))
-        assert result is not None
-        after = result.scene
-        assert evaluate(Relation("right_of", ("red", "blue")), SceneLayout(after)) is Truth.HOLDS
-        if result.operations == ("move_across",):
-            shift_red, shift_blue = after["red"].x - 0.3, after["blue"].x - 0.55
+def test_move_across_jumps_towards_the_centre_and_shifts_the_other_object_the_same_way():
+    """Honest difficulty: one object jumps across the other, which shifts a little the same way; the jump goes
+    towards the image centre, so a pair left of the centre moves right and its mirror image moves left (which
+    object moves is balanced by mirror symmetry, and pairs do not drift outwards)."""
+    for red_x, blue_x, red_moves in ((0.3, 0.55, True), (0.45, 0.7, False)):
+        scene = Scene(
+            (
+                SceneObject("red", "circle", "medium", red_x, 0.5, 0.06, 0),
+                SceneObject("blue", "square", "medium", blue_x, 0.5, 0.06, 1),
+            ),
+            Background("plain"),
+        )
+        jumps = 0
+        for seed in range(40):
+            result = perturb(scene, [Relation("left_of", ("red", "blue"))], 1, rng=random.Random(seed))
+            assert result is not None
+            assert evaluate(Relation("right_of", ("red", "blue")), SceneLayout(result.scene)) is Truth.HOLDS
+            if result.operations != ("move_across",):
+                continue
+            jumps += 1
+            shift_red, shift_blue = result.scene["red"].x - red_x, result.scene["blue"].x - blue_x
             assert shift_red * shift_blue > 0  # both went the same way
-            moved_right[shift_red > 0] += 1
-    assert 70 <= moved_right[True] <= 130 and 70 <= moved_right[False] <= 130
+            assert (
+                (shift_red > 0) == red_moves and abs(shift_red) > abs(shift_blue)
+                if red_moves
+                else (shift_blue < 0 and abs(shift_blue) > abs(shift_red))
+            )
+        assert jumps >= 30  # swaps are rare
 
 
 def test_depth_reversal_swaps_depths_only():

@@ -18,14 +18,17 @@ def truth(relation, *objects, background=PLAIN):
     return evaluate(relation, SceneLayout(Scene(tuple(objects), background)))
 
 
-@pytest.mark.parametrize(("dx", "expected"), [
-    (0.30, Truth.HOLDS),    # clearly left
-    (0.0801, Truth.HOLDS),  # just beyond the 0.08 margin
-    (0.079, Truth.UNCLEAR),  # just within the margin
-    (0.0, Truth.UNCLEAR),   # a tie is neither
-    (-0.079, Truth.UNCLEAR),
-    (-0.0801, Truth.BROKEN),  # the negation holds with margin
-])
+@pytest.mark.parametrize(
+    ("dx", "expected"),
+    [
+        (0.30, Truth.HOLDS),  # clearly left
+        (0.0801, Truth.HOLDS),  # just beyond the 0.08 margin
+        (0.079, Truth.UNCLEAR),  # just within the margin
+        (0.0, Truth.UNCLEAR),  # a tie is neither
+        (-0.079, Truth.UNCLEAR),
+        (-0.0801, Truth.BROKEN),  # the negation holds with margin
+    ],
+)
 def test_left_of_margin_and_ties(dx, expected):
     red, blue = obj("red", 0.5 - dx, 0.5), obj("blue", 0.5, 0.2)
     assert truth(Relation("left_of", ("red", "blue")), red, blue) is expected
@@ -48,10 +51,17 @@ def test_box_gap_hand_computed():
     assert box_gap((0.1, 0.1, 0.3, 0.3), (0.2, 0.0, 0.4, 0.5)) == pytest.approx(-0.1)
 
 
-@pytest.mark.parametrize(("gap", "expected"), [
-    (0.03, Truth.HOLDS), (0.059, Truth.HOLDS), (0.1, Truth.UNCLEAR), (0.221, Truth.BROKEN), (0.4, Truth.BROKEN),
-    (-0.02, Truth.UNCLEAR),  # overlapping objects are not "next to" each other
-])
+@pytest.mark.parametrize(
+    ("gap", "expected"),
+    [
+        (0.03, Truth.HOLDS),
+        (0.059, Truth.HOLDS),
+        (0.1, Truth.UNCLEAR),
+        (0.221, Truth.BROKEN),
+        (0.4, Truth.BROKEN),
+        (-0.02, Truth.UNCLEAR),  # overlapping objects are not "next to" each other
+    ],
+)
 def test_next_to_and_far_from(gap, expected):
     # two squares of half side 0.05*0.9 = 0.045 side by side: box gap = distance between centres - 0.09
     red, blue = obj("red", 0.3, 0.5), obj("blue", 0.3 + 0.09 + gap, 0.5)
@@ -106,13 +116,20 @@ def test_sky_and_ground_against_the_horizon():
     assert truth(Relation("in_sky", ("red",)), up, down) is Truth.UNCLEAR  # a plain background has no sky
 
 
-@pytest.mark.parametrize(("x", "y", "region", "expected"), [
-    (0.2, 0.5, "left half", Truth.HOLDS), (0.8, 0.5, "left half", Truth.BROKEN), (0.45, 0.5, "left half",
-                                                                                    Truth.UNCLEAR),
-    (0.2, 0.2, "top-left corner", Truth.HOLDS), (0.2, 0.7, "top-left corner", Truth.BROKEN),
-    (0.4, 0.2, "top-left corner", Truth.UNCLEAR), (0.85, 0.85, "bottom-right corner", Truth.HOLDS),
-    (0.52, 0.46, "centre", Truth.HOLDS), (0.9, 0.5, "centre", Truth.BROKEN),
-])
+@pytest.mark.parametrize(
+    ("x", "y", "region", "expected"),
+    [
+        (0.2, 0.5, "left half", Truth.HOLDS),
+        (0.8, 0.5, "left half", Truth.BROKEN),
+        (0.45, 0.5, "left half", Truth.UNCLEAR),
+        (0.2, 0.2, "top-left corner", Truth.HOLDS),
+        (0.2, 0.7, "top-left corner", Truth.BROKEN),
+        (0.4, 0.2, "top-left corner", Truth.UNCLEAR),
+        (0.85, 0.85, "bottom-right corner", Truth.HOLDS),
+        (0.52, 0.46, "centre", Truth.HOLDS),
+        (0.9, 0.5, "centre", Truth.BROKEN),
+    ],
+)
 def test_absolute_placements(x, y, region, expected):
     assert truth(Relation("in_region", ("red",), region), obj("red", x, y), obj("blue", 0.1, 0.9)) is expected
 
@@ -137,4 +154,5 @@ def test_relation_validation():
     with pytest.raises(SceneError, match="unknown region"):
         Relation("in_region", ("red",), "upper half")
     assert Relation.from_dict(Relation("in_region", ("red",), "centre").to_dict()) == Relation(
-        "in_region", ("red",), "centre")
+        "in_region", ("red",), "centre"
+    )

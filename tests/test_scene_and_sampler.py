@@ -27,13 +27,16 @@ def test_palette_is_large_enough():
     assert len(SHAPES) >= 8 and len(COLOURS) >= 10
 
 
-@pytest.mark.parametrize(("objects", "message"), [
-    ((make("red"), make("mauve")), "unknown colour 'mauve'"),
-    ((make("red"), make("blue", shape="blob")), "unknown shape 'blob'"),
-    ((make("red", size="huge"), make("blue")), "unknown size 'huge'"),
-    ((make("red"),), "at least 2 objects"),
-    ((make("red"), make("red", shape="square")), "unique within a scene"),
-])
+@pytest.mark.parametrize(
+    ("objects", "message"),
+    [
+        ((make("red"), make("mauve")), "unknown colour 'mauve'"),
+        ((make("red"), make("blue", shape="blob")), "unknown shape 'blob'"),
+        ((make("red", size="huge"), make("blue")), "unknown size 'huge'"),
+        ((make("red"),), "at least 2 objects"),
+        ((make("red"), make("red", shape="square")), "unique within a scene"),
+    ],
+)
 def test_scene_rejects_bad_objects(objects, message):
     with pytest.raises(SceneError, match=message):
         Scene(objects, Background("plain"))

@@ -97,9 +97,13 @@ _UNIT_EXTENTS = {
     for name, outline in SHAPE_OUTLINES.items()
 }
 CONTAINER_SHAPES = ("circle", "square", "hexagon")
-# Shapes that take part in depth relations: convex (occlusion is read through outlines) and blunt, so the bite one
-# takes out of the other is wide enough to survive blur at 64 px (sharp triangle and diamond tips are not).
-DEPTH_SHAPES = ("circle", "square", "pentagon", "hexagon")
+# Shapes that take part in depth relations. A depth pair must be readable from pixels at 64 px whichever is in
+# front (the front one takes a visible bite out of the other: no straight cut) and must not give itself away by
+# one object's box (the bite must not cut off an extreme of the hidden object, or "the smaller box is behind"
+# reads depth from one object). Of circle, square, diamond, pentagon and hexagon pairs overlapping by 30-50%,
+# only two squares offset diagonally met both (84% of such layouts; every other pair under 2%, measured over
+# 1,500 layouts), so depth relations are between squares.
+DEPTH_SHAPES = ("square",)
 
 # Half-extent of each size, as a fraction of the image side, for scenes of up to 4 objects; larger scenes scale
 # every object down by sqrt(4 / n) so that 8 objects still fit without crowding.

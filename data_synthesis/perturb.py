@@ -294,10 +294,13 @@ def sample_pair(rng: random.Random, config: WorldConfig, k: int, *, max_attempts
         if perturbation is None:
             continue
         perturbed_layout = SceneLayout(perturbation.scene)
-        kept = {
-            f: [r for r in rs if evaluate(r, perturbed_layout) is Truth.HOLDS] for f, rs in sampled.candidates.items()
-        }
-        extra = choose_relations(rng, kept, max(sampled.num_relations - k, 0), taken=targets)
+        extra = choose_relations(
+            rng,
+            sampled.candidates,
+            max(sampled.num_relations - k, 0),
+            taken=targets,
+            accept=lambda relation, layout=perturbed_layout: evaluate(relation, layout) is Truth.HOLDS,
+        )
         stated = targets + extra
         order = list(range(len(stated)))
         rng.shuffle(order)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -457,12 +458,14 @@ def choose_relations(
     taken: list[Relation] = (),
     prefer_disjoint: bool = False,
     families: tuple[str, ...] | None = None,
+    accept: Callable[[Relation], bool] | None = None,
 ) -> list[Relation]:
     """Up to `count` candidates that state facts not in `taken`. Each comes from the next of `families` if given
     (none if that family has no candidate left), else from a uniformly chosen family among those with candidates
     left (family-balanced). With `prefer_disjoint`, a relation that shares no object with those already chosen is
     preferred within its family (relations broken together should not all push one object the same way, which
-    would make that object's position alone tell the images apart)."""
+    would make that object's position alone tell the images apart). Candidates failing `accept` are dropped as
+    they are drawn (checked lazily: most candidates are never drawn)."""
     facts = {fact(r) for r in taken}
     pools = {f: [r for r in rs if fact(r) not in facts] for f, rs in candidates.items()}
     chosen: list[Relation] = []
@@ -480,7 +483,7 @@ def choose_relations(
         used = {c for r in chosen for c in r.subjects}
         disjoint = [i for i, r in enumerate(pool) if not used & set(r.subjects)] if prefer_disjoint else []
         relation = pool.pop(rng.choice(disjoint) if disjoint else rng.randrange(len(pool)))
-        if fact(relation) in facts:
+        if fact(relation) in facts or (accept is not None and not accept(relation)):
             continue
         facts.add(fact(relation))
         chosen.append(relation)

@@ -247,25 +247,23 @@ class Scene:
         out_b[by - y0 : by - y0 + mask_b.shape[0], bx - x0 : bx - x0 + mask_b.shape[1]] = mask_b
         return out_a, out_b
 
-    def overlap_fraction(self, a: str, b: str) -> float:
-        """Area shared by the two silhouettes over the smaller silhouette's area (0: disjoint)."""
+    def shared_area(self, a: str, b: str) -> int:
+        """Grid cells covered by both silhouettes."""
         box_a, box_b = self[a].box, self[b].box
         if box_a[2] <= box_b[0] or box_b[2] <= box_a[0] or box_a[3] <= box_b[1] or box_b[3] <= box_a[1]:
-            return 0.0
+            return 0
         aligned = self.aligned_masks(a, b)
-        if aligned is None:
-            return 0.0
-        return float((aligned[0] & aligned[1]).sum() / max(min(self.area(a), self.area(b)), 1))
+        return 0 if aligned is None else int((aligned[0] & aligned[1]).sum())
+
+    def overlap_fraction(self, a: str, b: str) -> float:
+        """Area shared by the two silhouettes over the smaller silhouette's area (0: disjoint)."""
+        shared = self.shared_area(a, b)
+        return 0.0 if shared == 0 else shared / max(min(self.area(a), self.area(b)), 1)
 
     def covered_fraction(self, a: str, b: str) -> float:
         """Fraction of a's silhouette that lies within b's silhouette."""
-        box_a, box_b = self[a].box, self[b].box
-        if box_a[2] <= box_b[0] or box_b[2] <= box_a[0] or box_a[3] <= box_b[1] or box_b[3] <= box_a[1]:
-            return 0.0
-        aligned = self.aligned_masks(a, b)
-        if aligned is None:
-            return 0.0
-        return float((aligned[0] & aligned[1]).sum() / max(self.area(a), 1))
+        shared = self.shared_area(a, b)
+        return 0.0 if shared == 0 else shared / max(self.area(a), 1)
 
     # -- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -1,0 +1,65 @@
+"""Repository hygiene: one source of truth for the pins, every imported third-party package declared, every stage
+package importable."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("data_synthesis", "reward_model", "rl_policy", "benchmarks", "shared")
+# import name -> distribution name, where they differ
+DISTRIBUTIONS = {"PIL": "pillow", "yaml": "pyyaml", "sklearn": "scikit-learn"}
+
+
+def requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            names.add(re.split(r"[\[=<>~ ]", line)[0].lower())
+    return names
+
+
+def test_torch_is_pinned_first_and_environment_yml_reads_the_same_files():
+    first = next(
+        line
+        for line in (REPO / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
+    assert first == "torch==2.13.0"
+    environment = (REPO / "environment.yml").read_text()
+    assert "-r requirements.txt" in environment and "-r requirements-dev.txt" in environment
+    assert "python=3.11" in environment
+    assert "grep -m1 '^torch==' requirements.txt" in (REPO / "Makefile").read_text()
+
+
+def test_every_imported_third_party_package_is_declared():
+    declared = requirement_names(REPO / "requirements.txt")
+    dev = requirement_names(REPO / "requirements-dev.txt")
+    local = set(PACKAGES) | {"tests", "bench"}
+    for folder, allowed in [(p, declared) for p in PACKAGES] + [("bench", declared), ("tests", declared | dev)]:
+        for source in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text())):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top in sys.stdlib_module_names or top in local:
+                        continue
+                    assert DISTRIBUTIONS.get(top, top).lower() in allowed, f"{source}: {top} is not declared"
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_stage_packages_import_and_say_what_they_are(package):
+    module = importlib.import_module(package)
+    assert module.__doc__ and len(module.__doc__) > 40

@@ -106,13 +106,15 @@ def placement_ok(obj: SceneObject, others: list[SceneObject], background: Backgr
 
 def overlapping_pairs(scene: Scene) -> set[frozenset[str]]:
     """Pairs whose boxes come closer than the clearance (the only pairs allowed to touch or overlap)."""
-    objects = scene.objects
-    return {
-        frozenset((a.colour, b.colour))
-        for i, a in enumerate(objects)
-        for b in objects[i + 1 :]
-        if box_gap(a.box, b.box) < CLEARANCE
-    }
+    if "overlapping_pairs" not in scene.memo:
+        boxes = [(o.colour, o.box) for o in scene.objects]
+        scene.memo["overlapping_pairs"] = {
+            frozenset((a, b))
+            for i, (a, box_a) in enumerate(boxes)
+            for b, box_b in boxes[i + 1 :]
+            if box_gap(box_a, box_b) < CLEARANCE
+        }
+    return set(scene.memo["overlapping_pairs"])
 
 
 def depth_readable(scene: Scene, a: str, b: str, min_bite: float = 0.06, min_bite_area: float = 0.001) -> bool:

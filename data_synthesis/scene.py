@@ -180,6 +180,7 @@ class Scene:
     objects: tuple[SceneObject, ...]
     background: Background
     _masks: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    memo: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)  # derived values
 
     def __post_init__(self) -> None:
         validate_objects([(o.colour, o.shape, o.size) for o in self.objects])
@@ -203,6 +204,7 @@ class Scene:
         object.__setattr__(scene, "objects", tuple(updates.get(o.colour, o) for o in self.objects))
         object.__setattr__(scene, "background", self.background)
         object.__setattr__(scene, "_masks", {c: m for c, m in self._masks.items() if c not in updates})
+        object.__setattr__(scene, "memo", {})
         return scene
 
     # -- exact geometry (masks on a fixed grid, each drawn in a window around its object) ---------------------

@@ -103,6 +103,13 @@ class Relation:
 
     def opposite(self) -> Relation:
         """The relation that holds (with margin) exactly when this one is broken (with margin)."""
+        cached = self.__dict__.get("_opposite")
+        if cached is None:
+            cached = self._make_opposite()
+            self.__dict__["_opposite"] = cached  # frozen: bypass __setattr__; not a field, so eq/hash ignore it
+        return cached
+
+    def _make_opposite(self) -> Relation:
         if self.kind == "in_region" and self.region in _HALF_OPPOSITES:
             return Relation("in_region", self.subjects, _HALF_OPPOSITES[self.region])
         if self.kind == "not_in_region" and self.region in _HALF_OPPOSITES:

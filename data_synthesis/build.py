@@ -145,6 +145,12 @@ def split_of(prompt: str, fractions: tuple[float, float, float]) -> str:
 
 def make_pair(config: BuildConfig, index: int) -> dict | None:
     """The row of pair `index`, or None when no perturbation verified (skipped and counted)."""
+    made = _make_pair(config, index)
+    return None if made is None else made[0]
+
+
+def _make_pair(config: BuildConfig, index: int) -> tuple[dict, Scene, Scene] | None:
+    """The row of pair `index` with its two scenes."""
     pair_seed = stable_seed(config.seed, "pair", index)
     rng = random.Random(pair_seed)
     k = rng.randint(1, config.max_broken)
@@ -157,29 +163,33 @@ def make_pair(config: BuildConfig, index: int) -> dict | None:
     style_seed, render_seed = rng.randrange(2**31), rng.randrange(2**31)
     prompt = describe(scene, stated, style_seed)
     perfect_image, perturbed_image = image_paths(index)
-    return {
-        "pair_id": f"sw-{config.seed}-{index:07d}",
-        "index": index,
-        "split": split_of(prompt, config.split_fractions),
-        "prompt": prompt,
-        "perturbed_prompt": describe(perturbation.scene, perturbed_relations, style_seed),
-        "perfect_image": perfect_image,
-        "perturbed_image": perturbed_image,
-        "perfect_scene": scene.to_json(),
-        "perturbed_scene": perturbation.scene.to_json(),
-        "stated_relations": _relations_json(stated),
-        "broken_relations": json.dumps(broken),
-        "perturbed_relations": _relations_json(perturbed_relations),
-        "broken_families": ",".join(sorted({stated[i].family for i in broken})),
-        "operations": json.dumps(list(perturbation.operations)),
-        "num_broken": k,
-        "num_relations": len(stated),
-        "num_objects": len(scene.objects),
-        "generator": GENERATOR,
-        "seed": pair_seed,
-        "render_seed": render_seed,
-        "review_status": "verified",  # the perturbation was checked against the exact scene graph
-    }
+    return (
+        {
+            "pair_id": f"sw-{config.seed}-{index:07d}",
+            "index": index,
+            "split": split_of(prompt, config.split_fractions),
+            "prompt": prompt,
+            "perturbed_prompt": describe(perturbation.scene, perturbed_relations, style_seed),
+            "perfect_image": perfect_image,
+            "perturbed_image": perturbed_image,
+            "perfect_scene": scene.to_json(),
+            "perturbed_scene": perturbation.scene.to_json(),
+            "stated_relations": _relations_json(stated),
+            "broken_relations": json.dumps(broken),
+            "perturbed_relations": _relations_json(perturbed_relations),
+            "broken_families": ",".join(sorted({stated[i].family for i in broken})),
+            "operations": json.dumps(list(perturbation.operations)),
+            "num_broken": k,
+            "num_relations": len(stated),
+            "num_objects": len(scene.objects),
+            "generator": GENERATOR,
+            "seed": pair_seed,
+            "render_seed": render_seed,
+            "review_status": "verified",  # the perturbation was checked against the exact scene graph
+        },
+        scene,
+        perturbation.scene,
+    )
 
 
 def _relations_json(relations: list[Relation]) -> str:
@@ -192,19 +202,16 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-def render_pair(config: BuildConfig, row: dict, out_dir: Path) -> None:
-    """Render and write a pair's two images unless both are already there (resume)."""
-    for scene_column, path_column in (("perfect_scene", "perfect_image"), ("perturbed_scene", "perturbed_image")):
+def render_pair(config: BuildConfig, row: dict, out_dir: Path, scenes: tuple[Scene, Scene] | None = None) -> None:
+    """Render and write a pair's two images unless they are already there (resume). `scenes` saves parsing the
+    row's scene JSON when the caller has them."""
+    if scenes is None:
+        scenes = (Scene.from_json(row["perfect_scene"]), Scene.from_json(row["perturbed_scene"]))
+    for scene, path_column in zip(scenes, ("perfect_image", "perturbed_image"), strict=True):
         path = out_dir / row[path_column]
         if path.exists():
             continue
-        image = render(
-            Scene.from_json(row[scene_column]),
-            config.resolution,
-            jitter=config.jitter,
-            noise=config.noise,
-            seed=row["render_seed"],
-        )
+        image = render(scene, config.resolution, jitter=config.jitter, noise=config.noise, seed=row["render_seed"])
         atomic_write_bytes(path, png_bytes(image), durable=False)
 
 
@@ -217,9 +224,11 @@ def _init_worker(config: BuildConfig, out_dir: Path) -> None:
 
 def _work(index: int) -> tuple[int, dict | None]:
     config, out_dir = _WORKER["config"], _WORKER["out_dir"]
-    row = make_pair(config, index)
-    if row is not None:
-        render_pair(config, row, out_dir)
+    made = _make_pair(config, index)
+    if made is None:
+        return index, None
+    row, scene, perturbed_scene = made
+    render_pair(config, row, out_dir, (scene, perturbed_scene))
     return index, row
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 
 import numpy as np
@@ -169,6 +169,9 @@ class SceneObject:
         return SceneObject(self.colour, self.shape, self.size, x, y, self.radius, self.depth)
 
 
+_OBJECT_FIELDS = tuple(f.name for f in fields(SceneObject))
+
+
 @dataclass(frozen=True)
 class Background:
     kind: str  # plain | sky_ground
@@ -270,8 +273,8 @@ class Scene:
     # -- serialisation ----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
-            "background": asdict(self.background),
-            "objects": [asdict(o) for o in self.objects],
+            "background": {"kind": self.background.kind, "horizon": self.background.horizon},
+            "objects": [{name: getattr(o, name) for name in _OBJECT_FIELDS} for o in self.objects],
         }
 
     def to_json(self) -> str:

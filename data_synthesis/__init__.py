@@ -8,7 +8,7 @@ dataset dir (see DESIGN.md for the format)."""
 from data_synthesis.build import BuildConfig, BuildError, build
 from data_synthesis.detect import PixelLayout, detect, read_relations
 from data_synthesis.perturb import Perturbation, perturb
-from data_synthesis.prompts import describe
+from data_synthesis.prompts import BACKGROUND_WORDS, NUMBER_WORDS, SHAPE_WORDS, SIZE_WORDS, TEMPLATES, describe
 from data_synthesis.relations import FAMILIES, KINDS, Relation, SceneLayout, Truth, evaluate
 from data_synthesis.render import render
 from data_synthesis.sampler import WorldConfig, sample_scene
@@ -16,6 +16,11 @@ from data_synthesis.scene import COLOURS, REGIONS, SHAPES, SIZES, Background, Sc
 from data_synthesis.verify import DatasetError, load_pairs, verify
 
 __all__ = [
+    "BACKGROUND_WORDS",
+    "NUMBER_WORDS",
+    "SHAPE_WORDS",
+    "SIZE_WORDS",
+    "TEMPLATES",
     "COLOURS",
     "FAMILIES",
     "KINDS",

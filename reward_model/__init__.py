@@ -1,2 +1,26 @@
 """SpatialScore reward model: Qwen2.5-VL + LoRA, a reward token and a Gaussian (mean, std) head trained with a
-Bradley-Terry objective on (prompt, perfect image, perturbed image) triplets. Built in the reward-model issue."""
+Bradley-Terry objective on (prompt, perfect image, perturbed image) triplets.
+
+Built so far: the network builder (`build_spatialscore`, from a tiny config or a local pretrained directory), the
+offline SpatialWorld tokenizer/processor for the tiny model, and the pairwise losses (`loss.py`). The Lightning
+module, data module, scorer, export and CLI come next (see the reward-model issue)."""
+
+from reward_model.loss import LOSSES, bradley_terry_loss, gaussian_bt_loss, sampled_uncertainty_loss, thurstone_loss
+from reward_model.model import SpatialScore, build_spatialscore, encode, reward_text, tiny_backbone_config
+from reward_model.tokenizer import SpatialScoreProcessor, build_spatialworld_processor, load_processor
+
+__all__ = [
+    "LOSSES",
+    "SpatialScore",
+    "SpatialScoreProcessor",
+    "bradley_terry_loss",
+    "build_spatialscore",
+    "build_spatialworld_processor",
+    "encode",
+    "gaussian_bt_loss",
+    "load_processor",
+    "reward_text",
+    "sampled_uncertainty_loss",
+    "thurstone_loss",
+    "tiny_backbone_config",
+]

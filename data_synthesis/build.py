@@ -328,7 +328,7 @@ def _index_batches(config: BuildConfig, accepted: int, next_index: int, success_
     """The next indices to try: enough for the pairs still missing at the success rate seen so far, plus a few,
     in batches of at most 1,024 (everything a batch renders beyond `num_pairs` is wasted and deleted)."""
     remaining = config.num_pairs - accepted
-    size = min(1024, math.ceil(remaining / max(success_rate, 0.2) * 1.02) + 8)
+    size = min(1024, math.ceil(remaining / max(success_rate, 0.2) * 1.01) + 4)
     return range(next_index, next_index + size)
 
 
@@ -341,7 +341,7 @@ def _collect(config: BuildConfig, out_dir: Path, workers: int, progress: bool) -
     bar = tqdm(total=config.num_pairs, desc="pairs", unit="pair", disable=not progress, dynamic_ncols=True)
     with _pool(config, out_dir, workers) as run:
         while len(rows) < config.num_pairs:
-            success_rate = len(rows) / tried if tried else 0.95
+            success_rate = len(rows) / tried if tried else 0.985
             batch = _index_batches(config, len(rows), next_index, success_rate)
             for _, row in run(batch):
                 tried += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,7 +184,7 @@ _CONSTRUCTED = {"depth": 2, "proximity": 2, "containment": 2, "between": 3}
 class SampledScene:
     scene: Scene
     planned: list[Relation]  # the constructed relations (inside, in front of, next to, between) that hold
-    candidates: dict[str, list[Relation]]  # every relation that holds with margin, by family, one phrasing per fact
+    candidates: Candidates  # every relation that holds with margin, by family, one phrasing per fact (lazy)
     num_relations: int  # how many relations the prompt should state (fewer if fewer survive the perturbation)
 
 
@@ -277,7 +277,7 @@ def _try_sample(rng: random.Random, config: WorldConfig, require: tuple[str, ...
     scene = Scene(tuple(sorted(placed, key=lambda o: colours.index(o.colour))), background)
     layout = SceneLayout(scene)
     planned = [r for r in planned if evaluate(r, layout) is Truth.HOLDS]
-    return SampledScene(scene, planned, _candidates(rng, scene, layout), target)
+    return SampledScene(scene, planned, Candidates(rng, scene, layout), target)
 
 
 def _place_free(rng, colour, make, placed, background, tries: int = 60) -> SceneObject | None:
@@ -384,59 +384,130 @@ def _planned_relation(rng: random.Random, family: str, members: list[str]) -> Re
     raise AssertionError(family)
 
 
-def _candidates(rng: random.Random, scene: Scene, layout: SceneLayout) -> dict[str, list[Relation]]:
-    """Every relation that holds with the strict margin, grouped by family, one phrasing per fact."""
-    found: dict[str, list[Relation]] = {f: [] for f in FAMILIES}
+class Candidates(Mapping):
+    """Every relation that holds with the strict margin in a scene, by family, one phrasing per fact.
+
+    Each family is worked out on first access: most families of most scenes are never looked at (a pair states a
+    handful of relations), and evaluating every relation of every family was a quarter of the builder's time."""
+
+    def __init__(self, rng: random.Random, scene: Scene, layout: SceneLayout):
+        self._rng, self._scene, self._layout = rng, scene, layout
+        self._found: dict[str, list[Relation]] = {}
+
+    def __getitem__(self, family: str) -> list[Relation]:
+        if family not in self._found:
+            self._found[family] = _FINDERS[family](self._rng, self._scene, self._layout)
+        return self._found[family]
+
+    def __iter__(self):
+        return iter(FAMILIES)
+
+    def __len__(self) -> int:
+        return len(FAMILIES)
+
+
+def _holding(layout: SceneLayout, kind: str, subjects: tuple[str, ...], region: str | None = None) -> bool:
+    return evaluate(Relation(kind, subjects, region), layout) is Truth.HOLDS
+
+
+def _pairs(scene: Scene) -> list[tuple[str, str]]:
     colours = [o.colour for o in scene.objects]
+    return [(a, b) for i, a in enumerate(colours) for b in colours[i + 1 :]]
 
-    def add(kind: str, subjects: tuple[str, ...], mirrored: str | None = None) -> None:
-        relation = Relation(kind, subjects)
-        if evaluate(relation, layout) is not Truth.HOLDS:
-            return
-        if relation.family == "depth" and scene.overlap_fraction(*subjects) > 0.6:
-            return  # an object within another: containment, not a depth order a perturbation could reverse
-        if mirrored is not None and rng.random() < 0.5:
-            relation = Relation(mirrored, tuple(reversed(subjects)))
-        found[relation.family].append(relation)
 
-    boxes = {c: scene[c].box for c in colours}
-    for i, a in enumerate(colours):
-        for b in colours[i + 1 :]:
-            touching = box_gap(boxes[a], boxes[b]) < 0  # depth and containment need overlapping boxes
-            for forward, backward in (("left_of", "right_of"), ("above", "below"), ("in_front_of", "behind")):
-                if forward != "in_front_of" or touching:
-                    add(forward, (a, b), backward)
-                    add(forward, (b, a), backward)
-            add("next_to", (a, b))
-            if touching:
-                add("inside", (a, b))
-                add("inside", (b, a))
-        if scene.background.kind == "sky_ground":
-            add("in_sky", (a,))
-            add("on_ground", (a,))
-        regions = [r for r in REGIONS if evaluate(Relation("in_region", (a,), r), layout) is Truth.HOLDS]
-        if regions:
-            found["absolute"].append(Relation("in_region", (a,), rng.choice(regions)))
-    centres = {c: ((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for c, b in boxes.items()}
+def _ordered(rng, scene, layout, forward: str, backward: str, touching_only: bool = False) -> list[Relation]:
+    """`forward` facts over every ordered pair, each phrased forward or mirrored (A left of B / B right of A)."""
+    found = []
+    for a, b in _pairs(scene):
+        if touching_only and box_gap(scene[a].box, scene[b].box) >= 0:
+            continue  # depth needs overlapping boxes
+        for first, second in ((a, b), (b, a)):
+            if not _holding(layout, forward, (first, second)):
+                continue
+            if forward == "in_front_of" and scene.overlap_fraction(first, second) > 0.6:
+                continue  # an object within another: containment, not a depth order a perturbation could reverse
+            found.append(
+                Relation(backward, (second, first)) if rng.random() < 0.5 else Relation(forward, (first, second))
+            )
+    return found
+
+
+def _horizontal(rng, scene, layout) -> list[Relation]:
+    return _ordered(rng, scene, layout, "left_of", "right_of")
+
+
+def _vertical(rng, scene, layout) -> list[Relation]:
+    return _ordered(rng, scene, layout, "above", "below")
+
+
+def _depth(rng, scene, layout) -> list[Relation]:
+    return _ordered(rng, scene, layout, "in_front_of", "behind", touching_only=True)
+
+
+def _proximity(rng, scene, layout) -> list[Relation]:
+    found = [Relation("next_to", pair) for pair in _pairs(scene) if _holding(layout, "next_to", pair)]
+    # "far from" is true of most pairs: offer one so that it is not a word only perturbed prompts use
+    far = [Relation("far_from", pair) for pair in _pairs(scene) if _holding(layout, "far_from", pair)]
+    return found + rng.sample(far, min(len(far), 1))
+
+
+def _containment(rng, scene, layout) -> list[Relation]:
+    found = []
+    for a, b in _pairs(scene):
+        if box_gap(scene[a].box, scene[b].box) < 0:
+            found += [Relation("inside", pair) for pair in ((a, b), (b, a)) if _holding(layout, "inside", pair)]
+    return found
+
+
+def _between(rng, scene, layout) -> list[Relation]:
+    colours = [o.colour for o in scene.objects]
+    centres = {o.colour: ((o.box[0] + o.box[2]) / 2, (o.box[1] + o.box[3]) / 2) for o in scene.objects}
+    found = []
     for middle in colours:
         mx, my = centres[middle]
-        for end_a in colours:
-            for end_b in colours:
-                if len({middle, end_a, end_b}) < 3 or end_a > end_b:
-                    continue
-                (ax, ay), (bx, by) = centres[end_a], centres[end_b]
-                # cheap necessary condition: the middle lies near the box spanned by the two ends
-                if min(ax, bx) - 0.1 <= mx <= max(ax, bx) + 0.1 and min(ay, by) - 0.1 <= my <= max(ay, by) + 0.1:
-                    add("between", (middle, end_a, end_b))
-    # "far from" is true of most pairs: offer a few so that it is not a word only perturbed prompts use.
-    far = [
-        Relation("far_from", (a, b))
-        for i, a in enumerate(colours)
-        for b in colours[i + 1 :]
-        if evaluate(Relation("far_from", (a, b)), layout) is Truth.HOLDS
-    ]
-    found["proximity"].extend(rng.sample(far, min(len(far), 1)))
+        for end_a, end_b in _pairs(scene):
+            if middle in (end_a, end_b):
+                continue
+            (ax, ay), (bx, by) = centres[end_a], centres[end_b]
+            # cheap necessary condition first: the middle lies near the box spanned by the two ends
+            near = min(ax, bx) - 0.1 <= mx <= max(ax, bx) + 0.1 and min(ay, by) - 0.1 <= my <= max(ay, by) + 0.1
+            ends = tuple(sorted((end_a, end_b)))
+            if near and _holding(layout, "between", (middle, *ends)):
+                found.append(Relation("between", (middle, *ends)))
     return found
+
+
+def _background(rng, scene, layout) -> list[Relation]:
+    if scene.background.kind != "sky_ground":
+        return []
+    return [
+        Relation(kind, (o.colour,))
+        for o in scene.objects
+        for kind in ("in_sky", "on_ground")
+        if _holding(layout, kind, (o.colour,))
+    ]
+
+
+def _absolute(rng, scene, layout) -> list[Relation]:
+    found = []
+    for obj in scene.objects:
+        regions = [r for r in REGIONS if _holding(layout, "in_region", (obj.colour,), r)]
+        if regions:
+            found.append(Relation("in_region", (obj.colour,), rng.choice(regions)))
+    return found
+
+
+_FINDERS = {
+    "horizontal": _horizontal,
+    "vertical": _vertical,
+    "depth": _depth,
+    "proximity": _proximity,
+    "containment": _containment,
+    "between": _between,
+    "background": _background,
+    "absolute": _absolute,
+}
+assert set(_FINDERS) == set(FAMILIES)
 
 
 def fact(relation: Relation) -> tuple:
@@ -455,7 +526,7 @@ def fact(relation: Relation) -> tuple:
 
 def choose_relations(
     rng: random.Random,
-    candidates: dict[str, list[Relation]],
+    candidates: Mapping[str, list[Relation]],
     count: int,
     taken: list[Relation] = (),
     prefer_disjoint: bool = False,
@@ -469,19 +540,29 @@ def choose_relations(
     would make that object's position alone tell the images apart). Candidates failing `accept` are dropped as
     they are drawn (checked lazily: most candidates are never drawn)."""
     facts = {fact(r) for r in taken}
-    pools = {f: [r for r in rs if fact(r) not in facts] for f, rs in candidates.items()}
+    pools: dict[str, list[Relation]] = {}
+
+    def pool_of(family: str) -> list[Relation]:
+        if family not in pools:
+            pools[family] = [r for r in candidates.get(family, ()) if fact(r) not in facts]
+        return pools[family]
+
     chosen: list[Relation] = []
+    open_families = list(candidates)
     while len(chosen) < count:
         if families is not None:
             family = families[len(chosen)]
-            if not pools.get(family):
+            if not pool_of(family):
                 break
         else:
-            available = [f for f, rs in pools.items() if rs]
-            if not available:
+            # uniform over the families that still have candidates (rejection: empty ones are found lazily)
+            if not open_families:
                 break
-            family = rng.choice(available)
-        pool = pools[family]
+            family = rng.choice(open_families)
+            if not pool_of(family):
+                open_families.remove(family)
+                continue
+        pool = pool_of(family)
         used = {c for r in chosen for c in r.subjects}
         disjoint = [i for i, r in enumerate(pool) if not used & set(r.subjects)] if prefer_disjoint else []
         relation = pool.pop(rng.choice(disjoint) if disjoint else rng.randrange(len(pool)))

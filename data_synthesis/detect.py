@@ -10,14 +10,17 @@ It is the oracle for generated images, which are small and blurry, so it says "n
   of at least a quarter of the largest one (an occluder can cut an object in two). Fewer than `min_pixels`
   pixels: not found.
 - Positions and extents: the box of the mask; relations use box centres and box gaps, like the scene graph.
-- Occlusion (in front of / behind): the one in front keeps its convex outline, so the border between two
-  touching objects bulges into the one behind. The border's two ends (where it meets a third colour) give the
-  chord a straight cut would leave; the reading is (pixels of A beyond the chord on B's side - pixels of B beyond
-  it on A's side) / smaller area: positive when A is in front. Measured from the chord rather than from a mask's
-  convex hull (whose pixel centres lie half a pixel inside its outline), a bite of a pixel or two still reads at
-  64 px. Where the border has not exactly two ends (one object cut in two), the hulls are used: the convex hull of
-  the hidden one's visible pixels reaches over the one that hides it. Exact for convex shapes, which is why only
-  convex shapes take depth relations.
+- Occlusion (in front of / behind): the one in front keeps its convex outline, so the one behind shows a bite.
+  Two readings are added, each (evidence that A is in front - evidence that B is) / smaller area, positive when
+  A is in front. Hulls: the convex hull of the hidden one's visible pixels reaches over the one that hides it,
+  while the front one's hull covers nothing of the other; reliable once the bite is a few pixels deep. Chord: the
+  border between the two touching masks has two ends (where it meets a third colour); the front one bulges past
+  the straight chord between them into the other; this still reads a bite of a pixel or two at 64 px, where the
+  hulls (through pixel centres, half a pixel inside the outline) see nothing. Without exactly two ends (one
+  object cut in two, a fringe of a third colour) only the hulls count. Both assume convex shapes: depth relations
+  are stated only between squares (see `scene.DEPTH_SHAPES`).
+- Solidity: a found object fills at least MIN_SOLIDITY of its convex hull (a ring round its content, or a
+  bitten shape, does); colour specks scattered over noise or texture do not, and count as not found.
 - Containment (inside): the fraction of A's pixels that lie within the convex hull of B's visible pixels (an
   object drawn inside B leaves B's outline whole, so B's hull covers it).
 - Horizon: the row that best splits sky-coloured background pixels (above) from ground-coloured ones (below).

@@ -34,9 +34,12 @@ lint: $(STAMP) ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-data: $(STAMP) ## build the default SpatialWorld dataset into data/spatialworld
+data: $(DATA_DIR)/verify_report.json ## build and verify the default SpatialWorld dataset in data/spatialworld
+
+# The report is written only when verify passes, so a finished, verified dataset is not rebuilt or re-verified.
+$(DATA_DIR)/verify_report.json: | $(STAMP)
 	$(PYTHON) -m data_synthesis build --out $(DATA_DIR) $(DATA_ARGS) --workers $$(nproc)
-	$(PYTHON) -m data_synthesis verify $(DATA_DIR)
+	$(PYTHON) -m data_synthesis verify $(DATA_DIR) --report $@.tmp && mv $@.tmp $@
 
 bench: $(STAMP) ## speed benchmarks (prints ratios against the targets)
 	$(PYTHON) bench/data_synthesis_build.py

@@ -1,0 +1,379 @@
+"""Pairwise data for the SpatialScore reward model: (prompt, winner image, loser image) from a SpatialWorld dataset dir.
+
+A dataset dir (`python -m data_synthesis build`, see ../shared/DESIGN.md) holds one row per triplet in
+`pairs.parquet`: the prompt, the perturbed scene's own prompt (`perturbed_prompt`), the perfect and the perturbed
+image (paths relative to the dir), the number and families of broken relations, and the split. Each pair is read in
+one of two orientations, as the paper's Bradley-Terry objective needs a winner and a loser under one prompt:
+
+- forward: under `prompt` the perfect image wins;
+- reversed: under `perturbed_prompt` the perturbed image wins (a model that ignores the prompt cannot get both).
+
+`orientation="both"` yields every pair twice, forward then reversed. `PairCollator` encodes the B winners and the
+B losers of a batch as 2B sequences of ONE forward pass (winners first), so the module `chunk(2)`s the scores as
+TRL's RewardTrainer does.
+
+Bad input: `setup` opens every image of a split once (PIL `verify`, a CRC check of every chunk without decoding the
+pixels); a pair with a missing or corrupt image is skipped and counted (`skipped`, and a log warning), and if more
+than `max_bad_fraction` (1%) of a split is bad, `setup` raises one `DatasetError` naming the dir and the counts.
+Images over the processor's pixel budget (its `max_pixels`, 200,704 for the 7B config) are resized by the
+processor itself.
+
+Optional degradations (downscale and back, Gaussian blur, pixel noise) make the critic robust to a small
+generator's samples. They are drawn per pair from a seed and the pair id, so a pair is degraded the same way in
+every epoch, in every worker and in both orientations, and both of its images get the same kind of degradation
+(never a cue that tells winner from loser).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image, ImageFilter
+from torch.utils.data import DataLoader, Dataset
+
+from data_synthesis import DatasetError, load_pairs
+from reward_model.model import encode
+from reward_model.tokenizer import SpatialScoreProcessor, load_processor
+from shared import stable_seed
+
+log = logging.getLogger(__name__)
+
+Orientation = Literal["forward", "reversed", "both"]
+ORIENTATIONS = ("forward", "reversed", "both")
+SPLITS = ("train", "val", "test")
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """Image degradations, applied in this order to both images of a chosen pair; all off by default.
+
+    downscale_to: longer side (pixels) to shrink to with bilinear filtering before resizing back; None keeps it.
+    blur_radius: Gaussian blur radius in pixels (0: none).
+    noise_std: std of additive Gaussian pixel noise on the 0-255 scale (0: none).
+    probability: chance that a pair is degraded at all.
+    seed: with the pair id, picks which pairs are degraded and their noise.
+    """
+
+    downscale_to: int | None = None
+    blur_radius: float = 0.0
+    noise_std: float = 0.0
+    probability: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.downscale_to is not None and self.downscale_to < 1:
+            raise ValueError(
+                f"Degradation.downscale_to must be a positive pixel count or None, got {self.downscale_to}"
+            )
+        if self.blur_radius < 0 or self.noise_std < 0:
+            raise ValueError(
+                f"Degradation.blur_radius and noise_std must be >= 0, got {self.blur_radius} and {self.noise_std}"
+            )
+        if not 0 <= self.probability <= 1:
+            raise ValueError(f"Degradation.probability must lie in [0, 1], got {self.probability}")
+
+    @property
+    def active(self) -> bool:
+        return self.probability > 0 and (self.downscale_to is not None or self.blur_radius > 0 or self.noise_std > 0)
+
+
+def degrade(image: Image.Image, degradation: Degradation, rng: np.random.Generator) -> Image.Image:
+    """`image` (RGB) downscaled and back, blurred and noised as `degradation` says; `rng` draws the noise."""
+    width, height = image.size
+    if degradation.downscale_to is not None and max(width, height) > degradation.downscale_to:
+        scale = degradation.downscale_to / max(width, height)
+        small = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = image.resize(small, Image.Resampling.BILINEAR).resize((width, height), Image.Resampling.BILINEAR)
+    if degradation.blur_radius > 0:
+        image = image.filter(ImageFilter.GaussianBlur(degradation.blur_radius))
+    if degradation.noise_std > 0:
+        pixels = np.asarray(image, dtype=np.float32)  # [H, W, 3]
+        noisy = pixels + rng.normal(0.0, degradation.noise_std, size=pixels.shape)
+        image = Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
+    return image
+
+
+class PairRecord(NamedTuple):
+    """One usable row of pairs.parquet, image paths made absolute."""
+
+    pair_id: str
+    prompt: str
+    perturbed_prompt: str
+    perfect_image: Path
+    perturbed_image: Path
+    num_broken: int
+    broken_families: str  # comma-separated, sorted, e.g. "depth,proximity"
+
+
+class PairExample(NamedTuple):
+    """One oriented pair: under `prompt`, `winner` must score higher than `loser`."""
+
+    pair_id: str
+    prompt: str
+    winner: Image.Image
+    loser: Image.Image
+    num_broken: int
+    broken_families: str
+    is_reversed: bool  # True: perturbed prompt, the perturbed image wins
+
+
+class PairBatch(NamedTuple):
+    """B oriented pairs, encoded as 2B sequences for one forward pass: rows 0..B-1 winners, B..2B-1 losers."""
+
+    inputs: dict[str, torch.Tensor]  # `encode(...)`: input_ids, attention_mask, mm_token_type_ids [2B, T];
+    # pixel_values [patches of the 2B images, C * t * p * p]; image_grid_thw [2B, 3]
+    prompts: list[str]  # B: the prompt both images of a pair are scored against
+    pair_ids: list[str]  # B
+    num_broken: torch.Tensor  # [B] int64
+    broken_families: list[str]  # B, comma-separated families
+    is_reversed: torch.Tensor  # [B] bool: True where the perturbed prompt is used and the perturbed image wins
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.pair_ids)
+
+
+class BadImage(NamedTuple):
+    pair_id: str
+    path: Path
+    problem: str  # "missing" or "corrupt"
+
+
+def _open_image(path: Path) -> Image.Image:
+    """An RGB copy of the image at `path`; `DatasetError` naming the file if it cannot be read."""
+    try:
+        with Image.open(path) as handle:
+            return handle.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DatasetError(f"cannot read image {path}: {error}") from error
+
+
+def _image_problem(path: Path) -> str | None:
+    """None if `path` holds a readable image, else "missing" or "corrupt"."""
+    if not path.is_file():
+        return "missing"
+    try:
+        with Image.open(path) as handle:
+            handle.verify()
+    except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
+        return "corrupt"
+    return None
+
+
+class PairwiseDataset(Dataset):
+    """Oriented pairs of `records`: "both" interleaves them, index 2i forward and 2i + 1 reversed."""
+
+    def __init__(
+        self,
+        records: Sequence[PairRecord],
+        orientation: Orientation = "forward",
+        degradation: Degradation | None = None,
+    ) -> None:
+        if orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
+        self.records = list(records)
+        self.orientation = orientation
+        self.degradation = degradation if degradation is not None and degradation.active else None
+
+    def __len__(self) -> int:
+        return len(self.records) * (2 if self.orientation == "both" else 1)
+
+    def __getitem__(self, index: int) -> PairExample:
+        if self.orientation == "both":
+            record, is_reversed = self.records[index // 2], index % 2 == 1
+        else:
+            record, is_reversed = self.records[index], self.orientation == "reversed"
+        perfect, perturbed = _open_image(record.perfect_image), _open_image(record.perturbed_image)
+        if self.degradation is not None:
+            rng = np.random.default_rng(stable_seed("degradation", self.degradation.seed, record.pair_id))
+            if rng.random() < self.degradation.probability:
+                perfect, perturbed = degrade(perfect, self.degradation, rng), degrade(perturbed, self.degradation, rng)
+        if is_reversed:
+            prompt, winner, loser = record.perturbed_prompt, perturbed, perfect
+        else:
+            prompt, winner, loser = record.prompt, perfect, perturbed
+        return PairExample(
+            record.pair_id, prompt, winner, loser, record.num_broken, record.broken_families, is_reversed
+        )
+
+
+class PairCollator:
+    """Encodes B examples as one `PairBatch` of 2B sequences (winners, then losers) with `reward_model.model.encode`.
+    A plain class (not a closure) so that DataLoader workers can pickle it."""
+
+    def __init__(self, processor: SpatialScoreProcessor, system_prompt: str | None = None) -> None:
+        self.processor = processor
+        self.system_prompt = system_prompt
+
+    def __call__(self, examples: Sequence[PairExample]) -> PairBatch:
+        prompts = [example.prompt for example in examples]
+        images = [example.winner for example in examples] + [example.loser for example in examples]
+        inputs = encode(self.processor, prompts + prompts, images, system_prompt=self.system_prompt)
+        return PairBatch(
+            inputs=dict(inputs),
+            prompts=prompts,
+            pair_ids=[example.pair_id for example in examples],
+            num_broken=torch.tensor([example.num_broken for example in examples], dtype=torch.long),
+            broken_families=[example.broken_families for example in examples],
+            is_reversed=torch.tensor([example.is_reversed for example in examples], dtype=torch.bool),
+        )
+
+
+class PairwiseDataModule(LightningDataModule):
+    """Train/val/test `PairBatch`es from a SpatialWorld dataset dir.
+
+    dataset_dir: a dataset dir with meta.json, pairs.parquet and images/.
+    processor: the network's processor (or its directory). None takes `network.processor` from the LightningModule
+        of the trainer this data module is attached to, so a config names the processor once, with the network.
+    batch_size: pairs per training batch (2 x batch_size sequences per forward pass); eval_batch_size for val/test
+        (default: batch_size).
+    orientation: "forward", "reversed" or "both" (every pair twice).
+    degradation: optional image degradations, applied to the splits in `degrade_splits` (training only by default).
+    max_bad_fraction: the largest share of a split's pairs that may have a missing or corrupt image (skipped).
+    review_statuses: keep only rows with one of these `review_status` values; None keeps every row.
+    seed: shuffling of the training pairs.
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        processor: SpatialScoreProcessor | str | os.PathLike | None = None,
+        *,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        orientation: Orientation = "forward",
+        degradation: Degradation | None = None,
+        degrade_splits: tuple[str, ...] = ("train",),
+        max_bad_fraction: float = 0.01,
+        review_statuses: tuple[str, ...] | None = ("verified",),
+        system_prompt: str | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
+        if not 0 <= max_bad_fraction < 1:
+            raise ValueError(f"max_bad_fraction must lie in [0, 1), got {max_bad_fraction}")
+        unknown = sorted(set(degrade_splits) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"degrade_splits {unknown} are not splits; splits are {SPLITS}")
+        self.dataset_dir = Path(dataset_dir)
+        self.processor = load_processor(processor) if isinstance(processor, str | os.PathLike) else processor
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.orientation = orientation
+        self.degradation = degradation
+        self.degrade_splits = tuple(degrade_splits)
+        self.max_bad_fraction = max_bad_fraction
+        self.review_statuses = None if review_statuses is None else tuple(review_statuses)
+        self.system_prompt = system_prompt
+        self.num_workers = num_workers
+        self.seed = seed
+        self.meta: dict | None = None
+        self.records: dict[str, list[PairRecord]] = {}  # split -> usable pairs
+        self.bad_images: dict[str, list[BadImage]] = {}  # split -> what was skipped
+        self._frame: pd.DataFrame | None = None
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Pairs skipped per split (split set up so far -> count)."""
+        return {split: len({bad.pair_id for bad in bads}) for split, bads in self.bad_images.items()}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._frame is None:
+            self.meta, frame = load_pairs(self.dataset_dir)
+            if self.review_statuses is not None:
+                frame = frame[frame["review_status"].isin(self.review_statuses)]
+            self._frame = frame
+        if self.processor is None:
+            network = getattr(self.trainer.lightning_module, "network", None) if self.trainer is not None else None
+            if network is None or not hasattr(network, "processor"):
+                raise ValueError(
+                    "PairwiseDataModule has no processor: pass one (or its directory), or attach the data module to "
+                    "a Trainer whose LightningModule has a `network` with a `processor`"
+                )
+            self.processor = network.processor
+        for split in STAGE_SPLITS.get(stage, SPLITS) if stage is not None else SPLITS:
+            if split not in self.records:
+                self.records[split], self.bad_images[split] = self._load_split(split)
+
+    def _load_split(self, split: str) -> tuple[list[PairRecord], list[BadImage]]:
+        rows = self._frame[self._frame["split"] == split]
+        if rows.empty:
+            counts = dict(Counter(self._frame["split"]))
+            raise DatasetError(f"{self.dataset_dir} has no usable {split!r} pairs (pairs per split: {counts})")
+        records = [
+            PairRecord(
+                pair_id=str(row.pair_id),
+                prompt=str(row.prompt),
+                perturbed_prompt=str(row.perturbed_prompt),
+                perfect_image=self.dataset_dir / row.perfect_image,
+                perturbed_image=self.dataset_dir / row.perturbed_image,
+                num_broken=int(row.num_broken),
+                broken_families=str(row.broken_families),
+            )
+            for row in rows.itertuples(index=False)
+        ]
+        paths = [(record, path) for record in records for path in (record.perfect_image, record.perturbed_image)]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # file reads release the GIL
+            problems = list(pool.map(_image_problem, [path for _, path in paths]))
+        bad = [
+            BadImage(record.pair_id, path, problem)
+            for (record, path), problem in zip(paths, problems, strict=True)
+            if problem is not None
+        ]
+        bad_ids = {image.pair_id for image in bad}
+        if bad_ids:
+            kinds = Counter(image.problem for image in bad)
+            fraction = len(bad_ids) / len(records)
+            summary = (
+                f"{len(bad_ids)} of {len(records)} {split} pairs ({fraction:.1%}) in {self.dataset_dir} have a missing "
+                f"or corrupt image ({dict(kinds)}; first: {bad[0].path} is {bad[0].problem})"
+            )
+            if fraction > self.max_bad_fraction:
+                raise DatasetError(f"{summary}: more than the {self.max_bad_fraction:.0%} allowed, refusing to train")
+            log.warning("skipping %s", summary)
+        return [record for record in records if record.pair_id not in bad_ids], bad
+
+    def dataset(self, split: str) -> PairwiseDataset:
+        """The oriented (and, for `degrade_splits`, degraded) pairs of a split that `setup` has loaded."""
+        if split not in self.records:
+            raise RuntimeError(f"split {split!r} is not set up: call setup() with a stage that needs it first")
+        degradation = self.degradation if split in self.degrade_splits else None
+        return PairwiseDataset(self.records[split], self.orientation, degradation)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.dataset(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            collate_fn=PairCollator(self.processor, self.system_prompt),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)

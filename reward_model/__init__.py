@@ -1,18 +1,33 @@
 """SpatialScore reward model: Qwen2.5-VL + LoRA, a reward token and a Gaussian (mean, std) head trained with a
 Bradley-Terry objective on (prompt, perfect image, perturbed image) triplets.
 
-Built so far: the network builder (`build_spatialscore`, from a tiny config or a local pretrained directory), the
-offline SpatialWorld tokenizer/processor for the tiny model, the pairwise losses (`loss.py`), the pairwise data
-module (`PairwiseDataModule`, `data.py`) and the training module (`RewardModule`, `module.py`). The scorer, export
-and CLI come next (see the reward-model issue)."""
+Built so far: the network builder (`build_spatialscore`, from a tiny config or a local pretrained directory;
+`build_tiny_spatialscore` for YAML), the offline SpatialWorld tokenizer/processor for the tiny model, the pairwise
+losses (`loss.py`), `PairwiseDataModule`, `RewardModule`, the reward checkpoint export and `SpatialScorer`, and the
+LightningCLI entry point (`python -m reward_model fit|validate|test|score|export`). Stage A pretraining of the tiny
+backbone and the accuracy targets are still open (see the reward-model issue)."""
 
+from reward_model.calibration import expected_calibration_error, win_probability
+from reward_model.callbacks import ExportRewardCheckpoint, evaluate_pairs
 from reward_model.data import Degradation, PairBatch, PairCollator, PairwiseDataModule, PairwiseDataset
+from reward_model.export import export_checkpoint
 from reward_model.loss import LOSSES, bradley_terry_loss, gaussian_bt_loss, sampled_uncertainty_loss, thurstone_loss
 from reward_model.model import SpatialScore, build_spatialscore, encode, reward_text, tiny_backbone_config
 from reward_model.module import AccuracyByBroken, RewardModule, correct_pairs, counts_by_broken
+from reward_model.recipes import build_tiny_spatialscore
+from reward_model.scorer import SpatialScorer, load_network, read_checkpoint_config
 from reward_model.tokenizer import SpatialScoreProcessor, build_spatialworld_processor, load_processor
 
 __all__ = [
+    "ExportRewardCheckpoint",
+    "SpatialScorer",
+    "build_tiny_spatialscore",
+    "evaluate_pairs",
+    "expected_calibration_error",
+    "export_checkpoint",
+    "load_network",
+    "read_checkpoint_config",
+    "win_probability",
     "LOSSES",
     "AccuracyByBroken",
     "Degradation",

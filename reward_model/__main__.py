@@ -1,0 +1,165 @@
+"""Command line of the reward model stage.
+
+    python -m reward_model fit --config configs/reward/tiny.yaml        # train; exports <default_root_dir>/export
+    python -m reward_model validate|test --config ... --ckpt_path ...   # LightningCLI, as usual
+    python -m reward_model score --checkpoint DIR --prompt "..." IMG... # prints JSON
+    python -m reward_model export --ckpt LIGHTNING.ckpt --out DIR      # a reward checkpoint dir from a checkpoint
+
+`fit`, `validate` and `test` are LightningCLI over `RewardModule` + `PairwiseDataModule`; the network and the
+optimizer are objects in the config (`class_path` / `init_args`, e.g. `reward_model.recipes.build_tiny_spatialscore`
+and `torch.optim.AdamW`). `ExportRewardCheckpoint` is always attached (its options under `--export.*`), so a `fit`
+ends with a test-split pass and the reward checkpoint dir with metrics.json; the resolved config is saved beside the
+Lightning logs (`config.yaml`) and inside the export's config.json.
+
+`export` rebuilds the module from the run's `config.yaml` (found beside the checkpoint, or `--config`), loads the
+checkpoint's weights and writes the reward checkpoint dir; `--evaluate` also writes metrics.json from a test pass
+(without `train_seconds`, which only the fit knows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningCLI
+
+from reward_model.callbacks import ExportRewardCheckpoint, evaluate_pairs, json_safe
+from reward_model.data import PairwiseDataModule
+from reward_model.export import export_checkpoint
+from reward_model.module import RewardModule
+
+EXPORT_KEY = "export"  # config key of the ExportRewardCheckpoint options
+
+
+class RewardCLI(LightningCLI):
+    """LightningCLI with the end-of-fit export attached and given the resolved config."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ExportRewardCheckpoint, EXPORT_KEY)
+
+    def after_instantiate_classes(self) -> None:
+        parser = self._parser(self.subcommand)
+        config = self.config[self.subcommand] if self.subcommand is not None else self.config
+        resolved = yaml.safe_load(parser.dump(config, skip_none=False, format="yaml"))
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ExportRewardCheckpoint):
+                callback.resolved_config = resolved
+
+
+def lightning_cli(args: Sequence[str] | dict[str, Any] | None = None, *, run: bool = True) -> RewardCLI:
+    """`RewardCLI` over `RewardModule` and `PairwiseDataModule` (`args`: command-line words or a config dict)."""
+    return RewardCLI(
+        RewardModule,
+        PairwiseDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def score_command(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m reward_model score", description="Score images against one prompt; prints JSON."
+    )
+    parser.add_argument("--checkpoint", required=True, help="a reward checkpoint dir (e.g. runs/reward/tiny/export)")
+    parser.add_argument("--prompt", required=True, help="the prompt every image is scored against")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="backbone dtype: float32, bfloat16, float16 (default: as saved)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    arguments = parser.parse_args(argv)
+    from reward_model.scorer import SpatialScorer
+
+    scorer = SpatialScorer.from_pretrained(
+        arguments.checkpoint, device=arguments.device, dtype=arguments.dtype, batch_size=arguments.batch_size
+    )
+    mean, std = scorer.score(prompts=[arguments.prompt] * len(arguments.images), images=arguments.images)
+    scores = [
+        {"image": image, "mean": m, "std": s}
+        for image, m, s in zip(arguments.images, mean.tolist(), std.tolist(), strict=True)
+    ]
+    print(json.dumps({"checkpoint": arguments.checkpoint, "prompt": arguments.prompt, "scores": scores}, indent=2))
+
+
+def find_run_config(ckpt: Path) -> Path:
+    """The `config.yaml` LightningCLI saved for the run of `ckpt` (beside it, or one or two dirs up)."""
+    for directory in (ckpt.parent, ckpt.parent.parent, ckpt.parent.parent.parent):
+        if (directory / "config.yaml").is_file():
+            return directory / "config.yaml"
+    raise FileNotFoundError(
+        f"no config.yaml beside {ckpt} or up to two dirs above it: pass the run's config with --config"
+    )
+
+
+def export_command(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m reward_model export", description="Write a reward checkpoint dir from a Lightning checkpoint."
+    )
+    parser.add_argument("--ckpt", required=True, type=Path, help="a Lightning checkpoint of `fit`")
+    parser.add_argument("--out", required=True, type=Path, help="the reward checkpoint dir to write")
+    parser.add_argument("--config", type=Path, default=None, help="the run's config.yaml (default: found near --ckpt)")
+    parser.add_argument("--evaluate", action="store_true", help="also write metrics.json from a test-split pass")
+    arguments = parser.parse_args(argv)
+    if not arguments.ckpt.is_file():
+        raise FileNotFoundError(f"Lightning checkpoint {arguments.ckpt} does not exist")
+    config_path = arguments.config or find_run_config(arguments.ckpt)
+    config = yaml.safe_load(config_path.read_text())
+    if not isinstance(config, dict) or "model" not in config:
+        raise ValueError(f"{config_path} is not a reward_model fit config: it has no `model` section")
+    for fit_option in set(inspect.signature(Trainer.fit).parameters) - {"self", "model"}:
+        config.pop(fit_option, None)  # ckpt_path and the like belong to `fit`, not to the run=False parser
+    config["trainer"] = {**(config.get("trainer") or {}), "logger": False}  # build the module, log nothing
+    with warnings.catch_warnings():  # it warns that sys.argv (this command's words) is not what it parses
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = lightning_cli(config, run=False)
+    checkpoint = torch.load(arguments.ckpt, map_location="cpu", weights_only=True)
+    if "state_dict" not in checkpoint:
+        raise ValueError(f"{arguments.ckpt} is not a Lightning checkpoint: it has no state_dict")
+    cli.model.load_state_dict(checkpoint["state_dict"], strict=True)
+    network, datamodule = cli.model.network, cli.datamodule
+    metrics = None
+    if arguments.evaluate:
+        if datamodule.processor is None:
+            datamodule.processor = network.processor
+        datamodule.setup("test")
+        metrics = evaluate_pairs(
+            network,
+            datamodule.records["test"],
+            datamodule.processor,
+            system_prompt=datamodule.system_prompt,
+            loss=cli.model.loss_name,
+        )
+        metrics |= {"train_seconds": None, "split": "test", "global_step": checkpoint.get("global_step")}
+    out = export_checkpoint(
+        network,
+        arguments.out,
+        metrics=json_safe(metrics),
+        resolved_config=config,
+        system_prompt=datamodule.system_prompt,
+    )
+    print(json.dumps({"exported": str(out), "metrics": json_safe(metrics)}, indent=2))
+
+
+COMMANDS = {"score": score_command, "export": export_command}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        COMMANDS[argv[0]](argv[1:])
+    else:
+        lightning_cli(argv)
+
+
+if __name__ == "__main__":
+    main()

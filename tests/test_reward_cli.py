@@ -1,0 +1,114 @@
+"""`python -m reward_model`: every shipped reward YAML parses; a 2-step `fit` from the tiny config on a small
+SpatialWorld set ends with an export dir (metrics.json, reloadable to the trained network's scores); `export` from
+the Lightning checkpoint gives the same scores; `score` prints JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_synthesis import load_pairs
+from reward_model.__main__ import lightning_cli, main
+from reward_model.scorer import SpatialScorer
+
+REPO = Path(__file__).resolve().parents[1]
+REWARD_CONFIGS = sorted((REPO / "configs" / "reward").glob("*.yaml"))
+METRIC_KEYS = {
+    "pairwise_accuracy",
+    "pairwise_accuracy_by_broken",
+    "pairwise_accuracy_reversed",
+    "ece",
+    "train_seconds",
+    "num_test_pairs",
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny steps gain nothing from intra-op threads, and lose a lot when another process is busy on the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fitted(small_dataset, tmp_path_factory):
+    """`fit` of configs/reward/tiny.yaml for 2 steps on the small dataset -> (cli, run dir, test prompts, paths)."""
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    cli = lightning_cli(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/reward/tiny.yaml"),
+            f"--data.dataset_dir={small_dataset}",
+            f"--trainer.default_root_dir={run_dir}",
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            "--trainer.limit_val_batches=1",
+            "--data.batch_size=2",
+        ]
+    )
+    _, frame = load_pairs(small_dataset)
+    rows = frame[frame["split"] == "test"].head(3)
+    paths = [str(small_dataset / path) for path in rows["perfect_image"]]
+    return cli, run_dir, list(rows["prompt"]), paths
+
+
+def test_reward_configs_exist_and_start_with_their_launch_command():
+    assert REWARD_CONFIGS, "no configs/reward/*.yaml"
+    for path in REWARD_CONFIGS:
+        assert path.read_text().startswith("# python -m reward_model "), path
+
+
+@pytest.mark.parametrize("path", REWARD_CONFIGS, ids=lambda path: path.name)
+def test_every_reward_yaml_parses(path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exited.value.code == 0
+    assert "class_path: reward_model." in capsys.readouterr().out
+
+
+def test_fit_exports_a_reloadable_checkpoint_with_metrics(fitted):
+    cli, run_dir, prompts, paths = fitted
+    assert cli.trainer.global_step == 2
+    export = run_dir / "export"
+    metrics = json.loads((export / "metrics.json").read_text())
+    assert set(metrics) >= METRIC_KEYS
+    _, frame = load_pairs(Path(cli.datamodule.dataset_dir))
+    assert metrics["num_test_pairs"] == (frame["split"] == "test").sum()
+    assert set(metrics["pairwise_accuracy_by_broken"]) == {"1", "2", "3", "2-3"}
+    for key in ("pairwise_accuracy", "pairwise_accuracy_reversed", "ece"):
+        assert 0 <= metrics[key] <= 1, key
+    assert metrics["train_seconds"] > 0
+    config = json.loads((export / "config.json").read_text())
+    assert config["training_config"]["model"]["network"]["class_path"] == "reward_model.recipes.build_tiny_spatialscore"
+
+    reloaded = SpatialScorer.from_pretrained(export)
+    expected = SpatialScorer.from_network(cli.model.network).score(prompts=prompts, images=paths)
+    torch.testing.assert_close(reloaded.score(prompts=prompts, images=paths), expected, atol=1e-6, rtol=0)
+
+
+def test_export_from_the_lightning_checkpoint_matches(fitted, tmp_path, capsys):
+    _, run_dir, prompts, paths = fitted
+    (ckpt,) = run_dir.glob("**/checkpoints/*.ckpt")
+    main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "from_ckpt")])
+    assert json.loads(capsys.readouterr().out)["exported"] == str(tmp_path / "from_ckpt")
+    from_ckpt = SpatialScorer.from_pretrained(tmp_path / "from_ckpt").score(prompts=prompts, images=paths)
+    from_fit = SpatialScorer.from_pretrained(run_dir / "export").score(prompts=prompts, images=paths)
+    torch.testing.assert_close(from_ckpt, from_fit, atol=1e-6, rtol=0)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
+
+
+def test_score_prints_json(fitted, capsys):
+    _, run_dir, prompts, paths = fitted
+    main(["score", "--checkpoint", str(run_dir / "export"), "--prompt", prompts[0], *paths[:2]])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["prompt"] == prompts[0]
+    assert [row["image"] for row in printed["scores"]] == paths[:2]
+    assert all(isinstance(row["mean"], float) and row["std"] > 0 for row in printed["scores"])

@@ -23,14 +23,7 @@ from reward_model.module import RewardModule
 from reward_model.recipes import build_tiny_spatialscore
 from reward_model.scorer import SpatialScorer, read_checkpoint_config, to_pil
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny steps gain nothing from intra-op threads, and lose a lot when another process is busy on the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

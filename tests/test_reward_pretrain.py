@@ -33,20 +33,8 @@ from reward_model.pretrain import (
     position_bin,
     save_pretrained_backbone,
 )
-from reward_model.tokenizer import build_spatialworld_processor
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return build_spatialworld_processor()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hand_made_scene() -> Scene:

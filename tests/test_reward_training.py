@@ -21,7 +21,6 @@ from data_synthesis import DatasetError, load_pairs
 from reward_model.data import Degradation, PairwiseDataModule, PairwiseDataset, degrade
 from reward_model.model import build_spatialscore, encode, tiny_backbone_config
 from reward_model.module import BROKEN_GROUPS, AccuracyByBroken, RewardModule, correct_pairs, counts_by_broken
-from reward_model.tokenizer import build_spatialworld_processor
 
 BATCH_PAIRS = 4
 
@@ -50,19 +49,7 @@ def quiet_trainer(**overrides) -> Trainer:
     return Trainer(**(arguments | overrides))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model's steps are too small for intra-op threads to pay; with another process busy on the CPU, two
-    threads spin-wait and make each step tens of times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return build_spatialworld_processor()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ DATA_DIR ?= data/spatialworld
 DATA_ARGS ?= --num-pairs 12000 --seed 0 --resolution 128 --min-objects 3 --max-objects 6 --max-broken 3 \
 	--split-fractions 0.75 0.05 0.20
 
-.PHONY: help setup test test-slow lint data train-reward bench clean
+.PHONY: help setup test test-slow lint data pretrain-reward train-reward bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ $(DATA_DIR)/verify_report.json: | $(STAMP)
 	$(PYTHON) -m data_synthesis verify $(DATA_DIR) --report $@.tmp && mv $@.tmp $@
 
 REWARD_CONFIG ?= configs/reward/tiny.yaml
+
+pretrain-reward: $(STAMP) ## stage A of the tiny reward backbone (about 26 min); writes runs/reward/tiny_pretrain/backbone
+	$(PYTHON) -m reward_model pretrain --out runs/reward/tiny_pretrain
 
 train-reward: $(DATA_DIR)/verify_report.json ## train the tiny reward model (stage B); exports runs/reward/tiny/export
 	$(PYTHON) -m reward_model fit --config $(REWARD_CONFIG) --data.dataset_dir $(DATA_DIR)

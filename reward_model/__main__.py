@@ -4,6 +4,7 @@
     python -m reward_model validate|test --config ... --ckpt_path ...   # LightningCLI, as usual
     python -m reward_model score --checkpoint DIR --prompt "..." IMG... # prints JSON
     python -m reward_model export --ckpt LIGHTNING.ckpt --out DIR      # a reward checkpoint dir from a checkpoint
+    python -m reward_model pretrain --out runs/reward/tiny_pretrain   # stage A of the tiny backbone (embedded only)
 
 `fit`, `validate` and `test` are LightningCLI over `RewardModule` + `PairwiseDataModule`; the network and the
 optimizer are objects in the config (`class_path` / `init_args`, e.g. `reward_model.recipes.build_tiny_spatialscore`
@@ -150,7 +151,86 @@ def export_command(argv: Sequence[str]) -> None:
     print(json.dumps({"exported": str(out), "metrics": json_safe(metrics)}, indent=2))
 
 
-COMMANDS = {"score": score_command, "export": export_command}
+def pretrain_command(argv: Sequence[str]) -> None:
+    """Stage A: grounded-caption pretraining of the tiny backbone; writes `<out>/backbone` (a pretrained dir for
+    `build_spatialscore`) and Lightning logs under `<out>/stage_a`. Defaults are the second measured run's."""
+    import functools
+
+    from lightning.pytorch import seed_everything
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from reward_model.model import tiny_backbone_config
+    from reward_model.pretrain import (
+        CaptionPretrainModule,
+        GroundedCaptionDataModule,
+        build_caption_model,
+        save_pretrained_backbone,
+        warmup_constant,
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="python -m reward_model pretrain",
+        description=pretrain_command.__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", required=True, help="run dir: <out>/backbone and <out>/stage_a logs")
+    parser.add_argument("--max-steps", type=int, default=4000)
+    parser.add_argument("--max-time", default=None, help="wall-time cap as DD:HH:MM:SS (stops early, still saves)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument(
+        "--curriculum",
+        default="0:2,1500:3",
+        help="first_step:max_objects entries, comma-separated, the first at step 0",
+    )
+    parser.add_argument("--val-size", type=int, default=256)
+    parser.add_argument("--val-every", type=int, default=100, help="held-out evaluation every this many steps")
+    parser.add_argument("--num-workers", type=int, default=1, help="data loader workers generating scenes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the model")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        curriculum = tuple(tuple(int(v) for v in item.split(":")) for item in args.curriculum.split(","))
+        if not curriculum or curriculum[0][0] != 0 or any(len(item) != 2 for item in curriculum):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--curriculum must look like 0:2,1500:3 (first entry at step 0), got {args.curriculum!r}")
+    torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    data = GroundedCaptionDataModule(
+        batch_size=args.batch_size,
+        curriculum=curriculum,
+        val_size=args.val_size,
+        num_workers=args.num_workers,
+        seed=args.seed,
+    )
+    network = build_caption_model(tiny_backbone_config())
+    optimizer = functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay)
+    module = CaptionPretrainModule(
+        network, optimizer, functools.partial(warmup_constant, warmup_steps=args.warmup_steps)
+    )
+    out = Path(args.out)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=args.max_steps,
+        max_time=args.max_time,
+        val_check_interval=min(args.val_every, args.max_steps),
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=min(10, args.max_steps),
+        gradient_clip_val=1.0,
+        enable_checkpointing=False,
+        logger=TensorBoardLogger(out, name="stage_a"),
+    )
+    trainer.fit(module, data)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | {"global_step": trainer.global_step}
+    path = save_pretrained_backbone(network, data.processor, out / "backbone", metrics=metrics)
+    print(json.dumps({"backbone": str(path), "metrics": metrics}, indent=2))
+
+
+COMMANDS = {"score": score_command, "export": export_command, "pretrain": pretrain_command}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

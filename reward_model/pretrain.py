@@ -587,6 +587,12 @@ class CaptionPretrainModule(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def warmup_constant(optimizer: torch.optim.Optimizer, *, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_steps`, then the base learning rate (the second measured run's schedule: the first
+    run's cosine decay reached 0.2x about where the plateau ends)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(warmup_steps, 1)))
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, floor: float = 0.1):
     """Linear warm-up over `warmup_steps`, then a cosine from the base learning rate down to `floor` times it at
     `total_steps` (held there after)."""

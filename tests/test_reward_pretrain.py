@@ -168,3 +168,34 @@ def test_save_and_load_give_identical_logits(processor, tmp_path):
         assert attach_pretrained_position_embedding(scorer.backbone.visual, directory)
         with_embedding = scorer.backbone(**batch.inputs, use_cache=False).last_hidden_state
         assert torch.equal(with_embedding, expected_hidden)
+
+
+def test_pretrain_command_writes_a_loadable_backbone(tmp_path, capsys):
+    from reward_model.__main__ import main
+    from reward_model.pretrain import load_caption_model
+
+    out = tmp_path / "stage_a_run"
+    main(
+        [
+            "pretrain",
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--val-size",
+            "8",
+            "--val-every",
+            "2",
+            "--num-workers",
+            "0",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert '"global_step": 2' in printed
+    assert (out / "backbone" / "patch_position_embedding.safetensors").exists()
+    assert load_caption_model(out / "backbone") is not None
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--out", str(out), "--curriculum", "5:2"])
+    assert "--curriculum must look like" in capsys.readouterr().err

@@ -202,11 +202,8 @@ def png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-def render_pair(config: BuildConfig, row: dict, out_dir: Path, scenes: tuple[Scene, Scene] | None = None) -> None:
-    """Render and write a pair's two images unless they are already there (resume). `scenes` saves parsing the
-    row's scene JSON when the caller has them."""
-    if scenes is None:
-        scenes = (Scene.from_json(row["perfect_scene"]), Scene.from_json(row["perturbed_scene"]))
+def render_pair(config: BuildConfig, row: dict, out_dir: Path, scenes: tuple[Scene, Scene]) -> None:
+    """Render and write a pair's two images (perfect, perturbed scene) unless they are already there (resume)."""
     for scene, path_column in zip(scenes, ("perfect_image", "perturbed_image"), strict=True):
         path = out_dir / row[path_column]
         if path.exists():

@@ -222,13 +222,25 @@ def _flip(truth: Truth) -> Truth:
     return {Truth.HOLDS: Truth.BROKEN, Truth.BROKEN: Truth.HOLDS}.get(truth, truth)
 
 
+# the second kind of each pair in KINDS: evaluated as the negation of its opposite
+_EVALUATED_AS_OPPOSITE = {
+    "right_of",
+    "below",
+    "behind",
+    "far_from",
+    "outside",
+    "not_between",
+    "on_ground",
+    "not_in_region",
+}
+
+
 def evaluate(relation: Relation, layout: Layout) -> Truth:
     """The truth of one relation on a layout (a scene graph or what the detector read from pixels)."""
     boxes = [layout.box(c) for c in relation.subjects]
     if any(b is None for b in boxes):
         return Truth.MISSING
-    opposite_kinds = {"right_of", "below", "behind", "far_from", "outside", "not_between", "on_ground", "not_in_region"}
-    if relation.kind in opposite_kinds:
+    if relation.kind in _EVALUATED_AS_OPPOSITE:
         return _flip(evaluate(relation.opposite(), layout))
     m = STRICT if layout.strict else READING
     kind = relation.kind

@@ -226,14 +226,6 @@ class Scene:
     def area(self, colour: str) -> int:
         return int(self.window(colour)[0].sum())
 
-    def mask(self, colour: str) -> np.ndarray:
-        """Full (unoccluded) silhouette of one object on the whole GEOMETRY_GRID^2 grid."""
-        window, x0, y0 = self.window(colour)
-        full = np.zeros((GEOMETRY_GRID + 2 * window.shape[0], GEOMETRY_GRID + 2 * window.shape[1]), dtype=bool)
-        oy, ox = window.shape  # padding, so windows that reach past the border need no clipping
-        full[oy + y0 : oy + y0 + window.shape[0], ox + x0 : ox + x0 + window.shape[1]] = window
-        return full[oy : oy + GEOMETRY_GRID, ox : ox + GEOMETRY_GRID]
-
     def aligned_masks(self, a: str, b: str, union: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
         """The two silhouettes cropped to the intersection of their windows (or drawn on the union), None if the
         windows do not meet."""

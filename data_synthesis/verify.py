@@ -130,12 +130,10 @@ def check_pair(row: dict, dataset_dir: Path, resolution: int) -> dict:
             result["problems"].append((problem, row[column]))
         images[column] = image
     try:
-        Scene.from_json(row["perfect_scene"])
+        scene = Scene.from_json(row["perfect_scene"])
         stated = [Relation.from_dict(r) for r in json.loads(row["stated_relations"])]
         broken = json.loads(row["broken_relations"])
-        colours = sorted(
-            {c for r in stated for c in r.subjects} | {o["colour"] for o in json.loads(row["perfect_scene"])["objects"]}
-        )
+        colours = sorted({c for r in stated for c in r.subjects} | {o.colour for o in scene.objects})
     except (SceneError, json.JSONDecodeError, KeyError, TypeError) as error:
         result["problems"].append(("malformed", f"{row['pair_id']}: {error}"))
         return result

@@ -1,4 +1,4 @@
-"""End-of-fit export: a held-out evaluation pass, then the reward checkpoint dir with its `metrics.json`.
+"""Callbacks of reward training: the end-of-fit evaluation and export, and the TensorBoard grid of scored pairs.
 
 `ExportRewardCheckpoint` (a Lightning Callback) times the fit, and when it ends scores every pair of the data
 module's test split in both orientations (forward: the prompt, the perfect image must win; reversed: the perturbed
@@ -11,26 +11,36 @@ scene's prompt, the perturbed image must win) and writes `export_checkpoint(...)
 - `pairwise_accuracy_reversed`: reversed pairs ordered right;
 - `ece`: expected calibration error (10 bins) of P(the higher-scored image is right) under the trained loss's own
   probability model (`reward_model.calibration`), over the pairs each in one orientation drawn from its id;
+- `temperature`, `ece_calibrated`: the temperature fitted on the calibration split (validation, never test) and the
+  test ECE at it;
+- `std_error_auroc`, `num_misordered`: how well V = std_w^2 + std_l^2 flags the misordered pairs (AUROC) among those
+  same pairs, and how many there are;
 - `train_seconds` (fit start to fit end, before this pass), `num_test_pairs`.
-
-No temperature is fitted here, so `ece` is the raw model's. The pass runs on rank 0 with the plain network, so it
+ The pass runs on rank 0 with the plain network, so it
 suits single-process and DDP training; an FSDP-sharded network would need its full weights gathered first.
+
+`PairGridLogger` draws the first validation pairs with their scores into one image per validation epoch
+(`val/pairs` in TensorBoard).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
+from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
-from reward_model.calibration import expected_calibration_error, win_probability
+from reward_model.calibration import expected_calibration_error, fit_temperature, std_error_auroc, win_probability
 from reward_model.data import PairCollator, PairRecord, PairwiseDataModule, PairwiseDataset
 from reward_model.export import export_checkpoint
 from reward_model.model import SpatialScore
@@ -39,20 +49,38 @@ from reward_model.tokenizer import SpatialScoreProcessor
 from shared import stable_seed
 
 
+class PairScores(NamedTuple):
+    """Scores of pairs in both orientations, index 2i forward and 2i + 1 reversed; every field has 2P rows."""
+
+    mean_w: torch.Tensor
+    std_w: torch.Tensor
+    mean_l: torch.Tensor
+    std_l: torch.Tensor
+    is_reversed: torch.Tensor  # bool
+    num_broken: torch.Tensor  # long
+    pair_ids: list[str]
+
+    def one_orientation(self, seed: int) -> torch.Tensor:
+        """[2P] bool: one orientation per pair, drawn from its id, so that calibration sees both readings without
+        counting a pair twice."""
+        drawn = torch.tensor([stable_seed("ece", seed, pair_id) % 2 == 1 for pair_id in self.pair_ids])
+        return drawn == self.is_reversed
+
+    def select(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.mean_w[rows], self.std_w[rows], self.mean_l[rows], self.std_l[rows]
+
+
 @torch.no_grad()
-def evaluate_pairs(
+def score_pairs(
     network: SpatialScore,
     records: Sequence[PairRecord],
     processor: SpatialScoreProcessor,
     *,
     system_prompt: str | None = None,
-    loss: str = "gaussian_bt",
     batch_size: int = 16,
-    num_bins: int = 10,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Pairwise accuracy (forward, reversed, by number broken) and ECE of `network` on `records` (see the module
-    docstring). The network is put in eval mode for the pass and back in its previous mode after it."""
+) -> PairScores:
+    """Scores of every pair of `records`, forward and reversed. The network is put in eval mode for the pass and
+    back in its previous mode after it."""
     if not records:
         raise ValueError("no pairs to evaluate: the split is empty")
     loader = DataLoader(
@@ -76,29 +104,65 @@ def evaluate_pairs(
     finally:
         network.train(was_training)
     mean_w, std_w, mean_l, std_l = torch.cat(scores, dim=1)  # each [2P]
-    is_reversed = torch.cat(reversed_flags)  # [2P]
-    broken = torch.cat(num_broken)  # [2P]
-    correct = correct_pairs(mean_w, mean_l)  # [2P]
+    return PairScores(mean_w, std_w, mean_l, std_l, torch.cat(reversed_flags), torch.cat(num_broken), pair_ids)
 
-    forward = ~is_reversed
-    correct_by_group, total_by_group = counts_by_broken(correct[forward], broken[forward])  # [G], [G]
+
+def pair_metrics(
+    scores: PairScores,
+    *,
+    loss: str = "gaussian_bt",
+    num_bins: int = 10,
+    seed: int = 0,
+    calibration_scores: PairScores | None = None,
+) -> dict[str, Any]:
+    """Accuracy (forward, reversed, by number broken), ECE and the std's error AUROC of test `scores` (see the module
+    docstring); with `calibration_scores` (validation pairs) also the temperature fitted on them and the test ECE
+    at that temperature."""
+    correct = correct_pairs(scores.mean_w, scores.mean_l)  # [2P]
+    forward = ~scores.is_reversed
+    correct_by_group, total_by_group = counts_by_broken(correct[forward], scores.num_broken[forward])  # [G], [G]
     by_broken = {
         group.replace("_", "-"): (right / total if total else None)
         for group, right, total in zip(BROKEN_GROUPS, correct_by_group.tolist(), total_by_group.tolist(), strict=True)
     }
-    # One orientation per pair, drawn from its id, so calibration sees both readings without counting a pair twice.
-    drawn = torch.tensor([stable_seed("ece", seed, pair_id) % 2 == 1 for pair_id in pair_ids])  # [2P]
-    chosen = drawn == is_reversed
-    probability = win_probability(mean_w[chosen], std_w[chosen], mean_l[chosen], std_l[chosen], loss)  # [P]
-    return {
+    chosen = scores.one_orientation(seed)  # [2P], P of them true
+    auroc, errors = std_error_auroc(*scores.select(chosen))
+    metrics = {
         "pairwise_accuracy": correct[forward].float().mean().item(),
         "pairwise_accuracy_by_broken": by_broken,
-        "pairwise_accuracy_reversed": correct[is_reversed].float().mean().item(),
-        "ece": expected_calibration_error(probability, num_bins),
+        "pairwise_accuracy_reversed": correct[scores.is_reversed].float().mean().item(),
+        "ece": expected_calibration_error(win_probability(*scores.select(chosen), loss), num_bins),
         "ece_bins": num_bins,
         "probability_model": loss,
-        "num_test_pairs": len(records),
+        "std_error_auroc": auroc,
+        "num_misordered": errors,
+        "num_test_pairs": len(scores.pair_ids) // 2,
     }
+    if calibration_scores is not None:
+        temperature = fit_temperature(*calibration_scores.select(calibration_scores.one_orientation(seed)), loss)
+        probability = win_probability(*scores.select(chosen), loss, temperature=temperature)
+        metrics |= {"temperature": temperature, "ece_calibrated": expected_calibration_error(probability, num_bins)}
+    return metrics
+
+
+def evaluate_pairs(
+    network: SpatialScore,
+    records: Sequence[PairRecord],
+    processor: SpatialScoreProcessor,
+    *,
+    system_prompt: str | None = None,
+    loss: str = "gaussian_bt",
+    batch_size: int = 16,
+    num_bins: int = 10,
+    seed: int = 0,
+    calibration_records: Sequence[PairRecord] | None = None,
+) -> dict[str, Any]:
+    """`pair_metrics` of `network` on `records`; `calibration_records` (validation pairs) fit the temperature."""
+    score = functools.partial(
+        score_pairs, network, processor=processor, system_prompt=system_prompt, batch_size=batch_size
+    )
+    calibration = score(calibration_records) if calibration_records else None
+    return pair_metrics(score(records), loss=loss, num_bins=num_bins, seed=seed, calibration_scores=calibration)
 
 
 class ExportRewardCheckpoint(Callback):
@@ -110,6 +174,7 @@ class ExportRewardCheckpoint(Callback):
     max_pairs: evaluate only the first max_pairs pairs of the split; None: all.
     ece_bins: confidence bins of the ECE.
     seed: draws each pair's orientation for the ECE.
+    calibration_split: the split the temperature is fitted on (None: no temperature); must differ from `split`.
     """
 
     def __init__(
@@ -120,15 +185,19 @@ class ExportRewardCheckpoint(Callback):
         max_pairs: int | None = None,
         ece_bins: int = 10,
         seed: int = 0,
+        calibration_split: str | None = "val",
     ) -> None:
         if max_pairs is not None and max_pairs < 1:
             raise ValueError(f"max_pairs must be positive or None, got {max_pairs}")
+        if calibration_split is not None and calibration_split == split:
+            raise ValueError(f"calibration_split must differ from the evaluated split, both are {split!r}")
         self.dirpath = dirpath
         self.split = split
         self.batch_size = batch_size
         self.max_pairs = max_pairs
         self.ece_bins = ece_bins
         self.seed = seed
+        self.calibration_split = calibration_split
         self.resolved_config: dict[str, Any] | None = None  # set by the CLI: kept in the export's config.json
         self.exported_to: Path | None = None
         self._fit_started: float | None = None
@@ -147,8 +216,11 @@ class ExportRewardCheckpoint(Callback):
                 raise TypeError(
                     f"ExportRewardCheckpoint needs a PairwiseDataModule to evaluate on, got {type(datamodule).__name__}"
                 )
-            datamodule.setup("test" if self.split == "test" else "validate" if self.split == "val" else "fit")
+            for split in (self.split, self.calibration_split):
+                if split is not None:
+                    datamodule.setup("test" if split == "test" else "validate" if split == "val" else "fit")
             records = datamodule.records[self.split][: self.max_pairs]
+            calibration = None if self.calibration_split is None else datamodule.records[self.calibration_split]
             metrics = evaluate_pairs(
                 pl_module.network,
                 records,
@@ -158,6 +230,7 @@ class ExportRewardCheckpoint(Callback):
                 batch_size=self.batch_size,
                 num_bins=self.ece_bins,
                 seed=self.seed,
+                calibration_records=calibration,
             )
             metrics |= {"train_seconds": train_seconds, "split": self.split, "global_step": trainer.global_step}
             self.exported_to = export_checkpoint(
@@ -170,10 +243,79 @@ class ExportRewardCheckpoint(Callback):
             rank_zero_info(
                 f"exported {self.exported_to}: pairwise accuracy {metrics['pairwise_accuracy']:.3f} (reversed "
                 f"{metrics['pairwise_accuracy_reversed']:.3f}, by number broken "
-                f"{json_safe(metrics['pairwise_accuracy_by_broken'])}), ECE {metrics['ece']:.3f} on "
+                f"{json_safe(metrics['pairwise_accuracy_by_broken'])}), ECE {metrics['ece']:.3f} "
+                f"(at the fitted temperature {metrics.get('ece_calibrated', math.nan):.3f}), "
+                f"std error AUROC {metrics['std_error_auroc']:.3f} on "
                 f"{metrics['num_test_pairs']} {self.split} pairs"
             )
         trainer.strategy.barrier("export_reward_checkpoint")
+
+
+class PairGridLogger(Callback):
+    """Draws the first `num_pairs` validation pairs with their scores into one image per validation epoch, logged to
+    TensorBoard as `val/pairs` (one row per pair: the image that should win, the one that should lose, and the
+    prompt with mean +- std of both and whether the order is right). Needs `RewardModule.validation_step`'s returned
+    scores and a `PairwiseDataModule`; without a TensorBoard logger it does nothing.
+
+    num_pairs: rows of the grid. thumbnail: side of each drawn image in pixels.
+    """
+
+    def __init__(self, num_pairs: int = 8, thumbnail: int = 128) -> None:
+        if num_pairs < 1 or thumbnail < 16:
+            raise ValueError(f"num_pairs must be positive and thumbnail >= 16, got {num_pairs} and {thumbnail}")
+        self.num_pairs = num_pairs
+        self.thumbnail = thumbnail
+        self._rows: list[tuple[PairRecord, bool, list[float]]] = []
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._rows = []
+
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
+    ) -> None:
+        if len(self._rows) >= self.num_pairs or not isinstance(outputs, dict) or not trainer.is_global_zero:
+            return
+        records = {record.pair_id: record for record in getattr(trainer.datamodule, "records", {}).get("val", [])}
+        scores = torch.stack([outputs[name].float().cpu() for name in ("mean_w", "std_w", "mean_l", "std_l")], 1)
+        for pair_id, is_reversed, row in zip(batch.pair_ids, batch.is_reversed.tolist(), scores.tolist(), strict=True):
+            if pair_id in records and len(self._rows) < self.num_pairs:
+                self._rows.append((records[pair_id], is_reversed, row))
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if not self._rows or trainer.sanity_checking or not isinstance(trainer.logger, TensorBoardLogger):
+            return
+        grid = draw_pair_grid(self._rows, self.thumbnail)
+        trainer.logger.experiment.add_image("val/pairs", np.asarray(grid), trainer.global_step, dataformats="HWC")
+
+
+def draw_pair_grid(rows: Sequence[tuple[PairRecord, bool, Sequence[float]]], thumbnail: int = 128) -> Image.Image:
+    """One row per (record, is_reversed, [mean_w, std_w, mean_l, std_l]): winner, loser, and the text. RGB image."""
+    text_width, line_height, chars_per_line = 4 * thumbnail, 11, (4 * thumbnail - 8) // 6
+    grid = Image.new("RGB", (2 * thumbnail + text_width, len(rows) * thumbnail), "white")
+    draw = ImageDraw.Draw(grid)
+    for index, (record, is_reversed, (mean_w, std_w, mean_l, std_l)) in enumerate(rows):
+        top = index * thumbnail
+        winner, loser = (
+            (record.perturbed_image, record.perfect_image)
+            if is_reversed
+            else (record.perfect_image, record.perturbed_image)
+        )
+        for column, path in enumerate((winner, loser)):
+            with Image.open(path) as image:
+                grid.paste(image.convert("RGB").resize((thumbnail, thumbnail)), (column * thumbnail, top))
+        verdict = "right" if mean_w > mean_l else "WRONG"
+        header = (
+            f"{'reversed' if is_reversed else 'forward'}, {record.num_broken} broken: should win {mean_w:+.2f} +- "
+            f"{std_w:.2f}, should lose {mean_l:+.2f} +- {std_l:.2f}: {verdict}"
+        )
+        prompt = record.perturbed_prompt if is_reversed else record.prompt
+        lines = [header] + textwrap.wrap(prompt, chars_per_line)
+        for number, line in enumerate(lines[: thumbnail // line_height]):
+            draw.text((2 * thumbnail + 4, top + 2 + number * line_height), line, fill="black")
+        draw.line([(0, top), (grid.width, top)], fill="grey")
+    return grid
 
 
 def json_safe(value: Any) -> Any:

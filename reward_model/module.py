@@ -11,13 +11,13 @@ Metrics (torchmetrics, so they reduce correctly across processes), per stage `tr
 `{stage}/loss`, `{stage}/acc` (pairwise accuracy: mean_w > mean_l; an exact tie counts as wrong), `{stage}/margin`
 (mean of mean_w - mean_l), `{stage}/std` (mean predicted std over all 2B images); for val and test also
 `{stage}/acc_broken_1`, `_2`, `_3` and `_2_3` (accuracy by number of broken relations; a group with no pairs in the
-epoch is not logged).
+epoch is not logged) and `{stage}/ece` (expected calibration error of P(the higher-scored image is right) under the
+loss's own probability model, over every pair of the epoch as oriented; no temperature; see `calibration.py`).
+`validation_step` returns the batch's scores, which `callbacks.PairGridLogger` draws as an image grid.
 
 A non-finite loss skips the step: nothing is back-propagated and the optimizer does not step. The decision is
 all-reduced (any rank non-finite: every rank skips), so distributed ranks stay in step; `skipped_steps` counts them,
 logged as `train/skipped_steps` and kept in checkpoints.
-
-Not here yet (see the reward-model issue): calibration (ECE), the validation grid of images to TensorBoard.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics import MeanMetric, Metric
 
+from reward_model.calibration import PROBABILITY_MODELS, calibration_bins, ece_from_bins, win_probability
 from reward_model.data import PairBatch
 from reward_model.loss import LOSSES
 
@@ -75,10 +76,29 @@ class AccuracyByBroken(Metric):
         return dict(zip(BROKEN_GROUPS, accuracy.unbind(), strict=True))
 
 
+class PairwiseECE(Metric):
+    """Expected calibration error of pairwise verdicts, accumulated as per-bin sums (summed across processes)."""
+
+    full_state_update = False
+
+    def __init__(self, num_bins: int = 10, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_bins = num_bins
+        self.add_state("sums", default=torch.zeros(3, num_bins, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, probability_w: torch.Tensor) -> None:
+        """probability_w: [B], P(the true winner beats the loser)."""
+        self.sums += calibration_bins(probability_w, self.num_bins).to(self.sums.device)
+
+    def compute(self) -> torch.Tensor:
+        return torch.tensor(ece_from_bins(self.sums))
+
+
 def _stage_metrics(by_broken: bool) -> nn.ModuleDict:
     metrics = {name: MeanMetric() for name in ("loss", "acc", "margin", "std")}
     if by_broken:
         metrics["acc_broken"] = AccuracyByBroken()
+        metrics["ece"] = PairwiseECE()
     return nn.ModuleDict(metrics)
 
 
@@ -100,7 +120,7 @@ class RewardModule(LightningModule):
         loss_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if loss not in LOSSES:
+        if loss not in LOSSES or loss not in PROBABILITY_MODELS:
             raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
         self.save_hyperparameters(ignore=["network", "optimizer"])
         self.network = network
@@ -162,6 +182,7 @@ class RewardModule(LightningModule):
             )
         if "acc_broken" in metrics:
             metrics["acc_broken"].update(mean_w, mean_l, batch.num_broken)
+            metrics["ece"].update(win_probability(mean_w, std_w, mean_l, std_l, self.loss_name))
 
     def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor | None:
         scores = self.pair_scores(batch)
@@ -174,27 +195,26 @@ class RewardModule(LightningModule):
         self._update_metrics("train", batch, loss, scores)
         return loss
 
-    def _evaluation_step(self, stage: str, batch: PairBatch) -> None:
+    def _evaluation_step(self, stage: str, batch: PairBatch) -> dict[str, torch.Tensor]:
         scores = self.pair_scores(batch)
         self._update_metrics(stage, batch, self.pair_loss(*scores), scores)
+        return dict(zip(("mean_w", "std_w", "mean_l", "std_l"), (score.detach() for score in scores), strict=True))
 
-    def validation_step(self, batch: PairBatch, batch_idx: int) -> None:
-        self._evaluation_step("val", batch)
+    def validation_step(self, batch: PairBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """-> the batch's scores {mean_w, std_w, mean_l, std_l}, each [B] (for callbacks such as PairGridLogger)."""
+        return self._evaluation_step("val", batch)
 
-    def test_step(self, batch: PairBatch, batch_idx: int) -> None:
-        self._evaluation_step("test", batch)
+    def test_step(self, batch: PairBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._evaluation_step("test", batch)
 
     def _log_accuracy_by_broken(self, stage: str) -> None:
-        metric = getattr(self, f"{stage}_metrics")["acc_broken"]
-        accuracies = metric.compute()
-        metric.reset()
-        self.log_dict(
-            {
-                f"{stage}/acc_broken_{group}": accuracy
-                for group, accuracy in accuracies.items()
-                if not math.isnan(accuracy.item())
-            }
-        )
+        metrics = getattr(self, f"{stage}_metrics")
+        accuracies = metrics["acc_broken"].compute()
+        values = {f"{stage}/acc_broken_{group}": accuracy for group, accuracy in accuracies.items()}
+        values[f"{stage}/ece"] = metrics["ece"].compute()
+        for name in ("acc_broken", "ece"):
+            metrics[name].reset()
+        self.log_dict({name: value for name, value in values.items() if not math.isnan(value.item())})
 
     def on_validation_epoch_end(self) -> None:
         self._log_accuracy_by_broken("val")

@@ -51,6 +51,7 @@ train-reward: $(DATA_DIR)/verify_report.json ## train the tiny reward model (sta
 
 bench: $(STAMP) ## speed benchmarks (prints ratios against the targets)
 	$(PYTHON) bench/data_synthesis_build.py
+	$(PYTHON) bench/reward_speed.py
 
 clean: ## remove the venv, caches and generated data/runs/reports
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info data runs reports

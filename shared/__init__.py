@@ -1,4 +1,5 @@
-"""Small utilities shared by the stages: atomic file writes, stable hashing and seeding."""
+"""Small utilities shared by the stages: atomic file writes, stable hashing and seeding (`shared.io`), and the cached
+client for OpenAI-compatible chat endpoints (`shared.chat`, imported on its own: it loads the `openai` package)."""
 
 from shared.io import atomic_write_bytes, atomic_write_json, atomic_write_text, stable_seed
 

@@ -33,19 +33,21 @@ import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
-from reward_model.callbacks import ExportRewardCheckpoint, evaluate_pairs, json_safe
+from reward_model.callbacks import ExportRewardCheckpoint, PairGridLogger, evaluate_pairs, json_safe
 from reward_model.data import PairwiseDataModule
 from reward_model.export import export_checkpoint
 from reward_model.module import RewardModule
 
 EXPORT_KEY = "export"  # config key of the ExportRewardCheckpoint options
+GRID_KEY = "pair_grid"  # config key of the PairGridLogger options
 
 
 class RewardCLI(LightningCLI):
-    """LightningCLI with the end-of-fit export attached and given the resolved config."""
+    """LightningCLI with the end-of-fit export (given the resolved config) and the TensorBoard pair grid attached."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ExportRewardCheckpoint, EXPORT_KEY)
+        parser.add_lightning_class_args(PairGridLogger, GRID_KEY)
 
     def after_instantiate_classes(self) -> None:
         parser = self._parser(self.subcommand)
@@ -133,12 +135,14 @@ def export_command(argv: Sequence[str]) -> None:
         if datamodule.processor is None:
             datamodule.processor = network.processor
         datamodule.setup("test")
+        datamodule.setup("validate")  # the temperature is fitted on val, never on test
         metrics = evaluate_pairs(
             network,
             datamodule.records["test"],
             datamodule.processor,
             system_prompt=datamodule.system_prompt,
             loss=cli.model.loss_name,
+            calibration_records=datamodule.records["val"],
         )
         metrics |= {"train_seconds": None, "split": "test", "global_step": checkpoint.get("global_step")}
     out = export_checkpoint(

@@ -7,6 +7,7 @@ dataset dir (see DESIGN.md for the format)."""
 
 from data_synthesis.build import BuildConfig, BuildError, build
 from data_synthesis.detect import PixelLayout, detect, read_relations
+from data_synthesis.oracle import OracleVerdict, SpatialWorldOracle, oracle_metadata
 from data_synthesis.perturb import Perturbation, perturb
 from data_synthesis.prompts import BACKGROUND_WORDS, NUMBER_WORDS, SHAPE_WORDS, SIZE_WORDS, TEMPLATES, describe
 from data_synthesis.relations import FAMILIES, KINDS, Relation, SceneLayout, Truth, evaluate
@@ -31,6 +32,7 @@ __all__ = [
     "BuildConfig",
     "BuildError",
     "DatasetError",
+    "OracleVerdict",
     "Perturbation",
     "PixelLayout",
     "Relation",
@@ -38,6 +40,7 @@ __all__ = [
     "SceneError",
     "SceneLayout",
     "SceneObject",
+    "SpatialWorldOracle",
     "Truth",
     "WorldConfig",
     "build",
@@ -45,6 +48,7 @@ __all__ = [
     "detect",
     "evaluate",
     "load_pairs",
+    "oracle_metadata",
     "perturb",
     "read_relations",
     "render",

@@ -1,4 +1,4 @@
-"""Command line of SpatialWorld: `python -m data_synthesis {build,verify,show} --help`."""
+"""Command line of SpatialWorld: `python -m data_synthesis {build,verify,show,review,export} --help`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 
 from data_synthesis.build import BuildConfig, BuildError, build
+from data_synthesis.review import ReviewStore, existing_db, export_reviewed, format_agreement, pairwise_agreement, serve
 from data_synthesis.scene import COLOURS, SHAPES, SceneError
 from data_synthesis.show import contact_sheet
 from data_synthesis.verify import DatasetError, format_report, verify
@@ -78,6 +79,31 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--split", choices=("train", "val", "test"), help="only pairs of this split")
     s.add_argument("--columns", type=int, default=4, help="pairs per row")
     s.add_argument("--out", default="grid.png", help="output PNG")
+
+    r = commands.add_parser(
+        "review",
+        help="serve the page where people judge the pairs (or print agreement between reviewers)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Serve the review page. Off loopback an access token is required: $SPATIALSCORE_REVIEW_TOKEN, "
+        "or one generated and printed at start.",
+    )
+    r.add_argument("dataset", help="dataset dir")
+    r.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    r.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
+    r.add_argument("--reviewer", help="reviewer name used when the page URL gives none (?reviewer=NAME)")
+    r.add_argument("--db", help="decisions database; DIR/review.sqlite when not given")
+    r.add_argument("--all-pairs", action="store_true", help="review every pair, not only review_status 'unreviewed'")
+    r.add_argument("--agreement", action="store_true", help="print Cohen's kappa between reviewers and exit")
+
+    e = commands.add_parser(
+        "export",
+        help="write the reviewed dataset (accepted pairs only) as a dataset dir",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    e.add_argument("dataset", help="dataset dir that was reviewed")
+    e.add_argument("--out", required=True, help="output dataset dir")
+    e.add_argument("--db", help="decisions database; DIR/review.sqlite when not given")
+    e.add_argument("--min-reviewers", type=int, default=1, help="accept a pair only with this many decisions")
     return parser
 
 
@@ -114,6 +140,27 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "show":
             path = contact_sheet(args.dataset, args.out, num=args.num, split=args.split, columns=args.columns)
             print(f"wrote {path}")
+            return 0
+        if args.command == "review":
+            if args.agreement:
+                decisions = ReviewStore(existing_db(args.dataset, args.db)).decisions()
+                print(format_agreement(pairwise_agreement(decisions)))
+                return 0
+            serve(
+                args.dataset,
+                host=args.host,
+                port=args.port,
+                db_path=args.db,
+                reviewer=args.reviewer,
+                all_pairs=args.all_pairs,
+            )
+            return 0
+        if args.command == "export":
+            result = export_reviewed(args.dataset, args.out, db_path=args.db, min_reviewers=args.min_reviewers)
+            print(
+                f"{result.out_dir}: {result.accepted} accepted pairs; dropped {result.dropped}; "
+                f"not reviewed {result.not_reviewed}"
+            )
             return 0
     except (BuildError, SceneError, DatasetError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -242,7 +242,8 @@ class PairwiseDataModule(LightningDataModule):
     orientation: "forward", "reversed" or "both" (every pair twice).
     degradation: optional image degradations, applied to the splits in `degrade_splits` (training only by default).
     max_bad_fraction: the largest share of a split's pairs that may have a missing or corrupt image (skipped).
-    review_statuses: keep only rows with one of these `review_status` values; None keeps every row.
+    review_statuses: keep only rows with one of these `review_status` values ("verified": SpatialWorld's oracle;
+        "reviewed": accepted by people, `python -m data_synthesis export`); None keeps every row.
     seed: shuffling of the training pairs.
     """
 
@@ -257,7 +258,7 @@ class PairwiseDataModule(LightningDataModule):
         degradation: Degradation | None = None,
         degrade_splits: tuple[str, ...] = ("train",),
         max_bad_fraction: float = 0.01,
-        review_statuses: tuple[str, ...] | None = ("verified",),
+        review_statuses: tuple[str, ...] | None = ("verified", "reviewed"),
         system_prompt: str | None = None,
         num_workers: int = 0,
         seed: int = 0,

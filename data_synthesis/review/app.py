@@ -1,0 +1,307 @@
+"""`python -m data_synthesis review DIR`: a small Flask app in which people judge the pairs of a dataset dir.
+
+The page shows the prompt, its stated relations and the two images side by side, the perfect one on a side that
+looks random but is fixed per (pair, reviewer) (`store.perfect_side`); image URLs name a side, never the file, so
+the page does not give the answer away. The reviewer says which image follows the prompt (left/right), neither,
+both, or flags the pair; keyboard shortcuts, progress and undo of the last decision are in `static/review.js`.
+
+Security: on a loopback address anyone on the machine may review. Bound to any other address, every request needs
+the access token (from $SPATIALSCORE_REVIEW_TOKEN, or generated and printed once at start): typed into a login
+form, kept in an HttpOnly, SameSite=Strict cookie, or sent as `Authorization: Bearer`; it is compared in constant
+time and never appears in a URL, so the access log never holds it. API writes accept JSON bodies only, which a
+cross-site form cannot send; without a token, requests must name a loopback Host (no DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import os
+import re
+import secrets
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from flask import Flask, jsonify, redirect, render_template, request, send_file, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import make_server
+
+from data_synthesis.review.store import (
+    CHOICES,
+    DB_NAME,
+    SIDES,
+    AlreadyDecided,
+    Decision,
+    ReviewError,
+    ReviewStore,
+    perfect_side,
+)
+from data_synthesis.scene import Scene, SceneError
+from data_synthesis.verify import load_pairs
+
+TOKEN_ENV = "SPATIALSCORE_REVIEW_TOKEN"
+TOKEN_COOKIE = "review_token"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+REVIEWER_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+class ReviewPair(NamedTuple):
+    pair_id: str
+    prompt: str
+    relations: list[str]  # the stated relations, one readable line each
+    perfect_image: Path
+    perturbed_image: Path
+
+
+def relation_text(relation: dict, names: dict[str, str]) -> str:
+    """A stated relation (its `to_dict` form) as a short line, objects by name: "green star left of pink hexagon",
+    "green star in region: left half". `names` maps an object's colour (its identity) to its name."""
+    words = relation["kind"].replace("_", " ")
+    subjects = [names.get(colour, colour) for colour in relation["subjects"]]
+    if relation.get("region"):
+        return f"{subjects[0]} {words}: {relation['region'].replace('_', ' ')}"
+    if len(subjects) == 3:
+        return f"{subjects[0]} {words} {subjects[1]} and {subjects[2]}"
+    return " ".join([subjects[0], words, *subjects[1:]])
+
+
+def load_review_pairs(dataset_dir: str | os.PathLike, *, all_pairs: bool = False) -> list[ReviewPair]:
+    """The pairs to review in the order they are served: those with review_status "unreviewed" (with
+    `all_pairs`, every pair, the unreviewed first), each in dataset order. One clear error if the dir is not a
+    dataset dir (DatasetError), has nothing to review or lacks image files (ReviewError)."""
+    dataset_dir = Path(dataset_dir)
+    _, dataset = load_pairs(dataset_dir)
+    unreviewed = dataset["review_status"] == "unreviewed"
+    if all_pairs:
+        frame = dataset.assign(_later=~unreviewed).sort_values("_later", kind="stable")
+    else:
+        frame = dataset[unreviewed]
+    if frame.empty:
+        statuses = Counter(dataset["review_status"])
+        found = ", ".join(f"{count} {status!r}" for status, count in sorted(statuses.items())) or "no pairs"
+        raise ReviewError(
+            f"{dataset_dir} has no pairs with review_status 'unreviewed' (it has {found}); "
+            "pass --all-pairs to review them anyway"
+        )
+    pairs, missing = [], []
+    columns = ["pair_id", "prompt", "perfect_scene", "stated_relations", "perfect_image", "perturbed_image"]
+    for row in frame[columns].itertuples():
+        try:
+            names = {
+                o.colour: f"{o.colour} {o.shape.replace('_', ' ')}" for o in Scene.from_json(row.perfect_scene).objects
+            }
+            relations = [relation_text(r, names) for r in json.loads(row.stated_relations)]
+        except (SceneError, json.JSONDecodeError, KeyError, TypeError, IndexError) as error:
+            raise ReviewError(
+                f"{dataset_dir}/pairs.parquet: pair {row.pair_id} has a malformed scene or stated relations: {error}"
+            ) from error
+        images = (dataset_dir / row.perfect_image, dataset_dir / row.perturbed_image)
+        missing.extend(str(path) for path in images if not path.is_file())
+        pairs.append(ReviewPair(row.pair_id, row.prompt, relations, *images))
+    if missing:
+        raise ReviewError(
+            f"{dataset_dir}: {len(missing)} image files are missing (first: {missing[0]}); "
+            f"check the dir with `python -m data_synthesis verify {dataset_dir}`"
+        )
+    return pairs
+
+
+def check_reviewer(name: str) -> str:
+    if not REVIEWER_PATTERN.fullmatch(name):
+        raise ReviewError(f"reviewer name must be 1 to 64 letters, digits or _.@- ; got {name!r}")
+    return name
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine (names other than localhost count as not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def access_token(host: str, environ: Mapping[str, str]) -> tuple[str | None, bool]:
+    """The token the server at `host` requires, and whether it was generated: the value of $SPATIALSCORE_REVIEW_TOKEN
+    if set, else a new random one off loopback, else none."""
+    if environ.get(TOKEN_ENV):
+        return environ[TOKEN_ENV], False
+    if is_loopback(host):
+        return None, False
+    return secrets.token_urlsafe(32), True
+
+
+def create_app(
+    dataset_dir: str | os.PathLike,
+    *,
+    db_path: str | os.PathLike | None = None,
+    reviewer: str | None = None,
+    all_pairs: bool = False,
+    token: str | None = None,
+) -> Flask:
+    """The review app over `dataset_dir`, with decisions in `db_path` (default DIR/review.sqlite). `reviewer` is
+    the name used when the page URL gives none (`/?reviewer=NAME`); `token`, when given, is required on every
+    request."""
+    dataset_dir = Path(dataset_dir)
+    pairs = load_review_pairs(dataset_dir, all_pairs=all_pairs)
+    by_id = {pair.pair_id: pair for pair in pairs}
+    default_reviewer = None if reviewer is None else check_reviewer(reviewer)
+    store = ReviewStore(dataset_dir / DB_NAME if db_path is None else db_path)
+    app = Flask(__name__)
+    app.config.update(REVIEW_STORE=store, REVIEW_PAIRS=pairs)
+    if token is None:  # loopback only: refuse other Host names, so a web page cannot reach the app by DNS rebinding
+        app.config["TRUSTED_HOSTS"] = list(LOOPBACK_NAMES)
+
+    def authorised() -> bool:
+        supplied = request.cookies.get(TOKEN_COOKIE, "")
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            supplied = header.removeprefix("Bearer ")
+        return hmac.compare_digest(supplied.encode(), token.encode())
+
+    @app.before_request
+    def require_token():
+        if token is None or request.endpoint in ("login", "static") or authorised():
+            return None
+        if request.path.startswith(("/api/", "/image/")):
+            return jsonify(error="access token required"), 401
+        return redirect(url_for("login", reviewer=request.args.get("reviewer")))
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        return jsonify(error=error.description), error.code
+
+    @app.errorhandler(ReviewError)
+    def review_error(error: ReviewError):
+        return jsonify(error=str(error)), 400
+
+    @app.route("/login", methods=["GET", "POST"])
+    def login():
+        if token is None:
+            return redirect(url_for("page"))
+        if request.method == "POST":
+            supplied = request.form.get("token", "")
+            if hmac.compare_digest(supplied.encode(), token.encode()):
+                response = redirect(url_for("page", reviewer=request.form.get("reviewer") or None))
+                response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+                return response
+            return render_template("login.html", wrong=True, reviewer=request.form.get("reviewer", "")), 403
+        return render_template("login.html", wrong=False, reviewer=request.args.get("reviewer", ""))
+
+    def reviewer_of(value: str | None) -> str:
+        if value:
+            return check_reviewer(value)
+        if default_reviewer is None:
+            raise ReviewError("no reviewer given: add ?reviewer=NAME, or start the server with --reviewer NAME")
+        return default_reviewer
+
+    def pair_json(pair: ReviewPair, name: str) -> dict:
+        images = {side: url_for("image", pair_id=pair.pair_id, side=side, reviewer=name) for side in SIDES}
+        return {"pair_id": pair.pair_id, "prompt": pair.prompt, "relations": pair.relations, "images": images}
+
+    def decision_json(decision: Decision | None) -> dict | None:
+        if decision is None:
+            return None
+        return {"pair_id": decision.pair_id, "choice": decision.choice, "decided_at": decision.decided_at}
+
+    def state(name: str, *, show: str | None = None) -> dict:
+        """What the page shows: pair `show`, or the first pair the reviewer has not decided, and the one after
+        (so the page can preload its images)."""
+        decided = store.decided_pairs(name)
+        undecided = (pair for pair in pairs if pair.pair_id not in decided and pair.pair_id != show)
+        current = by_id[show] if show is not None else next(undecided, None)
+        upcoming = next(undecided, None)
+        reviewed = sum(pair.pair_id in decided for pair in pairs)
+        return {
+            "reviewer": name,
+            "pair": None if current is None else pair_json(current, name),
+            "upcoming": None if upcoming is None else pair_json(upcoming, name)["images"],
+            "progress": {"reviewed": reviewed, "total": len(pairs)},
+            "last": decision_json(store.latest(name)),
+        }
+
+    def json_body() -> dict:
+        body = request.get_json()  # 415 unless Content-Type is JSON, 400 if malformed
+        if not isinstance(body, dict):
+            raise ReviewError("the request body must be a JSON object")
+        return body
+
+    @app.get("/")
+    def page():
+        name = request.args.get("reviewer") or default_reviewer
+        return render_template("review.html", reviewer=None if name is None else check_reviewer(name), total=len(pairs))
+
+    @app.get("/api/state")
+    def current_state():
+        return jsonify(state(reviewer_of(request.args.get("reviewer"))))
+
+    @app.post("/api/decide")
+    def decide():
+        body = json_body()
+        name, pair_id, choice = reviewer_of(body.get("reviewer")), body.get("pair_id"), body.get("choice")
+        if not isinstance(pair_id, str) or pair_id not in by_id:
+            return jsonify(error=f"unknown pair {pair_id!r}: not among the pairs under review"), 404
+        if choice not in CHOICES:
+            raise ReviewError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}")
+        try:
+            store.decide(reviewer=name, pair_id=pair_id, choice=choice, shown_perfect_side=perfect_side(pair_id, name))
+        except AlreadyDecided as error:
+            return jsonify(error=str(error)), 409
+        return jsonify(state(name))
+
+    @app.post("/api/undo")
+    def undo():
+        name = reviewer_of(json_body().get("reviewer"))
+        undone = store.undo(name)
+        shown = undone.pair_id if undone is not None and undone.pair_id in by_id else None
+        return jsonify({**state(name, show=shown), "undone": decision_json(undone)})
+
+    @app.get("/image/<pair_id>/<side>")
+    def image(pair_id: str, side: str):
+        name = reviewer_of(request.args.get("reviewer"))
+        if pair_id not in by_id or side not in SIDES:
+            return jsonify(error=f"no image {side!r} of pair {pair_id!r}"), 404
+        pair = by_id[pair_id]
+        path = pair.perfect_image if side == perfect_side(pair_id, name) else pair.perturbed_image
+        return send_file(path, mimetype="image/png", max_age=3600)
+
+    return app
+
+
+def serve(
+    dataset_dir: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    db_path: str | os.PathLike | None = None,
+    reviewer: str | None = None,
+    all_pairs: bool = False,
+) -> None:
+    """Serve the review app until interrupted (threaded: several reviewers at once)."""
+    token, generated = access_token(host, os.environ)
+    app = create_app(dataset_dir, db_path=db_path, reviewer=reviewer, all_pairs=all_pairs, token=token)
+    try:
+        server = make_server(host, port, app, threaded=True)
+    except OSError as error:
+        raise ReviewError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+    shown_host = f"[{host}]" if ":" in host else host
+    query = "" if reviewer else "?reviewer=YOUR_NAME"
+    print(
+        f"reviewing {len(app.config['REVIEW_PAIRS'])} pairs of {dataset_dir}, decisions in "
+        f"{app.config['REVIEW_STORE'].path}\nopen http://{shown_host}:{server.port}/{query}  (Ctrl-C stops)",
+        flush=True,
+    )
+    if generated:
+        print(f"access token (enter it on the page; set {TOKEN_ENV} to choose your own): {token}", flush=True)
+    elif token is not None:
+        print(f"access token required: the value of ${TOKEN_ENV}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,126 @@
+"""The review page end to end in headless Chromium: Debian's `chromium` and `chromium-driver` (which `.ci/run`
+installs), driven by Selenium with that driver. Nothing is downloaded: the driver path is given, so Selenium
+Manager never runs (the `no_selenium_manager` fixture makes sure). Without the browser the tests skip."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.common.selenium_manager import SeleniumManager
+from selenium.webdriver.support.ui import WebDriverWait
+from werkzeug.serving import make_server
+
+from data_synthesis.review import ReviewStore, create_app
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    reason=f"headless Chromium is not installed ({CHROMIUM}, {CHROMEDRIVER}): "
+    "`apt-get install chromium chromium-driver` (as .ci/run does) to run the browser tests",
+)
+
+
+@pytest.fixture
+def review_server(small_dataset, tmp_path):
+    """The review app over the small dataset (every pair), served on a free loopback port in a thread."""
+    db_path = tmp_path / "review.sqlite"
+    server = make_server("127.0.0.1", 0, create_app(small_dataset, db_path=db_path, all_pairs=True), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.port}", db_path
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture
+def no_selenium_manager(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("Selenium Manager ran: it would try to download a browser or driver")
+
+    monkeypatch.setattr(SeleniumManager, "binary_paths", refuse)
+
+
+class ReviewPage:
+    """One reviewer's page in its own headless Chromium."""
+
+    def __init__(self, url: str):
+        options = webdriver.ChromeOptions()
+        options.binary_location = str(CHROMIUM)
+        for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+            options.add_argument(argument)
+        self.driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+        self.driver.get(url)
+
+    def wait(self, previous: str | None = None) -> str:
+        """The pair shown once the page is idle and shows a pair other than `previous`."""
+
+        def shown(driver) -> str | None:
+            state, pair_id = driver.execute_script(
+                "const root = document.getElementById('review'); return [root.dataset.state, root.dataset.pairId];"
+            )
+            return pair_id if state == "ready" and pair_id and pair_id != previous else None
+
+        return WebDriverWait(self.driver, 30).until(shown)
+
+    def press(self, key: str, shown: str) -> str:
+        """Press `key` while pair `shown` is on screen; the pair shown next."""
+        self.driver.find_element(By.TAG_NAME, "body").send_keys(key)
+        return self.wait(previous=shown)
+
+    def progress(self) -> str:
+        return self.driver.find_element(By.ID, "progress").text
+
+
+def test_keyboard_decisions_and_an_undo_are_exactly_what_sqlite_holds_after_a_reload(
+    review_server, no_selenium_manager
+):
+    url, db_path = review_server
+    page = ReviewPage(f"{url}/?reviewer=alice")
+    try:
+        first = page.wait()
+        second = page.press(Keys.ARROW_LEFT, first)
+        third = page.press("n", second)
+        fourth = page.press(Keys.ARROW_RIGHT, third)
+        assert page.progress() == "3 / 60"
+        assert page.press("u", fourth) == third  # undo shows the undone pair again
+        page.driver.refresh()
+        assert page.wait() == third and page.progress() == "2 / 60"
+    finally:
+        page.driver.quit()
+    store = ReviewStore(db_path)
+    assert [(d.reviewer, d.pair_id, d.choice) for d in store.decisions()] == [
+        ("alice", first, "left"),
+        ("alice", second, "neither"),
+    ]
+    undone = [d for d in store.decisions(include_undone=True) if d.undone_at is not None]
+    assert [(d.pair_id, d.choice) for d in undone] == [(third, "right")]
+
+
+def test_two_reviewers_in_parallel_lose_no_decision(review_server, no_selenium_manager):
+    url, db_path = review_server
+    keys = {Keys.ARROW_LEFT: "left", Keys.ARROW_RIGHT: "right", "n": "neither", "b": "both", "f": "flag", "1": "left"}
+
+    def review(reviewer: str) -> list[tuple[str, str]]:
+        page = ReviewPage(f"{url}/?reviewer={reviewer}")
+        try:
+            decided, shown = [], page.wait()
+            for key, choice in keys.items():
+                decided.append((shown, choice))
+                shown = page.press(key, shown)
+            return decided
+        finally:
+            page.driver.quit()
+
+    with ThreadPoolExecutor(2) as pool:
+        expected = dict(zip(("alice", "bob"), pool.map(review, ("alice", "bob")), strict=True))
+    store = ReviewStore(db_path)
+    for reviewer, decided in expected.items():
+        assert [(d.pair_id, d.choice) for d in store.decisions(reviewer)] == decided
+    assert len(store.decisions(include_undone=True)) == 2 * len(keys)

@@ -1,0 +1,123 @@
+"""`python -m benchmarks compare OUT1 OUT2 ...`: one Markdown table per task across runs, and PNG bar charts.
+
+Each OUT is a run dir (`run.json` + `summary.json`). Runs are labelled by their dir name. Metrics are the summary's
+numbers flattened to `a/b` keys. Charts (drawn with Pillow) show the rates among them: metrics whose name says
+accuracy, overall or consistency and whose values lie in [0, 1], one group of bars per metric, one bar per run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from benchmarks.runner import RUN_FILE, SUMMARY_FILE
+from shared.io import atomic_write_bytes, atomic_write_text
+
+COMPARISON_FILE = "comparison.md"
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+CHARTED_WORDS = ("accuracy", "overall", "consistency")
+
+
+def flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, float | int | None]:
+    """{"a": {"b": 1}} -> {"a/b": 1}; only numbers and None are kept."""
+    flat: dict[str, float | int | None] = {}
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}/"))
+        elif value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            flat[name] = value
+    return flat
+
+
+def load_run(out_dir: str | os.PathLike) -> tuple[str, str, dict[str, float | int | None]]:
+    """(label, task, flattened summary) of one run dir; one clear error when it is not a finished run."""
+    out_dir = Path(out_dir)
+    for name in (RUN_FILE, SUMMARY_FILE):
+        if not (out_dir / name).is_file():
+            raise FileNotFoundError(f"{out_dir} is not a finished benchmark run: {name} is missing")
+    try:
+        identity = json.loads((out_dir / RUN_FILE).read_text())
+        summary = json.loads((out_dir / SUMMARY_FILE).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{out_dir}: {RUN_FILE} or {SUMMARY_FILE} is not valid JSON: {error}") from None
+    return out_dir.name, identity["task"], flatten(summary)
+
+
+def charted(metrics: dict[str, list[float | int | None]]) -> dict[str, list[float | None]]:
+    """The metrics a chart shows: rates (named as such, every value None or in [0, 1])."""
+    return {
+        name: values
+        for name, values in metrics.items()
+        if any(word in name.split("/")[0] for word in CHARTED_WORDS)
+        and any(v is not None for v in values)
+        and all(v is None or (isinstance(v, float) and 0.0 <= v <= 1.0) for v in values)
+    }
+
+
+def bar_chart(title: str, labels: Sequence[str], metrics: dict[str, list[float | None]]) -> bytes:
+    """PNG bytes of grouped bars: one group per metric, one bar per run (value in [0, 1]); None draws no bar."""
+    font = ImageFont.load_default()
+    bar, gap, left, top, plot_height = 14, 18, 48, 40 + 14 * len(labels), 220
+    width = left + len(metrics) * (len(labels) * bar + gap) + gap
+    longest = max((font.getlength(name) for name in metrics), default=0)
+    height = top + plot_height + 16 + int(longest)
+    image = Image.new("RGB", (max(width, 360), height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 6), title, fill="black", font=font)
+    for i, label in enumerate(labels):  # legend
+        y = 24 + 14 * i
+        draw.rectangle((left, y, left + 10, y + 10), fill=PALETTE[i % len(PALETTE)])
+        draw.text((left + 16, y - 1), label, fill="black", font=font)
+    base = top + plot_height
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = base - tick * plot_height
+        draw.line((left - 4, y, image.width - gap / 2, y), fill=(220, 220, 220))
+        draw.text((4, y - 6), f"{tick:.2f}", fill="black", font=font)
+    x = left + gap
+    for name, values in metrics.items():
+        for i, value in enumerate(values):
+            if value is not None:
+                x0 = x + i * bar
+                draw.rectangle((x0, base - value * plot_height, x0 + bar - 2, base), fill=PALETTE[i % len(PALETTE)])
+        # the metric's name, written downwards under its group
+        text = Image.new("RGB", (int(font.getlength(name)) + 4, 12), "white")
+        ImageDraw.Draw(text).text((0, 0), name, fill="black", font=font)
+        image.paste(text.rotate(-90, expand=True), (int(x), base + 6))
+        x += len(values) * bar + gap
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def compare(out_dirs: Sequence[str | os.PathLike], dest: str | os.PathLike) -> str:
+    """Write `dest/comparison.md` and `dest/<task>.png` for the runs; returns the Markdown."""
+    runs = [load_run(path) for path in out_dirs]
+    labels = [label for label, _, _ in runs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"runs must have distinct dir names to label them, got {labels}")
+    dest = Path(dest)
+    sections = ["# Benchmark comparison", ""]
+    for task in sorted({task for _, task, _ in runs}):
+        task_runs = [(label, summary) for label, run_task, summary in runs if run_task == task]
+        names = sorted({name for _, summary in task_runs for name in summary})
+        metrics = {name: [summary.get(name) for _, summary in task_runs] for name in names}
+        header = ["metric", *[label for label, _ in task_runs]]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for name, values in metrics.items():
+            cells = ["-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in values]
+            lines.append("| " + " | ".join([name, *cells]) + " |")
+        sections += [f"## {task}", "", *lines, ""]
+        rates = charted(metrics)
+        if rates:
+            atomic_write_bytes(dest / f"{task}.png", bar_chart(task, [label for label, _ in task_runs], rates))
+            sections += [f"![{task}]({task}.png)", ""]
+    markdown = "\n".join(sections)
+    atomic_write_text(dest / COMPARISON_FILE, markdown)
+    return markdown

@@ -1,0 +1,202 @@
+"""GenEval (Ghosh et al., NeurIPS 2023): object-focused prompts checked by rules on detections. Pure functions that
+follow the official `evaluation/evaluate_images.py` and `summary_scores.py`:
+
+- metadata: one JSON object per line of `evaluation_metadata.jsonl` (553 prompts): `prompt`, `tag` (single_object,
+  two_object, counting, colors, position, color_attr), `include` clauses ({class, count, optional color, optional
+  position: [relation, index of an earlier include clause]}) and optional `exclude` clauses ({class, count}).
+- detections kept: score > 0.3 (> 0.9 for the counting tag), sorted by score, at most 16 per class.
+- include clause: the `count` most confident detections of its class must exist; with a colour, all of those must
+  have that colour; with a position, every one of them must stand in the relation to every object of the target
+  clause, which must itself have been met. Exclude clause: fails when >= count detections of its class are kept.
+- position of A relative to B (pixel boxes, image y down):
+      offset  = centre_A - centre_B                                        # [2]
+      revised = max(|offset| - 0.1 * (dim_A + dim_B), 0) * sign(offset)     # [2], dim = (width, height)
+      no relation if every |revised| < 1e-3, else (dx, dy) = revised / |offset|
+      left of: dx < -0.5, right of: dx > 0.5, above: dy < -0.5, below: dy > 0.5 (several can hold)
+- summary: accuracy per tag over images; overall = mean of the tag accuracies; also the fraction of correct images
+  and of prompts with at least one correct image.
+
+The official colour check classifies each detection's crop with CLIP; here the `Detector` gives a colour per
+detection (the SpatialWorld detector reads it from the pixels).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from benchmarks.judges import Box, Detection
+
+TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+RELATIONS = ("left of", "right of", "above", "below")
+THRESHOLD = 0.3
+COUNTING_THRESHOLD = 0.9
+MAX_OBJECTS = 16
+POSITION_THRESHOLD = 0.1
+METADATA_FILE = "evaluation_metadata.jsonl"
+OFFICIAL_METADATA = "prompts/evaluation_metadata.jsonl in https://github.com/djghosh13/geneval"
+
+
+class GenEvalFormatError(ValueError):
+    """The metadata file is missing or a line is not GenEval metadata."""
+
+
+def _check_clause(clause: Any, where: str, *, include: bool, index: int) -> None:
+    if not isinstance(clause, dict) or not isinstance(clause.get("class"), str):
+        raise GenEvalFormatError(f"{where}: a clause must be an object with a string 'class', got {clause!r}")
+    count = clause.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise GenEvalFormatError(f"{where}: clause {clause['class']!r} needs an integer 'count' >= 1, got {count!r}")
+    if include and "color" in clause and not isinstance(clause["color"], str):
+        raise GenEvalFormatError(f"{where}: 'color' must be a string, got {clause['color']!r}")
+    if include and "position" in clause:
+        position = clause["position"]
+        if (
+            not isinstance(position, list)
+            or len(position) != 2
+            or position[0] not in RELATIONS
+            or not isinstance(position[1], int)
+            or not 0 <= position[1] < index
+        ):
+            raise GenEvalFormatError(
+                f"{where}: 'position' must be [one of {list(RELATIONS)}, index of an earlier include clause], got "
+                f"{position!r}"
+            )
+
+
+def load_metadata(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The prompts of a GenEval metadata JSONL, checked line by line (one clear error naming the line)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METADATA_FILE
+    if not path.is_file():
+        raise GenEvalFormatError(f"GenEval metadata {path} not found: expected {METADATA_FILE} ({OFFICIAL_METADATA})")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            metadata = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise GenEvalFormatError(f"{where} is not JSON: {error}") from None
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("tag"), str):
+            raise GenEvalFormatError(f"{where}: needs a string 'tag'")
+        if not isinstance(metadata.get("prompt"), str):
+            raise GenEvalFormatError(f"{where}: needs a string 'prompt'")
+        for key in ("include", "exclude"):
+            if not isinstance(metadata.get(key, []), list):
+                raise GenEvalFormatError(f"{where}: '{key}' must be a list")
+        if not metadata.get("include"):
+            raise GenEvalFormatError(f"{where}: needs at least one 'include' clause")
+        for index, clause in enumerate(metadata["include"]):
+            _check_clause(clause, where, include=True, index=index)
+        for clause in metadata.get("exclude", []):
+            _check_clause(clause, where, include=False, index=0)
+        prompts.append(metadata)
+    if not prompts:
+        raise GenEvalFormatError(f"{path} holds no prompts")
+    return prompts
+
+
+def relative_position(box_a: Box, box_b: Box, threshold: float = POSITION_THRESHOLD) -> set[str]:
+    """The relations ("left of", "right of", "above", "below") of box A relative to box B (module docstring)."""
+    centre_a = ((box_a[0] + box_a[2]) / 2, (box_a[1] + box_a[3]) / 2)
+    centre_b = ((box_b[0] + box_b[2]) / 2, (box_b[1] + box_b[3]) / 2)
+    dim_a = (abs(box_a[2] - box_a[0]), abs(box_a[3] - box_a[1]))
+    dim_b = (abs(box_b[2] - box_b[0]), abs(box_b[3] - box_b[1]))
+    offset = [centre_a[i] - centre_b[i] for i in range(2)]
+    revised = [max(abs(offset[i]) - threshold * (dim_a[i] + dim_b[i]), 0.0) * _sign(offset[i]) for i in range(2)]
+    if all(abs(value) < 1e-3 for value in revised):
+        return set()
+    norm = math.hypot(*offset)
+    dx, dy = revised[0] / norm, revised[1] / norm
+    relations = set()
+    if dx < -0.5:
+        relations.add("left of")
+    if dx > 0.5:
+        relations.add("right of")
+    if dy < -0.5:
+        relations.add("above")
+    if dy > 0.5:
+        relations.add("below")
+    return relations
+
+
+def _sign(value: float) -> float:
+    return math.copysign(1.0, value) if value != 0 else 0.0
+
+
+def keep_detections(detections: Mapping[str, list[Detection]], tag: str) -> dict[str, list[Detection]]:
+    """Detections above the confidence threshold (COUNTING_THRESHOLD for the counting tag), most confident first,
+    at most MAX_OBJECTS per class; classes left with none are dropped."""
+    threshold = COUNTING_THRESHOLD if tag == "counting" else THRESHOLD
+    kept = {}
+    for name, found in detections.items():
+        confident = sorted((d for d in found if d.score > threshold), key=lambda d: -d.score)[:MAX_OBJECTS]
+        if confident:
+            kept[name] = confident
+    return kept
+
+
+def evaluate_image(detections: Mapping[str, list[Detection]], metadata: Mapping[str, Any]) -> tuple[bool, list[str]]:
+    """(correct, reasons it is not) for one image's kept detections (`keep_detections`) and one prompt's metadata."""
+    correct, reasons = True, []
+    matched_groups: list[list[Detection] | None] = []
+    for clause in metadata["include"]:
+        name, count = clause["class"], clause["count"]
+        found = detections.get(name, [])[:count]
+        matched = len(found) >= count
+        if not matched:
+            reasons.append(f"expected {name}>={count}, found {len(found)}")
+        if matched and "color" in clause:
+            colours = [d.colour for d in found]
+            if colours.count(clause["color"]) < count:
+                matched = False
+                reasons.append(f"expected {clause['color']} {name}>={count}, found colours {colours}")
+        if matched and "position" in clause:
+            relation, target = clause["position"]
+            targets = matched_groups[target]
+            if targets is None:
+                matched = False
+                reasons.append(f"no target for {name} to be {relation}")
+            else:
+                for obj in found:
+                    wrong = [sorted(relative_position(obj.box, t.box)) for t in targets]
+                    wrong = [rels for rels in wrong if relation not in rels]
+                    if wrong:
+                        matched = False
+                        reasons.append(f"expected {name} {relation} target, found {' and '.join(wrong[0])} target")
+                        break
+        correct = correct and matched
+        matched_groups.append(found if matched else None)
+    for clause in metadata.get("exclude", []):
+        found = detections.get(clause["class"], [])
+        if len(found) >= clause["count"]:
+            correct = False
+            reasons.append(f"expected {clause['class']}<{clause['count']}, found {len(found)}")
+    return correct, reasons
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """GenEval's summary from per-image records ({"prompt_id", "tag", "correct"}): accuracy per tag (over images),
+    overall = mean of the tag accuracies, fraction of correct images and of prompts with a correct image."""
+    tags = sorted({r["tag"] for r in records})
+    by_tag = {}
+    for tag in tags:
+        scored = [r["correct"] for r in records if r["tag"] == tag]
+        by_tag[tag] = round(sum(scored) / len(scored), 6)
+    prompts = sorted({r["prompt_id"] for r in records})
+    any_correct = sum(any(r["correct"] for r in records if r["prompt_id"] == p) for p in prompts)
+    return {
+        "overall": round(sum(by_tag.values()) / len(by_tag), 6) if by_tag else None,
+        "accuracy_by_tag": by_tag,
+        "correct_images": round(sum(r["correct"] for r in records) / len(records), 6) if records else None,
+        "correct_prompts": round(any_correct / len(prompts), 6) if prompts else None,
+        "num_images": len(records),
+        "num_prompts": len(prompts),
+    }

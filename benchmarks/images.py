@@ -1,0 +1,125 @@
+"""Where a generator task gets its images: a folder of images, or a diffusers pipeline dir (through the image cache).
+
+Folder layout (`--images DIR`): one sub-folder per prompt, named by the task's prompt id, holding one image per seed:
+
+    DIR/<prompt_id>/<seed>.png                 e.g. DIR/sw-3-0000001/0.png, DIR/00012/3.png
+    DIR/<prompt_id>/samples/<seed:04d>.png     GenEval's own output layout (DIR/00012/samples/0003.png)
+
+Seeds are 0 .. images_per_prompt - 1; .png, .jpg, .jpeg and .webp are read. Prompt ids: the pair id for SpatialWorld
+prompts, the zero-padded 0-based line number (`00012`) for GenEval metadata. A missing or unreadable image is
+reported by the task, never a crash.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image, UnidentifiedImageError
+
+from benchmarks.cache import ImageCache, directory_sha256
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+class ImageUnreadable(ValueError):
+    """An image file exists but cannot be decoded."""
+
+
+class ImageSource(Protocol):
+    name: str  # what made the images (a folder path, a pipeline's weights hash)
+
+    def get(self, prompt_id: str, prompt: str, seed: int) -> Image.Image | None:
+        """The image for (prompt, seed), or None when there is none; `ImageUnreadable` for a corrupt file."""
+        ...
+
+
+def image_paths(root: Path, prompt_id: str, seed: int) -> list[Path]:
+    """The candidate files of one image in the folder layout, in the order they are tried."""
+    stems = [root / prompt_id / str(seed), root / prompt_id / "samples" / f"{seed:04d}"]
+    return [stem.with_name(stem.name + extension) for stem in stems for extension in EXTENSIONS]
+
+
+class ImageFolder:
+    """Images already generated, in the folder layout of the module docstring."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"--images {self.root}: no such directory")
+        self.name = f"folder:{self.root.resolve()}"
+
+    def get(self, prompt_id: str, prompt: str, seed: int) -> Image.Image | None:
+        for path in image_paths(self.root, prompt_id, seed):
+            if path.is_file():
+                try:
+                    with Image.open(path) as handle:
+                        return handle.convert("RGB")
+                except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+                    raise ImageUnreadable(f"{path}: {error}") from None
+        return None
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Everything besides the prompt and seed that decides a generated image (part of the image cache key)."""
+
+    num_inference_steps: int = 28
+    guidance_scale: float = 3.5
+    height: int = 512
+    width: int = 512
+
+    def __post_init__(self) -> None:
+        if self.num_inference_steps < 1 or self.height < 8 or self.width < 8:
+            raise ValueError(f"sampler settings need steps >= 1 and sides >= 8, got {self}")
+
+
+class PipelineImages:
+    """Images from a diffusers pipeline, cached: the key is (weights hash, prompt, seed, settings), so a rerun with
+    the same weights generates nothing. `generated` counts the images made by this object.
+
+    `pipeline` is called as `pipeline(prompt=..., generator=torch.Generator(device).manual_seed(seed), **settings)`
+    and must return an object with `.images[0]` (a PIL image), as every diffusers text-to-image pipeline does."""
+
+    def __init__(
+        self, pipeline: Any, weights_sha256: str, settings: SamplerSettings, cache: ImageCache, device: str = "cpu"
+    ) -> None:
+        self.pipeline, self.weights_sha256, self.settings, self.cache = pipeline, weights_sha256, settings, cache
+        self.device = device
+        self.name = f"pipeline:{weights_sha256[:16]}:{asdict(settings)}"
+        self.generated = 0
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, settings: SamplerSettings, cache: ImageCache):
+        """Load a diffusers pipeline dir (`model_index.json` and its component folders) on CUDA when there is one."""
+        directory = Path(directory)
+        if not (directory / "model_index.json").is_file():
+            raise FileNotFoundError(f"--pipeline {directory} is not a diffusers pipeline dir: model_index.json missing")
+        import torch
+        from diffusers import DiffusionPipeline  # imported only when generating: it takes seconds
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        pipeline = DiffusionPipeline.from_pretrained(directory, dtype=dtype, local_files_only=True).to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        return cls(pipeline, directory_sha256(directory), settings, cache, device)
+
+    def get(self, prompt_id: str, prompt: str, seed: int) -> Image.Image:
+        import torch
+
+        key = ImageCache.key(self.weights_sha256, prompt, seed, asdict(self.settings))
+        image = self.cache.get(key)
+        if image is None:
+            generator = torch.Generator(self.device).manual_seed(seed)
+            image = self.pipeline(prompt=prompt, generator=generator, **asdict(self.settings)).images[0]
+            self.cache.put(key, image)
+            self.generated += 1
+        return image
+
+
+POLICY_UNAVAILABLE = (
+    "--policy is not available yet: policy dirs (rl_policy's LoRA over a base pipeline) are read once the RL issue "
+    "lands; until then generate the images and pass --images DIR, or pass a diffusers pipeline dir with --pipeline"
+)

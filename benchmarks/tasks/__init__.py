@@ -1,0 +1,25 @@
+"""The registry of benchmark tasks: `python -m benchmarks list` shows it, `run --task NAME` picks from it.
+
+A task is any object with the `Task` protocol (`benchmarks.tasks.base`); add one by adding it to `TASKS` below.
+The DPG-Bench, TIIF-Bench and UniGenBench++ loaders and aggregations live as pure functions in
+`benchmarks/formats/`; their tasks plug in here the same way `geneval` wraps `benchmarks.geneval`.
+"""
+
+from __future__ import annotations
+
+from benchmarks.tasks.base import RunInputs, Sample, Task
+from benchmarks.tasks.geneval import GenEval
+from benchmarks.tasks.spatialscore_pairs import SpatialScorePairs
+from benchmarks.tasks.spatialworld_oracle import SpatialWorldOracle
+
+TASKS: dict[str, Task] = {task.name: task for task in (SpatialScorePairs(), SpatialWorldOracle(), GenEval())}
+
+
+def get_task(name: str) -> Task:
+    """The registered task called `name`, or one clear error listing the known names."""
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+__all__ = ["TASKS", "RunInputs", "Sample", "Task", "get_task"]

@@ -1,0 +1,170 @@
+"""Image sources: the folder layout (ours and GenEval's), unreadable files reported per sample, and generated images
+cached by (weights hash, prompt, seed, settings) so a rerun generates nothing (a test-double pipeline that draws
+its seed)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from benchmarks.cache import ImageCache, directory_sha256
+from benchmarks.images import ImageFolder, ImageUnreadable, PipelineImages, SamplerSettings
+from benchmarks.judges import image_sha256
+
+
+def test_folder_layouts_and_bad_files(tmp_path):
+    (tmp_path / "sw-1").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "sw-1" / "0.png")
+    (tmp_path / "00003" / "samples").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "00003" / "samples" / "0002.jpg")
+    (tmp_path / "sw-1" / "1.png").write_bytes(b"not a png")
+    folder = ImageFolder(tmp_path)
+    assert folder.get("sw-1", "", 0).getpixel((0, 0)) == (255, 0, 0)
+    assert folder.get("00003", "", 2).getpixel((0, 0))[2] > 200
+    assert folder.get("sw-1", "", 5) is None
+    with pytest.raises(ImageUnreadable, match="1.png"):
+        folder.get("sw-1", "", 1)
+    with pytest.raises(FileNotFoundError, match="--images .*nowhere: no such directory"):
+        ImageFolder(tmp_path / "nowhere")
+
+
+def test_image_hash_ignores_the_file_format(tmp_path):
+    image = Image.new("RGB", (8, 8), (1, 2, 3))
+    image.save(tmp_path / "a.png")
+    image.convert("RGBA").save(tmp_path / "b.png")
+    assert image_sha256(Image.open(tmp_path / "a.png")) == image_sha256(Image.open(tmp_path / "b.png"))
+    assert image_sha256(image) != image_sha256(Image.new("RGB", (8, 8), (1, 2, 4)))
+
+
+class SeedPipeline:
+    """Test double of a diffusers text-to-image pipeline: a solid image whose red channel is the seed's first
+    random byte, so equal seeds give equal images."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *, prompt, generator, num_inference_steps, guidance_scale, height, width):
+        import torch
+
+        self.calls.append((prompt, num_inference_steps))
+        red = int(torch.randint(0, 256, (1,), generator=generator))
+        return SimpleNamespace(images=[Image.new("RGB", (width, height), (red, 0, 0))])
+
+
+def test_generated_images_are_cached_by_weights_prompt_seed_and_settings(tmp_path):
+    cache, settings = ImageCache(tmp_path / "images"), SamplerSettings(num_inference_steps=2, height=16, width=16)
+    pipeline = SeedPipeline()
+    source = PipelineImages(pipeline, "a" * 64, settings, cache)
+    first = source.get("p0", "a red circle", 3)
+    assert first.size == (16, 16) and source.generated == 1
+    assert source.get("p0", "a red circle", 3).tobytes() == first.tobytes() and len(pipeline.calls) == 1
+    source.get("p0", "a red circle", 4)
+    source.get("p0", "a blue circle", 3)
+    assert len(pipeline.calls) == 3
+    rerun = PipelineImages(SeedPipeline(), "a" * 64, settings, cache)  # a new process: everything from disk
+    assert rerun.get("p0", "a red circle", 3).tobytes() == first.tobytes() and rerun.pipeline.calls == []
+    other_weights = PipelineImages(SeedPipeline(), "b" * 64, settings, cache)
+    other_weights.get("p0", "a red circle", 3)
+    other_settings = PipelineImages(SeedPipeline(), "a" * 64, SamplerSettings(3, 3.5, 16, 16), cache)
+    other_settings.get("p0", "a red circle", 3)
+    assert len(other_weights.pipeline.calls) == len(other_settings.pipeline.calls) == 1
+
+
+def test_pipeline_dir_errors_and_weights_hash(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a diffusers pipeline dir: model_index.json missing"):
+        PipelineImages.from_pretrained(tmp_path, SamplerSettings(), ImageCache(tmp_path / "cache"))
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (tmp_path / "unet" / "weights.bin").write_bytes(b"\x00" * 10)
+    before = directory_sha256(tmp_path)
+    (tmp_path / "unet" / "weights.bin").write_bytes(b"\x00" * 9 + b"\x01")
+    assert directory_sha256(tmp_path) != before
+    with pytest.raises(ValueError, match="steps >= 1"):
+        SamplerSettings(num_inference_steps=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_flux_dir(tmp_path_factory):
+    """A real FluxPipeline with random weights from tiny configs (diffusers' own test sizes), saved to a dir; both
+    tokenizers are the reward model's offline SpatialWorld tokenizer."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from reward_model import build_spatialworld_processor
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    tokenizer = build_spatialworld_processor().tokenizer
+    tokenizer.model_max_length = 64
+    pad = tokenizer.pad_token_id
+    clip = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        projection_dim=32,
+        pad_token_id=pad,
+        bos_token_id=pad,
+        eos_token_id=pad,
+    )
+    t5 = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, pad_token_id=pad)
+    vae = AutoencoderKL(
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 4, 8),
+    )
+    pipeline = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=CLIPTextModel(clip),
+        tokenizer=tokenizer,
+        text_encoder_2=T5EncoderModel(t5),
+        tokenizer_2=tokenizer,
+        transformer=transformer,
+    )
+    directory = tmp_path_factory.mktemp("tiny_flux")
+    pipeline.save_pretrained(directory)
+    return directory
+
+
+def test_oracle_on_images_generated_by_a_pipeline_dir(small_dataset, tiny_flux_dir, tmp_path):
+    """`--pipeline DIR`: 2 prompts x 2 seeds generated once into the image cache; a second run into a fresh out dir
+    with the same cache generates nothing (the cached files are not rewritten) and gives the same summary bytes."""
+    from benchmarks.__main__ import main
+
+    argv = ["run", "--task", "spatialworld-oracle", "--data", str(small_dataset), "--pipeline", str(tiny_flux_dir)]
+    argv += ["--steps", "2", "--height", "32", "--width", "32", "--images-per-prompt", "2", "--limit", "2"]
+    cache = tmp_path / "cache"
+    assert main([*argv, "--cache-dir", str(cache), "--out", str(tmp_path / "first")]) == 0
+    images = sorted((cache / "images").rglob("*.png"))
+    assert len(images) == 4 and all(Image.open(path).size == (32, 32) for path in images)
+    written = {path: path.stat().st_mtime_ns for path in images}
+    assert main([*argv, "--cache-dir", str(cache), "--out", str(tmp_path / "second")]) == 0
+    assert {path: path.stat().st_mtime_ns for path in (cache / "images").rglob("*.png")} == written
+    second_log = json.loads((tmp_path / "second" / "run_log.json").read_text())
+    assert second_log["judge_calls"] == {} and second_log["cache_hits"] == {"vqa": 4}
+    first_summary = (tmp_path / "first" / "summary.json").read_bytes()
+    assert (tmp_path / "second" / "summary.json").read_bytes() == first_summary
+    assert json.loads(first_summary)["num_images"] == 4

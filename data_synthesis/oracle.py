@@ -15,13 +15,16 @@ Images: PIL images, uint8 arrays [H, W, 3], or tensors [3, H, W] (uint8, or floa
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 from data_synthesis.detect import detect
 from data_synthesis.relations import Relation, Truth, evaluate
@@ -60,7 +63,8 @@ def to_pil(image: Any) -> Image.Image:
     """A PIL image (RGB) from a PIL image, a uint8 array [H, W, 3] or a tensor [3, H, W] (uint8 or float in [0, 1])."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    if isinstance(image, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is imported; importing it here costs seconds
+    if torch is not None and isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"an image tensor must be [3, H, W] (or [1, H, W]), got {list(image.shape)}")
         if image.is_floating_point():
@@ -94,6 +98,8 @@ class SpatialWorldOracle:
         self, *, prompts: Sequence[str], images: Sequence[Any], metadata: Sequence[Mapping[str, Any]] | None = None
     ) -> torch.Tensor:
         """Reward [N] in [0, 1] for each (prompt, image); `metadata[i]` says what prompt i states."""
+        import torch
+
         if metadata is None or len(metadata) != len(images) or len(prompts) != len(images):
             raise ValueError(
                 "SpatialWorldOracle needs one metadata entry (relations and colours) per image: got "

@@ -1,0 +1,379 @@
+"""`GRPOModule`: Flow-GRPO with top-k/bottom-k group filtering, as the SpatialScore paper trains FLUX.1-dev.
+
+Each optimisation step (Lightning manual optimisation), on the prompts of one `PromptBatch`:
+
+1. rollout (no grad): G samples per prompt with the SDE sampler (`rollout.sample_trajectories`), noise drawn from a
+   generator seeded by (seed, step, rank), so a resumed run draws exactly what an uninterrupted one would;
+2. reward: the configured `Reward` (keyword-only `__call__(*, prompts, images, metadata) -> [S]`; the SpatialScore
+   critic, the SpatialWorld oracle or a weighted sum, chosen in the config by `class_path`); a non-finite reward
+   drops that sample (counted, never trained on);
+3. advantages (`grpo.filtered_advantages`): per prompt, the top-k and bottom-k of the group (paper: k = 6 of 24)
+   in the configured order; groups whose rewards are all equal train nothing (counted);
+4. policy update: the kept samples' (sample, SDE step) pairs are split into `updates_per_rollout` chunks, each one
+   optimizer step (gradients accumulated over micro-batches of `micro_batch_size`): the log-prob of the recorded
+   transition is recomputed with the LoRA policy, the clipped GRPO loss (`grpo.grpo_clip_loss`) plus beta times the
+   KL to the reference (the same network with the adapter disabled; `kl_form` exact Gaussian or Flow-GRPO's), then
+   grad-norm clipping and the step. The first chunk sees ratio = 1 exactly (on-policy); later ones are clipped.
+   `global_step` counts rollouts: `max_steps` is the number of GRPO iterations.
+
+Logged: `train/reward_mean`, `train/reward_std`, `train/kept_advantage_abs`, `train/zero_variance_groups`,
+`train/dropped_samples`, `train/clip_fraction`, `train/ratio_deviation_first` (|ratio - 1| on the first chunk,
+0 unless the recomputation drifts), `train/approx_kl`, `train/kl`, `train/loss`, `train/grad_norm`, and a grid of the
+first group's samples every `image_every_n_steps`. Held-out evaluation (`evaluate`, every `eval_every_n_steps` and at
+the end) samples the data module's evaluation prompts with the ODE sampler from fixed noise (paired seeds across
+runs) and reports the reward and, where prompts carry SpatialWorld metadata, the oracle's relation accuracy, the
+share of images with every object found and the relation accuracy among those, side by side, so reward hacking
+shows as the two diverging.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+from lightning.pytorch import LightningModule
+
+from rl_policy.data import PromptBatch, PromptDataModule
+from rl_policy.grpo import FilterOrder, KLForm, StdScope, filtered_advantages, grpo_clip_loss, kl_to_reference
+from rl_policy.policy import FluxPolicy, reference_policy, trainable_parameters
+from rl_policy.rollout import (
+    Trajectory,
+    guidance_inputs,
+    initial_noise,
+    sample_ode,
+    sample_trajectories,
+    select_embeddings,
+)
+from rl_policy.sde import sde_step_with_logprob
+from shared import stable_seed
+
+
+class Reward(Protocol):
+    """A reward for generated images: keyword-only, one float per (prompt, image)."""
+
+    def __call__(
+        self, *, prompts: Sequence[str], images: Sequence[Any], metadata: Sequence[Any] | None
+    ) -> torch.Tensor: ...
+
+
+class WeightedReward:
+    """sum_i weight_i * reward_i(...), for mixing rewards by config (e.g. the critic and the oracle)."""
+
+    def __init__(self, rewards: Sequence[Reward], weights: Sequence[float]) -> None:
+        if len(rewards) != len(weights) or not rewards:
+            raise ValueError(f"WeightedReward needs one weight per reward, got {len(rewards)} and {len(weights)}")
+        self.rewards, self.weights = list(rewards), [float(w) for w in weights]
+
+    def __call__(
+        self, *, prompts: Sequence[str], images: Sequence[Any], metadata: Sequence[Any] | None
+    ) -> torch.Tensor:
+        total = torch.zeros(len(prompts))
+        for reward, weight in zip(self.rewards, self.weights, strict=True):
+            if weight:
+                total += weight * reward(prompts=prompts, images=images, metadata=metadata).float().cpu()
+        return total
+
+
+OptimizerFactory = Callable[[Sequence[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+class GRPOModule(LightningModule):
+    """Flow-GRPO of a LoRA policy against a reward (module docstring for the algorithm and the logs).
+
+    policy: a `FluxPolicy` whose transformer carries the LoRA adapter (`policy.build_policy`).
+    reward: the training reward; eval_reward: the critic reported at evaluation (default: `reward`); oracle: an
+        optional second scorer at evaluation (the SpatialWorld oracle), given each prompt's metadata.
+    optimizer: a factory `params -> Optimizer` for the LoRA weights (paper: AdamW, lr 3e-4).
+    group_size (G), keep_per_side (k; None: no filtering), filter_order, std_scope: the advantages.
+    num_steps, noise_level, sde_steps, cfg_scale, guidance, shared_noise: the sampler (paper: 6 steps; FLUX.1-dev
+        guidance 3.5; the tiny generator: true CFG). resolution: image side.
+    clip_range, advantage_clip, beta, kl_form: the loss (paper: beta 0.01). updates_per_rollout, micro_batch_size,
+        max_grad_norm: the update.
+    """
+
+    def __init__(
+        self,
+        policy: FluxPolicy,
+        reward: Reward,
+        optimizer: OptimizerFactory,
+        *,
+        eval_reward: Reward | None = None,
+        oracle: Reward | None = None,
+        group_size: int = 24,
+        keep_per_side: int | None = 6,
+        filter_order: FilterOrder = "normalise_then_select",
+        std_scope: StdScope = "group",
+        resolution: int = 512,
+        num_steps: int = 6,
+        eval_num_steps: int | None = None,
+        noise_level: float = 0.8,
+        sde_steps: Sequence[int] | None = None,
+        cfg_scale: float = 1.0,
+        guidance: float | None = None,
+        shared_noise: bool = False,
+        clip_range: float = 1e-4,
+        advantage_clip: float = 5.0,
+        beta: float = 0.01,
+        kl_form: KLForm = "gaussian",
+        updates_per_rollout: int = 2,
+        micro_batch_size: int = 8,
+        max_grad_norm: float = 1.0,
+        eval_every_n_steps: int = 25,
+        image_every_n_steps: int = 25,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if keep_per_side is not None and 2 * keep_per_side > group_size:
+            raise ValueError(f"keep_per_side ({keep_per_side}) per side exceeds half the group ({group_size})")
+        if updates_per_rollout < 1 or micro_batch_size < 1:
+            raise ValueError("updates_per_rollout and micro_batch_size must be positive")
+        self.save_hyperparameters(ignore=["policy", "reward", "optimizer", "eval_reward", "oracle"])
+        self.automatic_optimization = False
+        self.policy = policy
+        self.transformer = policy.transformer  # registered: its LoRA weights are the module's trainable state
+        self.reward, self.eval_reward, self.oracle = reward, eval_reward or reward, oracle
+        self.optimizer_factory = optimizer
+        self.counters = {"dropped_samples": 0, "zero_variance_groups": 0}
+        self.last_eval: dict[str, float] = {}
+        self.strict_loading = False  # checkpoints hold the LoRA weights only (on_save_checkpoint)
+
+    # --- rollout and reward -------------------------------------------------------------------------------------
+    def _generator(self, *parts: object) -> torch.Generator:
+        generator = torch.Generator(device=self.transformer.device)
+        return generator.manual_seed(stable_seed("grpo", self.hparams.seed, *parts) % (2**63))
+
+    def rollout(self, batch: PromptBatch) -> tuple[Trajectory, torch.Tensor, torch.Tensor]:
+        """-> trajectory, images [S, 3, H, W] in [0, 1], rewards [S] (float32, NaN where non-finite)."""
+        hp = self.hparams
+        trajectory = sample_trajectories(
+            self.policy,
+            batch.prompts,
+            hp.group_size,
+            height=hp.resolution,
+            width=hp.resolution,
+            num_steps=hp.num_steps,
+            noise_level=hp.noise_level,
+            sde_steps=hp.sde_steps,
+            cfg_scale=hp.cfg_scale,
+            guidance=hp.guidance,
+            shared_noise=hp.shared_noise,
+            generator=self._generator("rollout", self.global_step, self.global_rank),
+        )
+        images = self.policy.decode(trajectory.latents[:, -1], hp.resolution, hp.resolution).cpu()  # [S, 3, H, W]
+        index = trajectory.prompt_index.tolist()
+        rewards = self.reward(
+            prompts=[batch.prompts[i] for i in index],
+            images=list(images),
+            metadata=[batch.metadata[i] for i in index] if batch.metadata else None,
+        )
+        rewards = rewards.detach().float().cpu().reshape(-1)
+        if rewards.shape != (trajectory.num_samples,):
+            raise ValueError(f"the reward returned shape {list(rewards.shape)} for {trajectory.num_samples} images")
+        return trajectory, images, torch.where(torch.isfinite(rewards), rewards, torch.nan)
+
+    # --- update -------------------------------------------------------------------------------------------------
+    def _step_terms(
+        self, batch: PromptBatch, trajectory: Trajectory, samples: torch.Tensor, steps: torch.Tensor, advantages
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one micro-batch of (sample, step) pairs [n] with gradients; and its logged terms."""
+        hp = self.hparams
+        device = self.transformer.device
+        latents = trajectory.latents[samples, steps].to(device)  # [n, N, C]
+        following = trajectory.latents[samples, steps + 1].to(device)
+        sigma = trajectory.sigmas[steps].to(device)  # [n]
+        sigma_next = trajectory.sigmas[steps + 1].to(device)
+        embeddings, negative = guidance_inputs(self.policy, batch.prompts, hp.cfg_scale)
+        rows = trajectory.prompt_index[samples]
+        embeddings = select_embeddings(embeddings, rows)
+        negative = None if negative is None else select_embeddings(negative, rows)
+
+        def velocity() -> torch.Tensor:
+            return self.policy.velocity(
+                latents,
+                sigma,
+                embeddings,
+                hp.resolution,
+                hp.resolution,
+                guidance=hp.guidance,
+                negative=negative,
+                true_cfg_scale=hp.cfg_scale,
+            )
+
+        step = sde_step_with_logprob(velocity(), latents, sigma, sigma_next, hp.noise_level, prev_sample=following)
+        old_log_prob = trajectory.log_probs[samples, steps].to(device)
+        terms = grpo_clip_loss(step.log_prob, old_log_prob, advantages.to(device), hp.clip_range, hp.advantage_clip)
+        loss = terms.loss
+        kl = torch.zeros((), device=device)
+        if hp.beta > 0:
+            with torch.no_grad(), reference_policy(self.transformer):
+                reference = sde_step_with_logprob(
+                    velocity(), latents, sigma, sigma_next, hp.noise_level, prev_sample=following
+                )
+            kl = kl_to_reference(step, reference.mean, hp.kl_form).mean()
+            loss = loss + hp.beta * kl
+        logged = {
+            "clip_fraction": terms.clip_fraction,
+            "ratio_deviation": terms.ratio_deviation,
+            "approx_kl": terms.approx_kl,
+            "kl": kl.detach(),
+            "loss": loss.detach(),
+        }
+        return loss, logged
+
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        hp = self.hparams
+        trajectory, images, rewards = self.rollout(batch)
+        groups = rewards.view(len(batch), hp.group_size)  # [P, G]
+        result = filtered_advantages(groups, hp.keep_per_side, hp.filter_order, hp.std_scope)
+        dropped = int((~torch.isfinite(rewards)).sum())
+        trains = (result.keep & ~result.zero_variance[:, None]).flatten()  # [S]
+        self.counters["dropped_samples"] += dropped
+        self.counters["zero_variance_groups"] += int(result.zero_variance.sum())
+        if self.global_step == 0 and self.oracle is not None and batch.metadata and all(batch.metadata):
+            self.log("train/critic_oracle_agreement", self._agreement(batch, trajectory, images, rewards))
+
+        # every (kept sample, SDE step) pair, in an order drawn from (seed, step) so a resumed run repeats it
+        sample_ids = trains.nonzero().flatten()
+        step_ids = trajectory.stochastic.nonzero().flatten()
+        pairs = torch.cartesian_prod(sample_ids, step_ids).reshape(-1, 2)  # [n, 2]
+        generator = torch.Generator().manual_seed(stable_seed("grpo-order", hp.seed, self.global_step) % (2**63))
+        pairs = pairs[torch.randperm(len(pairs), generator=generator)]
+        advantages = result.advantages.flatten()  # [S]
+
+        optimizer = self.optimizers()
+        logged: dict[str, list[torch.Tensor]] = {}
+        grad_norms = []
+        chunks = [chunk for chunk in pairs.tensor_split(hp.updates_per_rollout) if len(chunk)]
+        skip = self.trainer.strategy.reduce_boolean_decision(not chunks, all=False)
+        for chunk_index, chunk in enumerate([] if skip else chunks):
+            optimizer.zero_grad(set_to_none=True)
+            for micro in chunk.split(hp.micro_batch_size):
+                samples, steps = micro[:, 0], micro[:, 1]
+                loss, terms = self._step_terms(batch, trajectory, samples, steps, advantages[samples])
+                self.manual_backward(loss * len(micro) / len(chunk))
+                for name, value in terms.items():
+                    key = "ratio_deviation_first" if name == "ratio_deviation" and chunk_index == 0 else name
+                    logged.setdefault(key, []).append(value.float())
+            grad_norms.append(self._clip_and_step(optimizer, counted=chunk_index == 0))
+        if skip:  # nothing to train on anywhere (e.g. every group's rewards equal): a no-op step, so that
+            optimizer.zero_grad(set_to_none=True)  # global_step still counts this rollout (AdamW skips
+            optimizer.step()  # parameters without a gradient)
+        self._datamodule_served(batch)
+
+        valid = rewards[torch.isfinite(rewards)]
+        metrics = {
+            "train/reward_mean": valid.mean() if len(valid) else torch.tensor(math.nan),
+            "train/reward_std": valid.std(correction=0) if len(valid) else torch.tensor(math.nan),
+            "train/kept_advantage_abs": advantages[trains].abs().mean() if trains.any() else torch.tensor(0.0),
+            "train/zero_variance_groups": result.zero_variance.float().mean(),
+            "train/dropped_samples": torch.tensor(float(dropped)),
+            "train/trained_pairs": torch.tensor(float(len(pairs) if not skip else 0)),
+        }
+        metrics |= {f"train/{name}": torch.stack(values).mean() for name, values in logged.items()}
+        if grad_norms:
+            metrics["train/grad_norm"] = torch.stack(grad_norms).mean()
+        self.log_dict(metrics, prog_bar=False, batch_size=len(batch))
+        self.log("reward", metrics["train/reward_mean"], prog_bar=True, logger=False, batch_size=len(batch))
+        step = self.global_step
+        if hp.image_every_n_steps and step % hp.image_every_n_steps == 0:
+            self._log_images("train/group", images[: hp.group_size])
+        if hp.eval_every_n_steps and step % hp.eval_every_n_steps == 0 and step > 0:
+            self._log_evaluation()
+
+    def _agreement(self, batch: PromptBatch, trajectory: Trajectory, images: torch.Tensor, rewards: torch.Tensor):
+        """Share of same-prompt sample pairs the oracle tells apart that the reward orders the same way: how far the
+        critic can be trusted on the policy's own samples (if low, train the critic with degradations)."""
+        index = trajectory.prompt_index.tolist()
+        oracle = self.oracle(
+            prompts=[batch.prompts[i] for i in index], images=list(images), metadata=[batch.metadata[i] for i in index]
+        ).float()
+        same = trajectory.prompt_index[:, None] == trajectory.prompt_index[None, :]  # [S, S]
+        oracle_order = torch.sign(oracle[:, None] - oracle[None, :])
+        reward_order = torch.sign(rewards[:, None] - rewards[None, :])
+        decided = same & (oracle_order != 0) & torch.isfinite(reward_order)
+        if not decided.any():
+            return torch.tensor(math.nan)
+        return (oracle_order == reward_order)[decided].float().mean()
+
+    def _clip_and_step(self, optimizer, counted: bool) -> torch.Tensor:
+        """Clip and step; only the rollout's first update goes through Lightning's optimizer wrapper, so that
+        `global_step` counts rollouts (GRPO iterations), whatever `updates_per_rollout` is."""
+        parameters = list(trainable_parameters(self.transformer).values())
+        norm = torch.nn.utils.clip_grad_norm_(parameters, self.hparams.max_grad_norm)
+        (optimizer if counted else optimizer.optimizer).step()
+        return norm.detach().float()
+
+    def _datamodule_served(self, batch: PromptBatch) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if isinstance(datamodule, PromptDataModule):
+            datamodule.mark_served(batch)
+
+    # --- evaluation ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, prompts: Sequence[str], metadata: Sequence[Any] | None, seeds: int = 1) -> dict[str, float]:
+        """ODE samples of `prompts` (`seeds` per prompt, fixed noise: paired across runs and steps) scored by the
+        evaluation reward and, with metadata and an oracle, by the oracle (module docstring)."""
+        hp = self.hparams
+        prompts = [prompt for prompt in prompts for _ in range(seeds)]
+        metadata = None if metadata is None else [meta for meta in metadata for _ in range(seeds)]
+        noise = initial_noise(self.policy, len(prompts), hp.resolution, hp.resolution, self._generator("eval"))
+        images = sample_ode(
+            self.policy,
+            prompts,
+            height=hp.resolution,
+            width=hp.resolution,
+            num_steps=hp.eval_num_steps or max(hp.num_steps, 20),
+            cfg_scale=hp.cfg_scale,
+            guidance=hp.guidance,
+            noise=noise,
+        ).cpu()
+        rewards = self.eval_reward(prompts=prompts, images=list(images), metadata=metadata).float()
+        results = {"reward": float(rewards.nanmean()), "num_eval_samples": float(len(prompts))}
+        if self.oracle is not None and metadata is not None and all(meta is not None for meta in metadata):
+            judge = getattr(self.oracle, "judge", None)
+            if judge is not None:
+                verdicts = [judge(image, meta) for image, meta in zip(images, metadata, strict=True)]
+                relations = [ok for verdict in verdicts for ok in verdict.confirmed]
+                found = [ok for verdict in verdicts if verdict.all_found for ok in verdict.confirmed]
+                results |= {
+                    "oracle_accuracy": sum(relations) / max(len(relations), 1),
+                    "all_found": sum(verdict.all_found for verdict in verdicts) / len(verdicts),
+                    "relation_accuracy_all_found": sum(found) / len(found) if found else math.nan,
+                }
+            else:
+                results["oracle_reward"] = float(
+                    self.oracle(prompts=prompts, images=list(images), metadata=metadata).mean()
+                )
+        self.last_eval = results
+        self._eval_images = images
+        return results
+
+    def _log_evaluation(self) -> None:
+        datamodule = self.trainer.datamodule
+        records = datamodule.eval_records
+        metadata = [record.metadata for record in records]
+        results = self.evaluate([record.prompt for record in records], metadata if any(metadata) else None)
+        self.log_dict({f"eval/{name}": value for name, value in results.items() if not math.isnan(value)})
+        self._log_images("eval/samples", self._eval_images[:16])
+
+    def _log_images(self, tag: str, images: torch.Tensor) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_images"):
+            experiment.add_images(tag, images, self.global_step)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        parameters = list(trainable_parameters(self.transformer).values())
+        if not parameters:
+            raise ValueError("the policy has no trainable (LoRA) parameters: build it with build_policy")
+        return self.optimizer_factory(parameters)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the trainable (LoRA) weights: the frozen base is rebuilt from its pipeline directory."""
+        trainable = {f"transformer.{name}" for name in trainable_parameters(self.transformer)}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["grpo_counters"] = dict(self.counters)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.counters = dict(checkpoint.get("grpo_counters", self.counters))

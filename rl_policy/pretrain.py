@@ -1,0 +1,258 @@
+"""Pretraining of the tiny embedded generator: rectified flow on SpatialWorld (prompt, perfect image) pairs.
+
+FLUX.1-dev arrives pretrained; the embedded default's tiny `FluxTransformer2DModel` (rl_policy.policy
+`build_tiny_flux_pipeline`, pixel space through an exact pixel-unshuffle, frozen random text encoders) starts from
+random weights, so it first learns to draw SpatialWorld scenes here, the way FLUX.1 was trained:
+
+- rectified flow: x_sigma = (1 - sigma) x_0 + sigma eps, the transformer predicts v = eps - x_0, loss = mean squared
+  error; sigma drawn logit-normal (sigmoid of N(0, 1), as SD3 / Flux train), the middle of the path weighted most;
+- prompt dropout (the prompt replaced by "" with probability `prompt_dropout`), so that sampling can use true
+  classifier-free guidance (no guidance distillation exists for the tiny model);
+- an exponential moving average (EMA) of the transformer weights, which is what is evaluated and saved;
+- every `val_check_interval` steps: ODE samples of held-out prompts, scored by the SpatialWorld oracle (objects
+  found, relations that hold, relations that hold among images where every object was found) and drawn as a grid to
+  TensorBoard.
+
+Output: `save_generator` writes the pipeline (EMA weights) as a diffusers directory (safetensors), which
+`rl_policy.policy.load_pipeline` loads, plus `pretrain_metrics.json`.
+
+Simplified: images come from a SpatialWorld dataset dir's perfect images (resized to `resolution`), not rendered on
+the fly; one guidance scale for evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningDataModule, LightningModule
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from data_synthesis import DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
+from rl_policy.policy import FluxPolicy
+from rl_policy.rollout import sample_ode
+from shared import atomic_write_json
+
+
+class ImagePromptDataset(Dataset):
+    """(image [3, R, R] float in [0, 1], prompt) pairs held in memory as uint8."""
+
+    def __init__(self, images: torch.Tensor, prompts: list[str]) -> None:
+        self.images, self.prompts = images, prompts
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        return self.images[index].float() / 255, self.prompts[index]
+
+
+def load_split_images(dataset_dir: Path, frame: pd.DataFrame, resolution: int) -> torch.Tensor:
+    """The perfect images of `frame`'s rows, resized to resolution x resolution (area filter), as uint8 [N, 3, R, R]."""
+    images = np.empty((len(frame), resolution, resolution, 3), dtype=np.uint8)
+    for row, path in enumerate(frame["perfect_image"]):
+        try:
+            with Image.open(dataset_dir / path) as image:
+                images[row] = np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.BOX))
+        except OSError as error:
+            raise DatasetError(f"cannot read image {dataset_dir / path}: {error}") from None
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+class GeneratorPretrainDataModule(LightningDataModule):
+    """Training pairs (perfect image, prompt) of a SpatialWorld dataset dir's train split, and held-out prompts with
+    their oracle metadata (the first `num_eval_prompts` of `eval_split`) for the sampled evaluation."""
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike,
+        *,
+        resolution: int = 32,
+        batch_size: int = 32,
+        eval_split: str = "val",
+        num_eval_prompts: int = 32,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if resolution < 8 or batch_size < 1 or num_eval_prompts < 1:
+            raise ValueError(
+                f"need resolution >= 8 and positive sizes, got {resolution}, {batch_size}, {num_eval_prompts}"
+            )
+        self.dataset_dir = Path(dataset_dir)
+        self.resolution, self.batch_size, self.seed = resolution, batch_size, seed
+        self.eval_split, self.num_eval_prompts = eval_split, num_eval_prompts
+        self.train: ImagePromptDataset | None = None
+        self.eval_prompts: list[str] = []
+        self.eval_metadata: list[dict[str, Any]] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train is not None:
+            return
+        _, frame = load_pairs(self.dataset_dir)
+        train = frame[frame["split"] == "train"]
+        held_out = frame[frame["split"] == self.eval_split].head(self.num_eval_prompts)
+        if train.empty or held_out.empty:
+            raise DatasetError(f"{self.dataset_dir} needs train and {self.eval_split!r} pairs to pretrain a generator")
+        self.train = ImagePromptDataset(
+            load_split_images(self.dataset_dir, train, self.resolution), list(train["prompt"])
+        )
+        self.eval_prompts = list(held_out["prompt"])
+        self.eval_metadata = [oracle_metadata(row) for _, row in held_out.iterrows()]
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator)
+
+
+def rectified_flow_loss(velocity: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the predicted velocity against eps - x_0.  All [B, N, C] -> scalar."""
+    return F.mse_loss(velocity.float(), (noise - clean).float())
+
+
+def logit_normal_sigmas(batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """sigma = sigmoid(u), u ~ N(0, 1): [batch] in (0, 1)."""
+    return torch.sigmoid(torch.randn(batch, generator=generator, device=device))
+
+
+class GeneratorPretrainModule(LightningModule):
+    """Rectified-flow training of the policy's transformer (every transformer weight; text encoders and the pixel
+    autoencoder frozen), with prompt dropout and an EMA copy that is evaluated and saved.
+
+    policy: a `FluxPolicy` around the tiny pipeline (no LoRA). optimizer_lr / weight_decay: AdamW. prompt_dropout:
+    probability of training on the empty prompt. ema_decay: EMA of the transformer weights. eval_*: the ODE sampler
+    of the evaluation (steps, true classifier-free guidance scale, seed).
+    """
+
+    def __init__(
+        self,
+        policy: FluxPolicy,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        prompt_dropout: float = 0.1,
+        ema_decay: float = 0.999,
+        eval_steps: int = 20,
+        eval_cfg_scale: float = 3.0,
+        eval_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0 <= prompt_dropout < 1 or not 0 <= ema_decay < 1:
+            raise ValueError(f"prompt_dropout and ema_decay must lie in [0, 1), got {prompt_dropout}, {ema_decay}")
+        self.save_hyperparameters(ignore=["policy"])
+        self.policy = policy
+        for component in (policy.pipeline.text_encoder, policy.pipeline.text_encoder_2, policy.pipeline.vae):
+            component.requires_grad_(False).eval()
+        self.transformer = policy.transformer.requires_grad_(True)
+        self.ema = copy.deepcopy(self.transformer).requires_grad_(False).eval()
+        self.last_eval: dict[str, float] = {}
+
+    def training_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> torch.Tensor:
+        images, prompts = batch
+        height, width = images.shape[-2:]
+        dropped = torch.rand(len(prompts)) < self.hparams.prompt_dropout
+        prompts = ["" if drop else prompt for prompt, drop in zip(prompts, dropped.tolist(), strict=True)]
+        clean = self.policy.encode_images(images.to(self.device))  # [B, N, C]
+        noise = torch.randn_like(clean)
+        sigma = logit_normal_sigmas(len(prompts), device=self.device)  # [B]
+        noisy = (1 - sigma[:, None, None]) * clean + sigma[:, None, None] * noise
+        velocity = self.policy.velocity(noisy, sigma, self.policy.encode_prompts(prompts), height, width)
+        loss = rectified_flow_loss(velocity, noise, clean)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
+        return loss
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        decay = min(self.hparams.ema_decay, (1 + self.global_step) / (10 + self.global_step))  # warm-up of the EMA
+        for average, current in zip(self.ema.parameters(), self.transformer.parameters(), strict=True):
+            average.lerp_(current.detach(), 1 - decay)
+
+    @torch.no_grad()
+    def evaluate(
+        self, prompts: list[str], metadata: list[dict[str, Any]], resolution: int
+    ) -> tuple[dict, torch.Tensor]:
+        """ODE samples of `prompts` with the EMA weights, scored by the SpatialWorld oracle -> (metrics, images)."""
+        generator = torch.Generator(device="cpu").manual_seed(self.hparams.eval_seed)
+        live = self.policy.pipeline.transformer
+        self.policy.pipeline.transformer = self.ema
+        try:
+            images = sample_ode(
+                self.policy,
+                prompts,
+                height=resolution,
+                width=resolution,
+                num_steps=self.hparams.eval_steps,
+                cfg_scale=self.hparams.eval_cfg_scale,
+                generator=generator,
+            )
+        finally:
+            self.policy.pipeline.transformer = live
+        oracle = SpatialWorldOracle()
+        verdicts = [oracle.judge(image, meta) for image, meta in zip(images.cpu(), metadata, strict=True)]
+        relations = [ok for verdict in verdicts for ok in verdict.confirmed]
+        found = [ok for verdict in verdicts if verdict.all_found for ok in verdict.confirmed]
+        metrics = {
+            "all_found": float(np.mean([verdict.all_found for verdict in verdicts])),
+            "relation_accuracy": float(np.mean(relations)) if relations else math.nan,
+            "relation_accuracy_all_found": float(np.mean(found)) if found else math.nan,
+            "num_eval_images": len(verdicts),
+        }
+        return metrics, images
+
+    def on_train_epoch_end(self) -> None:
+        self._evaluate_and_log()
+
+    def evaluate_held_out(self, datamodule: GeneratorPretrainDataModule) -> tuple[dict, torch.Tensor]:
+        """`evaluate` on the data module's held-out prompts; remembered in `last_eval`."""
+        metrics, images = self.evaluate(datamodule.eval_prompts, datamodule.eval_metadata, datamodule.resolution)
+        self.last_eval = metrics
+        return metrics, images
+
+    def _evaluate_and_log(self) -> None:
+        metrics, images = self.evaluate_held_out(self.trainer.datamodule)
+        self.log_dict({f"val/{name}": value for name, value in metrics.items() if not math.isnan(value)})
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_images"):
+            experiment.add_images("val/samples", images[:16].cpu(), self.global_step)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            self.transformer.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        warmup = max(1, self.hparams.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def save_generator(module: GeneratorPretrainModule, out_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:
+    """The pipeline with the EMA transformer weights as a diffusers directory (safetensors), plus
+    `pretrain_metrics.json` in it. Written to a temporary sibling and renamed, so a kill leaves no half dir."""
+    out_dir = Path(out_dir)
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)  # left by a killed save
+    pipeline = module.policy.pipeline
+    live = pipeline.transformer
+    pipeline.transformer = module.ema
+    try:
+        pipeline.save_pretrained(partial, safe_serialization=True)
+    finally:
+        pipeline.transformer = live
+    atomic_write_json(partial / "pretrain_metrics.json", metrics)
+    if out_dir.exists():
+        backup = out_dir.with_name(out_dir.name + ".old")
+        out_dir.rename(backup)
+        partial.rename(out_dir)
+        shutil.rmtree(backup)
+    else:
+        partial.rename(out_dir)
+    return out_dir

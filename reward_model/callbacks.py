@@ -17,7 +17,8 @@ scene's prompt, the perturbed image must win) and writes `export_checkpoint(...)
   same pairs, and how many there are;
 - `train_seconds` (fit start to fit end, before this pass), `num_test_pairs`.
  The pass runs on rank 0 with the plain network, so it
-suits single-process and DDP training; an FSDP-sharded network would need its full weights gathered first.
+suits single-process and DDP training; under FSDP (a sharded network) it is skipped with a message saying how to
+export the last full checkpoint with `python -m reward_model export`.
 
 `PairGridLogger` draws the first validation pairs with their scores into one image per validation epoch
 (`val/pairs` in TensorBoard).
@@ -36,6 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
@@ -210,6 +212,12 @@ class ExportRewardCheckpoint(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         train_seconds = time.perf_counter() - self._fit_started
+        if isinstance(trainer.strategy, FSDPStrategy):  # rank 0 holds only its shard of the network here
+            rank_zero_info(
+                "ExportRewardCheckpoint: skipped under FSDP (the network is sharded); export the last checkpoint with "
+                "`python -m reward_model export --ckpt CKPT --out DIR --evaluate` (state_dict_type: full)"
+            )
+            return
         if trainer.is_global_zero:
             datamodule = trainer.datamodule
             if not isinstance(datamodule, PairwiseDataModule):

@@ -12,10 +12,15 @@ Layout, all safetensors and JSON (never pickle):
                          no local pretrained dir to point at: the tiny embedded model, or any full fine-tune
     head.safetensors     the (mean, std) head's weights (`layers.*`) and `reward_token_embedding` [H], the row the
                          reward token is embedded with
+    patch_position_embedding.safetensors
+                         the stage-A vision position embedding (`reward_model.pretrain.PatchPositionEmbedding`, same
+                         file format as in a stage-A backbone dir), when the network has one; never inside backbone/
     metrics.json         when given
 
 The backbone reference is either `{"source": "embedded", "path": "backbone", "config": {...}}` or, for LoRA on a
-local pretrained dir, `{"source": "pretrained", "path": "/the/dir/it/was/loaded/from"}`, reloaded from there.
+local pretrained dir, `{"source": "pretrained", "path": "/the/dir/it/was/loaded/from"}`, reloaded from there. It
+also records the backbone dtype, `quantization` (None, "4bit" or "8bit": a QLoRA backbone is reloaded quantized the
+same way, so scores match) and `patch_position_embedding` (the file name, or None).
 
 Writes are atomic: everything goes into a hidden temp dir beside `out_dir`, which is then renamed into place; an
 existing `out_dir` is moved aside first and deleted after the rename, so a reader sees the old or the new checkpoint,
@@ -38,6 +43,7 @@ from torch import nn
 from transformers import Qwen2_5_VLModel
 
 from reward_model.model import SpatialScore
+from reward_model.pretrain import POSITION_EMBEDDING_FILE, PatchPositionEmbedding
 from reward_model.tokenizer import REWARD_TOKEN
 from shared import atomic_write_json
 
@@ -56,6 +62,33 @@ def is_peft_model(backbone: nn.Module) -> bool:
     return hasattr(backbone, "peft_config") and hasattr(backbone, "get_base_model")
 
 
+def _base_model(backbone: nn.Module) -> Qwen2_5_VLModel:
+    return backbone.get_base_model() if is_peft_model(backbone) else backbone
+
+
+def patch_position_embedding(backbone: nn.Module) -> PatchPositionEmbedding | None:
+    """The stage-A position embedding attached to the backbone's vision tower, if any."""
+    return getattr(_base_model(backbone).visual, "patch_position_embedding", None)
+
+
+def _without_position_embedding(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor for name, tensor in state.items() if ".patch_position_embedding." not in name}
+
+
+def quantization_of(config) -> tuple[str | None, str | None]:
+    """("4bit" or "8bit", compute dtype name) for a backbone loaded through bitsandbytes, (None, None) otherwise. The
+    compute dtype is a 4-bit setting; an 8-bit backbone has None."""
+    settings = getattr(config, "quantization_config", None)
+    if settings is None:
+        return None, None
+    settings = settings if isinstance(settings, dict) else settings.to_dict()
+    if settings.get("load_in_4bit"):
+        return "4bit", str(settings["bnb_4bit_compute_dtype"]).removeprefix("torch.")
+    if settings.get("load_in_8bit"):
+        return "8bit", None
+    raise ValueError(f"backbone quantization {settings.get('quant_method')!r} is not bitsandbytes 4-bit or 8-bit")
+
+
 def reward_token_row(network: SpatialScore) -> torch.Tensor:
     """The embedding the reward token is looked up as (the trained row with LoRA, else the matrix row).  -> [H]"""
     embeddings = network.backbone.get_input_embeddings()
@@ -66,8 +99,9 @@ def reward_token_row(network: SpatialScore) -> torch.Tensor:
 
 def base_backbone_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict of the plain `Qwen2_5_VLModel` under a peft wrapper: LoRA and trainable-token entries dropped,
-    peft's `base_layer` / `token_adapter` wrapper names removed."""
-    state = backbone.get_base_model().state_dict()
+    peft's `base_layer` / `token_adapter` wrapper names removed, and the patch position embedding left out (it is not
+    a Qwen2.5-VL weight; the export writes it to a file of its own)."""
+    state = _without_position_embedding(backbone.get_base_model().state_dict())
     plain = {}
     for name, tensor in state.items():
         if "lora_" in name or "trainable_tokens_delta" in name:
@@ -76,15 +110,25 @@ def base_backbone_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
     return plain
 
 
-def _plain_backbone(backbone: nn.Module) -> Qwen2_5_VLModel:
-    """A `Qwen2_5_VLModel` holding the base weights of `backbone` (itself when it is not peft-wrapped)."""
+def _save_plain_backbone(backbone: nn.Module, directory: Path) -> None:
+    """Write the base weights of `backbone` as a Hugging Face `Qwen2_5_VLModel` dir (no LoRA, no position embedding)."""
     if not is_peft_model(backbone):
-        return backbone
-    config = backbone.get_base_model().config
+        state = _without_position_embedding(backbone.state_dict())
+        backbone.save_pretrained(str(directory), state_dict=state, safe_serialization=True)
+        return
     with torch.device("meta"):
-        plain = Qwen2_5_VLModel._from_config(config)
+        plain = Qwen2_5_VLModel._from_config(backbone.get_base_model().config)
     plain.load_state_dict(base_backbone_state_dict(backbone), strict=True, assign=True)
-    return plain
+    plain.save_pretrained(str(directory), safe_serialization=True)
+
+
+def save_position_embedding(embedding: PatchPositionEmbedding, path: Path) -> None:
+    """`embedding` in the stage-A file format (`attach_pretrained_position_embedding` reads it back)."""
+    save_file(
+        {"weight": embedding.weight.detach().contiguous().cpu()},
+        str(path),
+        metadata={"grid_size": str(embedding.grid_size), "merge_size": str(embedding.merge_size)},
+    )
 
 
 def _pretrained_path(config) -> str | None:
@@ -117,8 +161,14 @@ def checkpoint_config(network: SpatialScore, *, system_prompt: str | None = None
         backbone_reference = {"source": "pretrained", "path": pretrained}
     else:
         backbone_reference = {"source": "embedded", "path": BACKBONE_DIR, "config": plain_config.to_dict()}
-    backbone_reference["dtype"] = str(next(backbone.parameters()).dtype).removeprefix("torch.")
+    quantization, compute_dtype = quantization_of(plain_config)
+    # A 4-bit backbone computes in its compute dtype; otherwise the (unquantized) weights' dtype is the one to reload.
+    weights_dtype = next(parameter.dtype for parameter in backbone.parameters() if parameter.is_floating_point())
+    backbone_reference["dtype"] = compute_dtype or str(weights_dtype).removeprefix("torch.")
+    backbone_reference["quantization"] = quantization
     backbone_reference["trained"] = "lora" if is_peft_model(backbone) else "full"
+    has_position_embedding = patch_position_embedding(backbone) is not None
+    backbone_reference["patch_position_embedding"] = POSITION_EMBEDDING_FILE if has_position_embedding else None
     first, last = network.head.layers[0], network.head.layers[-1]
     image_processor = network.processor.image_processor
     return {
@@ -163,7 +213,9 @@ def _write_checkpoint(
     if config["lora"] is not None:
         network.backbone.save_pretrained(str(target / ADAPTER_DIR), save_embedding_layers=False)
     if config["backbone"]["source"] == "embedded":
-        _plain_backbone(network.backbone).save_pretrained(str(target / BACKBONE_DIR), safe_serialization=True)
+        _save_plain_backbone(network.backbone, target / BACKBONE_DIR)
+    if config["backbone"]["patch_position_embedding"] is not None:
+        save_position_embedding(patch_position_embedding(network.backbone), target / POSITION_EMBEDDING_FILE)
     head = {name: tensor.detach().float().contiguous().cpu() for name, tensor in network.head.state_dict().items()}
     head[REWARD_ROW_KEY] = reward_token_row(network).contiguous().cpu()
     save_file(head, str(target / HEAD_FILE), metadata={"format": "pt"})

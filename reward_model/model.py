@@ -14,24 +14,36 @@ Training choices, all arguments of `build_spatialscore`:
   only the reward token's row trains (peft's `trainable_token_indices`, a delta on that row alone).
 - `lora_rank=None`: full fine-tune of the language model (and of the vision tower with `train_vision=True`).
 - The head always runs in fp32 (autocast off), whatever the backbone's dtype.
+- `quantization="4bit"` (NF4, double quantization) or `"8bit"` (LLM.int8) loads a pretrained directory's language
+  model through bitsandbytes for QLoRA on one small GPU; the vision tower stays in `dtype` (it is 0.67B of 8.3B
+  parameters at 7B and frozen by default). LoRA is required then.
+- A backbone directory written by stage A (`reward_model.pretrain.save_pretrained_backbone`) may hold a learned
+  patch position embedding (`patch_position_embedding.safetensors`); it is attached to the vision tower and trains
+  exactly when the vision tower's own weights do (full fine-tune with `train_vision`; frozen under LoRA).
 
-Simplified: no 4-bit/8-bit (bitsandbytes) loading here, and no prompt truncation (a batch whose reward token is
-not the last non-padding token is refused with an error instead).
+`qwen2_5_vl_7b_config` gives the published Qwen2.5-VL-7B-Instruct architecture (for meta-device checks and the GPU
+benchmark without weights).
+
+Simplified: no prompt truncation (a batch whose reward token is not the last non-padding token is refused with an
+error instead).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from transformers import BatchFeature, Qwen2_5_VLConfig, Qwen2_5_VLModel
+from transformers import BatchFeature, BitsAndBytesConfig, Qwen2_5_VLConfig, Qwen2_5_VLModel
 
+from reward_model.pretrain import attach_pretrained_position_embedding
 from reward_model.tokenizer import (
     IMAGE_TOKEN,
     PAD_TOKEN,
@@ -48,6 +60,18 @@ from reward_model.tokenizer import (
 TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VISION_LORA_TARGETS = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")  # an option; the default is frozen
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZATIONS = ("4bit", "8bit")
+# Special-token ids of Qwen2.5-VL's own tokenizer (its config.json) and of the SpatialWorld tokenizer (SPECIAL_TOKENS
+# in order), for configs that must match one or the other.
+QWEN_TOKEN_IDS = {
+    PAD_TOKEN: 151643,
+    "<|im_end|>": 151645,
+    VISION_START_TOKEN: 151652,
+    VISION_END_TOKEN: 151653,
+    IMAGE_TOKEN: 151655,
+    VIDEO_TOKEN: 151656,
+}
+SPATIALWORLD_TOKEN_IDS = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
 
 
 def tiny_backbone_config(
@@ -94,7 +118,7 @@ def tiny_backbone_config(
         raise ValueError(
             f"mrope_section {list(mrope_section)} must have 3 entries summing to head_dim / 2 = {half_head_dim}"
         )
-    ids = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
+    ids = SPATIALWORLD_TOKEN_IDS
     if vocab_size < len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size ({vocab_size}) must hold at least the {len(SPECIAL_TOKENS)} special tokens")
     return Qwen2_5_VLConfig(
@@ -127,6 +151,66 @@ def tiny_backbone_config(
         video_token_id=ids[VIDEO_TOKEN],
         vision_start_token_id=ids[VISION_START_TOKEN],
         vision_end_token_id=ids[VISION_END_TOKEN],
+    )
+
+
+def qwen2_5_vl_7b_config(*, token_ids: dict[str, int] | None = None) -> Qwen2_5_VLConfig:
+    """The architecture of Qwen2.5-VL-7B-Instruct, from its published config.json: text 28 layers of hidden 3584, 28
+    query / 4 key-value heads, MLP 18944, vocabulary 152,064 (rows; the tokenizer uses 151,665), rope theta 1e6 with
+    mrope_section [16, 24, 24]; vision 32 blocks of hidden 1280, 16 heads, MLP 3420, 14 px patches merged 2 x 2 into
+    3584-wide tokens, windows of 112 px except full attention in blocks 7, 15, 23, 31.
+
+    token_ids: the special-token ids the config names (`QWEN_TOKEN_IDS` by default); `SPATIALWORLD_TOKEN_IDS` pairs
+    the full-size architecture with the offline SpatialWorld processor (no Qwen tokenizer files needed), which is
+    what the meta-device test and the GPU benchmark do. Sizes are the same either way.
+    """
+    ids = QWEN_TOKEN_IDS if token_ids is None else token_ids
+    missing = sorted(set(QWEN_TOKEN_IDS) - set(ids))
+    if missing:
+        raise ValueError(f"token_ids lacks the ids of {missing}")
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": 152064,
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "hidden_act": "silu",
+            "max_position_embeddings": 128000,
+            "max_window_layers": 28,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+            "sliding_window": 32768,
+            "use_sliding_window": False,
+            "tie_word_embeddings": False,
+            "attention_dropout": 0.0,
+            "initializer_range": 0.02,
+            "bos_token_id": ids[PAD_TOKEN],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids[PAD_TOKEN],
+        },
+        vision_config={
+            "depth": 32,
+            "hidden_act": "silu",
+            "hidden_size": 1280,
+            "intermediate_size": 3420,
+            "num_heads": 16,
+            "in_channels": 3,
+            "out_hidden_size": 3584,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [7, 15, 23, 31],
+            "tokens_per_second": 2,
+            "initializer_range": 0.02,
+        },
+        image_token_id=ids[IMAGE_TOKEN],
+        video_token_id=ids[VIDEO_TOKEN],
+        vision_start_token_id=ids[VISION_START_TOKEN],
+        vision_end_token_id=ids[VISION_END_TOKEN],
+        tie_word_embeddings=False,
     )
 
 
@@ -203,9 +287,14 @@ class RewardHead(nn.Module):
             self.layers[-1].bias[1] = math.log(math.expm1(initial_std - min_std))
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden: [B, H] (any dtype) -> mean [B], std [B] in fp32."""
+        """hidden: [B, H] (any dtype) -> mean [B], std [B] in fp32.
+
+        The weights are read as fp32 too: FSDP's mixed precision hands every parameter to the forward in bf16 (its
+        fp32 master copy is kept), and the head must not compute in it."""
+        first, activation, last = self.layers
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            mean, std_logit = self.layers(hidden.float()).unbind(-1)  # [B], [B]
+            hidden = activation(F.linear(hidden.float(), first.weight.float(), first.bias.float()))  # [B, head]
+            mean, std_logit = F.linear(hidden, last.weight.float(), last.bias.float()).unbind(-1)  # [B], [B]
             std = (F.softplus(std_logit) + self.min_std).clamp(max=self.max_std)
         return mean, std
 
@@ -274,16 +363,49 @@ def _check_processor_matches(processor: SpatialScoreProcessor, config: Qwen2_5_V
             raise ValueError(f"image processor {name} is {processor_value} but the vision config's is {config_value}")
 
 
-def _load_backbone(path: Path, dtype: torch.dtype, attn_implementation: str) -> Qwen2_5_VLModel:
+def quantization_config(quantization: str, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
+    """bitsandbytes settings for `quantization`: "4bit" is QLoRA's NF4 with double quantization, computing in
+    `compute_dtype`; "8bit" is LLM.int8. The vision tower (`visual`) stays unquantized."""
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+            llm_int8_skip_modules=["visual"],
+        )
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["visual"])
+    raise ValueError(f"quantization must be None or one of {list(QUANTIZATIONS)}, got {quantization!r}")
+
+
+def _load_backbone(
+    path: Path, dtype: torch.dtype, attn_implementation: str, quantization: str | None = None
+) -> Qwen2_5_VLModel:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} holds no pretrained backbone: config.json is missing")
+    quantization_kwargs = (
+        {} if quantization is None else {"quantization_config": quantization_config(quantization, dtype)}
+    )
     backbone, loading_info = Qwen2_5_VLModel.from_pretrained(
-        str(path), dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True
+        str(path), dtype=dtype, attn_implementation=attn_implementation, output_loading_info=True, **quantization_kwargs
     )
     if loading_info["missing_keys"]:
         missing = sorted(loading_info["missing_keys"])
         raise ValueError(f"checkpoint {path} lacks {len(missing)} backbone weights, e.g. {missing[:5]}")
     return backbone
+
+
+def _set_max_pixels(processor: SpatialScoreProcessor, max_pixels: int) -> None:
+    """Resize every image to at most `max_pixels` (aspect ratio kept, sides multiples of patch * merge size)."""
+    image_processor = processor.image_processor
+    token_pixels = (image_processor.patch_size * image_processor.merge_size) ** 2
+    if max_pixels < max(token_pixels, image_processor.size["shortest_edge"]):
+        raise ValueError(
+            f"max_pixels ({max_pixels}) must be at least one merged token ({token_pixels} pixels) and the processor's "
+            f"min_pixels ({image_processor.size['shortest_edge']})"
+        )
+    image_processor.size = dataclasses.replace(image_processor.size, longest_edge=max_pixels)
 
 
 def _add_reward_token(processor: SpatialScoreProcessor, backbone: Qwen2_5_VLModel) -> int:
@@ -336,6 +458,8 @@ def build_spatialscore(
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
+    quantization: Literal["4bit", "8bit"] | None = None,
+    max_pixels: int | None = None,
 ) -> SpatialScore:
     """The SpatialScore reward model.
 
@@ -349,7 +473,17 @@ def build_spatialscore(
         no vision targets keeps the vision tower frozen.
     head_hidden_size, min_std, max_std, initial_std: the head (std starts near initial_std, stays in
         [min_std, max_std]); head_seed makes its initialisation independent of the global RNG.
-    dtype: backbone dtype ("float32", "bfloat16", "float16"); the head is always fp32.
+    dtype: backbone dtype ("float32", "bfloat16", "float16"); the head is always fp32. With quantization it is the
+        compute dtype and that of the unquantized parts (which peft's k-bit preparation then keeps in fp32).
+    attn_implementation: "sdpa", "eager" or "flash_attention_2".
+    gradient_checkpointing: recompute activations in the backward pass (non-reentrant), for long image sequences.
+    quantization: None, "4bit" (NF4, QLoRA) or "8bit": load a pretrained directory's language model through
+        bitsandbytes; needs LoRA. The model is prepared with peft's `prepare_model_for_kbit_training`.
+    max_pixels: the processor's pixel budget (images above it are resized down, aspect kept); None keeps the
+        processor's own (a Qwen2.5-VL checkpoint's is 12,845,056; the 7B config uses 200,704 = 256 image tokens).
+
+    A backbone directory with a stage-A patch position embedding (`patch_position_embedding.safetensors`) gets it
+    attached to `visual`; it is frozen unless the vision tower trains (`train_vision`).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
@@ -361,6 +495,18 @@ def build_spatialscore(
         raise ValueError(
             "train_vision is for full fine-tune (lora_rank=None); with LoRA use vision_lora_target_modules"
         )
+    if quantization is not None:
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be None or one of {list(QUANTIZATIONS)}, got {quantization!r}")
+        if lora_rank is None:
+            raise ValueError(
+                f"quantization={quantization!r} needs LoRA (lora_rank): quantized weights cannot be fine-tuned"
+            )
+        if isinstance(backbone, Qwen2_5_VLConfig):
+            raise ValueError(
+                f"quantization={quantization!r} loads a pretrained directory: save the config's model with "
+                "save_pretrained and pass that directory as backbone"
+            )
 
     if isinstance(backbone, Qwen2_5_VLConfig):
         model = Qwen2_5_VLModel._from_config(backbone, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
@@ -371,14 +517,26 @@ def build_spatialscore(
                 temporal_patch_size=backbone.vision_config.temporal_patch_size,
             )
     else:
-        model = _load_backbone(Path(backbone), DTYPES[dtype], attn_implementation)
+        model = _load_backbone(Path(backbone), DTYPES[dtype], attn_implementation, quantization)
+        attach_pretrained_position_embedding(model.visual, backbone)
         processor = Path(backbone) if processor is None else processor
     if not isinstance(processor, SpatialScoreProcessor):
         processor = load_processor(processor)
+    if max_pixels is not None:
+        _set_max_pixels(processor, max_pixels)
     _check_processor_matches(processor, model.config)
     reward_token_id = _add_reward_token(processor, model)
 
-    if gradient_checkpointing:
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the base, keeps the unquantized weights in fp32 and turns on gradient checkpointing when asked.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora_rank is None:
         model.requires_grad_(True)

@@ -15,9 +15,10 @@ epoch is not logged) and `{stage}/ece` (expected calibration error of P(the high
 loss's own probability model, over every pair of the epoch as oriented; no temperature; see `calibration.py`).
 `validation_step` returns the batch's scores, which `callbacks.PairGridLogger` draws as an image grid.
 
-A non-finite loss skips the step: nothing is back-propagated and the optimizer does not step. The decision is
-all-reduced (any rank non-finite: every rank skips), so distributed ranks stay in step; `skipped_steps` counts them,
-logged as `train/skipped_steps` and kept in checkpoints.
+A non-finite loss skips the step: a zero loss is back-propagated (every rank runs its backward, as DDP needs) and
+the gradients are dropped before the optimizer step, so no weight (nor optimizer moment) changes; the step still
+counts in `global_step`. The decision is all-reduced (any rank non-finite: every rank skips), so distributed ranks
+stay in step; `skipped_steps` counts them, logged as `train/skipped_steps` and kept in checkpoints.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ class RewardModule(LightningModule):
         self.val_metrics = _stage_metrics(by_broken=True)
         self.test_metrics = _stage_metrics(by_broken=True)
         self.skipped_steps = 0
+        self._skip_optimizer_step = False
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoded inputs of N sequences -> mean [N], std [N]."""
@@ -191,7 +193,11 @@ class RewardModule(LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False):
             self.skipped_steps += 1
             self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, batch_size=batch.num_pairs)
-            return None  # Lightning then runs no backward and no optimizer update
+            # Lightning refuses `return None` in distributed training, and DDP needs every rank's backward: return
+            # a zero that keeps the graph, and drop the gradients before the optimizer step (AdamW leaves a
+            # parameter without a gradient untouched, moments included).
+            self._skip_optimizer_step = True
+            return torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
         self._update_metrics("train", batch, loss, scores)
         return loss
 
@@ -221,6 +227,11 @@ class RewardModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_accuracy_by_broken("test")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_optimizer_step:
+            optimizer.zero_grad(set_to_none=True)
+            self._skip_optimizer_step = False
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [parameter for parameter in self.network.parameters() if parameter.requires_grad]

@@ -46,6 +46,7 @@ from reward_model.model import (
     _load_backbone,
     encode,
 )
+from reward_model.pretrain import POSITION_EMBEDDING_FILE, attach_pretrained_position_embedding
 from reward_model.tokenizer import load_processor
 
 ImageInput = Image.Image | str | os.PathLike | torch.Tensor | np.ndarray
@@ -82,6 +83,8 @@ def read_checkpoint_config(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
         required += [f"{ADAPTER_DIR}/adapter_config.json", f"{ADAPTER_DIR}/adapter_model.safetensors"]
     if config["backbone"]["source"] == "embedded":
         required += [f"{BACKBONE_DIR}/config.json", f"{BACKBONE_DIR}/model.safetensors"]
+    if config["backbone"].get("patch_position_embedding") is not None:
+        required.append(POSITION_EMBEDDING_FILE)
     missing = [name for name in required if not any((directory / option).is_file() for option in name.split("|"))]
     if missing:
         raise FileNotFoundError(f"{directory} is not a complete reward checkpoint: missing {', '.join(missing)}")
@@ -98,6 +101,7 @@ def load_network(
     """The `SpatialScore` of a reward checkpoint dir (eval mode, no gradients) and its config.
 
     dtype: backbone dtype ("float32", "bfloat16", "float16"); None: the one it was exported in. The head stays fp32.
+        A quantized (QLoRA) backbone is reloaded quantized as it was trained (bitsandbytes), with this compute dtype.
     backbone_path: where the pretrained backbone lives on this machine, when it is not where training found it.
     """
     directory = Path(checkpoint_dir)
@@ -116,7 +120,15 @@ def load_network(
                 f"the pretrained backbone of {directory} is not at {source} (config.json missing): pass "
                 "backbone_path= where it lives on this machine"
             )
-    backbone = _load_backbone(source, DTYPES[dtype], attn_implementation)
+    quantization = reference.get("quantization")
+    backbone = _load_backbone(source, DTYPES[dtype], attn_implementation, quantization)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # as in training: the unquantized weights in fp32
+        backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
+    if reference.get("patch_position_embedding") is not None:  # the exported one, not the backbone dir's
+        attach_pretrained_position_embedding(backbone.visual, directory)
     _check_processor_matches(processor, backbone.config)
     reward_token_id = _add_reward_token(processor, backbone)
     if reward_token_id != config["reward_token_id"]:

@@ -14,6 +14,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from PIL import Image
+from safetensors import safe_open
 
 from data_synthesis import load_pairs
 from reward_model.calibration import expected_calibration_error, win_probability
@@ -171,3 +172,63 @@ def test_win_probability_and_ece_on_hand_computed_values():
     assert expected_calibration_error(torch.tensor([1.0, 1.0, 0.0])) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="loss must be one of"):
         win_probability(mean_w, zero, mean_l, zero, "hinge")
+
+
+@pytest.fixture(scope="module")
+def stage_a_dir(tmp_path_factory):
+    """A tiny stage-A backbone dir with a patch position embedding, written by pretrain's own functions. The
+    embedding is scaled up from its sine-cosine start so that it moves the scores visibly."""
+    from reward_model.model import tiny_backbone_config
+    from reward_model.pretrain import build_caption_model, save_pretrained_backbone
+    from reward_model.tokenizer import build_spatialworld_processor
+
+    torch.manual_seed(1)
+    caption_model = build_caption_model(tiny_backbone_config(text_hidden_size=64, text_intermediate_size=128))
+    with torch.no_grad():
+        caption_model.model.visual.patch_position_embedding.weight.mul_(4.0)
+    processor = build_spatialworld_processor(max_pixels=112 * 112)  # 8 x 8 patches: the embedding's grid
+    return save_pretrained_backbone(caption_model, processor, tmp_path_factory.mktemp("stage_a") / "backbone")
+
+
+@pytest.mark.parametrize("training", ["lora", "full_with_vision"])
+def test_stage_a_position_embedding_is_exported_and_reloads_to_identical_scores(
+    training, stage_a_dir, trained, tmp_path
+):
+    """LoRA keeps the embedding frozen (it follows the vision tower); a full fine-tune with train_vision trains it,
+    here stood in for by an in-place change after the build, which the export must carry (the stage-A dir's copy is
+    then stale)."""
+    from reward_model.export import patch_position_embedding
+    from reward_model.model import build_spatialscore
+    from reward_model.pretrain import POSITION_EMBEDDING_FILE
+
+    _, _, prompts, paths = trained
+    options = {"lora_rank": 4} if training == "lora" else {"lora_rank": None, "train_vision": True}
+    network = build_spatialscore(stage_a_dir, head_seed=2, **options)
+    embedding = patch_position_embedding(network.backbone)
+    assert embedding is not None and embedding.weight.requires_grad is (training != "lora")
+    if training != "lora":
+        with torch.no_grad():
+            embedding.weight.add_(torch.randn_like(embedding.weight))
+    out = export_checkpoint(network, tmp_path / "export", system_prompt="Judge the layout.")
+    config = read_checkpoint_config(out)
+    assert config["backbone"]["patch_position_embedding"] == POSITION_EMBEDDING_FILE
+    assert config["backbone"]["source"] == ("pretrained" if training == "lora" else "embedded")
+    assert (out / POSITION_EMBEDDING_FILE).is_file()
+    if training != "lora":  # backbone/ stays a plain Qwen2.5-VL dir
+        with safe_open(str(out / "backbone" / "model.safetensors"), framework="pt") as handle:
+            assert not any("patch_position_embedding" in key for key in handle.keys())  # noqa: SIM118 (not a dict)
+
+    reloaded = SpatialScorer.from_pretrained(out)
+    torch.testing.assert_close(patch_position_embedding(reloaded.network.backbone).weight, embedding.weight)
+    expected_mean, expected_std = SpatialScorer.from_network(network, system_prompt="Judge the layout.").score(
+        prompts=prompts, images=paths
+    )
+    mean, std = reloaded.score(prompts=prompts, images=paths)
+    assert torch.equal(mean, expected_mean) and torch.equal(std, expected_std)
+
+    # the embedding matters: without it the same weights score differently
+    embedding.weight.data.zero_()
+    without_mean, _ = SpatialScorer.from_network(network, system_prompt="Judge the layout.").score(
+        prompts=prompts, images=paths
+    )
+    assert (without_mean - expected_mean).abs().max() > 1e-4

@@ -1,0 +1,107 @@
+"""bench/reward_gpu.py, the one-shot GPU check of the 7B reward model: its command line, its clear exit without
+CUDA, and the meta -> device materialisation it relies on, checked on CPU with the tiny model against a model built
+the ordinary way (same buffers, HF-style weights, LoRA B zero, reward-token row from the embedding matrix). The run
+itself needs a GPU (marked `gpu`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from reward_model.loss import gaussian_bt_loss
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "reward_gpu.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("reward_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_help_and_argument_checks(bench, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    assert "--score-batch" in capsys.readouterr().out
+    args = bench.parse_args([])
+    assert (args.size, args.lora_rank, args.pairs, args.image_pixels, args.score_batch) == ("7b", 64, 2, 200_704, 32)
+    assert args.gradient_checkpointing is True
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--pairs", "0"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given when there is no CUDA")
+def test_exits_with_a_clear_message_without_cuda(bench):
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        bench.main(["--size", "tiny"])
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_materialize_initialises_a_meta_model_like_its_builder(bench):
+    args = bench.parse_args(
+        ["--size", "tiny", "--lora-rank", "4", "--image-pixels", "12544", "--prompt-words", "8"]
+        + ["--train-steps", "1", "--warmup-steps", "0", "--score-batch", "2", "--score-batches", "1"]
+    )
+    network = bench.build_on_meta(args)
+    assert {parameter.device.type for parameter in network.parameters()} == {"meta"}
+    bench.materialize(network, torch.device("cpu"))
+
+    reference = bench.build_spatialscore(
+        bench.tiny_backbone_config(text_hidden_size=64, text_layers=2, text_intermediate_size=128),
+        lora_rank=4,
+        dtype="bfloat16",
+    )
+    buffers = dict(network.named_buffers())
+    assert buffers.keys() == dict(reference.named_buffers()).keys()
+    frequencies = [(name, buffer) for name, buffer in reference.named_buffers() if "inv_freq" in name]
+    assert len(frequencies) == 4  # text and vision rotary, each inv_freq and original_inv_freq
+    for name, buffer in frequencies:  # recomputed, not left as uninitialised memory
+        torch.testing.assert_close(buffers[name], buffer, rtol=0, atol=0, msg=name)
+    parameters = dict(network.named_parameters())
+    assert parameters.keys() == dict(reference.named_parameters()).keys()
+    for name, parameter in parameters.items():
+        assert parameter.device.type == "cpu" and torch.isfinite(parameter).all(), name
+        if "lora_B" in name:
+            assert not parameter.any(), name
+        elif "norm" in name and name.endswith("weight"):
+            assert (parameter == 1).all(), name
+    base = network.backbone.get_base_model()
+    embeddings = base.language_model.embed_tokens.token_adapter  # peft's TrainableTokensLayer
+    weight = embeddings.get_base_layer().weight
+    assert 0.015 < weight.float().std() < 0.025  # Hugging Face's normal(0, 0.02)
+    reward_row = weight[network.reward_token_id]  # [H]
+    torch.testing.assert_close(
+        embeddings.trainable_tokens_delta["default"][0], reward_row, rtol=0, atol=0, check_dtype=False
+    )
+    torch.testing.assert_close(
+        embeddings.trainable_tokens_original["default"][0], reward_row, rtol=0, atol=0, check_dtype=False
+    )
+
+    network.train()
+    inputs = bench.make_inputs(network, 4, args.image_pixels, args.prompt_words, seed=0)
+    mean, std = network(**inputs)
+    loss = gaussian_bt_loss(*mean.chunk(2)[:1], *std.chunk(2)[:1], *mean.chunk(2)[1:], *std.chunk(2)[1:])
+    loss.backward()
+    assert torch.isfinite(loss) and network.head.layers[0].weight.grad.abs().sum() > 0
+    network.zero_grad(set_to_none=True)
+
+    # the timed loops run on CPU too (the script itself refuses to: its numbers are for a GPU)
+    training = bench.time_training(network, args, torch.device("cpu"))
+    trainable = sum(parameter.numel() for parameter in network.parameters() if parameter.requires_grad)
+    assert training["trainable_parameters"] == trainable and len(training["train_step_seconds_all"]) == 1
+    assert bench.time_scoring(network, args, torch.device("cpu"))["score_images_per_second"] > 0
+
+
+@pytest.mark.gpu
+def test_runs_on_a_gpu_with_small_settings(bench, capsys):
+    report = bench.main(["--size", "tiny", "--train-steps", "2", "--warmup-steps", "1", "--score-batches", "1"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(report))
+    assert report["train_step_seconds"] > 0 and report["score_images_per_second"] > 0
+    assert report["train_peak_memory_gib"] > 0

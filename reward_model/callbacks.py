@@ -88,7 +88,7 @@ def score_pairs(
     loader = DataLoader(
         PairwiseDataset(records, "both"),  # index 2i forward, 2i + 1 reversed
         batch_size=2 * batch_size,
-        collate_fn=PairCollator(processor, system_prompt),
+        collate_fn=PairCollator(processor, system_prompt, getattr(network, "max_prompt_tokens", None)),
     )
     device = next(network.parameters()).device
     was_training = network.training

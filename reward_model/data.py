@@ -213,14 +213,26 @@ class PairCollator:
     """Encodes B examples as one `PairBatch` of 2B sequences (winners, then losers) with `reward_model.model.encode`.
     A plain class (not a closure) so that DataLoader workers can pickle it."""
 
-    def __init__(self, processor: SpatialScoreProcessor, system_prompt: str | None = None) -> None:
+    def __init__(
+        self,
+        processor: SpatialScoreProcessor,
+        system_prompt: str | None = None,
+        max_prompt_tokens: int | None = None,
+    ) -> None:
         self.processor = processor
         self.system_prompt = system_prompt
+        self.max_prompt_tokens = max_prompt_tokens
 
     def __call__(self, examples: Sequence[PairExample]) -> PairBatch:
         prompts = [example.prompt for example in examples]
         images = [example.winner for example in examples] + [example.loser for example in examples]
-        inputs = encode(self.processor, prompts + prompts, images, system_prompt=self.system_prompt)
+        inputs = encode(
+            self.processor,
+            prompts + prompts,
+            images,
+            system_prompt=self.system_prompt,
+            max_prompt_tokens=self.max_prompt_tokens,
+        )
         return PairBatch(
             inputs=dict(inputs),
             prompts=prompts,
@@ -244,6 +256,8 @@ class PairwiseDataModule(LightningDataModule):
     max_bad_fraction: the largest share of a split's pairs that may have a missing or corrupt image (skipped).
     review_statuses: keep only rows with one of these `review_status` values ("verified": SpatialWorld's oracle;
         "reviewed": accepted by people, `python -m data_synthesis export`); None keeps every row.
+    max_prompt_tokens: prompts longer than this are truncated, keeping the reward token last (`encode`), with a
+        warning counting them per split; None takes the network's `max_prompt_tokens` (no limit if it has none).
     seed: shuffling of the training pairs.
     """
 
@@ -260,6 +274,7 @@ class PairwiseDataModule(LightningDataModule):
         max_bad_fraction: float = 0.01,
         review_statuses: tuple[str, ...] | None = ("verified", "reviewed"),
         system_prompt: str | None = None,
+        max_prompt_tokens: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
     ) -> None:
@@ -283,6 +298,7 @@ class PairwiseDataModule(LightningDataModule):
         self.max_bad_fraction = max_bad_fraction
         self.review_statuses = None if review_statuses is None else tuple(review_statuses)
         self.system_prompt = system_prompt
+        self.max_prompt_tokens = max_prompt_tokens
         self.num_workers = num_workers
         self.seed = seed
         self.meta: dict | None = None
@@ -309,9 +325,29 @@ class PairwiseDataModule(LightningDataModule):
                     "a Trainer whose LightningModule has a `network` with a `processor`"
                 )
             self.processor = network.processor
+            if self.max_prompt_tokens is None:
+                self.max_prompt_tokens = getattr(network, "max_prompt_tokens", None)
         for split in STAGE_SPLITS.get(stage, SPLITS) if stage is not None else SPLITS:
             if split not in self.records:
                 self.records[split], self.bad_images[split] = self._load_split(split)
+                self._warn_long_prompts(split)
+
+    def _warn_long_prompts(self, split: str) -> None:
+        """One warning per split with the number of prompts `encode` will truncate (it also warns per prompt)."""
+        if self.max_prompt_tokens is None:
+            return
+        prompts = [text for record in self.records[split] for text in (record.prompt, record.perturbed_prompt)]
+        lengths = [len(ids) for ids in self.processor.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        long = sum(length > self.max_prompt_tokens for length in lengths)
+        if long:
+            log.warning(
+                "%d of %d %s prompts are longer than max_prompt_tokens=%d and will be truncated (longest: %d tokens)",
+                long,
+                len(prompts),
+                split,
+                self.max_prompt_tokens,
+                max(lengths),
+            )
 
     def _load_split(self, split: str) -> tuple[list[PairRecord], list[BadImage]]:
         rows = self._frame[self._frame["split"] == split]
@@ -365,7 +401,7 @@ class PairwiseDataModule(LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             generator=generator,
-            collate_fn=PairCollator(self.processor, self.system_prompt),
+            collate_fn=PairCollator(self.processor, self.system_prompt, self.max_prompt_tokens),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

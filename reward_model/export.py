@@ -195,6 +195,7 @@ def checkpoint_config(network: SpatialScore, *, system_prompt: str | None = None
             "max_pixels": image_processor.size["longest_edge"],
             "system_prompt": system_prompt,
             "padding_side": "right",
+            "max_prompt_tokens": network.max_prompt_tokens,
         },
     }
 

@@ -31,6 +31,7 @@ error instead).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -59,6 +60,8 @@ from reward_model.tokenizer import (
 
 TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VISION_LORA_TARGETS = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")  # an option; the default is frozen
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZATIONS = ("4bit", "8bit")
 # Special-token ids of Qwen2.5-VL's own tokenizer (its config.json) and of the SpatialWorld tokenizer (SPECIAL_TOKENS
@@ -226,6 +229,19 @@ def reward_text(prompt: str, *, system_prompt: str | None = None) -> str:
     )
 
 
+def truncate_prompt(tokenizer, prompt: str, max_prompt_tokens: int) -> tuple[str, bool]:
+    """The prompt cut after its first `max_prompt_tokens` tokens (at the end of that token in the text, through the
+    tokenizer's offsets), and whether it was cut. The reward token comes after the prompt in `reward_text`, so
+    truncating the prompt, never the encoded sequence, keeps it as the last token."""
+    if max_prompt_tokens < 1:
+        raise ValueError(f"max_prompt_tokens must be positive, got {max_prompt_tokens}")
+    encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    if len(offsets) <= max_prompt_tokens:
+        return prompt, False
+    return prompt[: offsets[max_prompt_tokens - 1][1]], True
+
+
 def encode(
     processor: SpatialScoreProcessor,
     prompts: Sequence[str],
@@ -233,15 +249,20 @@ def encode(
     *,
     system_prompt: str | None = None,
     padding_side: str = "right",
+    max_prompt_tokens: int | None = None,
 ) -> BatchFeature:
     """Processor inputs for one (prompt, image) pair per row: `input_ids, attention_mask, mm_token_type_ids` [B, T],
-    `pixel_values` [sum of patches, C * t * p * p], `image_grid_thw` [B, 3]. Images are converted to RGB."""
+    `pixel_values` [sum of patches, C * t * p * p], `image_grid_thw` [B, 3]. Images are converted to RGB.
+    max_prompt_tokens: prompts longer than this are cut (`truncate_prompt`; the reward token stays last), each cut
+    logged as a warning with the running count (`truncated_prompt_count()`); None: no limit."""
     if len(prompts) != len(images):
         raise ValueError(f"got {len(prompts)} prompts but {len(images)} images: one image per prompt")
     if not prompts:
         raise ValueError("nothing to encode: prompts and images are empty")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if max_prompt_tokens is not None:
+        prompts = [_truncated(processor.tokenizer, prompt, max_prompt_tokens) for prompt in prompts]
     texts = [reward_text(prompt, system_prompt=system_prompt) for prompt in prompts]
     return processor(
         images=[image.convert("RGB") for image in images],
@@ -250,6 +271,27 @@ def encode(
         padding_side=padding_side,
         return_tensors="pt",
     )
+
+
+_TRUNCATED = [0]  # prompts cut by `encode` in this process
+
+
+def truncated_prompt_count() -> int:
+    """How many prompts `encode` has truncated in this process (data-loader workers count their own)."""
+    return _TRUNCATED[0]
+
+
+def _truncated(tokenizer, prompt: str, max_prompt_tokens: int) -> str:
+    text, cut = truncate_prompt(tokenizer, prompt, max_prompt_tokens)
+    if cut:
+        _TRUNCATED[0] += 1
+        log.warning(
+            "prompt truncated to %d tokens, keeping the reward token (%d truncated so far): %.60s...",
+            max_prompt_tokens,
+            _TRUNCATED[0],
+            prompt,
+        )
+    return text
 
 
 def reward_token_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, reward_token_id: int) -> torch.Tensor:
@@ -306,17 +348,25 @@ class SpatialScore(nn.Module):
     encode inputs exactly as the model expects.
     """
 
-    def __init__(self, backbone: nn.Module, head: RewardHead, processor: SpatialScoreProcessor, reward_token_id: int):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: RewardHead,
+        processor: SpatialScoreProcessor,
+        reward_token_id: int,
+        max_prompt_tokens: int | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.processor = processor
         self.reward_token_id = reward_token_id
         self.image_token_id = processor.image_token_id
+        self.max_prompt_tokens = max_prompt_tokens  # longer prompts are truncated by `encode` (None: no limit)
 
     def encode(self, prompts: Sequence[str], images: Sequence[Image.Image], **kwargs) -> BatchFeature:
-        """`encode(self.processor, prompts, images, **kwargs)`."""
-        return encode(self.processor, prompts, images, **kwargs)
+        """`encode(self.processor, prompts, images, max_prompt_tokens=self.max_prompt_tokens, **kwargs)`."""
+        return encode(self.processor, prompts, images, **({"max_prompt_tokens": self.max_prompt_tokens} | kwargs))
 
     def forward(
         self,
@@ -460,6 +510,7 @@ def build_spatialscore(
     gradient_checkpointing: bool = False,
     quantization: Literal["4bit", "8bit"] | None = None,
     max_pixels: int | None = None,
+    max_prompt_tokens: int | None = None,
 ) -> SpatialScore:
     """The SpatialScore reward model.
 
@@ -481,6 +532,8 @@ def build_spatialscore(
         bitsandbytes; needs LoRA. The model is prepared with peft's `prepare_model_for_kbit_training`.
     max_pixels: the processor's pixel budget (images above it are resized down, aspect kept); None keeps the
         processor's own (a Qwen2.5-VL checkpoint's is 12,845,056; the 7B config uses 200,704 = 256 image tokens).
+    max_prompt_tokens: prompts longer than this many tokens are truncated (the reward token stays last) with a
+        counted warning; None: no limit.
 
     A backbone directory with a stage-A patch position embedding (`patch_position_embedding.safetensors`) gets it
     attached to `visual`; it is frozen unless the vision tower trains (`train_vision`).
@@ -558,4 +611,4 @@ def build_spatialscore(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(head_seed)
         head = RewardHead(model.config.text_config.hidden_size, head_hidden_size, min_std, max_std, initial_std)
-    return SpatialScore(model, head, processor, reward_token_id)
+    return SpatialScore(model, head, processor, reward_token_id, max_prompt_tokens)

@@ -157,7 +157,8 @@ def load_network(
             delta.copy_(reward_row[None].to(delta))
         else:
             embeddings.weight[reward_token_id] = reward_row.to(embeddings.weight)
-    network = SpatialScore(backbone, head, processor, reward_token_id).eval()
+    max_prompt_tokens = config["preprocessing"].get("max_prompt_tokens")  # absent in older checkpoints
+    network = SpatialScore(backbone, head, processor, reward_token_id, max_prompt_tokens).eval()
     network.requires_grad_(False)
     return network, config
 
@@ -293,6 +294,7 @@ class SpatialScorer:
                 [prompts[row] for row in rows],
                 [pictures[row] for row in rows],
                 system_prompt=self.system_prompt,
+                max_prompt_tokens=getattr(self.network, "max_prompt_tokens", None),
             )
             batch_mean, batch_std = self.network(**inputs.to(self.device))  # [b], [b]
             index = torch.tensor(rows, device=self.device)

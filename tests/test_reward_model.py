@@ -243,3 +243,29 @@ def test_reward_token_is_added_when_the_checkpoint_lacks_it(pairs):
     with torch.no_grad():
         mean, std = model(**model.encode(prompts, perfect))
     assert torch.isfinite(mean).all() and torch.isfinite(std).all()
+
+
+def test_long_prompts_are_truncated_keeping_the_reward_token_and_counted(pairs, caplog):
+    """A prompt of n tokens cut to 5 keeps exactly its first 5 tokens and the reward token stays last; a short
+    prompt is untouched; every cut is counted and logged."""
+    from reward_model.model import encode, truncate_prompt, truncated_prompt_count
+
+    prompts, perfect, _ = pairs
+    model = tiny_model(max_prompt_tokens=5)
+    tokenizer = model.processor.tokenizer
+    cut, was_cut = truncate_prompt(tokenizer, prompts[0], 5)
+    assert was_cut and tokenizer(cut, add_special_tokens=False)["input_ids"] == (
+        tokenizer(prompts[0], add_special_tokens=False)["input_ids"][:5]
+    )
+    assert truncate_prompt(tokenizer, "the red star .", 5) == ("the red star .", False)
+    before = truncated_prompt_count()
+    with caplog.at_level("WARNING", logger="reward_model.model"):
+        inputs = model.encode(prompts[:2], perfect[:2])
+    assert truncated_prompt_count() == before + 2 and "truncated" in caplog.text
+    positions = reward_token_positions(inputs["input_ids"], inputs["attention_mask"], model.reward_token_id)
+    assert (inputs["input_ids"].gather(1, positions[:, None]) == model.reward_token_id).all()
+    full = encode(model.processor, prompts[:2], perfect[:2])
+    assert inputs["input_ids"].shape[1] < full["input_ids"].shape[1]
+    with torch.no_grad():
+        mean, std = model(**inputs)
+    assert torch.isfinite(mean).all() and torch.isfinite(std).all()

@@ -11,7 +11,7 @@ DATA_DIR ?= data/spatialworld
 DATA_ARGS ?= --num-pairs 12000 --seed 0 --resolution 128 --min-objects 3 --max-objects 6 --max-broken 3 \
 	--split-fractions 0.75 0.05 0.20
 
-.PHONY: help setup test test-slow lint data pretrain-reward train-reward bench clean
+.PHONY: help setup test test-slow lint data data-rl pretrain-reward train-reward pretrain-generator train-rl bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,36 @@ pretrain-reward: $(STAMP) ## stage A of the tiny reward backbone (about 26 min);
 
 train-reward: $(DATA_DIR)/verify_report.json ## train the tiny reward model (stage B); exports runs/reward/tiny/export
 	$(PYTHON) -m reward_model fit --config $(REWARD_CONFIG) --data.dataset_dir $(DATA_DIR)
+
+# The RL testbed: 2-object SpatialWorld scenes (every relation family but `between`, which needs 3), prompts of at
+# most 84 tokens, drawn by the tiny generator at 32 px.
+RL_DATA_DIR ?= data/spatialworld-rl
+RL_DATA_ARGS ?= --num-pairs 8000 --seed 1 --resolution 64 --min-objects 2 --max-objects 2 --max-broken 1 \
+	--split-fractions 0.9 0.05 0.05
+GENERATOR_DIR ?= runs/rl/generator
+REWARD ?= spatialscore
+
+data-rl: $(RL_DATA_DIR)/verify_report.json ## build and verify the RL prompt set in data/spatialworld-rl
+
+$(RL_DATA_DIR)/verify_report.json: | $(STAMP)
+	$(PYTHON) -m data_synthesis build --out $(RL_DATA_DIR) $(RL_DATA_ARGS) --workers $$(nproc)
+	$(PYTHON) -m data_synthesis verify $(RL_DATA_DIR) --report $@.tmp && mv $@.tmp $@
+
+pretrain-generator: $(GENERATOR_DIR)/pipeline/model_index.json ## pretrain the tiny generator (rectified flow)
+
+$(GENERATOR_DIR)/pipeline/model_index.json: $(RL_DATA_DIR)/verify_report.json
+	$(PYTHON) -m rl_policy pretrain --data $(RL_DATA_DIR) --out $(GENERATOR_DIR)
+
+# REWARD=spatialscore (default: the tiny critic of make train-reward) or REWARD=oracle (the SpatialWorld oracle).
+RL_REWARD_CONFIG = $(if $(filter oracle,$(REWARD)),--config configs/rl/reward_oracle.yaml,)
+RL_REWARD_DEPS = $(if $(filter oracle,$(REWARD)),,runs/reward/tiny/export/metrics.json)
+
+runs/reward/tiny/export/metrics.json:
+	$(MAKE) train-reward
+
+train-rl: $(GENERATOR_DIR)/pipeline/model_index.json $(RL_REWARD_DEPS) ## Flow-GRPO of the tiny generator (REWARD=oracle too)
+	$(PYTHON) -m rl_policy fit --config configs/rl/tiny.yaml $(RL_REWARD_CONFIG) --data.source $(RL_DATA_DIR) \
+		--model.policy.pipeline $(GENERATOR_DIR)/pipeline
 
 bench: $(STAMP) ## speed benchmarks (prints ratios against the targets)
 	$(PYTHON) bench/data_synthesis_build.py

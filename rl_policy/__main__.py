@@ -1,6 +1,12 @@
 """Command line of the RL stage.
 
     python -m rl_policy pretrain --data data/spatialworld-rl --out runs/rl/generator   # the tiny generator (embedded)
+    python -m rl_policy fit --config configs/rl/tiny.yaml                             # GRPO (LightningCLI)
+
+`fit` is LightningCLI over `rl_policy.training.GRPOTraining` + `rl_policy.data.PromptDataModule`, with
+`ExportPolicy` attached (options under `--export.*`): the run ends with a base-vs-trained evaluation, the LoRA in
+diffusers' format in `<default_root_dir>/lora/` and `<default_root_dir>/metrics.json`. Rerun with
+`--ckpt_path <default_root_dir>/checkpoints/last.ckpt` to resume a killed run.
 
 `pretrain` trains the tiny FluxTransformer2DModel from scratch with the rectified-flow loss on a SpatialWorld
 dataset dir's (prompt, perfect image) pairs (rl_policy.pretrain), evaluates it with the SpatialWorld oracle at the end
@@ -103,15 +109,40 @@ def pretrain_command(argv: Sequence[str]) -> None:
     print(json.dumps({"pipeline": str(out), "metrics": metrics}, indent=2))
 
 
+def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True):
+    """LightningCLI over GRPOTraining and PromptDataModule with ExportPolicy attached."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from rl_policy.data import PromptDataModule
+    from rl_policy.training import ExportPolicy, GRPOTraining
+
+    class GRPOCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_lightning_class_args(ExportPolicy, "export")
+
+    return GRPOCLI(
+        GRPOTraining,
+        PromptDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
 COMMANDS = {"pretrain": pretrain_command}
+CLI_COMMANDS = ("fit", "validate", "test")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m rl_policy {{{','.join(COMMANDS)}}} --help", file=sys.stderr)
+    if argv and argv[0] in COMMANDS:
+        COMMANDS[argv[0]](argv[1:])
+    elif argv and (argv[0] in CLI_COMMANDS or argv[0] in ("-h", "--help")):
+        lightning_cli(argv)
+    else:
+        print(f"usage: python -m rl_policy {{{','.join([*COMMANDS, 'fit'])}}} --help", file=sys.stderr)
         raise SystemExit(2)
-    COMMANDS[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

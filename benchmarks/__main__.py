@@ -10,7 +10,7 @@ from pathlib import Path
 
 from benchmarks.cache import CachedJudges, ImageCache, JudgeCache
 from benchmarks.compare import compare
-from benchmarks.images import POLICY_UNAVAILABLE, ImageFolder, ImageSource, PipelineImages, SamplerSettings
+from benchmarks.images import ImageFolder, ImageSource, PipelineImages, SamplerSettings
 from benchmarks.runner import SUMMARY_FILE, run_task
 from benchmarks.tasks import TASKS, RunInputs, get_task
 from shared.chat import ChatError
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     source = run.add_mutually_exclusive_group()
     source.add_argument("--images", type=Path, help="a folder of generated images (layout below)")
     source.add_argument("--pipeline", type=Path, help="a diffusers pipeline dir to generate the images with")
-    source.add_argument("--policy", type=Path, help="an rl_policy output dir (not available until the RL issue)")
+    source.add_argument("--policy", type=Path, help="an rl_policy run dir (or its lora/): base pipeline + LoRA")
     run.add_argument("--images-per-prompt", type=int, help="seeds 0..N-1 per prompt (default: the task's)")
     run.add_argument("--limit", type=int, help="only the first N prompts (quick runs)")
     run.add_argument(
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     sampler.add_argument("--guidance", type=float, default=defaults.guidance_scale, help="guidance scale")
     sampler.add_argument("--height", type=int, default=defaults.height, help="image height in pixels")
     sampler.add_argument("--width", type=int, default=defaults.width, help="image width in pixels")
+    sampler.add_argument(
+        "--true-cfg", type=float, default=defaults.true_cfg_scale, help="true CFG scale (> 1 for the tiny generator)"
+    )
 
     export = commands.add_parser(
         "export-prompts", help="write a SpatialWorld dataset's prompts in a benchmark's own format"
@@ -132,12 +135,12 @@ def make_judges(args: argparse.Namespace, cache: JudgeCache) -> CachedJudges:
 
 
 def make_images(args: argparse.Namespace, cache_dir: Path) -> ImageSource | None:
-    if args.policy is not None:
-        raise ValueError(POLICY_UNAVAILABLE)
     if args.images is not None:
         return ImageFolder(args.images)
+    settings = SamplerSettings(args.steps, args.guidance, args.height, args.width, args.true_cfg)
+    if args.policy is not None:
+        return PipelineImages.from_policy(args.policy, settings, ImageCache(cache_dir / "images"))
     if args.pipeline is not None:
-        settings = SamplerSettings(args.steps, args.guidance, args.height, args.width)
         return PipelineImages.from_pretrained(args.pipeline, settings, ImageCache(cache_dir / "images"))
     return None
 

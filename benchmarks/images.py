@@ -12,6 +12,8 @@ reported by the task, never a crash.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +72,7 @@ class SamplerSettings:
     guidance_scale: float = 3.5
     height: int = 512
     width: int = 512
+    true_cfg_scale: float = 1.0  # > 1: true classifier-free guidance against the empty prompt (the tiny generator)
 
     def __post_init__(self) -> None:
         if self.num_inference_steps < 1 or self.height < 8 or self.width < 8:
@@ -106,6 +109,23 @@ class PipelineImages:
         pipeline.set_progress_bar_config(disable=True)
         return cls(pipeline, directory_sha256(directory), settings, cache, device)
 
+    @classmethod
+    def from_policy(cls, directory: str | os.PathLike, settings: SamplerSettings, cache: ImageCache):
+        """An rl_policy output: a `lora/` dir (or the run dir holding one) with `policy.json` naming its base
+        pipeline dir; the base is loaded and the LoRA applied. The cache key hashes both."""
+        directory = Path(directory)
+        lora = directory / "lora" if (directory / "lora" / "policy.json").is_file() else directory
+        if not (lora / "policy.json").is_file():
+            raise FileNotFoundError(f"--policy {directory} is not an rl_policy run or lora dir: policy.json missing")
+        base = json.loads((lora / "policy.json").read_text()).get("base_pipeline")
+        if not base or not (Path(base) / "model_index.json").is_file():
+            raise FileNotFoundError(f"--policy {directory}: its base pipeline {base!r} is not a diffusers pipeline dir")
+        images = cls.from_pretrained(base, settings, cache)
+        images.pipeline.load_lora_weights(lora)
+        images.weights_sha256 = hashlib.sha256((images.weights_sha256 + directory_sha256(lora)).encode()).hexdigest()
+        images.name = f"policy:{images.weights_sha256[:16]}:{asdict(settings)}"
+        return images
+
     def get(self, prompt_id: str, prompt: str, seed: int) -> Image.Image:
         import torch
 
@@ -113,13 +133,12 @@ class PipelineImages:
         image = self.cache.get(key)
         if image is None:
             generator = torch.Generator(self.device).manual_seed(seed)
-            image = self.pipeline(prompt=prompt, generator=generator, **asdict(self.settings)).images[0]
+            settings = asdict(self.settings)
+            if settings["true_cfg_scale"] > 1:
+                settings["negative_prompt"] = ""
+            else:
+                del settings["true_cfg_scale"]  # not every pipeline takes it
+            image = self.pipeline(prompt=prompt, generator=generator, **settings).images[0]
             self.cache.put(key, image)
             self.generated += 1
         return image
-
-
-POLICY_UNAVAILABLE = (
-    "--policy is not available yet: policy dirs (rl_policy's LoRA over a base pipeline) are read once the RL issue "
-    "lands; until then generate the images and pass --images DIR, or pass a diffusers pipeline dir with --pipeline"
-)

@@ -168,3 +168,34 @@ def test_oracle_on_images_generated_by_a_pipeline_dir(small_dataset, tiny_flux_d
     first_summary = (tmp_path / "first" / "summary.json").read_bytes()
     assert (tmp_path / "second" / "summary.json").read_bytes() == first_summary
     assert json.loads(first_summary)["num_images"] == 4
+
+
+def test_policy_dir_applies_its_lora_to_the_base_pipeline(tiny_flux_dir, tmp_path):
+    """An rl_policy-style lora/ dir (diffusers LoRA + policy.json naming the base): images differ from the base's,
+    are cached under another key, and true CFG runs."""
+    import torch
+    from diffusers import FluxPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    from rl_policy import add_lora, load_pipeline
+
+    base = load_pipeline(tiny_flux_dir)
+    add_lora(base.transformer, rank=4, target_modules=("attn.to_q", "attn.to_k"))
+    with torch.no_grad():
+        for name, parameter in base.transformer.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    lora = tmp_path / "run" / "lora"
+    FluxPipeline.save_lora_weights(lora, transformer_lora_layers=get_peft_model_state_dict(base.transformer))
+    (lora / "policy.json").write_text(json.dumps({"base_pipeline": str(tiny_flux_dir)}))
+
+    settings = SamplerSettings(num_inference_steps=2, height=32, width=32, true_cfg_scale=2.0)
+    cache = ImageCache(tmp_path / "cache")
+    plain = PipelineImages.from_pretrained(tiny_flux_dir, settings, cache)
+    tuned = PipelineImages.from_policy(tmp_path / "run", settings, cache)
+    assert tuned.weights_sha256 != plain.weights_sha256
+    assert image_sha256(tuned.get("p", "the red star .", 0)) != image_sha256(plain.get("p", "the red star .", 0))
+    assert tuned.generated == plain.generated == 1
+    (lora / "policy.json").write_text(json.dumps({"base_pipeline": str(tmp_path / "nowhere")}))
+    with pytest.raises(FileNotFoundError, match="is not a diffusers pipeline dir"):
+        PipelineImages.from_policy(lora, settings, cache)

@@ -185,7 +185,7 @@ def test_relation_questions_are_what_the_oracle_asks(small_dataset, images, tmp_
         (["--task", "spatialworld-oracle", "--data", "DATA"], "needs images: pass --images DIR or --pipeline DIR"),
         (["--task", "spatialscore-pairs", "--data", "DATA"], "needs --scorer DIR or a pairwise judge"),
         (["--task", "geneval", "--data", "DATA", "--images", "IMAGES"], "expected evaluation_metadata.jsonl"),
-        (["--task", "geneval", "--policy", "IMAGES"], "--policy is not available yet"),
+        (["--task", "geneval", "--policy", "IMAGES"], "is not an rl_policy run or lora dir: policy.json missing"),
         (["--task", "geneval", "--images", "IMAGES", "--limit", "0"], "--limit must be >= 1"),
         (["--task", "geneval", "--judge", "vlm"], "--judge vlm needs --vlm-url and --vlm-model"),
     ],

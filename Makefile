@@ -82,6 +82,7 @@ train-rl: $(GENERATOR_DIR)/pipeline/model_index.json $(RL_REWARD_DEPS) ## Flow-G
 bench: $(STAMP) ## speed benchmarks (prints ratios against the targets)
 	$(PYTHON) bench/data_synthesis_build.py
 	$(PYTHON) bench/reward_speed.py
+	$(PYTHON) bench/rl_speed.py
 
 clean: ## remove the venv, caches and generated data/runs/reports
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info data runs reports

@@ -110,15 +110,9 @@ def pretrain_command(argv: Sequence[str]) -> None:
 
 
 def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True):
-    """LightningCLI over GRPOTraining and PromptDataModule with ExportPolicy attached."""
-    from lightning.pytorch.cli import LightningCLI
-
+    """LightningCLI over GRPOTraining and PromptDataModule with ExportPolicy attached (rl_policy.training.GRPOCLI)."""
     from rl_policy.data import PromptDataModule
-    from rl_policy.training import ExportPolicy, GRPOTraining
-
-    class GRPOCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_lightning_class_args(ExportPolicy, "export")
+    from rl_policy.training import GRPOCLI, GRPOTraining
 
     return GRPOCLI(
         GRPOTraining,

@@ -139,6 +139,12 @@ class GRPOModule(LightningModule):
         self.last_eval: dict[str, float] = {}
         self.strict_loading = False  # checkpoints hold the LoRA weights only (on_save_checkpoint)
 
+    def on_fit_start(self) -> None:
+        """Lightning placed the transformer; the frozen pipeline parts (text encoders, autoencoder) follow it."""
+        for name, component in self.policy.pipeline.components.items():
+            if isinstance(component, torch.nn.Module) and name != "transformer":
+                component.to(self.device)
+
     # --- rollout and reward -------------------------------------------------------------------------------------
     def _generator(self, *parts: object) -> torch.Generator:
         generator = torch.Generator(device=self.transformer.device)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.cli import LightningCLI, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from peft.utils import get_peft_model_state_dict
 
@@ -154,3 +154,10 @@ def export_lora(module: GRPOModule, directory: str | Path) -> Path:
         },
     )
     return directory
+
+
+class GRPOCLI(LightningCLI):
+    """LightningCLI with `ExportPolicy` attached (its options under `--export.*`)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ExportPolicy, "export")

@@ -90,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export-prompts", help="write a SpatialWorld dataset's prompts in a benchmark's own format"
     )
-    export.add_argument("--format", choices=("geneval",), required=True, help="geneval: evaluation_metadata.jsonl")
+    export.add_argument(
+        "--format",
+        choices=("geneval", "unigenbench"),
+        required=True,
+        help="geneval: evaluation_metadata.jsonl; unigenbench: a prompt CSV (index, prompt_en, sub_dims_en)",
+    )
     export.add_argument("--data", type=Path, required=True, help="a SpatialWorld dataset dir")
     export.add_argument("--split", default="test", help="which split's perfect prompts (default: test)")
     export.add_argument("--out", type=Path, required=True, help="the file to write")
@@ -181,11 +186,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             run(args)
         elif args.command == "export-prompts":
-            from benchmarks.spatialworld import geneval_metadata
+            if args.format == "unigenbench":
+                from benchmarks.formats import load_spatialworld_prompts, write_unigenbench
 
-            prompts = geneval_metadata(args.data, args.split)
-            atomic_write_text(args.out, "".join(json.dumps(p, sort_keys=True) + "\n" for p in prompts))
-            print(f"{len(prompts)} prompts -> {args.out}")
+                ids = write_unigenbench(load_spatialworld_prompts(args.data, args.split), args.out)
+                print(f"{len(ids)} prompts -> {args.out} (image folder names: the index column)")
+            else:
+                from benchmarks.spatialworld import geneval_metadata
+
+                prompts = geneval_metadata(args.data, args.split)
+                atomic_write_text(args.out, "".join(json.dumps(p, sort_keys=True) + "\n" for p in prompts))
+                print(f"{len(prompts)} prompts -> {args.out}")
         else:
             print(compare(args.runs, args.out))
     except (ValueError, KeyError, FileNotFoundError, ChatError) as error:

@@ -223,3 +223,28 @@ def test_missing_and_unreadable_images_are_counted_not_fatal(small_dataset, imag
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (summary["num_images"], summary["missing_images"], summary["unreadable_images"]) == (4, 1, 1)
     assert summary["image_accuracy"] == 0.5  # the perfect image of the first pair, the perturbed one of the second
+
+
+def test_unigenbench_on_exported_spatialworld_prompts(small_dataset, images, tmp_path):
+    """SpatialWorld test prompts exported as a UniGenBench CSV (plus one malformed row), judged by the detector on
+    the perfect images (seed 0: every layout testpoint holds) and the perturbed ones (seed 1: some fail)."""
+    root, test = images
+    csv_path = tmp_path / "unigen.csv"
+    assert (
+        main(["export-prompts", "--format", "unigenbench", "--data", str(small_dataset), "--out", str(csv_path)]) == 0
+    )
+    with open(csv_path, "a") as handle:
+        handle.write('999,"a broken row","not json"\n')
+    folders = tmp_path / "unigen_images"
+    for index, row in enumerate(test.itertuples()):  # export order = pairs.parquet order of the test split
+        shutil.copytree(root / row.pair_id, folders / str(index))
+    out = tmp_path / "unigen"
+    args = ["run", "--task", "unigenbench", "--data", str(csv_path), "--images", str(folders), "--out", str(out)]
+    assert main([*args, "--images-per-prompt", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["layout_2d"] == 100.0 and summary["overall"] == 100.0 and summary["num_images"] == len(test)
+    assert summary["malformed_rows"] == 1 and summary["malformed"][0]["index"] == "999"
+    assert "Malformed rows (skipped)" in (out / "report.md").read_text()
+    both = tmp_path / "unigen2"
+    assert main([*args[:-1], str(both), "--images-per-prompt", "2"]) == 0
+    assert json.loads((both / "summary.json").read_text())["overall"] < 100.0

@@ -1,0 +1,119 @@
+"""`unigenbench`: UniGenBench(++) testpoints judged on generated images (Layout 2D and 3D are the paper's numbers).
+
+The prompts are a UniGenBench CSV (`benchmarks.formats.unigenbench`: the official `test_prompts_en.csv`, or
+SpatialWorld prompts written in that format by `python -m benchmarks export-prompts --format unigenbench`). Each
+image (seeds 0..N-1, default 4 per prompt; prompt id = the row's index) is judged by a `TestpointJudge` in one call
+giving 0/1 per testpoint (by default the SpatialWorld pixel detector reading each testpoint's description; `--judge
+vlm` asks a VLM, as UniGenBench's own judge does). Scores (`score_unigenbench`): accuracy per sub and main dimension,
+Layout 2D / 3D, overall = mean of the main dimensions, in percent; unreadable answers count as 0 and are counted.
+Malformed CSV rows are listed in the report (one extra sample, `malformed-rows`, carries them), never dropped
+silently; missing or unreadable images are counted and left out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.formats.unigenbench import (
+    IMAGES_PER_PROMPT,
+    UniGenBench,
+    UniGenPrompt,
+    load_unigenbench,
+    score_unigenbench,
+)
+from benchmarks.judges import Testpoint
+from benchmarks.tasks.base import RunInputs, Sample, fetch_image, require, require_images, table
+
+MALFORMED = "malformed-rows"
+
+
+class UniGenBenchTask:
+    name = "unigenbench"
+    description = "UniGenBench(++) testpoints, one 0/1 per testpoint per image (Layout 2D / 3D reported)"
+    data_help = "a UniGenBench prompt CSV (index, prompt_en, sub_dims_en): the official test_prompts_en.csv"
+
+    def samples(self, inputs: RunInputs) -> list[Sample]:
+        benchmark = load_unigenbench(require(inputs.data, self.name, self.data_help))
+        require_images(inputs, self.name)
+        inputs.judges.require("testpoints", "--judge spatialworld (SpatialWorld prompts) or --judge vlm")
+        prompts = benchmark.prompts[: inputs.limit] if inputs.limit is not None else benchmark.prompts
+        seeds = range(inputs.images_per_prompt or IMAGES_PER_PROMPT)
+        samples = [
+            Sample(
+                f"{prompt.index}/{seed}",
+                {
+                    "index": prompt.index,
+                    "prompt": prompt.prompt,
+                    "testpoints": list(prompt.testpoints),
+                    "descriptions": list(prompt.descriptions),
+                    "row": prompt.row,
+                    "seed": seed,
+                },
+            )
+            for prompt in prompts
+            for seed in seeds
+        ]
+        malformed = [
+            {"row": row.row, "line": row.line, "index": row.index, "reason": row.reason} for row in benchmark.malformed
+        ]
+        return [*samples, Sample(MALFORMED, {"malformed": malformed})]
+
+    def evaluate(self, sample: Sample, inputs: RunInputs) -> dict[str, Any]:
+        data = sample.data
+        if sample.sample_id == MALFORMED:
+            return {"malformed": data["malformed"]}
+        image, status = fetch_image(inputs, str(data["index"]), data["prompt"], data["seed"])
+        record = {key: data[key] for key in ("index", "prompt", "testpoints", "descriptions", "row", "seed")}
+        record["image"] = status
+        if image is not None:
+            points = [
+                Testpoint(name, text) for name, text in zip(data["testpoints"], data["descriptions"], strict=True)
+            ]
+            record["scores"] = list(
+                inputs.judges.judge_testpoints(sample.sample_id, image, data["prompt"], points).scores
+            )
+        return record
+
+    def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        malformed = [row for record in records for row in record.get("malformed", [])]
+        images = [record for record in records if "malformed" not in record]
+        scored = [record for record in images if record["image"] == "ok"]
+        prompts = {
+            record["index"]: UniGenPrompt(
+                record["index"],
+                record["prompt"],
+                tuple(record["testpoints"]),
+                tuple(record["descriptions"]),
+                record["row"],
+            )
+            for record in images
+        }
+        answers: dict[int, dict[int, list]] = {}
+        for record in scored:
+            answers.setdefault(record["index"], {})[record["seed"]] = record["scores"]
+        scores = score_unigenbench(UniGenBench(Path(), tuple(prompts.values()), ()), answers)
+        return {
+            "overall": scores.overall,
+            "layout_2d": scores.layout_2d,
+            "layout_3d": scores.layout_3d,
+            "main": dict(sorted(scores.main.items())),
+            "sub": dict(sorted(scores.sub.items())),
+            "num_images": len(images),
+            "missing_images": sum(record["image"] == "missing" for record in images),
+            "unreadable_images": sum(record["image"] == "unreadable" for record in images),
+            "unreadable_answers": sum(score is None for record in scored for score in record["scores"]),
+            "malformed_rows": len(malformed),
+            "malformed": malformed,
+        }
+
+    def report(self, summary: dict[str, Any]) -> str:
+        keys = ["overall", "layout_2d", "layout_3d", "num_images", "missing_images", "unreadable_images"]
+        keys += ["unreadable_answers", "malformed_rows"]
+        parts = [table(["metric", "value"], [[key, summary[key]] for key in keys])]
+        parts.append(table(["main dimension", "accuracy (%)"], [[k, v] for k, v in summary["main"].items()]))
+        parts.append(table(["sub dimension", "accuracy (%)"], [[k, v] for k, v in summary["sub"].items()]))
+        if summary["malformed"]:
+            rows = [[row["row"], row["line"], row["index"], row["reason"]] for row in summary["malformed"]]
+            parts.append("Malformed rows (skipped):\n\n" + table(["row", "line", "index", "reason"], rows))
+        return "\n\n".join(parts) + "\n"

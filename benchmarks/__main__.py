@@ -92,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--format",
-        choices=("geneval", "unigenbench"),
+        choices=("geneval", "unigenbench", "dpg"),
         required=True,
-        help="geneval: evaluation_metadata.jsonl; unigenbench: a prompt CSV (index, prompt_en, sub_dims_en)",
+        help="geneval: evaluation_metadata.jsonl; unigenbench: a prompt CSV (index, prompt_en, sub_dims_en); dpg: "
+        "--out is a dir that gets dpg_bench.csv and prompts/",
     )
     export.add_argument("--data", type=Path, required=True, help="a SpatialWorld dataset dir")
     export.add_argument("--split", default="test", help="which split's perfect prompts (default: test)")
@@ -186,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "run":
             run(args)
         elif args.command == "export-prompts":
-            if args.format == "unigenbench":
+            if args.format == "dpg":
+                from benchmarks.formats import load_spatialworld_prompts, write_dpg
+
+                path = write_dpg(load_spatialworld_prompts(args.data, args.split), args.out)
+                print(f"{path} and {Path(args.out) / 'prompts'} (image folder names: the pair ids)")
+            elif args.format == "unigenbench":
                 from benchmarks.formats import load_spatialworld_prompts, write_unigenbench
 
                 ids = write_unigenbench(load_spatialworld_prompts(args.data, args.split), args.out)

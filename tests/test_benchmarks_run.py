@@ -180,7 +180,11 @@ def test_relation_questions_are_what_the_oracle_asks(small_dataset, images, tmp_
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--task", "nope"], "unknown task 'nope'; known tasks: geneval, spatialscore-pairs, spatialworld-oracle"),
+        (
+            ["--task", "nope"],
+            "unknown task 'nope'; known tasks: dpg-bench, geneval, spatialscore-pairs, spatialworld-oracle, "
+            "unigenbench",
+        ),
         (["--task", "spatialworld-oracle", "--images", "IMAGES"], "task spatialworld-oracle needs --data"),
         (["--task", "spatialworld-oracle", "--data", "DATA"], "needs images: pass --images DIR or --pipeline DIR"),
         (["--task", "spatialscore-pairs", "--data", "DATA"], "needs --scorer DIR or a pairwise judge"),
@@ -248,3 +252,23 @@ def test_unigenbench_on_exported_spatialworld_prompts(small_dataset, images, tmp
     both = tmp_path / "unigen2"
     assert main([*args[:-1], str(both), "--images-per-prompt", "2"]) == 0
     assert json.loads((both / "summary.json").read_text())["overall"] < 100.0
+
+
+def test_dpg_bench_on_exported_spatialworld_prompts(small_dataset, images, tmp_path):
+    """SpatialWorld test prompts exported as DPG-Bench (existence questions as parents of relation questions),
+    answered by the detector: the perfect images (seed 0) score 100 in the corrected variant, perturbed ones less;
+    the official-compatible variant skips the CSV's first row (and drops its item only if a question depends on it)."""
+    root, test = images
+    dpg = tmp_path / "dpg"
+    assert main(["export-prompts", "--format", "dpg", "--data", str(small_dataset), "--out", str(dpg)]) == 0
+    out = tmp_path / "dpg_run"
+    args = ["run", "--task", "dpg-bench", "--data", str(dpg), "--images", str(root), "--out", str(out)]
+    assert main([*args, "--images-per-prompt", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["corrected"]["score"] == 100.0 and summary["corrected"]["relation_spatial"] == 100.0
+    official, corrected = summary["official_compatible"], summary["corrected"]
+    assert official["num_items"] + official["failed_items"] == corrected["num_items"] == len(test)
+    assert summary["num_images"] == len(test)
+    both = tmp_path / "dpg_both"
+    assert main([*args[:-1], str(both), "--images-per-prompt", "2"]) == 0
+    assert json.loads((both / "summary.json").read_text())["corrected"]["score"] < 100.0

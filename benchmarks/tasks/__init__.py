@@ -2,19 +2,20 @@
 
 A task is any object with the `Task` protocol (`benchmarks.tasks.base`); add one by adding it to `TASKS` below.
 The DPG-Bench, TIIF-Bench and UniGenBench++ loaders and aggregations live as pure functions in
-`benchmarks/formats/`; `unigenbench` wraps its format module, DPG-Bench and TIIF-Bench will plug in the same way.
+`benchmarks/formats/`; `dpg-bench` and `unigenbench` wrap their format modules; TIIF-Bench will plug in the same way.
 """
 
 from __future__ import annotations
 
 from benchmarks.tasks.base import RunInputs, Sample, Task
+from benchmarks.tasks.dpg import DpgBench
 from benchmarks.tasks.geneval import GenEval
 from benchmarks.tasks.spatialscore_pairs import SpatialScorePairs
 from benchmarks.tasks.spatialworld_oracle import SpatialWorldOracle
 from benchmarks.tasks.unigenbench import UniGenBenchTask
 
 TASKS: dict[str, Task] = {
-    task.name: task for task in (SpatialScorePairs(), SpatialWorldOracle(), GenEval(), UniGenBenchTask())
+    task.name: task for task in (SpatialScorePairs(), SpatialWorldOracle(), GenEval(), DpgBench(), UniGenBenchTask())
 }
 
 

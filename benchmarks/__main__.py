@@ -101,6 +101,31 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--split", default="test", help="which split's perfect prompts (default: test)")
     export.add_argument("--out", type=Path, required=True, help="the file to write")
 
+    suite = commands.add_parser(
+        "suite",
+        help="every task for a reward checkpoint and for each generator, then the comparison (make eval-benchmarks)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    suite.add_argument("--out", type=Path, default=Path("reports"), help="summary.json, benchmarks.md, PNGs, runs/")
+    suite.add_argument("--reward-data", type=Path, help="a SpatialWorld dataset dir for spatialscore-pairs")
+    suite.add_argument("--scorer", type=Path, help="a reward checkpoint dir (also gives the images' SpatialScore)")
+    suite.add_argument("--prompt-data", type=Path, help="a SpatialWorld dataset dir whose test prompts are drawn")
+    suite.add_argument(
+        "--generator",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="a diffusers pipeline dir or an rl_policy run dir, labelled; repeat for several",
+    )
+    suite.add_argument("--images-per-prompt", type=int, help="seeds per prompt (default: each task's)")
+    suite.add_argument("--limit", type=int, help="only the first N prompts of each task")
+    defaults = SamplerSettings()
+    suite.add_argument("--steps", type=int, default=defaults.num_inference_steps, help="denoising steps")
+    suite.add_argument("--guidance", type=float, default=defaults.guidance_scale, help="distilled guidance scale")
+    suite.add_argument("--height", type=int, default=defaults.height)
+    suite.add_argument("--width", type=int, default=defaults.width)
+    suite.add_argument("--true-cfg", type=float, default=defaults.true_cfg_scale, help="true CFG scale (> 1: tiny)")
+
     comparison = commands.add_parser("compare", help="a Markdown table and PNG bar charts across run dirs")
     comparison.add_argument("runs", nargs="+", type=Path, help="run dirs written by `run` (labelled by dir name)")
     comparison.add_argument("--out", type=Path, default=Path("reports"), help="where comparison.md and PNGs go")
@@ -203,6 +228,20 @@ def main(argv: list[str] | None = None) -> int:
                 prompts = geneval_metadata(args.data, args.split)
                 atomic_write_text(args.out, "".join(json.dumps(p, sort_keys=True) + "\n" for p in prompts))
                 print(f"{len(prompts)} prompts -> {args.out}")
+        elif args.command == "suite":
+            from benchmarks.suite import parse_generator, run_suite
+
+            run_suite(
+                args.out,
+                reward_data=args.reward_data,
+                scorer=args.scorer,
+                prompt_data=args.prompt_data,
+                generators=[parse_generator(text) for text in args.generator],
+                settings=SamplerSettings(args.steps, args.guidance, args.height, args.width, args.true_cfg),
+                images_per_prompt=args.images_per_prompt,
+                limit=args.limit,
+            )
+            print((args.out / "benchmarks.md").read_text())
         else:
             print(compare(args.runs, args.out))
     except (ValueError, KeyError, FileNotFoundError, ChatError) as error:

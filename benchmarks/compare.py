@@ -99,9 +99,10 @@ def bar_chart(title: str, labels: Sequence[str], metrics: dict[str, list[float |
 def compare(out_dirs: Sequence[str | os.PathLike], dest: str | os.PathLike) -> str:
     """Write `dest/comparison.md` and `dest/<task>.png` for the runs; returns the Markdown."""
     runs = [load_run(path) for path in out_dirs]
-    labels = [label for label, _, _ in runs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"runs must have distinct dir names to label them, got {labels}")
+    for task in {task for _, task, _ in runs}:
+        labels = [label for label, run_task, _ in runs if run_task == task]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"runs of task {task} must have distinct dir names to label them, got {labels}")
     dest = Path(dest)
     sections = ["# Benchmark comparison", ""]
     for task in sorted({task for _, task, _ in runs}):

@@ -92,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--format",
-        choices=("geneval", "unigenbench", "dpg"),
+        choices=("geneval", "unigenbench", "dpg", "tiif"),
         required=True,
         help="geneval: evaluation_metadata.jsonl; unigenbench: a prompt CSV (index, prompt_en, sub_dims_en); dpg: "
-        "--out is a dir that gets dpg_bench.csv and prompts/",
+        "--out is a dir that gets dpg_bench.csv and prompts/; tiif: --out is a dir that gets prompts/ and "
+        "eval_prompts/",
     )
     export.add_argument("--data", type=Path, required=True, help="a SpatialWorld dataset dir")
     export.add_argument("--split", default="test", help="which split's perfect prompts (default: test)")
@@ -217,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
 
                 path = write_dpg(load_spatialworld_prompts(args.data, args.split), args.out)
                 print(f"{path} and {Path(args.out) / 'prompts'} (image folder names: the pair ids)")
+            elif args.format == "tiif":
+                from benchmarks.formats import load_spatialworld_prompts, write_tiif
+
+                keys = write_tiif(load_spatialworld_prompts(args.data, args.split), args.out)
+                print(f"{len(keys)} prompts -> {args.out} (image folders: <dimension>/<index>/<short|long>)")
             elif args.format == "unigenbench":
                 from benchmarks.formats import load_spatialworld_prompts, write_unigenbench
 

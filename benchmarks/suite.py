@@ -4,7 +4,7 @@ process, then one comparison.
 - `spatialscore-pairs`: the reward checkpoint on a SpatialWorld dataset dir's test split;
 - for each generator (a diffusers pipeline dir, e.g. the pretrained tiny base, or an rl_policy run dir: its LoRA over
   the base): `spatialworld-oracle` on the prompt dataset's test split (with the mean SpatialScore of the images),
-  and `geneval`, `dpg-bench` and `unigenbench` on the same prompts written in each benchmark's format
+  and `geneval`, `dpg-bench`, `tiif-bench` and `unigenbench` on the same prompts written in each benchmark's format
   (`export-prompts`), all judged by the SpatialWorld pixel detector;
 - `reports/summary.json` ({task: {run label: summary}}, numbers only, sorted keys: a rerun is byte-identical),
   `reports/benchmarks.md` and one PNG bar chart per task (`compare`), and the Markdown is printed.
@@ -24,14 +24,14 @@ from typing import Any
 
 from benchmarks.cache import ImageCache, JudgeCache
 from benchmarks.compare import compare
-from benchmarks.formats import load_spatialworld_prompts, write_dpg, write_unigenbench
+from benchmarks.formats import load_spatialworld_prompts, write_dpg, write_tiif, write_unigenbench
 from benchmarks.images import PipelineImages, SamplerSettings
 from benchmarks.runner import run_task
 from benchmarks.spatialworld import geneval_metadata
 from benchmarks.tasks import RunInputs, get_task
 from shared import atomic_write_json, atomic_write_text
 
-GENERATOR_TASKS = ("spatialworld-oracle", "geneval", "dpg-bench", "unigenbench")
+GENERATOR_TASKS = ("spatialworld-oracle", "geneval", "dpg-bench", "tiif-bench", "unigenbench")
 
 
 def parse_generator(text: str) -> tuple[str, Path]:
@@ -51,11 +51,13 @@ def export_prompts(dataset: Path, out: Path) -> dict[str, Path]:
         metadata, "".join(json.dumps(p, sort_keys=True) + "\n" for p in geneval_metadata(dataset, "test"))
     )
     write_dpg(prompts, out / "dpg")
+    write_tiif(prompts, out / "tiif")
     write_unigenbench(prompts, out / "unigenbench.csv")
     return {
         "spatialworld-oracle": dataset,
         "geneval": metadata,
         "dpg-bench": out / "dpg",
+        "tiif-bench": out / "tiif",
         "unigenbench": out / "unigenbench.csv",
     }
 

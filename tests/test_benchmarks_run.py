@@ -183,7 +183,7 @@ def test_relation_questions_are_what_the_oracle_asks(small_dataset, images, tmp_
         (
             ["--task", "nope"],
             "unknown task 'nope'; known tasks: dpg-bench, geneval, spatialscore-pairs, spatialworld-oracle, "
-            "unigenbench",
+            "tiif-bench, unigenbench",
         ),
         (["--task", "spatialworld-oracle", "--images", "IMAGES"], "task spatialworld-oracle needs --data"),
         (["--task", "spatialworld-oracle", "--data", "DATA"], "needs images: pass --images DIR or --pipeline DIR"),
@@ -272,3 +272,25 @@ def test_dpg_bench_on_exported_spatialworld_prompts(small_dataset, images, tmp_p
     both = tmp_path / "dpg_both"
     assert main([*args[:-1], str(both), "--images-per-prompt", "2"]) == 0
     assert json.loads((both / "summary.json").read_text())["corrected"]["score"] < 100.0
+
+
+def test_tiif_bench_on_exported_spatialworld_prompts(small_dataset, images, tmp_path):
+    """SpatialWorld test prompts exported in TIIF-Bench's layout; each prompt's perfect image stands for both its
+    short- and long-prompt images: every question is answered as expected (100 per length), and the perturbed image
+    in the long slot lowers the long-prompt score only."""
+    from benchmarks.formats import load_spatialworld_prompts, write_tiif
+
+    root, test = images
+    tiif = tmp_path / "tiif"
+    assert main(["export-prompts", "--format", "tiif", "--data", str(small_dataset), "--out", str(tiif)]) == 0
+    keys = write_tiif(load_spatialworld_prompts(small_dataset, "test"), tmp_path / "again")
+    folders = tmp_path / "tiif_images"
+    for pair_id, key in keys.items():
+        for length, seed_file in (("short", "0.png"), ("long", "1.png")):
+            (folders / key / length).mkdir(parents=True)
+            shutil.copy(root / pair_id / seed_file, folders / key / length / "0.png")
+    out = tmp_path / "tiif_run"
+    assert main(["run", "--task", "tiif-bench", "--data", str(tiif), "--images", str(folders), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["overall"]["short"] == 100.0 and summary["overall"]["long"] < 100.0
+    assert summary["num_images"] == 2 * len(test) and "temperature 1" in (out / "report.md").read_text()

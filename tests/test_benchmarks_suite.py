@@ -38,7 +38,14 @@ def test_suite_runs_every_task_and_a_rerun_is_free(small_dataset, generator_dir,
     args += ["--images-per-prompt", "1", "--steps", "2", "--height", "32", "--width", "32", "--true-cfg", "2"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"spatialscore-pairs", "spatialworld-oracle", "geneval", "dpg-bench", "unigenbench"}
+    assert set(summary) == {
+        "spatialscore-pairs",
+        "spatialworld-oracle",
+        "geneval",
+        "dpg-bench",
+        "tiif-bench",
+        "unigenbench",
+    }
     assert set(summary["geneval"]) == {"base"} and "mean_spatialscore" in summary["spatialworld-oracle"]["base"]
     assert (out / "benchmarks.md").read_text() in capsys.readouterr().out
     assert (out / "spatialworld-oracle.png").is_file()
@@ -48,7 +55,7 @@ def test_suite_runs_every_task_and_a_rerun_is_free(small_dataset, generator_dir,
     assert (out / "summary.json").read_bytes() == first
     assert sorted(path.name for path in (out / "cache" / "images").rglob("*.png")) == images
     logs = [json.loads(path.read_text()) for path in (out / "runs").rglob("run_log.json")]
-    assert len(logs) == 5 and all(sum(log["judge_calls"].values()) == 0 for log in logs)
+    assert len(logs) == 6 and all(sum(log["judge_calls"].values()) == 0 for log in logs)
 
 
 def test_suite_needs_something_to_run(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 A task is any object with the `Task` protocol (`benchmarks.tasks.base`); add one by adding it to `TASKS` below.
 The DPG-Bench, TIIF-Bench and UniGenBench++ loaders and aggregations live as pure functions in
-`benchmarks/formats/`; `dpg-bench` and `unigenbench` wrap their format modules; TIIF-Bench will plug in the same way.
+`benchmarks/formats/`; `dpg-bench`, `tiif-bench` and `unigenbench` wrap those format modules.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from benchmarks.tasks.dpg import DpgBench
 from benchmarks.tasks.geneval import GenEval
 from benchmarks.tasks.spatialscore_pairs import SpatialScorePairs
 from benchmarks.tasks.spatialworld_oracle import SpatialWorldOracle
+from benchmarks.tasks.tiif import TiifBench
 from benchmarks.tasks.unigenbench import UniGenBenchTask
 
-TASKS: dict[str, Task] = {
-    task.name: task for task in (SpatialScorePairs(), SpatialWorldOracle(), GenEval(), DpgBench(), UniGenBenchTask())
-}
+ALL_TASKS = (SpatialScorePairs(), SpatialWorldOracle(), GenEval(), DpgBench(), TiifBench(), UniGenBenchTask())
+TASKS: dict[str, Task] = {task.name: task for task in ALL_TASKS}
 
 
 def get_task(name: str) -> Task:

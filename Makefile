@@ -43,10 +43,18 @@ $(DATA_DIR)/verify_report.json: | $(STAMP)
 
 REWARD_CONFIG ?= configs/reward/tiny.yaml
 
-pretrain-reward: $(STAMP) ## stage A of the tiny reward backbone (about 26 min); writes runs/reward/tiny_pretrain/backbone
-	$(PYTHON) -m reward_model pretrain --out runs/reward/tiny_pretrain
+# Stage A of the tiny reward backbone (sentence verification + image-text matching + patch colours,
+# reward_model/grounding.py) is shipped in checkpoints/reward_tiny_stage_a: it takes about 45 minutes here. This
+# target reproduces it into runs/stage_a/v4 (the two runs of experiments/reward_tiny/NOTES.md, curves printed).
+pretrain-reward: $(DATA_DIR)/verify_report.json ## reproduce the shipped stage-A backbone (~45 min) into runs/stage_a/v4
+	OMP_NUM_THREADS=1 $(PYTHON) experiments/reward_tiny/stage_a_verify.py --steps 800 --warmup 60 \
+		--curriculum 0:3,200:4,400:6 --eval-every 100 --eval-pairs 200 --out runs/stage_a/v3
+	OMP_NUM_THREADS=1 $(PYTHON) experiments/reward_tiny/stage_a_verify.py --init-from runs/stage_a/v3 --steps 500 \
+		--stop-after 200 --warmup 30 --curriculum 0:6 --min-objects 3 --eval-every 100 --eval-pairs 200 \
+		--out runs/stage_a/v4
+	@echo "stage A written to runs/stage_a/v4 (the shipped copy is checkpoints/reward_tiny_stage_a)"
 
-train-reward: $(DATA_DIR)/verify_report.json ## train the tiny reward model (stage B); exports runs/reward/tiny/export
+train-reward: $(DATA_DIR)/verify_report.json ## stage B on the shipped stage A; exports runs/reward/tiny/export
 	$(PYTHON) -m reward_model fit --config $(REWARD_CONFIG) --data.dataset_dir $(DATA_DIR)
 
 # The RL testbed: 2-object SpatialWorld scenes (every relation family but `between`, which needs 3), prompts of at

@@ -9,6 +9,7 @@ opposites) differs from the original only in the sentences of the broken relatio
 from __future__ import annotations
 
 import random
+from typing import NamedTuple
 
 from data_synthesis.relations import Relation
 from data_synthesis.scene import Scene
@@ -113,8 +114,16 @@ def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def describe(scene: Scene, relations: list[Relation], style_seed: int) -> str:
-    """The prompt for `scene` stating `relations`. Equal seeds make equal choices for equal slots."""
+class PromptPieces(NamedTuple):
+    """A prompt cut into sentences: `describe` joins `intro + sentences` with single spaces."""
+
+    intro: list[str]  # the sentences that introduce the background and the objects, each ending in "."
+    sentences: list[str]  # one sentence per stated relation, each ending in its only ".", in prompt order
+    slots: list[int]  # slots[j]: the index (in the `relations` given) of the relation that sentences[j] states
+
+
+def describe_sentences(scene: Scene, relations: list[Relation], style_seed: int) -> PromptPieces:
+    """The sentences of `describe(scene, relations, style_seed)`, with the relation each relation sentence states."""
     rng = random.Random(style_seed)
     words = {}
     for obj in scene.objects:  # two draws per object, whatever its attributes
@@ -145,10 +154,17 @@ def describe(scene: Scene, relations: list[Relation], style_seed: int) -> str:
     sentence_order = list(range(8))
     rng.shuffle(sentence_order)
     sentences = []
-    for slot in sorted(range(len(relations)), key=lambda i: sentence_order[i % 8] + 8 * (i // 8)):
+    slots = sorted(range(len(relations)), key=lambda i: sentence_order[i % 8] + 8 * (i // 8))
+    for slot in slots:
         relation = relations[slot]
         options = TEMPLATES[relation.kind]
         template = options[phrasing[slot % 8] % len(options)]
         refs = dict(zip("abc", (reference[c] for c in relation.subjects), strict=False))
         sentences.append(_capitalise(template.format(region=relation.region, **refs)))
-    return " ".join(intro + sentences)
+    return PromptPieces(intro, sentences, slots)
+
+
+def describe(scene: Scene, relations: list[Relation], style_seed: int) -> str:
+    """The prompt for `scene` stating `relations`. Equal seeds make equal choices for equal slots."""
+    pieces = describe_sentences(scene, relations, style_seed)
+    return " ".join(pieces.intro + pieces.sentences)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from reward_model.model import TEXT_LORA_TARGETS, SpatialScore, build_spatialscore, tiny_backbone_config
+from reward_model.pretrain import attach_pretrained_position_embedding
 from reward_model.tokenizer import build_spatialworld_processor
 
 
@@ -85,3 +86,42 @@ def build_tiny_spatialscore(
             initial_std=initial_std,
             head_seed=seed,
         )
+
+
+def build_pretrained_tiny_spatialscore(
+    *,
+    backbone_dir: str,
+    lora_rank: int | None = 16,
+    lora_alpha: float = 32.0,
+    lora_dropout: float = 0.0,
+    lora_target_modules: list[str] | None = None,
+    head_hidden_size: int = 64,
+    min_std: float = 0.05,
+    max_std: float = 10.0,
+    initial_std: float = 1.0,
+    seed: int = 0,
+) -> SpatialScore:
+    """The tiny SpatialScore on a stage-A backbone directory (`reward_model.grounding.save_grounded_backbone` or
+    `reward_model.pretrain.save_pretrained_backbone`), with the patch position embedding saved beside it.
+
+    backbone_dir: the stage-A directory (config.json, model.safetensors, processor files, position embedding).
+    lora_rank: LoRA rank on the language model; None fine-tunes the whole language model (vision tower frozen).
+    lora_alpha, lora_dropout, lora_target_modules: as `build_tiny_spatialscore`.
+    head_hidden_size, min_std, max_std, initial_std: the (mean, std) head; seed draws its initialisation.
+    """
+    model = build_spatialscore(
+        backbone_dir,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        lora_target_modules=tuple(lora_target_modules or TEXT_LORA_TARGETS),
+        head_hidden_size=head_hidden_size,
+        min_std=min_std,
+        max_std=max_std,
+        initial_std=initial_std,
+        head_seed=seed,
+    )
+    visual = model.backbone.get_base_model().visual if lora_rank is not None else model.backbone.visual
+    if not hasattr(visual, "patch_position_embedding"):  # older builders do not attach it themselves
+        attach_pretrained_position_embedding(visual, backbone_dir)
+    return model

@@ -80,7 +80,8 @@ def test_fit_exports_a_reloadable_checkpoint_with_metrics(fitted):
         assert 0 <= metrics[key] <= 1, key
     assert metrics["train_seconds"] > 0
     config = json.loads((export / "config.json").read_text())
-    assert config["training_config"]["model"]["network"]["class_path"] == "reward_model.recipes.build_tiny_spatialscore"
+    network = config["training_config"]["model"]["network"]
+    assert network["class_path"] == "reward_model.recipes.build_pretrained_tiny_spatialscore"
 
     reloaded = SpatialScorer.from_pretrained(export)
     expected = SpatialScorer.from_network(cli.model.network).score(prompts=prompts, images=paths)

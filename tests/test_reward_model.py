@@ -254,8 +254,10 @@ def test_long_prompts_are_truncated_keeping_the_reward_token_and_counted(pairs, 
     model = tiny_model(max_prompt_tokens=5)
     tokenizer = model.processor.tokenizer
     cut, was_cut = truncate_prompt(tokenizer, prompts[0], 5)
-    assert was_cut and tokenizer(cut, add_special_tokens=False)["input_ids"] == (
-        tokenizer(prompts[0], add_special_tokens=False)["input_ids"][:5]
+    assert (
+        was_cut
+        and tokenizer(cut, add_special_tokens=False)["input_ids"]
+        == (tokenizer(prompts[0], add_special_tokens=False)["input_ids"][:5])
     )
     assert truncate_prompt(tokenizer, "the red star .", 5) == ("the red star .", False)
     before = truncated_prompt_count()

@@ -1,0 +1,155 @@
+"""Stage A in stage B's format (sentence verification + image-text matching): the prompt pieces join to the exact
+`describe` text, every sentence label is the oracle's verdict, the collator finds each relation sentence's final
+".", a few real steps move every weight, and the saved backbone loads through `build_spatialscore`."""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+
+import pytest
+import torch
+
+from data_synthesis import (
+    COLOURS,
+    TEMPLATES,
+    Background,
+    Relation,
+    Scene,
+    SceneLayout,
+    SceneObject,
+    Truth,
+    WorldConfig,
+    evaluate,
+)
+from data_synthesis.perturb import sample_pair
+from data_synthesis.prompts import describe, describe_sentences
+from reward_model.grounding import (
+    GroundingPretrainModule,
+    VerificationCollator,
+    build_grounding_network,
+    load_grounding_heads,
+    save_grounded_backbone,
+    token_colour_targets,
+    verification_example,
+)
+from reward_model.model import build_spatialscore, tiny_backbone_config
+from reward_model.recipes import build_pretrained_tiny_spatialscore
+from reward_model.tokenizer import REWARD_TOKEN
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def patterns(relation: Relation) -> list[str]:
+    """Regexes of the sentences that can state `relation`: its templates with its objects and region filled in."""
+    fills = {name: f"the {colour} [a-z -]+?" for name, colour in zip("abc", relation.subjects, strict=False)}
+    fills["region"] = re.escape(relation.region or "")
+    result = []
+    for template in TEMPLATES[relation.kind]:
+        pattern = re.escape(template)
+        for name, fill in fills.items():
+            pattern = pattern.replace(re.escape("{" + name + "}"), fill)
+        result.append(pattern)
+    return result
+
+
+def test_describe_sentences_join_to_describe_and_name_their_relation():
+    for seed in range(40):
+        rng = random.Random(seed)
+        sample = sample_pair(rng, WorldConfig(3, 6), rng.randint(1, 3))
+        if sample is None:
+            continue
+        pieces = describe_sentences(sample.scene, sample.stated, style_seed=seed)
+        assert " ".join(pieces.intro + pieces.sentences) == describe(sample.scene, sample.stated, style_seed=seed)
+        assert sorted(pieces.slots) == list(range(len(sample.stated)))
+        for sentence, slot in zip(pieces.sentences, pieces.slots, strict=True):
+            assert sentence.endswith(".") and sentence.count(".") == 1
+            assert all(colour in sentence for colour in sample.stated[slot].subjects)
+            assert any(re.fullmatch(pattern, sentence, re.IGNORECASE) for pattern in patterns(sample.stated[slot]))
+        assert all(sentence.count(".") == 1 for sentence in pieces.intro)
+
+
+def test_sentence_labels_are_the_oracle_verdicts_and_both_kinds_occur():
+    labels, matches = [], []
+    for seed in range(30):
+        example = verification_example(seed, WorldConfig(3, 6), resolution=64)
+        layout = SceneLayout(example.scene)
+        for relation, truth in zip(example.relations, example.sentence_truth, strict=True):
+            assert evaluate(relation, layout) is (Truth.HOLDS if truth else Truth.BROKEN)
+        labels += example.sentence_truth
+        matches.append(example.matches)
+    assert 0.5 < sum(labels) / len(labels) < 0.95 and 0.2 < sum(matches) / len(matches) < 0.8
+
+
+def test_collator_points_at_the_final_period_of_each_relation_sentence(processor):
+    examples = [verification_example(seed, WorldConfig(3, 4), resolution=64) for seed in range(3)]
+    batch = VerificationCollator(processor)(examples)
+    period = processor.tokenizer.convert_tokens_to_ids(".")
+    ids = batch.inputs["input_ids"]
+    assert len(batch.sentence_ends) == sum(len(e.sentence_truth) for e in examples) == len(batch.sentence_truth)
+    assert (ids[batch.sentence_ends[:, 0], batch.sentence_ends[:, 1]] == period).all()
+    # The last relation sentence of each row ends right before <|im_end|> (the prompt's last token).
+    for row in range(len(examples)):
+        last = batch.sentence_ends[batch.sentence_ends[:, 0] == row, 1].max()
+        assert processor.tokenizer.convert_ids_to_tokens(int(ids[row, last + 1])) == "<|im_end|>"
+
+
+def test_token_colour_targets_mark_the_patches_under_each_box():
+    scene = Scene(
+        objects=(
+            SceneObject("red", "square", "medium", x=0.15, y=0.15, radius=0.05, depth=0),
+            SceneObject("blue", "square", "medium", x=0.65, y=0.85, radius=0.05, depth=1),
+        ),
+        background=Background("plain"),
+    )
+    targets = token_colour_targets(scene, rows=2, cols=2, merge_size=2)  # a 4 x 4 patch grid
+    red, blue = list(COLOURS).index("red"), list(COLOURS).index("blue")
+    assert targets.shape == (4, 4 * len(COLOURS))
+    # Red spans x, y 0.1 .. 0.2: patch (0, 0) of the 4 x 4 grid, token 0's first sub-patch. Blue spans x 0.6 .. 0.7,
+    # y 0.8 .. 0.9: patch (row 3, col 2), token 3 (row 1, col 1)'s sub-patch (1, 0), the third.
+    assert targets.nonzero().tolist() == [[0, red], [3, 2 * len(COLOURS) + blue]]
+
+
+def tiny_network(processor):
+    config = tiny_backbone_config(text_hidden_size=32, text_layers=2, text_intermediate_size=64, vision_hidden_size=32)
+    return build_grounding_network(config, processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN))
+
+
+def test_a_few_steps_move_every_weight_and_the_backbone_reloads(processor, tmp_path):
+    torch.manual_seed(0)
+    network = tiny_network(processor)
+    module = GroundingPretrainModule(network, functools.partial(torch.optim.AdamW, lr=1e-3))
+    optimizer = module.configure_optimizers()["optimizer"]
+    examples = [verification_example(seed, WorldConfig(3, 4), resolution=64) for seed in range(4)]
+    batch = VerificationCollator(processor)(examples)
+    before = {name: value.detach().clone() for name, value in network.named_parameters()}
+    losses = []
+    for _ in range(4):
+        loss, _ = module.step(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    unchanged = [name for name, value in network.named_parameters() if torch.equal(value, before[name])]
+    # Rows of tokens absent from the batch get no gradient (AdamW's decay still moves them), so all weights move.
+    assert not unchanged, unchanged
+
+    directory = save_grounded_backbone(network, processor, tmp_path / "stage_a", metrics={"steps": 4})
+    model = build_spatialscore(directory, lora_rank=None)
+    assert hasattr(model.backbone.visual, "patch_position_embedding")  # build_spatialscore attaches it
+    reloaded = tiny_network(processor)
+    reloaded.backbone.load_state_dict(model.backbone.state_dict())
+    load_grounding_heads(reloaded, directory)
+    network.eval(), reloaded.eval()
+    with torch.no_grad():
+        expected = network(batch.inputs, batch.sentence_ends)
+        actual = reloaded(batch.inputs, batch.sentence_ends)
+    torch.testing.assert_close(actual.sentence_logits, expected.sentence_logits)
+    torch.testing.assert_close(actual.match_logits, expected.match_logits)
+
+    scorer = build_pretrained_tiny_spatialscore(backbone_dir=str(directory), lora_rank=4)  # stage B's recipe
+    assert hasattr(scorer.backbone.get_base_model().visual, "patch_position_embedding")
+    mean, std = scorer(**batch.inputs)
+    assert mean.shape == std.shape == (len(examples),)

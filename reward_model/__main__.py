@@ -156,8 +156,11 @@ def export_command(argv: Sequence[str]) -> None:
 
 
 def pretrain_command(argv: Sequence[str]) -> None:
-    """Stage A: grounded-caption pretraining of the tiny backbone; writes `<out>/backbone` (a pretrained dir for
-    `build_spatialscore`) and Lightning logs under `<out>/stage_a`. Defaults are the second measured run's."""
+    """Stage A of the tiny backbone (embedded default only); writes `<out>/backbone` (a pretrained dir for
+    `build_spatialscore`) and Lightning logs under `<out>/stage_a`. --objective verify (default): sentence
+    verification + image-text matching + patch colours in stage B's input format (reward_model.grounding; the
+    shipped checkpoints/reward_tiny_stage_a was trained this way, by experiments/reward_tiny/stage_a_verify.py);
+    caption: grounded captions (reward_model.pretrain)."""
     import functools
 
     from lightning.pytorch import seed_everything
@@ -178,16 +181,18 @@ def pretrain_command(argv: Sequence[str]) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", required=True, help="run dir: <out>/backbone and <out>/stage_a logs")
+    parser.add_argument("--objective", choices=("verify", "caption"), default="verify", help="what stage A learns")
     parser.add_argument("--max-steps", type=int, default=4000)
     parser.add_argument("--max-time", default=None, help="wall-time cap as DD:HH:MM:SS (stops early, still saves)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 (verify), 2e-3 (caption)")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument(
         "--curriculum",
-        default="0:2,1500:3",
-        help="first_step:max_objects entries, comma-separated, the first at step 0",
+        default=None,
+        help="first_step:max_objects entries, comma-separated, the first at step 0; default 0:3,200:4,400:6 "
+        "(verify), 0:2,1500:3 (caption)",
     )
     parser.add_argument("--val-size", type=int, default=256)
     parser.add_argument("--val-every", type=int, default=100, help="held-out evaluation every this many steps")
@@ -195,6 +200,11 @@ def pretrain_command(argv: Sequence[str]) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the model")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    verify = args.objective == "verify"
+    args.lr = args.lr if args.lr is not None else (1e-3 if verify else 2e-3)
+    args.curriculum = args.curriculum or ("0:3,200:4,400:6" if verify else "0:2,1500:3")
+    if verify and not 0 <= args.warmup_steps < args.max_steps:
+        parser.error(f"--warmup-steps ({args.warmup_steps}) must be below --max-steps ({args.max_steps})")
     try:
         curriculum = tuple(tuple(int(v) for v in item.split(":")) for item in args.curriculum.split(","))
         if not curriculum or curriculum[0][0] != 0 or any(len(item) != 2 for item in curriculum):
@@ -203,6 +213,9 @@ def pretrain_command(argv: Sequence[str]) -> None:
         parser.error(f"--curriculum must look like 0:2,1500:3 (first entry at step 0), got {args.curriculum!r}")
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
+    if verify:
+        _pretrain_verification(args, curriculum)
+        return
     data = GroundedCaptionDataModule(
         batch_size=args.batch_size,
         curriculum=curriculum,
@@ -231,6 +244,59 @@ def pretrain_command(argv: Sequence[str]) -> None:
     trainer.fit(module, data)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | {"global_step": trainer.global_step}
     path = save_pretrained_backbone(network, data.processor, out / "backbone", metrics=metrics)
+    print(json.dumps({"backbone": str(path), "metrics": metrics}, indent=2))
+
+
+def _pretrain_verification(args: argparse.Namespace, curriculum: tuple[tuple[int, int], ...]) -> None:
+    """Stage A with the verification objective (reward_model.grounding), sizes of the shipped checkpoint."""
+    import functools
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.data import DataLoader
+
+    from reward_model.grounding import (
+        GroundingPretrainModule,
+        VerificationCollator,
+        VerificationStream,
+        build_grounding_network,
+        save_grounded_backbone,
+        validation_examples,
+    )
+    from reward_model.model import tiny_backbone_config
+    from reward_model.pretrain import warmup_cosine
+    from reward_model.tokenizer import REWARD_TOKEN, build_spatialworld_processor
+
+    config = tiny_backbone_config(
+        text_hidden_size=128, text_layers=4, text_intermediate_size=256, vision_hidden_size=64, vision_layers=2
+    )
+    processor = build_spatialworld_processor(max_pixels=140 * 140)  # 5 x 5 image tokens for the 128 px data
+    processor.tokenizer.add_tokens([REWARD_TOKEN], special_tokens=True)  # already an id of the tiny tokenizer
+    network = build_grounding_network(config, processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN))
+    module = GroundingPretrainModule(
+        network,
+        functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay),
+        functools.partial(warmup_cosine, warmup_steps=args.warmup_steps, total_steps=args.max_steps),
+    )
+    collate = VerificationCollator(processor)
+    stream = VerificationStream(seed=args.seed, batch_size=args.batch_size, curriculum=curriculum, min_objects=2)
+    train = DataLoader(stream, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers)
+    val = DataLoader(validation_examples(args.seed, args.val_size), batch_size=64, collate_fn=collate)
+    out = Path(args.out)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=args.max_steps,
+        max_time=args.max_time,
+        val_check_interval=min(args.val_every, args.max_steps),
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=min(10, args.max_steps),
+        gradient_clip_val=1.0,
+        enable_checkpointing=False,
+        logger=TensorBoardLogger(out, name="stage_a"),
+    )
+    trainer.fit(module, train, val)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | {"global_step": trainer.global_step}
+    path = save_grounded_backbone(network, processor, out / "backbone", metrics=metrics)
     print(json.dumps({"backbone": str(path), "metrics": metrics}, indent=2))
 
 

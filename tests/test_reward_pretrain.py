@@ -174,6 +174,8 @@ def test_pretrain_command_writes_a_loadable_backbone(tmp_path, capsys):
     main(
         [
             "pretrain",
+            "--objective",
+            "caption",
             "--out",
             str(out),
             "--max-steps",

@@ -164,7 +164,6 @@ def pretrain_command(argv: Sequence[str]) -> None:
     import functools
 
     from lightning.pytorch import seed_everything
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from reward_model.model import tiny_backbone_config
     from reward_model.pretrain import (
@@ -229,7 +228,18 @@ def pretrain_command(argv: Sequence[str]) -> None:
         network, optimizer, functools.partial(warmup_constant, warmup_steps=args.warmup_steps)
     )
     out = Path(args.out)
-    trainer = Trainer(
+    trainer = _stage_a_trainer(args, out)
+    trainer.fit(module, data)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | {"global_step": trainer.global_step}
+    path = save_pretrained_backbone(network, data.processor, out / "backbone", metrics=metrics)
+    print(json.dumps({"backbone": str(path), "metrics": metrics}, indent=2))
+
+
+def _stage_a_trainer(args: argparse.Namespace, out: Path) -> Trainer:
+    """The CPU Trainer of both stage-A objectives: step budget, periodic held-out evaluation, logs in <out>/stage_a."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    return Trainer(
         accelerator="cpu",
         max_steps=args.max_steps,
         max_time=args.max_time,
@@ -241,17 +251,12 @@ def pretrain_command(argv: Sequence[str]) -> None:
         enable_checkpointing=False,
         logger=TensorBoardLogger(out, name="stage_a"),
     )
-    trainer.fit(module, data)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | {"global_step": trainer.global_step}
-    path = save_pretrained_backbone(network, data.processor, out / "backbone", metrics=metrics)
-    print(json.dumps({"backbone": str(path), "metrics": metrics}, indent=2))
 
 
 def _pretrain_verification(args: argparse.Namespace, curriculum: tuple[tuple[int, int], ...]) -> None:
     """Stage A with the verification objective (reward_model.grounding), sizes of the shipped checkpoint."""
     import functools
 
-    from lightning.pytorch.loggers import TensorBoardLogger
     from torch.utils.data import DataLoader
 
     from reward_model.grounding import (
@@ -282,18 +287,7 @@ def _pretrain_verification(args: argparse.Namespace, curriculum: tuple[tuple[int
     train = DataLoader(stream, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers)
     val = DataLoader(validation_examples(args.seed, args.val_size), batch_size=64, collate_fn=collate)
     out = Path(args.out)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=args.max_steps,
-        max_time=args.max_time,
-        val_check_interval=min(args.val_every, args.max_steps),
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=min(10, args.max_steps),
-        gradient_clip_val=1.0,
-        enable_checkpointing=False,
-        logger=TensorBoardLogger(out, name="stage_a"),
-    )
+    trainer = _stage_a_trainer(args, out)
     trainer.fit(module, train, val)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | {"global_step": trainer.global_step}
     path = save_grounded_backbone(network, processor, out / "backbone", metrics=metrics)

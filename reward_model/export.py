@@ -43,7 +43,7 @@ from torch import nn
 from transformers import Qwen2_5_VLModel
 
 from reward_model.model import SpatialScore
-from reward_model.pretrain import POSITION_EMBEDDING_FILE, PatchPositionEmbedding
+from reward_model.pretrain import POSITION_EMBEDDING_FILE, PatchPositionEmbedding, save_position_embedding
 from reward_model.tokenizer import REWARD_TOKEN
 from shared import atomic_write_json
 
@@ -120,15 +120,6 @@ def _save_plain_backbone(backbone: nn.Module, directory: Path) -> None:
         plain = Qwen2_5_VLModel._from_config(backbone.get_base_model().config)
     plain.load_state_dict(base_backbone_state_dict(backbone), strict=True, assign=True)
     plain.save_pretrained(str(directory), safe_serialization=True)
-
-
-def save_position_embedding(embedding: PatchPositionEmbedding, path: Path) -> None:
-    """`embedding` in the stage-A file format (`attach_pretrained_position_embedding` reads it back)."""
-    save_file(
-        {"weight": embedding.weight.detach().contiguous().cpu()},
-        str(path),
-        metadata={"grid_size": str(embedding.grid_size), "merge_size": str(embedding.merge_size)},
-    )
 
 
 def _pretrained_path(config) -> str | None:

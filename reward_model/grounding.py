@@ -52,7 +52,13 @@ from data_synthesis import COLOURS, Relation, Scene, SceneLayout, Truth, WorldCo
 from data_synthesis.perturb import sample_pair
 from data_synthesis.prompts import describe_sentences
 from reward_model.model import encode, reward_token_positions
-from reward_model.pretrain import POSITION_EMBEDDING_FILE, OptimizerFactory, PatchPositionEmbedding, SchedulerFactory
+from reward_model.pretrain import (
+    POSITION_EMBEDDING_FILE,
+    OptimizerFactory,
+    PatchPositionEmbedding,
+    SchedulerFactory,
+    save_position_embedding,
+)
 from reward_model.tokenizer import SpatialScoreProcessor
 from shared import stable_seed
 
@@ -390,11 +396,7 @@ def save_grounded_backbone(
         backbone.save_pretrained(staging, state_dict=state, safe_serialization=True)
         processor.save_pretrained(staging)
         embedding = backbone.visual.patch_position_embedding
-        save_file(
-            {"weight": embedding.weight.detach().contiguous().cpu()},
-            staging / POSITION_EMBEDDING_FILE,
-            metadata={"grid_size": str(embedding.grid_size), "merge_size": str(embedding.merge_size)},
-        )
+        save_position_embedding(embedding, staging / POSITION_EMBEDDING_FILE)
         heads = {f"verdict_head.{k}": v for k, v in network.verdict_head.state_dict().items()}
         heads |= {f"match_head.{k}": v for k, v in network.match_head.state_dict().items()}
         heads |= {f"colour_head.{k}": v for k, v in network.colour_head.state_dict().items()}

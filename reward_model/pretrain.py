@@ -448,11 +448,7 @@ def save_pretrained_backbone(
         processor.save_pretrained(staging)
         embedding = getattr(model.model.visual, "patch_position_embedding", None)
         if embedding is not None:
-            save_file(
-                {"weight": embedding.weight.detach().contiguous().cpu()},
-                staging / POSITION_EMBEDDING_FILE,
-                metadata={"grid_size": str(embedding.grid_size), "merge_size": str(embedding.merge_size)},
-            )
+            save_position_embedding(embedding, staging / POSITION_EMBEDDING_FILE)
         if metrics is not None:
             (staging / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         staging.chmod(0o755)  # mkdtemp makes it private
@@ -463,6 +459,16 @@ def save_pretrained_backbone(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def save_position_embedding(embedding: PatchPositionEmbedding, path: str | os.PathLike) -> None:
+    """`embedding` in the stage-A file format (weight, with grid and merge sizes in the metadata), which
+    `attach_pretrained_position_embedding` reads back."""
+    save_file(
+        {"weight": embedding.weight.detach().contiguous().cpu()},
+        str(path),
+        metadata={"grid_size": str(embedding.grid_size), "merge_size": str(embedding.merge_size)},
+    )
 
 
 def attach_pretrained_position_embedding(visual: nn.Module, directory: str | os.PathLike) -> bool:

@@ -37,12 +37,7 @@ from benchmarks.judges import (
     YesNoVQA,
     image_sha256,
 )
-from shared.io import atomic_write_bytes, atomic_write_text
-
-
-def canonical_sha256(value: Any) -> str:
-    """SHA-256 of the canonical JSON of `value` (sorted keys, no spaces)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+from shared.io import atomic_write_bytes, atomic_write_text, canonical_sha256
 
 
 def directory_sha256(directory: str | os.PathLike) -> str:

@@ -22,7 +22,6 @@ Used by the LLM prompt source of data_synthesis and by the VLM judges of benchma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import openai
+
+from shared.io import canonical_sha256
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,7 @@ class ChatCache:
 
 def request_key(payload: dict[str, Any], namespace: str) -> str:
     """SHA-256 of the canonical JSON of a request payload and the caller's namespace."""
-    canonical = json.dumps({"namespace": namespace, **payload}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return canonical_sha256({"namespace": namespace, **payload})
 
 
 class ChatClient:

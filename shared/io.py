@@ -44,6 +44,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def canonical_sha256(value: Any) -> str:
+    """SHA-256 of the canonical JSON of `value` (sorted keys, no spaces): a stable key for caches."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def stable_seed(*parts: object) -> int:
     """A 63-bit seed from any printable parts, identical across processes and Python runs (unlike `hash`)."""
     digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()

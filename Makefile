@@ -11,7 +11,7 @@ DATA_DIR ?= data/spatialworld
 DATA_ARGS ?= --num-pairs 12000 --seed 0 --resolution 128 --min-objects 3 --max-objects 6 --max-broken 3 \
 	--split-fractions 0.75 0.05 0.20
 
-.PHONY: help setup test test-slow lint data data-rl pretrain-reward train-reward pretrain-generator train-rl eval-benchmarks bench clean
+.PHONY: help setup test test-slow lint data data-rl pretrain-reward train-reward pretrain-generator train-rl eval-benchmarks demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -91,10 +91,17 @@ train-rl: $(GENERATOR_DIR)/pipeline/model_index.json $(RL_REWARD_DEPS) ## Flow-G
 # cached and resumable: a rerun makes no judge call and gives a byte-identical reports/summary.json.
 RL_RUNS = $(foreach run,tiny tiny-oracle tiny-geneval,$(if $(wildcard runs/rl/$(run)/lora/policy.json),--generator $(run)=runs/rl/$(run)))
 
+EVAL_SAMPLER_ARGS = --steps 20 --height 32 --width 32 --true-cfg 3
+
 eval-benchmarks: runs/reward/tiny/export/metrics.json $(GENERATOR_DIR)/pipeline/model_index.json ## all benchmarks -> reports/
 	$(PYTHON) -m benchmarks suite --out reports --reward-data $(DATA_DIR) --scorer runs/reward/tiny/export \
 		--prompt-data $(RL_DATA_DIR) --generator base=$(GENERATOR_DIR)/pipeline $(RL_RUNS) \
-		--steps 20 --height 32 --width 32 --true-cfg 3 --images-per-prompt 2
+		$(EVAL_SAMPLER_ARGS) --images-per-prompt 2
+
+# The whole chain from nothing (each stage only when its output is missing), timed, with base-vs-RL samples drawn
+# with the benchmarks' sampler settings: reports/demo.md.
+demo: $(STAMP) ## data, reward model, generator, GRPO (oracle and critic), benchmarks -> reports/demo.md
+	$(PYTHON) -m benchmarks.demo --out reports --prompt-data $(RL_DATA_DIR) $(EVAL_SAMPLER_ARGS)
 
 bench: $(STAMP) ## speed benchmarks (prints ratios against the targets)
 	$(PYTHON) bench/data_synthesis_build.py

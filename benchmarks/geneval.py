@@ -16,8 +16,9 @@ follow the official `evaluation/evaluate_images.py` and `summary_scores.py`:
 - summary: accuracy per tag over images; overall = mean of the tag accuracies; also the fraction of correct images
   and of prompts with at least one correct image.
 
-The official colour check classifies each detection's crop with CLIP; here the `Detector` gives a colour per
-detection (the SpatialWorld detector reads it from the pixels).
+The official colour check classifies each detection's masked crop with CLIP; here the `Detector` gives a colour per
+detection: the SpatialWorld detector reads it from the pixels, and a transformers detector gets GenEval's CLIP
+reading through `benchmarks.detectors.ColourReadingDetector` (`--colour-model DIR`).
 """
 
 from __future__ import annotations

@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a local transformers Mask2Former dir (e.g. facebook/mask2former-swin-small-coco-instance) as the "
         "Detector for real images, instead of the SpatialWorld pixel detector",
     )
+    run.add_argument(
+        "--colour-model",
+        type=Path,
+        help="a local transformers CLIP dir (GenEval uses openai/clip-vit-large-patch14) that names the colour of "
+        "each --detector detection, as GenEval's colour rule needs",
+    )
     run.add_argument("--cache-dir", type=Path, help="judge and image caches (default: OUT/cache); share it across runs")
     vlm = run.add_argument_group("VLM judge (--judge vlm)")
     vlm.add_argument("--vlm-url", help="base URL of the chat-completions endpoint, e.g. http://localhost:8000/v1")
@@ -155,10 +161,17 @@ def make_judges(args: argparse.Namespace, cache: JudgeCache) -> CachedJudges:
         client = ChatClient(config)
         client.check()
         judges = {"vqa": VLMYesNo(client), "testpoints": VLMTestpoints(client), "pairwise": VLMPairwise(client)}
+    colour_model = getattr(args, "colour_model", None)
+    if colour_model is not None and args.detector is None:
+        raise ValueError("--colour-model names the colours of --detector detections: give --detector too")
     if args.detector is not None:
-        from benchmarks.detectors import Mask2FormerDetector
+        from benchmarks.detectors import CLIPColourClassifier, ColourReadingDetector, Mask2FormerDetector
 
         judges["detector"] = Mask2FormerDetector.from_pretrained(args.detector)
+        if colour_model is not None:
+            judges["detector"] = ColourReadingDetector(
+                judges["detector"], CLIPColourClassifier.from_pretrained(colour_model)
+            )
     if args.scorer is not None:
         from benchmarks.spatialscore import SpatialScoreJudge
 

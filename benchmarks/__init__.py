@@ -12,7 +12,7 @@ plug into the same registry), behind typed judges with cached, resumable runs.
 """
 
 from benchmarks.cache import CachedJudges, ImageCache, JudgeCache, SampleLog
-from benchmarks.detectors import Mask2FormerDetector
+from benchmarks.detectors import CLIPColourClassifier, ColourReadingDetector, Mask2FormerDetector
 from benchmarks.images import ImageFolder, PipelineImages, SamplerSettings
 from benchmarks.judges import (
     Detection,
@@ -51,6 +51,8 @@ __all__ = [
     "ImageScorer",
     "JudgeCache",
     "Mask2FormerDetector",
+    "CLIPColourClassifier",
+    "ColourReadingDetector",
     "PairwiseJudge",
     "PairwiseVerdict",
     "PipelineImages",

@@ -76,14 +76,19 @@ pretrain-generator: $(GENERATOR_DIR)/pipeline/model_index.json ## pretrain the t
 $(GENERATOR_DIR)/pipeline/model_index.json: $(RL_DATA_DIR)/verify_report.json
 	$(PYTHON) -m rl_policy pretrain --data $(RL_DATA_DIR) --out $(GENERATOR_DIR)
 
-# REWARD=spatialscore (default: the tiny critic of make train-reward) or REWARD=oracle (the SpatialWorld oracle).
-RL_REWARD_CONFIG = $(if $(filter oracle,$(REWARD)),--config configs/rl/reward_oracle.yaml,)
-RL_REWARD_DEPS = $(if $(filter oracle,$(REWARD)),,runs/reward/tiny/export/metrics.json)
+# REWARD=spatialscore (default: the tiny critic of make train-reward), REWARD=oracle (the SpatialWorld oracle) or
+# REWARD=geneval (the GenEval rules: the paper's Flow-GRPO* baseline); each writes runs/rl/tiny[-oracle|-geneval].
+RL_REWARDS = spatialscore oracle geneval
+ifeq ($(filter $(REWARD),$(RL_REWARDS)),)
+$(error REWARD=$(REWARD) is not one of: $(RL_REWARDS))
+endif
+RL_REWARD_CONFIG = $(if $(filter spatialscore,$(REWARD)),,--config configs/rl/reward_$(REWARD).yaml)
+RL_REWARD_DEPS = $(if $(filter spatialscore,$(REWARD)),runs/reward/tiny/export/metrics.json,)
 
 runs/reward/tiny/export/metrics.json:
 	$(MAKE) train-reward
 
-train-rl: $(GENERATOR_DIR)/pipeline/model_index.json $(RL_REWARD_DEPS) ## Flow-GRPO of the tiny generator (REWARD=oracle too)
+train-rl: $(GENERATOR_DIR)/pipeline/model_index.json $(RL_REWARD_DEPS) ## Flow-GRPO of the tiny generator (REWARD=oracle|geneval too)
 	$(PYTHON) -m rl_policy fit --config configs/rl/tiny.yaml $(RL_REWARD_CONFIG) --data.source $(RL_DATA_DIR) \
 		--model.policy.pipeline $(GENERATOR_DIR)/pipeline
 

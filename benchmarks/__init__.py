@@ -27,6 +27,7 @@ from benchmarks.judges import (
     YesNoVQA,
     image_sha256,
 )
+from benchmarks.rewards import GenEvalReward
 from benchmarks.runner import RunResult, run_task
 from benchmarks.spatialworld import (
     SpatialWorldDetector,
@@ -51,6 +52,7 @@ __all__ = [
     "ImageScorer",
     "JudgeCache",
     "Mask2FormerDetector",
+    "GenEvalReward",
     "CLIPColourClassifier",
     "ColourReadingDetector",
     "PairwiseJudge",

@@ -144,43 +144,49 @@ def keep_detections(detections: Mapping[str, list[Detection]], tag: str) -> dict
     return kept
 
 
-def evaluate_image(detections: Mapping[str, list[Detection]], metadata: Mapping[str, Any]) -> tuple[bool, list[str]]:
-    """(correct, reasons it is not) for one image's kept detections (`keep_detections`) and one prompt's metadata."""
-    correct, reasons = True, []
+def clause_results(
+    detections: Mapping[str, list[Detection]], metadata: Mapping[str, Any]
+) -> list[tuple[bool, str | None]]:
+    """(passed, the reason it did not) for each clause of one prompt's metadata, include clauses first, then exclude
+    clauses, on one image's kept detections (`keep_detections`)."""
+    results: list[tuple[bool, str | None]] = []
     matched_groups: list[list[Detection] | None] = []
     for clause in metadata["include"]:
         name, count = clause["class"], clause["count"]
         found = detections.get(name, [])[:count]
-        matched = len(found) >= count
-        if not matched:
-            reasons.append(f"expected {name}>={count}, found {len(found)}")
-        if matched and "color" in clause:
+        reason = None if len(found) >= count else f"expected {name}>={count}, found {len(found)}"
+        if reason is None and "color" in clause:
             colours = [d.colour for d in found]
             if colours.count(clause["color"]) < count:
-                matched = False
-                reasons.append(f"expected {clause['color']} {name}>={count}, found colours {colours}")
-        if matched and "position" in clause:
+                reason = f"expected {clause['color']} {name}>={count}, found colours {colours}"
+        if reason is None and "position" in clause:
             relation, target = clause["position"]
             targets = matched_groups[target]
             if targets is None:
-                matched = False
-                reasons.append(f"no target for {name} to be {relation}")
+                reason = f"no target for {name} to be {relation}"
             else:
                 for obj in found:
                     wrong = [sorted(relative_position(obj.box, t.box)) for t in targets]
                     wrong = [rels for rels in wrong if relation not in rels]
                     if wrong:
-                        matched = False
-                        reasons.append(f"expected {name} {relation} target, found {' and '.join(wrong[0])} target")
+                        reason = f"expected {name} {relation} target, found {' and '.join(wrong[0])} target"
                         break
-        correct = correct and matched
-        matched_groups.append(found if matched else None)
+        results.append((reason is None, reason))
+        matched_groups.append(found if reason is None else None)
     for clause in metadata.get("exclude", []):
         found = detections.get(clause["class"], [])
         if len(found) >= clause["count"]:
-            correct = False
-            reasons.append(f"expected {clause['class']}<{clause['count']}, found {len(found)}")
-    return correct, reasons
+            results.append((False, f"expected {clause['class']}<{clause['count']}, found {len(found)}"))
+        else:
+            results.append((True, None))
+    return results
+
+
+def evaluate_image(detections: Mapping[str, list[Detection]], metadata: Mapping[str, Any]) -> tuple[bool, list[str]]:
+    """(correct, reasons it is not) for one image's kept detections (`keep_detections`) and one prompt's metadata:
+    correct when every clause passes (`clause_results`)."""
+    results = clause_results(detections, metadata)
+    return all(passed for passed, _ in results), [reason for passed, reason in results if not passed]
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:

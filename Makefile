@@ -11,7 +11,7 @@ DATA_DIR ?= data/spatialworld
 DATA_ARGS ?= --num-pairs 12000 --seed 0 --resolution 128 --min-objects 3 --max-objects 6 --max-broken 3 \
 	--split-fractions 0.75 0.05 0.20
 
-.PHONY: help setup test test-slow lint data data-rl pretrain-reward train-reward pretrain-generator train-rl eval-benchmarks demo bench clean
+.PHONY: help setup test test-slow lint data data-rl pretrain-reward train-reward pretrain-generator train-rl exp-rl eval-benchmarks demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -84,12 +84,22 @@ $(error REWARD=$(REWARD) is not one of: $(RL_REWARDS))
 endif
 RL_REWARD_CONFIG = $(if $(filter spatialscore,$(REWARD)),,--config configs/rl/reward_$(REWARD).yaml)
 RL_REWARD_DEPS = $(if $(filter spatialscore,$(REWARD)),runs/reward/tiny/export/metrics.json,)
+RL_RUN_DIR = runs/rl/tiny$(if $(filter spatialscore,$(REWARD)),,-$(REWARD))
+# a killed run resumes from its last checkpoint (LoRA, optimizer, EMA, data position and RNG)
+RL_RESUME = $(if $(wildcard $(RL_RUN_DIR)/checkpoints/last.ckpt),--ckpt_path $(RL_RUN_DIR)/checkpoints/last.ckpt,)
 
 runs/reward/tiny/export/metrics.json:
 	$(MAKE) train-reward
 
 train-rl: $(GENERATOR_DIR)/pipeline/model_index.json $(RL_REWARD_DEPS) ## Flow-GRPO of the tiny generator (REWARD=oracle|geneval too)
 	$(PYTHON) -m rl_policy fit --config configs/rl/tiny.yaml $(RL_REWARD_CONFIG) --data.source $(RL_DATA_DIR) \
+		--model.policy.pipeline $(GENERATOR_DIR)/pipeline $(RL_RESUME)
+
+# The RL comparison (not in CI; about 20 CPU-minutes per run, 9 runs): 3 seeds of the paper's recipe, the same
+# without top-k filtering, and the GenEval-rule reward; runs/exp-rl/comparison.md and curves.png. Resumable.
+EXP_RL_REWARD ?= spatialscore
+exp-rl: $(GENERATOR_DIR)/pipeline/model_index.json runs/reward/tiny/export/metrics.json ## RL comparison: seeds, top-k off, GenEval reward
+	$(PYTHON) experiments/exp_rl.py --reward $(EXP_RL_REWARD) --out runs/exp-rl -- --data.source $(RL_DATA_DIR) \
 		--model.policy.pipeline $(GENERATOR_DIR)/pipeline
 
 # Every benchmark for the tiny reward model and for each generator that exists (the pretrained base, the RL runs);

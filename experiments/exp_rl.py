@@ -1,0 +1,254 @@
+"""`make exp-rl`: the RL comparison of the embedded default (not in CI: about 20 CPU-minutes per run).
+
+Runs, each `python -m rl_policy fit` on configs/rl/tiny.yaml with an overlay:
+- `<reward>-topk-s<seed>`: the paper's recipe (top-6 and bottom-6 of each group of 24) for 3 seeds;
+- `<reward>-all-s<seed>`: the same without top-k filtering (every sample of the group trains);
+- `geneval-topk-s<seed>`: the GenEval-rule reward (the paper's Flow-GRPO* baseline), same seeds;
+where <reward> is the SpatialScore critic (default) or the SpatialWorld oracle (`--reward oracle`).
+
+Every run writes into `<out>/<name>/` (its own checkpoints, TensorBoard logs, `lora/`, `metrics.json`); a run whose
+`metrics.json` exists is not run again, and a killed run resumes from its `checkpoints/last.ckpt`. Then:
+- `<out>/comparison.md`: per configuration, mean and standard deviation over seeds of the paired base-vs-trained
+  evaluation (oracle relation accuracy, the same among samples where every object was found, share of samples with
+  every object found, the training reward), the gain in points, and each seed's numbers;
+- `<out>/curves.png`: held-out oracle relation accuracy (`eval/oracle_accuracy`) against GRPO steps, one line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from shared import atomic_write_text  # noqa: E402
+
+OVERLAYS = {
+    "spatialscore": None,
+    "oracle": "configs/rl/reward_oracle.yaml",
+    "geneval": "configs/rl/reward_geneval.yaml",
+}
+METRICS = (
+    ("oracle_accuracy", "oracle relation accuracy"),
+    ("relation_accuracy_all_found", "among samples with every object found"),
+    ("all_found", "every object found"),
+    ("reward", "training reward"),
+)
+CURVE_TAG = "eval/oracle_accuracy"
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    reward: str
+    top_k: bool
+    seed: int
+
+    @property
+    def configuration(self) -> str:
+        return self.name.rsplit("-s", 1)[0]
+
+
+def plan(reward: str, seeds: Sequence[int]) -> list[Run]:
+    """The runs of the comparison, in the order they are run."""
+    runs = [Run(f"{reward}-topk-s{seed}", reward, True, seed) for seed in seeds]
+    runs += [Run(f"{reward}-all-s{seed}", reward, False, seed) for seed in seeds]
+    if reward != "geneval":
+        runs += [Run(f"geneval-topk-s{seed}", "geneval", True, seed) for seed in seeds]
+    return runs
+
+
+def overlay(run: Run, run_dir: Path) -> dict[str, Any]:
+    """The last config of a run: its dir, its own checkpoints, its seed, and top-k off where asked."""
+    config: dict[str, Any] = {
+        "seed_everything": run.seed,
+        "trainer": {
+            "default_root_dir": str(run_dir),
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(run_dir / "checkpoints"),
+                        "save_last": True,
+                        "every_n_train_steps": 10,
+                    },
+                }
+            ],
+        },
+        "data": {"seed": run.seed},
+    }
+    if not run.top_k:
+        config["model"] = {"keep_per_side": None}
+    return config
+
+
+def command(run: Run, run_dir: Path, extra: Sequence[str] = ()) -> list[str]:
+    """`python -m rl_policy fit` for one run (writing its overlay into the run dir), resuming when it can."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overlay_path = run_dir / "overlay.yaml"
+    atomic_write_text(
+        overlay_path, "# python -m rl_policy fit --config (exp-rl overlay)\n" + yaml.safe_dump(overlay(run, run_dir))
+    )
+    argv = [sys.executable, "-m", "rl_policy", "fit", "--config", "configs/rl/tiny.yaml"]
+    if OVERLAYS[run.reward] is not None:
+        argv += ["--config", OVERLAYS[run.reward]]
+    argv += ["--config", str(overlay_path), *extra]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        argv += ["--ckpt_path", str(last)]
+    return argv
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value); NaN values are left out."""
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def summarize(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{run name: metrics.json} -> {configuration: {metric: {base, final, gain: (mean, std)}, seeds: n}}.
+
+    The gain is final - base per seed (paired), then averaged."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for name, metrics in sorted(results.items()):
+        groups.setdefault(name.rsplit("-s", 1)[0], []).append(metrics)
+    table: dict[str, dict[str, Any]] = {}
+    for configuration, runs in groups.items():
+        row: dict[str, Any] = {"seeds": len(runs)}
+        for metric, _ in METRICS:
+            base = [float(r.get(f"{metric}_base", math.nan)) for r in runs]
+            final = [float(r.get(f"{metric}_final", math.nan)) for r in runs]
+            row[metric] = {
+                "base": mean_std(base),
+                "final": mean_std(final),
+                "gain": mean_std([f - b for b, f in zip(base, final, strict=True)]),
+            }
+        table[configuration] = row
+    return table
+
+
+def fmt(pair: tuple[float, float], scale: float = 100.0) -> str:
+    mean, std = pair
+    return "n/a" if math.isnan(mean) else f"{scale * mean:.1f} ± {scale * std:.1f}"
+
+
+def comparison_markdown(table: Mapping[str, Mapping[str, Any]], results: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = ["# exp-rl: Flow-GRPO on the embedded default", ""]
+    lines += ["Paired base-vs-trained evaluation on held-out prompts (same noise); mean ± std over seeds, in %.", ""]
+    header = "| configuration | seeds | " + " | ".join(f"{label}: base -> RL (gain)" for _, label in METRICS) + " |"
+    lines += [header, "|---|---|" + "---|" * len(METRICS)]
+    for configuration, row in table.items():
+        cells = [f"{fmt(row[m]['base'])} -> {fmt(row[m]['final'])} ({fmt(row[m]['gain'])})" for m, _ in METRICS]
+        lines.append(f"| {configuration} | {row['seeds']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Runs", "", "| run | steps | GRPO seconds | oracle accuracy base -> RL |", "|---|---|---|---|"]
+    for name, metrics in sorted(results.items()):
+        base, final = metrics.get("oracle_accuracy_base"), metrics.get("oracle_accuracy_final")
+        pair = "n/a" if base is None or final is None else f"{100 * base:.1f} -> {100 * final:.1f}"
+        lines.append(f"| {name} | {metrics.get('global_step', '')} | {metrics.get('grpo_seconds', 0):.0f} | {pair} |")
+    lines += ["", "![curves](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def read_curve(run_dir: Path, tag: str = CURVE_TAG) -> list[tuple[int, float]]:
+    """(step, value) of a scalar in the run's TensorBoard event files, sorted by step (last value per step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points: dict[int, float] = {}
+    for events in sorted(run_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags().get("scalars", []):
+            points |= {event.step: event.value for event in accumulator.Scalars(tag)}
+    return sorted(points.items())
+
+
+PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+
+
+def line_chart(curves: Mapping[str, Sequence[tuple[int, float]]], title: str, size=(720, 420)) -> Image.Image:
+    """One line per curve on shared axes (y from 0 to 1), with a legend."""
+    width, height = size
+    left, right, top, bottom = 50, 170, 30, 40
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((left, 8), title, fill="black")
+    steps = [step for points in curves.values() for step, _ in points]
+    max_step = max(steps, default=1) or 1
+
+    def x(step: float) -> float:
+        return left + (width - left - right) * step / max_step
+
+    def y(value: float) -> float:
+        return top + (height - top - bottom) * (1 - value)
+
+    draw.rectangle((left, top, width - right, height - bottom), outline="black")
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        draw.line((left - 4, y(tick), left, y(tick)), fill="black")
+        draw.text((8, y(tick) - 6), f"{tick:.2f}", fill="black")
+    draw.text((left, height - bottom + 8), "0", fill="black")
+    draw.text((width - right - 30, height - bottom + 8), f"{max_step} steps", fill="black")
+    configurations = sorted({name.rsplit("-s", 1)[0] for name in curves})
+    for index, (name, points) in enumerate(sorted(curves.items())):
+        colour = PALETTE[configurations.index(name.rsplit("-s", 1)[0]) % len(PALETTE)]
+        if len(points) > 1:
+            draw.line([(x(s), y(v)) for s, v in points], fill=colour, width=2)
+        for s, v in points:
+            draw.ellipse((x(s) - 2, y(v) - 2, x(s) + 2, y(v) + 2), fill=colour)
+        draw.text((width - right + 10, top + 14 * index), name, fill=colour)
+    return image
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--reward", choices=("spatialscore", "oracle"), default="spatialscore")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("runs/exp-rl"))
+    parser.add_argument("--report-only", action="store_true", help="only write the comparison of the finished runs")
+    parser.add_argument("extra", nargs="*", help="more `python -m rl_policy fit` arguments for every run (after --)")
+    args = parser.parse_args(argv)
+
+    runs = plan(args.reward, args.seeds)
+    failed = []
+    for run in runs if not args.report_only else []:
+        run_dir = args.out / run.name
+        if (run_dir / "metrics.json").is_file():
+            continue
+        argv_run = command(run, run_dir, args.extra)
+        print(f"[exp-rl] {run.name}: {' '.join(argv_run)}", flush=True)
+        if subprocess.call(argv_run, cwd=REPO) != 0 or not (run_dir / "metrics.json").is_file():
+            failed.append(run.name)
+    results = {
+        run.name: json.loads((args.out / run.name / "metrics.json").read_text())
+        for run in runs
+        if (args.out / run.name / "metrics.json").is_file()
+    }
+    if results:
+        table = summarize(results)
+        atomic_write_text(args.out / "comparison.md", comparison_markdown(table, results))
+        curves = {name: read_curve(args.out / name) for name in results}
+        line_chart(curves, "held-out oracle relation accuracy").save(args.out / "curves.png")
+        print((args.out / "comparison.md").read_text())
+    if failed:
+        print(f"[exp-rl] failed runs (rerun `make exp-rl` to resume them): {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

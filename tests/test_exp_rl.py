@@ -1,0 +1,79 @@
+"""`make exp-rl` (experiments/exp_rl.py) without training: the run plan, each run's overlay parsed by the RL CLI,
+the paired aggregation against hand values, curves read back from real TensorBoard event files, the chart."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("exp_rl", REPO / "experiments" / "exp_rl.py")
+exp_rl = importlib.util.module_from_spec(spec)
+sys.modules["exp_rl"] = exp_rl  # dataclasses look their module up
+spec.loader.exec_module(exp_rl)
+
+
+def test_plan_and_overlays_parse_with_the_rl_cli(tmp_path):
+    from rl_policy.data import PromptDataModule
+    from rl_policy.training import GRPOCLI, GRPOTraining
+
+    class ParseOnlyCLI(GRPOCLI):
+        def instantiate_classes(self) -> None:
+            pass
+
+    runs = exp_rl.plan("spatialscore", [0, 1, 2])
+    assert [r.name for r in runs[::3]] == ["spatialscore-topk-s0", "spatialscore-all-s0", "geneval-topk-s0"]
+    assert len(runs) == 9 and len(exp_rl.plan("oracle", [4])) == 3
+    run = runs[4]  # spatialscore-all-s1
+    argv = exp_rl.command(run, tmp_path / run.name)
+    assert argv[argv.index("fit") + 1 :][-2:] == ["--config", str(tmp_path / run.name / "overlay.yaml")]
+    config = ParseOnlyCLI(GRPOTraining, PromptDataModule, args=argv[argv.index("fit") + 1 :], run=False).config
+    assert config.model.keep_per_side is None and config.seed_everything == 1 and config.data.seed == 1
+    assert config.trainer.default_root_dir == str(tmp_path / run.name)
+    assert config.trainer.callbacks[0].init_args.dirpath == str(tmp_path / run.name / "checkpoints")
+    (tmp_path / run.name / "checkpoints").mkdir()
+    (tmp_path / run.name / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert exp_rl.command(run, tmp_path / run.name)[-2:] == [
+        "--ckpt_path",
+        str(tmp_path / run.name / "checkpoints" / "last.ckpt"),
+    ]
+    geneval = exp_rl.command(runs[6], tmp_path / runs[6].name)
+    assert "configs/rl/reward_geneval.yaml" in geneval
+
+
+def test_gains_are_paired_per_seed_then_averaged():
+    results = {
+        "oracle-topk-s0": {"oracle_accuracy_base": 0.25, "oracle_accuracy_final": 0.50, "reward_base": 0.1},
+        "oracle-topk-s1": {"oracle_accuracy_base": 0.35, "oracle_accuracy_final": 0.50, "reward_base": 0.3},
+        "oracle-all-s0": {"oracle_accuracy_base": 0.25, "oracle_accuracy_final": 0.30},
+    }
+    table = exp_rl.summarize(results)
+    topk = table["oracle-topk"]
+    assert topk["seeds"] == 2
+    assert topk["oracle_accuracy"]["base"] == pytest.approx((0.30, math.sqrt(0.005)))
+    assert topk["oracle_accuracy"]["gain"] == pytest.approx((0.20, math.sqrt(0.005)))  # gains 0.25 and 0.15
+    assert table["oracle-all"]["oracle_accuracy"]["gain"] == pytest.approx((0.05, 0.0))
+    assert math.isnan(topk["all_found"]["final"][0])
+    markdown = exp_rl.comparison_markdown(table, results)
+    assert "| oracle-topk | 2 | 30.0 ± 7.1 -> 50.0 ± 0.0 (20.0 ± 7.1) |" in markdown
+    assert "| oracle-all-s0 |  | 0 | 25.0 -> 30.0 |" in markdown
+
+
+def test_curves_come_back_from_tensorboard_and_are_drawn(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(tmp_path / "run-s0" / "lightning_logs" / "version_0")
+    for step, value in ((0, 0.25), (20, 0.4), (40, 0.55)):
+        writer.add_scalar(exp_rl.CURVE_TAG, value, step)
+    writer.add_scalar("train/reward_mean", 1.0, 0)
+    writer.close()
+    curve = exp_rl.read_curve(tmp_path / "run-s0")
+    assert [step for step, _ in curve] == [0, 20, 40]
+    assert [value for _, value in curve] == pytest.approx([0.25, 0.4, 0.55])
+    chart = exp_rl.line_chart({"run-s0": curve, "other-s0": []}, "title")
+    assert chart.size == (720, 420)
+    assert chart.getpixel((50 + int(500 * 40 / 40), 30 + int(350 * 0.45))) != (255, 255, 255)  # the last point

@@ -6,12 +6,15 @@ import argparse
 import os
 import sys
 
-from data_synthesis.build import BuildConfig, BuildError, build
+from data_synthesis.build import BuildConfig, BuildError, WeightedGenerator, build
 from data_synthesis.review import ReviewStore, existing_db, export_reviewed, format_agreement, pairwise_agreement, serve
 from data_synthesis.scene import COLOURS, SHAPES, SceneError
 from data_synthesis.show import contact_sheet
 from data_synthesis.verify import DatasetError, format_report, verify
+from shared.chat import ChatConfig, ChatError
 from shared.io import atomic_write_json
+
+LLM_CACHE = "~/.cache/spatialscore/llm_chat.sqlite"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,8 +28,9 @@ def _parser() -> argparse.ArgumentParser:
         "build",
         help="build a dataset dir (pairs.parquet, images/, meta.json)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Build (or resume building) a SpatialWorld dataset dir. The same arguments "
-        "give byte-identical files; rerun after a kill to finish.",
+        description="Build (or resume building) a dataset dir: SpatialWorld scenes drawn by the Pillow renderer by "
+        "default, or prompts from an LLM (--prompt-source llm) and images from local diffusers pipelines "
+        "(--generator). The same arguments give the same dataset; rerun after a kill to finish.",
     )
     b.add_argument("--out", required=True, help="output dataset dir")
     b.add_argument("--num-pairs", type=int, required=True, help="number of (prompt, perfect, perturbed) pairs")
@@ -49,9 +53,63 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--shapes", nargs="+", default=list(SHAPES), help="shapes to draw objects from")
     b.add_argument("--jitter", type=int, default=8, help="colour jitter in levels (0 to switch off)")
     b.add_argument("--noise", type=float, default=0.0, help="Gaussian pixel noise in levels")
-    b.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
+    b.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes (SpatialWorld + Pillow builds)"
+    )
     b.add_argument("--overwrite", action="store_true", help="replace a dataset built with other arguments")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    llm = b.add_argument_group(
+        "LLM prompt source (--prompt-source llm)",
+        "An OpenAI-compatible chat endpoint (a hosted model or a local vLLM server) writes each pair's scene and its "
+        "perturbation. The API key is read from the environment variable named by --llm-api-key-env, never from a "
+        "flag; a local server takes none.",
+    )
+    llm.add_argument(
+        "--prompt-source",
+        choices=("spatialworld", "llm"),
+        default="spatialworld",
+        help="where prompts, scenes and relations come from",
+    )
+    llm.add_argument(
+        "--llm-base-url",
+        default=os.environ.get("SPATIALSCORE_LLM_BASE_URL"),
+        help="chat endpoint, e.g. http://127.0.0.1:8000/v1; $SPATIALSCORE_LLM_BASE_URL when not given",
+    )
+    llm.add_argument(
+        "--llm-model",
+        default=os.environ.get("SPATIALSCORE_LLM_MODEL"),
+        help="served model; $SPATIALSCORE_LLM_MODEL when not given",
+    )
+    llm.add_argument("--llm-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    llm.add_argument("--llm-cache", default=LLM_CACHE, help="SQLite cache of every reply (a rerun asks nothing)")
+    llm.add_argument("--llm-concurrency", type=int, default=8, help="requests in flight at most")
+    llm.add_argument("--llm-timeout", type=float, default=120.0, help="seconds per request")
+    llm.add_argument("--llm-retries", type=int, default=2, help="times a rejected reply is asked again")
+    llm.add_argument(
+        "--llm-http-retries", type=int, default=4, help="retries of a timed-out or failed request (with backoff)"
+    )
+    llm.add_argument("--llm-max-tokens", type=int, default=2048, help="longest reply, in tokens")
+    llm.add_argument("--llm-templates", default="v1", help="version of data_synthesis/templates/llm_*_VERSION.txt")
+    gen = b.add_argument_group(
+        "generators",
+        "Local diffusers text-to-image pipelines instead of the Pillow renderer; their pairs are 'unreviewed'.",
+    )
+    gen.add_argument(
+        "--generator",
+        action="append",
+        default=[],
+        metavar="NAME=DIR[:WEIGHT]",
+        help="a diffusers pipeline dir (repeat to mix several by weight; the name is stored per pair)",
+    )
+    gen.add_argument("--generator-steps", type=int, default=28, help="denoising steps")
+    gen.add_argument("--generator-guidance", type=float, help="guidance scale; the pipeline's own when not given")
+    gen.add_argument("--generator-batch-size", type=int, default=4, help="images per pipeline call")
+    gen.add_argument("--device", help="torch device for the pipelines; cuda if available, else cpu, when not given")
+    gen.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="pipeline dtype; bfloat16 on CUDA, else float32, when not given",
+    )
 
     v = commands.add_parser(
         "verify",
@@ -124,13 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 colours=tuple(args.colours),
                 shapes=tuple(args.shapes),
             )
-            result = build(config, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
-            rate = f" in {result.seconds:.1f} s" if result.seconds else " (already complete: nothing to do)"
-            print(
-                f"{result.out_dir}: {result.counts['pairs']} pairs{rate}; splits {result.counts['by_split']}; "
-                f"skipped {result.counts['skipped']}"
-            )
-            return 0
+            return _build(args, config)
         if args.command == "verify":
             report = verify(args.dataset, workers=args.workers, threshold=args.threshold, progress=not args.quiet)
             print(format_report(report))
@@ -162,10 +214,79 @@ def main(argv: list[str] | None = None) -> int:
                 f"not reviewed {result.not_reviewed}"
             )
             return 0
-    except (BuildError, SceneError, DatasetError, ValueError) as error:
+    except (BuildError, SceneError, DatasetError, ChatError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     raise AssertionError(args.command)
+
+
+def _generators(args: argparse.Namespace) -> list[WeightedGenerator] | None:
+    if not args.generator:
+        return None
+    from data_synthesis.generators import diffusers_generators, parse_generator_spec
+
+    return diffusers_generators(
+        [parse_generator_spec(text) for text in args.generator],
+        steps=args.generator_steps,
+        guidance_scale=args.generator_guidance,
+        batch_size=args.generator_batch_size,
+        device=args.device,
+        dtype=args.dtype,
+    )
+
+
+def _build(args: argparse.Namespace, config: BuildConfig) -> int:
+    generators = _generators(args)
+    client = None
+    source = None
+    if args.prompt_source == "llm":
+        from data_synthesis.llm_source import LLMPromptSource
+        from shared.chat import ChatClient
+
+        if not args.llm_base_url or not args.llm_model:
+            raise BuildError(
+                "--prompt-source llm needs --llm-base-url and --llm-model (or their environment variables)"
+            )
+        client = ChatClient(
+            ChatConfig(
+                base_url=args.llm_base_url,
+                model=args.llm_model,
+                api_key_env=args.llm_api_key_env,
+                timeout_s=args.llm_timeout,
+                max_retries=args.llm_http_retries,
+                max_concurrency=args.llm_concurrency,
+                parse_retries=args.llm_retries,
+                max_tokens=args.llm_max_tokens,
+                cache_path=os.path.expanduser(args.llm_cache),
+            )
+        )
+        source = LLMPromptSource(client, template_version=args.llm_templates)
+    try:
+        result = build(
+            config,
+            args.out,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            prompt_source=source,
+            generators=generators,
+        )
+    finally:
+        if client is not None:
+            client.close()
+    rate = f" in {result.seconds:.1f} s" if result.seconds else " (already complete: nothing to do)"
+    print(
+        f"{result.out_dir}: {result.counts['pairs']} pairs{rate}; splits {result.counts['by_split']}; "
+        f"skipped {result.counts['skipped']}"
+    )
+    if result.usage:
+        usage = result.usage
+        print(
+            f"LLM: {usage['requests']} requests, {usage['cache_hits']} cache hits, {usage['prompt_tokens']} prompt + "
+            f"{usage['completion_tokens']} completion tokens, {usage['parse_retries']} replies asked again, "
+            f"{usage['unparseable']} rejected for good, {usage['failed']} failed requests"
+        )
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,14 @@ Resumable: images are written atomically as soon as they are rendered, and a rer
 regenerates the (cheap) pair descriptions and renders only the images that are missing; `pairs.parquet` and
 `meta.json` are written last, atomically. Splits are drawn from a hash of the prompt, so they are disjoint by
 prompt.
+
+Backends: pairs are described by a `PromptSource` (the SpatialWorld sampler by default; an LLM in
+`llm_source.py`) and drawn by `ImageGenerator`s (the Pillow renderer by default; local diffusers pipelines in
+`generators.py`, several mixed by weight, the generator chosen per pair from (seed, index)). SpatialWorld pairs
+drawn by the Pillow renderer match their scene graphs exactly and are `verified`; every other pair is
+`unreviewed` (for review with `python -m data_synthesis review`). The default backends run pair by pair in worker
+processes; other backends describe every pair first (an LLM source answers them concurrently), then draw the
+images generator by generator (one pipeline in memory at a time), in batches.
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import pandas as pd
+from PIL import Image
 from tqdm import tqdm
 
 from data_synthesis.perturb import sample_pair
@@ -129,6 +139,122 @@ class BuildConfig:
         return args
 
 
+# --- backends ------------------------------------------------------------------------------------------------------
+class PairDescription(NamedTuple):
+    """A pair as its prompt source describes it: every column but `generator` and `review_status` (the builder
+    sets those), and the two exact scenes when the source has geometry."""
+
+    row: dict
+    scenes: tuple[Scene, Scene] | None  # (perfect, perturbed), or None (an LLM scene has no coordinates)
+
+
+class PromptSource(Protocol):
+    """Where the pairs' prompts, scenes and relations come from. Pair `index` depends only on (config.seed, index)."""
+
+    name: str
+    has_geometry: bool  # its scenes have exact coordinates (the Pillow renderer can draw them)
+
+    def arguments(self) -> dict:
+        """What, beyond the BuildConfig, determines its pairs (recorded in build_args.json and meta.json)."""
+        ...
+
+    def preflight(self, config: BuildConfig) -> None:
+        """Fail with one clear error before any work if the source cannot be used (e.g. an unreachable endpoint)."""
+        ...
+
+    def describe(self, config: BuildConfig, indices: Sequence[int]) -> list[PairDescription | str]:
+        """One entry per index: its description, or why it was skipped (a short name, counted in meta.json)."""
+        ...
+
+    def usage(self) -> dict:
+        """What describing cost so far (requests, tokens, ...), for build_log.json; empty when free."""
+        ...
+
+
+class ImageRequest(NamedTuple):
+    prompt: str
+    scene: Scene | None  # the exact scene, when the source has one
+    seed: int  # the pair's render_seed: both images of a pair share it
+    resolution: int
+
+
+class ImageGenerator(Protocol):
+    """Draws images for prompts (or scenes). `generate` returns one RGB image of the requested resolution each."""
+
+    name: str  # stored per pair in the `generator` column
+    exact: bool  # draws the scene graph itself, so its images match the scenes exactly
+    batch_size: int
+
+    def arguments(self) -> dict: ...
+
+    def generate(self, requests: Sequence[ImageRequest]) -> list[Image.Image]: ...
+
+    def close(self) -> None:
+        """Free what it loaded (a pipeline on the GPU) before the next generator runs."""
+        ...
+
+
+class SpatialWorldSource:
+    """The default prompt source: procedural SpatialWorld scenes with verified perturbations."""
+
+    name = "spatialworld"
+    has_geometry = True
+
+    def arguments(self) -> dict:
+        return {"name": self.name}
+
+    def preflight(self, config: BuildConfig) -> None:
+        pass
+
+    def describe(self, config: BuildConfig, indices: Sequence[int]) -> list[PairDescription | str]:
+        return [_describe_spatialworld(config, index) or "perturbation_failed" for index in indices]
+
+    def usage(self) -> dict:
+        return {}
+
+
+@dataclass
+class PillowRenderer:
+    """The default generator: draws the exact scene with Pillow (`render.render`)."""
+
+    jitter: int = 8
+    noise: float = 0.0
+    name: str = GENERATOR
+    exact: bool = True
+    batch_size: int = 64
+
+    def arguments(self) -> dict:
+        return {"name": self.name}  # jitter and noise are BuildConfig fields
+
+    def generate(self, requests: Sequence[ImageRequest]) -> list[Image.Image]:
+        if any(request.scene is None for request in requests):
+            raise BuildError("the Pillow renderer draws a scene's coordinates, and this prompt source has none")
+        return [
+            render(request.scene, request.resolution, jitter=self.jitter, noise=self.noise, seed=request.seed)
+            for request in requests
+        ]
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class WeightedGenerator:
+    generator: ImageGenerator
+    weight: float = 1.0
+
+
+def choose_generator(generators: Sequence[WeightedGenerator], seed: int, index: int) -> ImageGenerator:
+    """The generator of pair `index`, drawn by weight from a hash of (seed, index): the same whatever the batches."""
+    total = sum(g.weight for g in generators)
+    u = stable_seed(seed, "generator", index) / 2**63 * total
+    for weighted in generators:
+        u -= weighted.weight
+        if u < 0:
+            return weighted.generator
+    return generators[-1].generator
+
+
 # --- one pair ------------------------------------------------------------------------------------------------------
 def image_paths(index: int) -> tuple[str, str]:
     """Relative paths of a pair's two images (a folder per thousand pairs keeps directories small)."""
@@ -149,8 +275,18 @@ def make_pair(config: BuildConfig, index: int) -> dict | None:
     return None if made is None else made[0]
 
 
+def _describe_spatialworld(config: BuildConfig, index: int) -> PairDescription | None:
+    made = _make_pair(config, index)
+    if made is None:
+        return None
+    row, scene, perturbed_scene = made
+    return PairDescription(
+        {k: v for k, v in row.items() if k not in ("generator", "review_status")}, (scene, perturbed_scene)
+    )
+
+
 def _make_pair(config: BuildConfig, index: int) -> tuple[dict, Scene, Scene] | None:
-    """The row of pair `index` with its two scenes."""
+    """The row of pair `index` with its two scenes (SpatialWorld, drawn by the Pillow renderer)."""
     pair_seed = stable_seed(config.seed, "pair", index)
     rng = random.Random(pair_seed)
     k = rng.randint(1, config.max_broken)
@@ -174,9 +310,9 @@ def _make_pair(config: BuildConfig, index: int) -> tuple[dict, Scene, Scene] | N
             "perturbed_image": perturbed_image,
             "perfect_scene": scene.to_json(),
             "perturbed_scene": perturbation.scene.to_json(),
-            "stated_relations": _relations_json(stated),
+            "stated_relations": relations_json(stated),
             "broken_relations": json.dumps(broken),
-            "perturbed_relations": _relations_json(perturbed_relations),
+            "perturbed_relations": relations_json(perturbed_relations),
             "broken_families": ",".join(sorted({stated[i].family for i in broken})),
             "operations": json.dumps(list(perturbation.operations)),
             "num_broken": k,
@@ -192,7 +328,7 @@ def _make_pair(config: BuildConfig, index: int) -> tuple[dict, Scene, Scene] | N
     )
 
 
-def _relations_json(relations: list[Relation]) -> str:
+def relations_json(relations: list[Relation]) -> str:
     return json.dumps([r.to_dict() for r in relations], sort_keys=True, separators=(",", ":"))
 
 
@@ -236,17 +372,38 @@ class BuildResult:
     counts: dict
     seconds: float
     resumed_images: int = 0
+    usage: dict = field(default_factory=dict)  # what the prompt source spent (LLM requests and tokens)
 
 
 def build(
-    config: BuildConfig, out_dir: str | os.PathLike, *, workers: int = 1, overwrite: bool = False, progress: bool = True
+    config: BuildConfig,
+    out_dir: str | os.PathLike,
+    *,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    prompt_source: PromptSource | None = None,
+    generators: Sequence[WeightedGenerator] | None = None,
 ) -> BuildResult:
     """Build (or finish building) the dataset dir. Raises BuildError before any work if `out_dir` holds a dataset
-    built with other arguments, unless `overwrite`."""
+    built with other arguments, unless `overwrite`, or if a backend cannot be used (`PromptSource.preflight`).
+
+    `prompt_source` defaults to SpatialWorld, `generators` to the Pillow renderer alone; `workers` only applies to
+    that default (other backends bring their own concurrency)."""
     out_dir = Path(out_dir)
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
+    source = prompt_source or SpatialWorldSource()
+    generators = list(generators or [WeightedGenerator(PillowRenderer(config.jitter, config.noise))])
+    default_backends = isinstance(source, SpatialWorldSource) and [type(g.generator) for g in generators] == [
+        PillowRenderer
+    ]
+    _check_backends(source, generators)
     arguments = config.arguments()
+    if not default_backends:
+        arguments["prompt_source"] = source.arguments()
+        arguments["generators"] = [{**g.generator.arguments(), "weight": g.weight} for g in generators]
+    source.preflight(config)
     _claim_output_dir(out_dir, arguments, overwrite)
     if _complete(out_dir):
         meta = json.loads((out_dir / "meta.json").read_text())
@@ -256,14 +413,20 @@ def build(
     for stale in [*out_dir.glob(".*.tmp"), *out_dir.glob("images/*/.*.tmp")]:
         stale.unlink()
     existing = sum(1 for _ in out_dir.glob("images/*/*.png"))
-    rows, skipped = _collect(config, out_dir, workers, progress)
-    _remove_unreferenced_images(out_dir, rows)
+    if default_backends:
+        rows, skipped = _collect(config, out_dir, workers, progress)
+        _remove_unreferenced_images(out_dir, rows)
+    else:
+        rows, scenes, skipped = _describe_all(config, source, generators, progress)
+        _remove_unreferenced_images(out_dir, rows)
+        _draw_all(config, out_dir, rows, scenes, generators, progress)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False, engine="pyarrow")
     atomic_write_bytes(out_dir / "pairs.parquet", buffer.getvalue())
     counts = _counts(frame, skipped)
     seconds = time.perf_counter() - start
+    usage = source.usage()
     atomic_write_json(
         out_dir / "build_log.json",
         {
@@ -271,13 +434,122 @@ def build(
             "pairs_per_second": round(len(rows) / max(seconds, 1e-9), 2),
             "workers": workers,
             "images_found_on_start": existing,
+            **({"prompt_source_usage": usage} if usage else {}),
         },
     )
+    generator_names = GENERATOR if default_backends else ",".join(g.generator.name for g in generators)
     atomic_write_json(
         out_dir / "meta.json",
-        {"schema_version": SCHEMA_VERSION, "arguments": arguments, "generator": GENERATOR, "counts": counts},
+        {"schema_version": SCHEMA_VERSION, "arguments": arguments, "generator": generator_names, "counts": counts},
     )
-    return BuildResult(out_dir, counts, seconds, existing)
+    return BuildResult(out_dir, counts, seconds, existing, usage)
+
+
+def _check_backends(source: PromptSource, generators: list[WeightedGenerator]) -> None:
+    if not generators:
+        raise BuildError("at least one generator is needed")
+    names = [g.generator.name for g in generators]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BuildError(f"generator names must be unique (they are stored per pair); repeated: {repeated}")
+    for weighted in generators:
+        if not (weighted.weight > 0 and math.isfinite(weighted.weight)):
+            raise BuildError(f"generator {weighted.generator.name!r}: weight must be positive, got {weighted.weight}")
+        if weighted.generator.exact and not source.has_geometry:
+            raise BuildError(
+                f"generator {weighted.generator.name!r} draws scene coordinates, which the {source.name} prompt "
+                "source does not have; pass --generator NAME=DIR (a diffusers pipeline) instead"
+            )
+
+
+def _describe_all(
+    config: BuildConfig, source: PromptSource, generators: list[WeightedGenerator], progress: bool
+) -> tuple[list[dict], dict[int, tuple[Scene, Scene]], Counter]:
+    """Rows of the first `num_pairs` indices the source describes with a new prompt, in index order, with their
+    generator and review status set, and the exact scenes of those that have them. Gives up with a BuildError
+    when too few indices succeed (an endpoint that fails every request must not loop for ever)."""
+    rows: list[dict] = []
+    scenes: dict[int, tuple[Scene, Scene]] = {}
+    seen_prompts: set[str] = set()
+    skipped: Counter = Counter()
+    next_index, tried = 0, 0
+    max_tries = 4 * config.num_pairs + 16
+    bar = tqdm(total=config.num_pairs, desc="pairs", unit="pair", disable=not progress, dynamic_ncols=True)
+    while len(rows) < config.num_pairs:
+        if tried >= max_tries:
+            bar.close()
+            raise BuildError(
+                f"only {len(rows)} of {config.num_pairs} pairs after trying {tried} (skipped: {dict(skipped)}); "
+                "fix the cause and rerun (answers so far are cached)"
+            )
+        # no margin beyond the success rate seen so far: a description may cost LLM requests
+        success_rate = len(rows) / tried if tried else 1.0
+        batch = range(
+            next_index, next_index + min(256, math.ceil((config.num_pairs - len(rows)) / max(success_rate, 0.2)))
+        )
+        for index, described in zip(batch, source.describe(config, batch), strict=True):
+            tried += 1
+            if len(rows) == config.num_pairs:
+                continue
+            if isinstance(described, str):
+                skipped[described] += 1
+            elif described.row["prompt"] in seen_prompts:
+                skipped["duplicate_prompt"] += 1
+            else:
+                generator = choose_generator(generators, config.seed, index)
+                exact = generator.exact and described.scenes is not None
+                row = {
+                    **described.row,
+                    "generator": generator.name,
+                    "review_status": "verified" if exact else "unreviewed",
+                }
+                seen_prompts.add(row["prompt"])
+                rows.append(row)
+                if described.scenes is not None:
+                    scenes[index] = described.scenes
+                bar.update(1)
+        next_index = batch.stop
+    bar.close()
+    return rows, scenes, skipped
+
+
+def _draw_all(
+    config: BuildConfig,
+    out_dir: Path,
+    rows: list[dict],
+    scenes: dict[int, tuple[Scene, Scene]],
+    generators: list[WeightedGenerator],
+    progress: bool,
+) -> None:
+    """Draw every image that is not on disk yet, generator by generator (one pipeline loaded at a time), in
+    batches; each image is written atomically as soon as it is drawn, so a killed build resumes here."""
+    for weighted in generators:
+        generator = weighted.generator
+        todo = []
+        for row in rows:
+            if row["generator"] != generator.name:
+                continue
+            pair_scenes = scenes.get(row["index"], (None, None))
+            for prompt_column, path_column, scene in zip(
+                ("prompt", "perturbed_prompt"), ("perfect_image", "perturbed_image"), pair_scenes, strict=True
+            ):
+                if not (out_dir / row[path_column]).exists():
+                    request = ImageRequest(row[prompt_column], scene, row["render_seed"], config.resolution)
+                    todo.append((request, out_dir / row[path_column]))
+        if not todo:
+            continue
+        bar = tqdm(total=len(todo), desc=generator.name, unit="img", disable=not progress, dynamic_ncols=True)
+        try:
+            for start in range(0, len(todo), generator.batch_size):
+                chunk = todo[start : start + generator.batch_size]
+                images = generator.generate([request for request, _ in chunk])
+                assert len(images) == len(chunk), f"{generator.name} returned {len(images)} of {len(chunk)} images"
+                for image, (_, path) in zip(images, chunk, strict=True):
+                    atomic_write_bytes(path, png_bytes(image.convert("RGB")), durable=False)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+            generator.close()
 
 
 def _complete(out_dir: Path) -> bool:

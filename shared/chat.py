@@ -219,6 +219,27 @@ class ChatClient:
             self.cache.put(key, text, usage)
         return text, False
 
+    def _request(
+        self, messages: Messages, attempt: int, namespace: str, max_tokens: int | None
+    ) -> tuple[dict[str, Any], str]:
+        """The payload of one attempt and its cache key. Retries differ from the first ask (warmer, next seed) and
+        their keys name the attempt, so a retry is never answered by the cached reply it retries."""
+        payload = {
+            "model": self.config.model,
+            "messages": list(messages),
+            "temperature": self.config.temperature if attempt == 0 else self.config.retry_temperature,
+            "max_tokens": max_tokens or self.config.max_tokens,
+        }
+        if self.config.seed is not None:
+            payload["seed"] = self.config.seed + attempt
+        return payload, request_key(payload if attempt == 0 else {**payload, "attempt": attempt}, namespace)
+
+    def is_cached(self, messages: Messages, *, namespace: str = "", max_tokens: int | None = None) -> bool:
+        """Whether the first ask of `messages` would be answered from the cache (no request sent)."""
+        if self.cache is None:
+            return False
+        return self.cache.get(self._request(messages, 0, namespace, max_tokens)[1]) is not None
+
     def complete(
         self,
         messages: Messages,
@@ -232,15 +253,7 @@ class ChatClient:
         text, cached, problem = None, False, None
         attempts = 1 + self.config.parse_retries
         for attempt in range(attempts):
-            payload = {
-                "model": self.config.model,
-                "messages": list(messages),
-                "temperature": self.config.temperature if attempt == 0 else self.config.retry_temperature,
-                "max_tokens": max_tokens or self.config.max_tokens,
-            }
-            if self.config.seed is not None:
-                payload["seed"] = self.config.seed + attempt
-            key = request_key(payload, namespace)
+            payload, key = self._request(messages, attempt, namespace, max_tokens)
             try:
                 text, cached = self._ask(payload, key)
             except openai.APIError as error:  # retried by the client already: the request has failed for good

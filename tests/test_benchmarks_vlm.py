@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
@@ -19,66 +17,40 @@ from benchmarks.cache import CachedJudges, JudgeCache
 from benchmarks.judges import Testpoint
 from benchmarks.vlm import VLMPairwise, VLMTestpoints, VLMYesNo, make_testpoint_parser, parse_choice, parse_yes_no
 from shared.chat import ChatClient, ChatConfig
+from tests.chat_server import ChatServer, HTTPReply, request_text, serve_chat
 
 
-class Handler(BaseHTTPRequestHandler):
+def answer(request: dict) -> str | HTTPReply:
     """Replies by the text of the last message: a yes/no question about "sunny" -> "maybe" (unreadable), other
     questions -> "Yes."; testpoints -> all 1, or prose when the prompt says "garbage"; pairwise -> "1"; a question
-    about "broken" -> HTTP 500. Every request is recorded with its images."""
+    about "broken" -> HTTP 500."""
+    text = request_text(request)
+    if "broken" in text:
+        return HTTPReply(500, b"")
+    if "test point" in text:
+        count = text.count("\n") - 3
+        return "no idea" if "garbage" in text else json.dumps({str(i): 1 for i in range(1, count + 1)})
+    if "Image 1" in text:
+        return "1"
+    return "maybe" if "sunny" in text else "Yes."
 
-    def log_message(self, *args):
-        pass
 
-    def do_POST(self):
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        content = request["messages"][-1]["content"]
-        text = content if isinstance(content, str) else next(p["text"] for p in content if p["type"] == "text")
-        images = [] if isinstance(content, str) else [p["image_url"]["url"] for p in content if p["type"] != "text"]
-        self.server.requests.append((text, images))
-        if "broken" in text:
-            self.send_response(500)
-            self.end_headers()
-            return
-        if "test point" in text:
-            count = text.count("\n") - 3
-            reply = "no idea" if "garbage" in text else json.dumps({str(i): 1 for i in range(1, count + 1)})
-        elif "Image 1" in text:
-            reply = "1"
-        elif "sunny" in text:
-            reply = "maybe"
-        else:
-            reply = "Yes."
-        body = json.dumps(
-            {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": request["model"],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def sent(server: ChatServer, position: int = -1) -> tuple[str, list[str]]:
+    """The text and the image URLs of a request the server received."""
+    content = server.calls[position]["messages"][-1]["content"]
+    images = [] if isinstance(content, str) else [p["image_url"]["url"] for p in content if p["type"] != "text"]
+    return request_text(server.calls[position]), images
 
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
+    with serve_chat(answer, usage=(1, 1)) as server:
+        yield server
 
 
 @pytest.fixture
 def client(server, tmp_path):
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    url = server.url
     chat = ChatClient(ChatConfig(url, "judge-model", max_retries=0, cache_path=str(tmp_path / "chat.sqlite")))
     yield chat
     chat.close()
@@ -97,7 +69,7 @@ def test_yes_no_testpoints_and_pairwise_replies(server, client):
     image = Image.new("RGB", (16, 16), (200, 10, 10))
     answers = VLMYesNo(client).answer(image=image, questions=["Is it red?", "Is it sunny?"])
     assert answers.answers == (True, None) and "1 of 2 unanswered" in answers.error and not answers.retryable
-    text, images = server.requests[-1]
+    text, images = sent(server)
     assert text.startswith("Look at the image and answer the question with one word")
     decoded = Image.open(io.BytesIO(base64.b64decode(images[0].split(",", 1)[1])))
     assert images[0].startswith("data:image/png;base64,") and decoded.getpixel((0, 0)) == (200, 10, 10)
@@ -109,7 +81,7 @@ def test_yes_no_testpoints_and_pairwise_replies(server, client):
     assert client.usage.unparseable == 2  # "maybe" and the prose, each asked twice (one parse retry)
 
     verdict = VLMPairwise(client).compare(prompt="a red square", first=image, second=image)
-    assert verdict.choice == "first" and len(server.requests[-1][1]) == 2
+    assert verdict.choice == "first" and len(sent(server)[1]) == 2
 
 
 def test_failed_requests_are_retryable_and_not_cached(client, tmp_path):
@@ -127,7 +99,7 @@ def test_failed_requests_are_retryable_and_not_cached(client, tmp_path):
 def test_pairs_with_a_vlm_pairwise_judge(server, small_dataset, tmp_path):
     """The server always answers "1": each direction scores ([first] + [second == "second"]) / 2 = 0.5 and is never
     order-consistent."""
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    url = server.url
     argv = ["run", "--task", "spatialscore-pairs", "--data", str(small_dataset), "--judge", "vlm", "--vlm-url", url]
     assert main([*argv, "--vlm-model", "judge-model", "--limit", "3", "--out", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["pairwise"]

@@ -9,99 +9,53 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from shared.chat import ChatClient, ChatConfig, ChatError, parse_json_object
+from tests.chat_server import ChatServer, HTTPReply, request_text, serve_chat
 
 KEY = "sk-test-secret"
 
 
-class FakeChatServer(ThreadingHTTPServer):
-    """Answers POST /v1/chat/completions by the last user message: 'json' -> a JSON object, 'prose' -> text that is
-    not JSON, 'slow' -> sleeps past the client's timeout, 'garbage' -> a 200 body that is not JSON, 'flaky' -> 503
-    on the first call then a good reply, anything else -> echo. A wrong bearer token gets 401."""
-
-    daemon_threads = True
+class Answers:
+    """Replies by the last user message: 'json' -> a JSON object, 'prose' -> text that is not JSON, 'slow' -> sleeps
+    past the client's timeout, 'garbage' -> a 200 body that is not JSON, 'flaky' -> 503 on the first call then a
+    good reply, 'wait ...' -> echo once another 'wait' is in flight (at most 0.3 s later), anything else -> echo."""
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), ChatHandler)
-        self.calls: list[dict] = []
         self.flaky_failures = 1
-        self.active = 0
-        self.peak_active = 0
         self.lock = threading.Lock()
+        self.in_flight = threading.Condition()
+        self.waiting = 0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
-
-
-class ChatHandler(BaseHTTPRequestHandler):
-    server: FakeChatServer
-
-    def log_message(self, *args) -> None:  # keep the test output quiet
-        pass
-
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self) -> None:
-        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with self.server.lock:
-            self.server.calls.append(request)
-            self.server.active += 1
-            self.server.peak_active = max(self.server.peak_active, self.server.active)
-        try:
-            self._answer(request)
-        finally:
-            with self.server.lock:
-                self.server.active -= 1
-
-    def _answer(self, request: dict) -> None:
-        if self.headers.get("Authorization") != f"Bearer {KEY}":
-            self._send(401, json.dumps({"error": {"message": "invalid api key", "type": "auth"}}).encode())
-            return
-        question = request["messages"][-1]["content"]
+    def __call__(self, request: dict) -> str | HTTPReply:
+        question = request_text(request)
         if question == "slow":
             time.sleep(1.5)
         if question == "garbage":
-            self._send(200, b"{not json")
-            return
+            return HTTPReply(200, b"{not json")
         if question == "flaky":
-            with self.server.lock:
-                failing = self.server.flaky_failures > 0
-                self.server.flaky_failures -= 1
+            with self.lock:
+                failing = self.flaky_failures > 0
+                self.flaky_failures -= 1
             if failing:
-                self._send(503, json.dumps({"error": {"message": "overloaded"}}).encode())
-                return
-        if question.startswith("wait"):
-            time.sleep(0.2)
-        text = {"json": '```json\n{"answer": "yes", "score": 1}\n```', "prose": "I think so."}.get(question, question)
-        reply = {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 0,
-            "model": request["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10},
-        }
-        self._send(200, json.dumps(reply).encode())
+                return HTTPReply(503, json.dumps({"error": {"message": "overloaded"}}).encode())
+        if question.startswith("wait"):  # hold the reply until another request is in flight too (or 0.3 s)
+            with self.in_flight:
+                self.waiting += 1
+                self.in_flight.notify_all()
+                self.in_flight.wait_for(lambda: self.waiting > 1, timeout=0.3)
+            time.sleep(0.05)
+            with self.in_flight:
+                self.waiting -= 1
+        return {"json": '```json\n{"answer": "yes", "score": 1}\n```', "prose": "I think so."}.get(question, question)
 
 
 @pytest.fixture
-def server() -> Iterator[FakeChatServer]:
-    server = FakeChatServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def server() -> Iterator[ChatServer]:
+    with serve_chat(Answers(), api_key=KEY) as server:  # a wrong bearer token gets 401
+        yield server
 
 
 @pytest.fixture

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from data_synthesis.build import BuildConfig, BuildError, WeightedGenerator, build
 from data_synthesis.review import ReviewStore, existing_db, export_reviewed, format_agreement, pairwise_agreement, serve
+from data_synthesis.review.store import DB_NAME
 from data_synthesis.scene import COLOURS, SHAPES, SceneError
 from data_synthesis.show import contact_sheet
-from data_synthesis.verify import DatasetError, format_report, verify
+from data_synthesis.verify import DatasetError, format_report, load_pairs, verify
 from shared.chat import ChatConfig, ChatError
 from shared.io import atomic_write_json
 
@@ -162,6 +164,22 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output dataset dir")
     e.add_argument("--db", help="decisions database; DIR/review.sqlite when not given")
     e.add_argument("--min-reviewers", type=int, default=1, help="accept a pair only with this many decisions")
+
+    ls = commands.add_parser(
+        "label-studio",
+        help="review in Label Studio instead: write its tasks, or import its JSON export into the decisions",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="`tasks DIR --out TASKS_DIR` writes tasks.json, labeling_config.xml and images/ (opaque names) for "
+        "a Label Studio project; `import DIR EXPORT.json` adds the annotations of its JSON export to the review "
+        "decisions, so `export` and `review --agreement` work as after the review app.",
+    )
+    ls.add_argument("action", choices=("tasks", "import"))
+    ls.add_argument("dataset", help="dataset dir")
+    ls.add_argument("export_file", nargs="?", help="import: Label Studio's JSON export of the project")
+    ls.add_argument("--out", help="tasks: the dir for tasks.json, labeling_config.xml and images/")
+    ls.add_argument("--url-prefix", default="/data/local-files/?d=", help="tasks: prefix of the image URLs")
+    ls.add_argument("--all-pairs", action="store_true", help="tasks: every pair, not only review_status 'unreviewed'")
+    ls.add_argument("--db", help="import: decisions database; DIR/review.sqlite when not given")
     return parser
 
 
@@ -214,10 +232,29 @@ def main(argv: list[str] | None = None) -> int:
                 f"not reviewed {result.not_reviewed}"
             )
             return 0
+        if args.command == "label-studio":
+            return _label_studio(args)
     except (BuildError, SceneError, DatasetError, ChatError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     raise AssertionError(args.command)
+
+
+def _label_studio(args: argparse.Namespace) -> int:
+    from data_synthesis.review.label_studio import import_annotations, write_tasks
+
+    if args.action == "tasks":
+        if not args.out:
+            raise ValueError("label-studio tasks needs --out DIR")
+        count = write_tasks(args.dataset, args.out, url_prefix=args.url_prefix, all_pairs=args.all_pairs)
+        print(f"{args.out}: {count} tasks (tasks.json), labeling_config.xml and images/")
+        return 0
+    if not args.export_file:
+        raise ValueError("label-studio import needs the JSON export file after the dataset dir")
+    load_pairs(args.dataset)  # one clear error for a dir that is not a dataset, before any database is created
+    db = Path(args.db) if args.db else Path(args.dataset) / DB_NAME
+    print(import_annotations(args.dataset, args.export_file, ReviewStore(db)).describe())
+    return 0
 
 
 def _generators(args: argparse.Namespace) -> list[WeightedGenerator] | None:

@@ -112,3 +112,21 @@ def test_bad_exports_and_reviewer_names(small_dataset, tmp_path):
         import_annotations(small_dataset, tmp_path / "dict.json", store)
     assert reviewer_of(12) == "ls-12" and reviewer_of({"email": "a b@x.y"}) == "ls-a_b@x.y"
     assert reviewer_of(None) is None and reviewer_of(True) is None
+
+
+def test_the_command_line_round_trip(small_dataset, tmp_path, capsys):
+    from data_synthesis.__main__ import main
+
+    out = tmp_path / "ls"
+    assert main(["label-studio", "tasks", str(small_dataset), "--out", str(out), "--all-pairs"]) == 0
+    tasks = json.loads((out / "tasks.json").read_text())
+    tasks[0]["annotations"] = [annotation(11, "flag")]
+    (tmp_path / "export.json").write_text(json.dumps(tasks[:2]))
+    db = tmp_path / "decisions.sqlite"
+    assert main(["label-studio", "import", str(small_dataset), str(tmp_path / "export.json"), "--db", str(db)]) == 0
+    assert "imported 1 decisions; skipped: none" in capsys.readouterr().out
+    assert [(d.reviewer, d.verdict) for d in ReviewStore(db).decisions()] == [("ls-11", "flag")]
+    assert main(["label-studio", "import", str(tmp_path), str(tmp_path / "export.json")]) == 2
+    assert "is not a finished dataset dir" in capsys.readouterr().err and not (tmp_path / "review.sqlite").exists()
+    assert main(["label-studio", "tasks", str(small_dataset)]) == 2
+    assert "needs --out DIR" in capsys.readouterr().err

@@ -22,9 +22,9 @@ from typing import NamedTuple
 from PIL import Image
 
 from data_synthesis.build import ImageRequest, WeightedGenerator
+from shared.dtypes import DTYPE_NAMES
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 class GeneratorError(ValueError):
@@ -106,8 +106,10 @@ class DiffusersGenerator:
             raise GeneratorError(f"generator name must be 1 to 64 letters, digits or _.- ; got {self.name!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise GeneratorError(f"generator {self.name}: steps and batch size must be at least 1")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise GeneratorError(f"generator {self.name}: dtype must be one of {', '.join(DTYPES)}, got {self.dtype}")
+        if self.dtype is not None and self.dtype not in DTYPE_NAMES:
+            raise GeneratorError(
+                f"generator {self.name}: dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype}"
+            )
         self.pipeline_class = check_pipeline_dir(self.path)["_class_name"]
         self._pipeline = None
 

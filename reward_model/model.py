@@ -57,12 +57,12 @@ from reward_model.tokenizer import (
     build_spatialworld_processor,
     load_processor,
 )
+from shared.dtypes import check_dtype_name, torch_dtype
 
 TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VISION_LORA_TARGETS = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")  # an option; the default is frozen
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QUANTIZATIONS = ("4bit", "8bit")
 # Special-token ids of Qwen2.5-VL's own tokenizer (its config.json) and of the SpatialWorld tokenizer (SPECIAL_TOKENS
 # in order), for configs that must match one or the other.
@@ -538,8 +538,7 @@ def build_spatialscore(
     A backbone directory with a stage-A patch position embedding (`patch_position_embedding.safetensors`) gets it
     attached to `visual`; it is frozen unless the vision tower trains (`train_vision`).
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    check_dtype_name(dtype)
     if lora_rank is not None and lora_rank < 1:
         raise ValueError(f"lora_rank must be a positive integer or None (full fine-tune), got {lora_rank}")
     if lora_rank is None and vision_lora_target_modules:
@@ -562,7 +561,8 @@ def build_spatialscore(
             )
 
     if isinstance(backbone, Qwen2_5_VLConfig):
-        model = Qwen2_5_VLModel._from_config(backbone, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+        weights_dtype = torch_dtype(dtype)
+        model = Qwen2_5_VLModel._from_config(backbone, dtype=weights_dtype, attn_implementation=attn_implementation)
         if processor is None:
             processor = build_spatialworld_processor(
                 patch_size=backbone.vision_config.patch_size,
@@ -570,7 +570,7 @@ def build_spatialscore(
                 temporal_patch_size=backbone.vision_config.temporal_patch_size,
             )
     else:
-        model = _load_backbone(Path(backbone), DTYPES[dtype], attn_implementation, quantization)
+        model = _load_backbone(Path(backbone), torch_dtype(dtype), attn_implementation, quantization)
         attach_pretrained_position_embedding(model.visual, backbone)
         processor = Path(backbone) if processor is None else processor
     if not isinstance(processor, SpatialScoreProcessor):

@@ -38,7 +38,6 @@ from reward_model.export import (
     is_peft_model,
 )
 from reward_model.model import (
-    DTYPES,
     RewardHead,
     SpatialScore,
     _add_reward_token,
@@ -48,6 +47,7 @@ from reward_model.model import (
 )
 from reward_model.pretrain import POSITION_EMBEDDING_FILE, attach_pretrained_position_embedding
 from reward_model.tokenizer import load_processor
+from shared.dtypes import check_dtype_name, torch_dtype
 
 ImageInput = Image.Image | str | os.PathLike | torch.Tensor | np.ndarray
 
@@ -107,8 +107,7 @@ def load_network(
     directory = Path(checkpoint_dir)
     config = read_checkpoint_config(directory)
     dtype = dtype or config["backbone"]["dtype"]
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    check_dtype_name(dtype)
     processor = load_processor(directory / PROCESSOR_DIR)
     reference = config["backbone"]
     if reference["source"] == "embedded":
@@ -121,7 +120,7 @@ def load_network(
                 "backbone_path= where it lives on this machine"
             )
     quantization = reference.get("quantization")
-    backbone = _load_backbone(source, DTYPES[dtype], attn_implementation, quantization)
+    backbone = _load_backbone(source, torch_dtype(dtype), attn_implementation, quantization)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 

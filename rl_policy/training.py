@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
@@ -29,9 +28,9 @@ from peft.utils import get_peft_model_state_dict
 from rl_policy.module import GRPOModule
 from rl_policy.policy import FLUX_LORA_TARGETS, build_policy, build_tiny_flux_pipeline, load_pipeline, reference_policy
 from shared import atomic_write_json
+from shared.dtypes import torch_dtype
 
 TINY = "tiny-random"  # PolicySpec.pipeline value: the tiny pipeline with random weights (tests, smoke runs)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -50,8 +49,7 @@ class PolicySpec:
     dtype: str = "float32"
 
     def build(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"PolicySpec.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        dtype = torch_dtype(self.dtype, "PolicySpec.dtype")
         if self.pipeline == TINY:
             pipeline = build_tiny_flux_pipeline(max_prompt_tokens=self.max_sequence_length or 96)
         else:
@@ -60,7 +58,7 @@ class PolicySpec:
                 raise FileNotFoundError(
                     f"policy pipeline {path} does not exist (for the embedded default run `make pretrain-generator`)"
                 )
-            pipeline = load_pipeline(path, torch_dtype=DTYPES[self.dtype])
+            pipeline = load_pipeline(path, torch_dtype=dtype)
         return build_policy(
             pipeline,
             lora_rank=self.lora_rank,

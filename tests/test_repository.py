@@ -63,3 +63,17 @@ def test_every_imported_third_party_package_is_declared():
 def test_stage_packages_import_and_say_what_they_are(package):
     module = importlib.import_module(package)
     assert module.__doc__ and len(module.__doc__) > 40
+
+
+def test_dtype_names_map_to_torch_dtypes_and_bad_names_are_named():
+    import torch
+
+    from shared.dtypes import torch_dtype
+
+    assert [torch_dtype(name) for name in ("float32", "bfloat16", "float16")] == [
+        torch.float32,
+        torch.bfloat16,
+        torch.float16,
+    ]
+    with pytest.raises(ValueError, match="PolicySpec.dtype must be one of float32, bfloat16, float16, got 'fp8'"):
+        torch_dtype("fp8", "PolicySpec.dtype")

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
-import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from io import BytesIO
@@ -38,6 +36,7 @@ from benchmarks.judges import (
     image_sha256,
 )
 from shared.io import atomic_write_bytes, atomic_write_text, canonical_sha256
+from shared.sqlite_table import SQLiteTable
 
 
 def directory_sha256(directory: str | os.PathLike) -> str:
@@ -57,45 +56,29 @@ def directory_sha256(directory: str | os.PathLike) -> str:
 class JudgeCache:
     """SQLite store of judge answers (JSON) by key; one connection shared under a lock."""
 
+    COLUMNS = ("task", "sample_id", "image_sha256", "judge", "template_version", "request_sha256")  # then the answer
+
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._connection = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute(
-                "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, task TEXT, sample_id TEXT, image_sha256 "
-                "TEXT, judge TEXT, template_version TEXT, request_sha256 TEXT, answer TEXT NOT NULL)"
-            )
-            self._connection.commit()
-        except sqlite3.DatabaseError as error:
-            raise ValueError(f"judge cache {self.path} is not a usable SQLite database: {error}") from None
-        self._lock = threading.Lock()
+        columns = [f"{name} TEXT" for name in self.COLUMNS] + ["answer TEXT NOT NULL"]
+        self.table = SQLiteTable(path, "answers", columns, what="judge cache")
+        self.path = self.table.path
 
     @staticmethod
     def key(task: str, sample_id: str, image: str, judge: str, template_version: str, request: str) -> str:
         return canonical_sha256([task, sample_id, image, judge, template_version, request])
 
     def get(self, key: str) -> Any | None:
-        with self._lock:
-            row = self._connection.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        answer = self.table.get(key, "answer")
+        return None if answer is None else json.loads(answer)
 
     def put(self, key: str, fields: Sequence[str], answer: Any) -> None:
-        with self._lock:
-            self._connection.execute(
-                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, *fields, json.dumps(answer, sort_keys=True)),
-            )
-            self._connection.commit()
+        self.table.put(key, (*fields, json.dumps(answer, sort_keys=True)))
 
     def __len__(self) -> int:
-        with self._lock:
-            return int(self._connection.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
+        return len(self.table)
 
     def close(self) -> None:
-        with self._lock:
-            self._connection.close()
+        self.table.close()
 
 
 class MissingJudgeError(ValueError):

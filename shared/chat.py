@@ -25,17 +25,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import openai
 
 from shared.io import canonical_sha256
+from shared.sqlite_table import SQLiteTable
 
 log = logging.getLogger(__name__)
 
@@ -109,41 +108,25 @@ class ChatResult(Generic[T]):
 
 
 class ChatCache:
-    """SQLite store of reply texts by request key (WAL, one connection shared under a lock)."""
+    """SQLite store of reply texts (and their token usage) by request key (`shared.sqlite_table`)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._connection = sqlite3.connect(self.path, check_same_thread=False, timeout=60)
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute(
-                "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, text TEXT NOT NULL, usage TEXT NOT NULL)"
-            )
-            self._connection.commit()
-        except sqlite3.DatabaseError as error:
-            raise ChatError(f"chat cache {self.path} is not a usable SQLite database: {error}") from None
-        self._lock = threading.Lock()
+        self.table = SQLiteTable(
+            path, "replies", ("text TEXT NOT NULL", "usage TEXT NOT NULL"), what="chat cache", error=ChatError
+        )
+        self.path = self.table.path
 
     def get(self, key: str) -> str | None:
-        with self._lock:
-            row = self._connection.execute("SELECT text FROM replies WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
+        return self.table.get(key, "text")
 
     def put(self, key: str, text: str, usage: dict[str, int]) -> None:
-        with self._lock:
-            self._connection.execute(
-                "INSERT OR REPLACE INTO replies (key, text, usage) VALUES (?, ?, ?)", (key, text, json.dumps(usage))
-            )
-            self._connection.commit()
+        self.table.put(key, (text, json.dumps(usage)))
 
     def __len__(self) -> int:
-        with self._lock:
-            return int(self._connection.execute("SELECT COUNT(*) FROM replies").fetchone()[0])
+        return len(self.table)
 
     def close(self) -> None:
-        with self._lock:
-            self._connection.close()
+        self.table.close()
 
 
 def request_key(payload: dict[str, Any], namespace: str) -> str:

@@ -106,7 +106,7 @@ def export_reviewed(
         stale.unlink()
     wanted = {path for column in ("perfect_image", "perturbed_image") for path in accepted[column]}
     for relative in sorted(wanted):
-        _place_image(dataset_dir / relative, out_dir / relative)
+        place_image(dataset_dir / relative, out_dir / relative)
     for path in out_dir.glob("images/**/*.png"):
         if path.relative_to(out_dir).as_posix() not in wanted:
             path.unlink()
@@ -140,7 +140,7 @@ def _check_output_dir(out_dir: Path, dataset_dir: Path) -> None:
         )
 
 
-def _place_image(source: Path, target: Path) -> None:
+def place_image(source: Path, target: Path) -> None:
     """Hard-link (or copy) `source` to `target` by an atomic rename; skip it if `target` is that file already."""
     if target.exists() and os.path.samefile(source, target):
         return

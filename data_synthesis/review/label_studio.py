@@ -25,12 +25,12 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from data_synthesis.review.app import REVIEWER_PATTERN, load_review_pairs
+from data_synthesis.review.export import place_image
 from data_synthesis.review.store import CHOICES, AlreadyDecided, ReviewError, ReviewStore, perfect_side
 from shared.io import atomic_write_json, atomic_write_text
 
@@ -66,19 +66,6 @@ def opaque_name(image: Path) -> str:
     return f"images/{hashlib.sha256(image.read_bytes()).hexdigest()}{image.suffix}"
 
 
-def _place(source: Path, target: Path) -> None:
-    if target.is_file():
-        return  # named by its content: an existing file is this image
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-    except OSError:
-        shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
-
-
 def write_tasks(
     dataset_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -96,7 +83,7 @@ def write_tasks(
         names = []
         for image in _sides(pair):
             names.append(opaque_name(image))
-            _place(image, out_dir / names[-1])
+            place_image(image, out_dir / names[-1])
         tasks.append(
             {
                 "data": {

@@ -63,6 +63,10 @@ RL_DATA_DIR ?= data/spatialworld-rl
 RL_DATA_ARGS ?= --num-pairs 8000 --seed 1 --resolution 64 --min-objects 2 --max-objects 2 --max-broken 1 \
 	--split-fractions 0.9 0.05 0.05
 GENERATOR_DIR ?= runs/rl/generator
+# The generator the RL stage starts from: the shipped one (checkpoints/generator_tiny, with its training log) when the
+# repo has it, so `make train-rl` does not pretrain for hours; else the one `make pretrain-generator` writes.
+SHIPPED_GENERATOR = checkpoints/generator_tiny/pipeline
+GENERATOR ?= $(if $(wildcard $(SHIPPED_GENERATOR)/model_index.json),$(SHIPPED_GENERATOR),$(GENERATOR_DIR)/pipeline)
 REWARD ?= spatialscore
 
 data-rl: $(RL_DATA_DIR)/verify_report.json ## build and verify the RL prompt set in data/spatialworld-rl
@@ -91,16 +95,16 @@ RL_RESUME = $(if $(wildcard $(RL_RUN_DIR)/checkpoints/last.ckpt),--ckpt_path $(R
 runs/reward/tiny/export/metrics.json:
 	$(MAKE) train-reward
 
-train-rl: $(GENERATOR_DIR)/pipeline/model_index.json $(RL_REWARD_DEPS) ## Flow-GRPO of the tiny generator (REWARD=oracle|geneval too)
+train-rl: $(GENERATOR)/model_index.json $(RL_REWARD_DEPS) ## Flow-GRPO of the tiny generator (REWARD=oracle|geneval too)
 	$(PYTHON) -m rl_policy fit --config configs/rl/tiny.yaml $(RL_REWARD_CONFIG) --data.source $(RL_DATA_DIR) \
-		--model.policy.pipeline $(GENERATOR_DIR)/pipeline $(RL_RESUME)
+		--model.policy.pipeline $(GENERATOR) $(RL_RESUME)
 
 # The RL comparison (not in CI; about 20 CPU-minutes per run, 9 runs): 3 seeds of the paper's recipe, the same
 # without top-k filtering, and the GenEval-rule reward; runs/exp-rl/comparison.md and curves.png. Resumable.
 EXP_RL_REWARD ?= spatialscore
-exp-rl: $(GENERATOR_DIR)/pipeline/model_index.json runs/reward/tiny/export/metrics.json ## RL comparison: seeds, top-k off, GenEval reward
+exp-rl: $(GENERATOR)/model_index.json runs/reward/tiny/export/metrics.json ## RL comparison: seeds, top-k off, GenEval reward
 	$(PYTHON) experiments/exp_rl.py --reward $(EXP_RL_REWARD) --out runs/exp-rl -- --data.source $(RL_DATA_DIR) \
-		--model.policy.pipeline $(GENERATOR_DIR)/pipeline
+		--model.policy.pipeline $(GENERATOR)
 
 # Every benchmark for the tiny reward model and for each generator that exists (the pretrained base, the RL runs);
 # cached and resumable: a rerun makes no judge call and gives a byte-identical reports/summary.json.
@@ -108,15 +112,15 @@ RL_RUNS = $(foreach run,tiny tiny-oracle tiny-geneval,$(if $(wildcard runs/rl/$(
 
 EVAL_SAMPLER_ARGS = --steps 20 --height 32 --width 32 --true-cfg 3
 
-eval-benchmarks: runs/reward/tiny/export/metrics.json $(GENERATOR_DIR)/pipeline/model_index.json ## all benchmarks -> reports/
+eval-benchmarks: runs/reward/tiny/export/metrics.json $(GENERATOR)/model_index.json ## all benchmarks -> reports/
 	$(PYTHON) -m benchmarks suite --out reports --reward-data $(DATA_DIR) --scorer runs/reward/tiny/export \
-		--prompt-data $(RL_DATA_DIR) --generator base=$(GENERATOR_DIR)/pipeline $(RL_RUNS) \
+		--prompt-data $(RL_DATA_DIR) --generator base=$(GENERATOR) $(RL_RUNS) \
 		$(EVAL_SAMPLER_ARGS) --images-per-prompt 2
 
 # The whole chain from nothing (each stage only when its output is missing), timed, with base-vs-RL samples drawn
 # with the benchmarks' sampler settings: reports/demo.md.
 demo: $(STAMP) ## data, reward model, generator, GRPO (oracle and critic), benchmarks -> reports/demo.md
-	$(PYTHON) -m benchmarks.demo --out reports --prompt-data $(RL_DATA_DIR) $(EVAL_SAMPLER_ARGS)
+	$(PYTHON) -m benchmarks.demo --out reports --prompt-data $(RL_DATA_DIR) --generator $(GENERATOR) $(EVAL_SAMPLER_ARGS)
 
 bench: $(STAMP) ## speed benchmarks (prints ratios against the targets)
 	$(PYTHON) bench/data_synthesis_build.py

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 from shared import atomic_write_json, atomic_write_text
 
 DATA, RL_DATA = "data/spatialworld", "data/spatialworld-rl"  # the Makefile's DATA_DIR and RL_DATA_DIR
+GENERATOR = "runs/rl/generator/pipeline"  # what `make pretrain-generator` writes
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,9 @@ class Stage:
     done: str | None  # the file that proves the stage finished (None: always run; it must be cheap when done)
 
 
-def default_stages(make: str = "make") -> list[Stage]:
-    """The embedded default's chain, in dependency order (each target also builds what it needs)."""
+def default_stages(make: str = "make", generator: str = GENERATOR) -> list[Stage]:
+    """The embedded default's chain, in dependency order (each target also builds what it needs). `generator`: the
+    pipeline dir RL starts from (the shipped one when the repo has it: then nothing is pretrained)."""
     return [
         Stage("data", "SpatialWorld pairs for the reward model", (make, "data"), f"{DATA}/verify_report.json"),
         Stage("data-rl", "2-object SpatialWorld prompts for RL", (make, "data-rl"), f"{RL_DATA}/verify_report.json"),
@@ -55,7 +57,7 @@ def default_stages(make: str = "make") -> list[Stage]:
             "pretrain-generator",
             "the tiny Flux generator (rectified flow in pixel space)",
             (make, "pretrain-generator"),
-            "runs/rl/generator/pipeline/model_index.json",
+            f"{generator}/model_index.json",
         ),
         Stage(
             "train-rl-oracle",
@@ -286,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=Path("reports"), help="demo.md goes here (the suite's --out)")
     parser.add_argument("--make", default=os.environ.get("MAKE", "make"), help="the make program")
-    parser.add_argument("--prompt-data", type=Path, default=Path("data/spatialworld-rl"))
+    parser.add_argument("--prompt-data", type=Path, default=Path(RL_DATA))
+    parser.add_argument("--generator", type=Path, default=Path(GENERATOR), help="the base pipeline dir of RL")
     parser.add_argument("--num-samples", type=int, default=8, help="test prompts in the sample grid")
     parser.add_argument("--sample-seed", type=int, default=0)
     defaults = SamplerSettings()
@@ -297,10 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--true-cfg", type=float, default=defaults.true_cfg_scale)
     args = parser.parse_args(argv)
 
-    records = run_stages(default_stages(args.make), args.out)
+    records = run_stages(default_stages(args.make, str(args.generator)), args.out)
     failed = next((record for record in records if record["status"] == "failed"), None)
     samples = None
-    base = Path("runs/rl/generator/pipeline")
+    base = args.generator
     if failed is None and (base / "model_index.json").is_file():
         generators = [("base", base)] + [
             (run, Path("runs/rl") / run)

@@ -5,7 +5,7 @@
 `perturb` breaks exactly k of them, `render` draws a scene, `describe` writes its prompt and `build` writes a
 dataset dir (see DESIGN.md for the format)."""
 
-from data_synthesis.build import BuildConfig, BuildError, build
+from data_synthesis.build import BuildConfig, BuildError, ImageGenerator, PromptSource, WeightedGenerator, build
 from data_synthesis.detect import PixelLayout, detect, read_relations
 from data_synthesis.oracle import OracleVerdict, SpatialWorldOracle, oracle_metadata
 from data_synthesis.perturb import Perturbation, perturb
@@ -17,6 +17,9 @@ from data_synthesis.scene import COLOURS, REGIONS, SHAPES, SIZES, Background, Sc
 from data_synthesis.verify import DatasetError, load_pairs, verify
 
 __all__ = [
+    "ImageGenerator",
+    "PromptSource",
+    "WeightedGenerator",
     "BACKGROUND_WORDS",
     "NUMBER_WORDS",
     "SHAPE_WORDS",

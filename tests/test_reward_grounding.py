@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import random
 import re
 
@@ -13,6 +14,7 @@ import torch
 
 from data_synthesis import (
     COLOURS,
+    SHAPE_WORDS,
     TEMPLATES,
     Background,
     Relation,
@@ -26,11 +28,22 @@ from data_synthesis import (
 from data_synthesis.perturb import sample_pair
 from data_synthesis.prompts import describe, describe_sentences
 from reward_model.grounding import (
+    POSITION_BINS,
+    GroundingOutput,
     GroundingPretrainModule,
+    PromptPhase,
+    VerificationBatch,
     VerificationCollator,
     build_grounding_network,
+    grounding_losses,
+    image_token_cells,
     load_grounding_heads,
+    parse_prompt_curriculum,
+    phase_at,
     save_grounded_backbone,
+    simple_verification_example,
+    stated_margin,
+    stated_offset,
     token_colour_targets,
     verification_example,
 )
@@ -95,6 +108,120 @@ def test_collator_points_at_the_final_period_of_each_relation_sentence(processor
         assert processor.tokenizer.convert_ids_to_tokens(int(ids[row, last + 1])) == "<|im_end|>"
 
 
+def test_collator_finds_every_object_mention_and_its_cell(processor):
+    """Each mention ends at its noun ("sign" of "plus sign", "star" of "five-pointed star"), its colour the nearest
+    colour word before it; colour words that name no object ("blue sky") are skipped; every object is named in the
+    intro, so each gets at least one mention."""
+    examples = [verification_example(seed, WorldConfig(3, 6), resolution=64) for seed in range(4)]
+    batch = VerificationCollator(processor)(examples)
+    nouns = {words.split()[-1].split("-")[-1] for options in SHAPE_WORDS.values() for words in options}
+    for (row, position), (column, grid_row) in zip(batch.mentions.tolist(), batch.mention_cells.tolist(), strict=True):
+        tokens = processor.tokenizer.convert_ids_to_tokens(batch.inputs["input_ids"][row, : position + 1].tolist())
+        assert tokens[-1] in nouns
+        colour = next(token for token in reversed(tokens) if token in COLOURS)
+        obj = examples[row].scene[colour]
+        assert obj.shape in SHAPE_WORDS and tokens[-1] in " ".join(SHAPE_WORDS[obj.shape])
+        assert (column, grid_row) == (int(obj.x * POSITION_BINS), int(obj.y * POSITION_BINS))
+    for row, example in enumerate(examples):
+        assert (batch.mentions[:, 0] == row).sum() >= len(example.scene.objects)
+
+
+def test_colour_words_are_bound_too_when_asked(processor):
+    examples = [verification_example(seed, WorldConfig(3, 6), resolution=64) for seed in range(2)]
+    nouns_only = VerificationCollator(processor)(examples)
+    both = VerificationCollator(processor, bind_colour_words=True)(examples)
+    assert len(both.mentions) == 2 * len(nouns_only.mentions)
+    colours = both.inputs["input_ids"][both.mentions[::2, 0], both.mentions[::2, 1]]
+    assert set(processor.tokenizer.convert_ids_to_tokens(colours.tolist())) <= set(COLOURS)
+    torch.testing.assert_close(both.mention_cells[::2], nouns_only.mention_cells)
+
+
+def test_slot_cells_are_the_cells_of_each_sentence_objects(processor):
+    examples = [verification_example(seed, WorldConfig(3, 6), resolution=64) for seed in range(4)]
+    batch = VerificationCollator(processor)(examples)
+    relations = [(e, r) for e in examples for r in e.relations]
+    assert batch.slot_cells.shape == (len(batch.sentence_ends), 2, 2) and len(relations) == len(batch.sentence_ends)
+    for (example, relation), cells in zip(relations, batch.slot_cells.tolist(), strict=True):
+        for subject, (column, row) in zip(relation.subjects[:2], cells, strict=False):
+            obj = example.scene[subject]
+            assert (column, row) == (int(obj.x * POSITION_BINS), int(obj.y * POSITION_BINS))
+        if len(relation.subjects) == 1:
+            assert cells[1] == [-100, -100]
+
+
+def test_stated_offset_is_positive_exactly_when_the_direction_holds():
+    """red at (0.2, 0.7), blue at (0.6, 0.3): red is 0.4 left of blue and 0.4 below it."""
+    scene = Scene(
+        objects=(
+            SceneObject("red", "square", "medium", x=0.2, y=0.7, radius=0.05, depth=0),
+            SceneObject("blue", "square", "medium", x=0.6, y=0.3, radius=0.05, depth=1),
+        ),
+        background=Background("plain"),
+    )
+    offsets = {
+        kind: stated_offset(Relation(kind, ("red", "blue")), scene)
+        for kind in ("left_of", "right_of", "above", "below")
+    }
+    assert offsets == pytest.approx({"left_of": 0.4, "right_of": -0.4, "above": -0.4, "below": 0.4})
+    assert math.isnan(stated_offset(Relation("next_to", ("red", "blue")), scene))
+
+
+def test_stated_margin_sign_is_the_oracle_verdict_for_every_family():
+    signs, families = [], set()
+    for seed in range(40):
+        example = verification_example(seed, WorldConfig(3, 6), resolution=64)
+        for relation, truth in zip(example.relations, example.sentence_truth, strict=True):
+            margin = stated_margin(relation, example.scene)
+            if not math.isnan(margin):
+                signs.append((margin > 0) == truth)
+                families.add(relation.family)
+    assert all(signs) and len(families) >= 6
+
+
+def test_image_token_cells_are_the_bins_of_token_centres():
+    """A 2 x 2 token grid has centres at 0.25 and 0.75 of each side: bins 2 and 6 of 8, raster order."""
+    assert image_token_cells(2, 2, 8).tolist() == [[2, 2], [6, 2], [2, 6], [6, 6]]
+
+
+def test_binding_loss_is_the_mean_cross_entropy_of_column_and_row():
+    """Two mentions, 2 bins, logits 0 except a logit of ln 3 on the right bin of mention 0's column: its column
+    probability is 3/4, every other one 1/2, so the loss is (ln(4/3) + 3 ln 2) / 4."""
+    logits = torch.zeros(2, 2, 2)
+    logits[0, 0, 1] = torch.tensor(3.0).log()
+    output = GroundingOutput(torch.zeros(1), torch.zeros(1), torch.zeros(1, 4), torch.zeros(1, 3), logits)
+    batch = VerificationBatch(
+        inputs={},
+        sentence_ends=torch.zeros(1, 2, dtype=torch.long),
+        sentence_truth=torch.ones(1),
+        matches=torch.ones(1),
+        token_colours=torch.zeros(1, 3),
+        num_objects=torch.ones(1, dtype=torch.long),
+        mentions=torch.zeros(2, 2, dtype=torch.long),
+        mention_cells=torch.tensor([[1, 0], [0, 1]]),
+    )
+    expected = (torch.tensor(4 / 3).log() + 3 * torch.tensor(2.0).log()) / 4
+    torch.testing.assert_close(grounding_losses(output, batch)["binding"], expected)
+
+
+def test_simple_examples_state_few_relations_of_the_asked_families():
+    families = {"horizontal": ("left_of", "right_of"), "vertical": ("above", "below")}
+    for seed in range(20):
+        example = simple_verification_example(seed, WorldConfig(3, 6), max_relations=2, resolution=64)
+        assert 1 <= len(example.relations) <= 2
+        assert all(r.kind in families["horizontal"] + families["vertical"] for r in example.relations)
+        layout = SceneLayout(example.scene)
+        for relation, truth in zip(example.relations, example.sentence_truth, strict=True):
+            assert evaluate(relation, layout) is (Truth.HOLDS if truth else Truth.BROKEN)
+
+
+def test_prompt_curriculum_parses_and_picks_the_phase_of_a_step():
+    phases = parse_prompt_curriculum("0:2:hv,400:4:all,800:8:all")
+    assert phases[0] == PromptPhase(0, 2, ("horizontal", "vertical")) and not phases[0].full
+    assert phase_at(399, phases) is phases[0] and phase_at(400, phases) is phases[1] and phase_at(10**6, phases).full
+    with pytest.raises(ValueError, match="unknown relation families"):
+        parse_prompt_curriculum("0:2:sideways")
+
+
 def test_token_colour_targets_mark_the_patches_under_each_box():
     scene = Scene(
         objects=(
@@ -119,7 +246,15 @@ def tiny_network(processor):
 def test_a_few_steps_move_every_weight_and_the_backbone_reloads(processor, tmp_path):
     torch.manual_seed(0)
     network = tiny_network(processor)
-    module = GroundingPretrainModule(network, functools.partial(torch.optim.AdamW, lr=1e-3))
+    module = GroundingPretrainModule(
+        network,
+        functools.partial(torch.optim.AdamW, lr=1e-3),
+        binding_weight=1.0,
+        image_cell_weight=1.0,
+        slot_weight=1.0,
+        coord_weight=1.0,
+        stated_weight=1.0,
+    )
     optimizer = module.configure_optimizers()["optimizer"]
     examples = [verification_example(seed, WorldConfig(3, 4), resolution=64) for seed in range(4)]
     batch = VerificationCollator(processor)(examples)
@@ -148,6 +283,10 @@ def test_a_few_steps_move_every_weight_and_the_backbone_reloads(processor, tmp_p
         actual = reloaded(batch.inputs, batch.sentence_ends)
     torch.testing.assert_close(actual.sentence_logits, expected.sentence_logits)
     torch.testing.assert_close(actual.match_logits, expected.match_logits)
+    with torch.no_grad():
+        bound = network(batch.inputs, batch.sentence_ends, batch.mentions).binding_logits
+        reloaded_bound = reloaded(batch.inputs, batch.sentence_ends, batch.mentions).binding_logits
+    torch.testing.assert_close(reloaded_bound, bound)
 
     scorer = build_pretrained_tiny_spatialscore(backbone_dir=str(directory), lora_rank=4)  # stage B's recipe
     assert hasattr(scorer.backbone.get_base_model().visual, "patch_position_embedding")

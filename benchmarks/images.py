@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from PIL import Image, UnidentifiedImageError
 
 from benchmarks.cache import ImageCache, directory_sha256
+from shared.pipelines import text_length
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -91,6 +92,7 @@ class PipelineImages:
     ) -> None:
         self.pipeline, self.weights_sha256, self.settings, self.cache = pipeline, weights_sha256, settings, cache
         self.device = device
+        self.text_length = text_length(pipeline)  # part of the key: images drawn at another text length differ
         self.name = f"pipeline:{weights_sha256[:16]}:{asdict(settings)}"
         self.generated = 0
 
@@ -101,12 +103,12 @@ class PipelineImages:
         if not (directory / "model_index.json").is_file():
             raise FileNotFoundError(f"--pipeline {directory} is not a diffusers pipeline dir: model_index.json missing")
         import torch
-        from diffusers import DiffusionPipeline  # imported only when generating: it takes seconds
+
+        from shared.pipelines import load_pipeline_dir  # imports diffusers: only when generating, it takes seconds
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
-        pipeline = DiffusionPipeline.from_pretrained(directory, dtype=dtype, local_files_only=True).to(device)
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = load_pipeline_dir(directory, dtype=dtype, device=device)
         return cls(pipeline, directory_sha256(directory), settings, cache, device)
 
     @classmethod
@@ -129,7 +131,7 @@ class PipelineImages:
     def get(self, prompt_id: str, prompt: str, seed: int) -> Image.Image:
         import torch
 
-        key = ImageCache.key(self.weights_sha256, prompt, seed, asdict(self.settings))
+        key = ImageCache.key(self.weights_sha256, prompt, seed, asdict(self.settings) | self.text_length)
         image = self.cache.get(key)
         if image is None:
             generator = torch.Generator(self.device).manual_seed(seed)
@@ -138,7 +140,7 @@ class PipelineImages:
                 settings["negative_prompt"] = ""
             else:
                 del settings["true_cfg_scale"]  # not every pipeline takes it
-            image = self.pipeline(prompt=prompt, generator=generator, **settings).images[0]
+            image = self.pipeline(prompt=prompt, generator=generator, **settings, **self.text_length).images[0]
             self.cache.put(key, image)
             self.generated += 1
         return image

@@ -12,7 +12,6 @@ folder it lists).
 from __future__ import annotations
 
 import gc
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from typing import NamedTuple
 from PIL import Image
 
 from data_synthesis.build import ImageRequest, WeightedGenerator
-from shared.dtypes import DTYPE_NAMES
+from shared.dtypes import DTYPE_NAMES, torch_dtype
+from shared.pipelines import PipelineDirError, load_pipeline_dir, read_pipeline_index, text_length
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -59,30 +59,10 @@ def parse_generator_spec(text: str) -> GeneratorSpec:
 def check_pipeline_dir(path: str | Path) -> dict:
     """The model_index.json of a diffusers pipeline directory, after checking that every component folder it lists
     is there; one GeneratorError naming what is missing otherwise."""
-    path = Path(path)
-    if not path.is_dir():
-        raise GeneratorError(f"generator directory {path} does not exist")
-    index_path = path / "model_index.json"
-    if not index_path.is_file():
-        raise GeneratorError(f"{path} is not a diffusers pipeline directory: model_index.json is missing")
     try:
-        index = json.loads(index_path.read_text())
-    except json.JSONDecodeError as error:
-        raise GeneratorError(f"{index_path} is not valid JSON: {error}") from None
-    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
-        raise GeneratorError(f"{index_path} does not name a pipeline class (_class_name)")
-    components = [
-        name
-        for name, entry in index.items()
-        if not name.startswith("_") and isinstance(entry, list) and len(entry) == 2 and entry[0] is not None
-    ]
-    missing = [name for name in components if not (path / name).is_dir()]
-    if missing:
-        raise GeneratorError(
-            f"{path} ({index['_class_name']}) lacks the component folder(s) {', '.join(missing)} listed in "
-            "model_index.json"
-        )
-    return index
+        return read_pipeline_index(path)
+    except PipelineDirError as error:
+        raise GeneratorError(str(error)) from None
 
 
 @dataclass
@@ -125,13 +105,13 @@ class DiffusersGenerator:
     def _load(self):
         if self._pipeline is None:
             import torch
-            from diffusers import DiffusionPipeline
 
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             dtype = self.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-            pipeline = DiffusionPipeline.from_pretrained(str(self.path), dtype=getattr(torch, dtype))
-            pipeline.set_progress_bar_config(disable=True)
-            self._pipeline = pipeline.to(device)
+            try:
+                self._pipeline = load_pipeline_dir(self.path, dtype=torch_dtype(dtype), device=device)
+            except PipelineDirError as error:
+                raise GeneratorError(str(error)) from None
         return self._pipeline
 
     def generate(self, requests: Sequence[ImageRequest]) -> list[Image.Image]:
@@ -150,6 +130,7 @@ class DiffusersGenerator:
                 # or the device
                 generator=[torch.Generator("cpu").manual_seed(request.seed) for request in requests],
                 output_type="pil",
+                **text_length(pipeline),
                 **options,
             ).images
         wrong = [image.size for image in images if image.size != (resolution, resolution)]

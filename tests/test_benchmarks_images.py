@@ -136,3 +136,50 @@ def test_policy_dir_applies_its_lora_to_the_base_pipeline(tiny_flux_dir, tmp_pat
     (lora / "policy.json").write_text(json.dumps({"base_pipeline": str(tmp_path / "nowhere")}))
     with pytest.raises(FileNotFoundError, match="is not a diffusers pipeline dir"):
         PipelineImages.from_policy(lora, settings, cache)
+
+
+def test_the_tiny_generator_dir_loads_without_rl_policy_imported_and_at_its_own_text_length(tmp_path):
+    """The embedded generator's pipeline dir names its pixel-space autoencoder's library (rl_policy.policy): a fresh
+    process that never imported rl_policy loads it, and draws at the text length the generator was built with (97
+    tokens), not Flux's default 512: the image equals the pipeline's own call with that length and differs from 512."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+
+    from rl_policy.policy import build_tiny_flux_pipeline
+
+    pipeline = build_tiny_flux_pipeline(max_prompt_tokens=96, seed=0)
+    pipeline.save_pretrained(tmp_path / "generator")
+    code = f"""
+import sys
+from benchmarks.cache import ImageCache
+from benchmarks.images import PipelineImages, SamplerSettings
+assert "rl_policy" not in sys.modules
+settings = SamplerSettings(num_inference_steps=3, height=32, width=32, true_cfg_scale=3.0)
+cache = ImageCache({str(tmp_path / "cache")!r})
+images = PipelineImages.from_pretrained({str(tmp_path / "generator")!r}, settings, cache)
+assert images.text_length == {{"max_sequence_length": 97}}, images.text_length
+images.get("p", "the red star is left of the blue square .", 5).save({str(tmp_path / "drawn.png")!r})
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    drawn = np.asarray(Image.open(tmp_path / "drawn.png"))
+
+    def own(length: int) -> np.ndarray:
+        image = pipeline(
+            prompt="the red star is left of the blue square .",
+            negative_prompt="",
+            true_cfg_scale=3.0,
+            num_inference_steps=3,
+            guidance_scale=3.5,
+            height=32,
+            width=32,
+            generator=torch.Generator("cpu").manual_seed(5),
+            max_sequence_length=length,
+        ).images[0]
+        return np.asarray(image.convert("RGB"))
+
+    assert (own(97) == drawn).all()
+    assert not (own(512) == drawn).all()

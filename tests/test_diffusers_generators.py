@@ -61,6 +61,7 @@ def test_build_cli_draws_every_image_with_the_pipeline_and_resumes(pipeline_dirs
         num_inference_steps=2,
         generator=[torch.Generator("cpu").manual_seed(int(row["render_seed"]))],
         output_type="np",
+        max_sequence_length=33,  # the tiny generator's own text length (32 prompt tokens + end), not Flux's 512
     ).images[0]
     drawn = np.asarray(Image.open(out / row["perturbed_image"]), dtype=np.float32) / 255
     assert drawn.shape == (64, 64, 3) and np.abs(drawn - expected).max() < 3 / 255

@@ -130,11 +130,14 @@ exp-rl: $(GENERATOR)/model_index.json runs/reward/tiny/export/metrics.json ## RL
 RL_RUNS = $(foreach run,tiny tiny-oracle tiny-geneval,$(if $(wildcard runs/rl/$(run)/lora/policy.json),--generator $(run)=runs/rl/$(run)))
 
 EVAL_SAMPLER_ARGS = --steps 20 --height 32 --width 32 --true-cfg 3
+# EVAL_LIMIT=40: only the first 40 prompts (pairs) of each task, for a quick look (the full suite draws ~800 images
+# per generator, one pipeline call each: ~25 min per generator on 2 cores)
+EVAL_LIMIT ?=
 
 eval-benchmarks: runs/reward/tiny/export/metrics.json $(GENERATOR)/model_index.json ## all benchmarks -> reports/
 	$(PYTHON) -m benchmarks suite --out reports --reward-data $(DATA_DIR) --scorer runs/reward/tiny/export \
 		--prompt-data $(RL_DATA_DIR) --generator base=$(GENERATOR) $(RL_RUNS) \
-		$(EVAL_SAMPLER_ARGS) --images-per-prompt 2
+		$(EVAL_SAMPLER_ARGS) --images-per-prompt 2 $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT),)
 
 # The whole chain from nothing (each stage only when its output is missing), timed, with base-vs-RL samples drawn
 # with the benchmarks' sampler settings: reports/demo.md.

@@ -28,7 +28,6 @@ it (with a warning).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +55,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase,
 
 from reward_model import build_spatialworld_processor
 from rl_policy.sde import flux_shift_mu, flux_sigmas
+from shared.pipelines import read_pipeline_index
 
 logger = logging.getLogger(__name__)
 
@@ -216,19 +216,10 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> D
     """A FluxPipeline (FLUX.1-dev, or one saved by `save_pretrained`, the tiny one included) or QwenImagePipeline
     from a local diffusers directory; a ValueError / FileNotFoundError naming the missing piece otherwise."""
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"policy base directory {path} does not exist")
-    index_file = path / "model_index.json"
-    if not index_file.is_file():
-        raise FileNotFoundError(f"{path} is not a diffusers pipeline directory: model_index.json is missing")
-    index = json.loads(index_file.read_text())
-    class_name = index.get("_class_name")
+    class_name = read_pipeline_index(path)["_class_name"]  # FileNotFoundError naming what is missing
     if class_name not in SUPPORTED_PIPELINES:
+        index_file = path / "model_index.json"
         raise ValueError(f"{index_file}: _class_name {class_name!r} is not one of {', '.join(SUPPORTED_PIPELINES)}")
-    components = [name for name, entry in index.items() if not name.startswith("_") and entry and entry[0]]
-    missing = [name for name in components if not (path / name).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"{path} ({class_name}) lacks the component folder(s) {', '.join(missing)}")
     return DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
 
 

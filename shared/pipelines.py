@@ -24,7 +24,7 @@ KNOWN_LIBRARIES = ("diffusers", "transformers")
 FLUX_MAX_TEXT_TOKENS = 512
 
 
-class PipelineDirError(ValueError):
+class PipelineDirError(FileNotFoundError):
     """A directory that is not a loadable diffusers pipeline (the message names what is missing)."""
 
 
@@ -32,7 +32,7 @@ def read_pipeline_index(path: str | os.PathLike) -> dict[str, Any]:
     """The `model_index.json` of a pipeline dir whose listed component folders all exist (module docstring)."""
     path = Path(path)
     if not path.is_dir():
-        raise PipelineDirError(f"generator directory {path} does not exist")
+        raise PipelineDirError(f"pipeline directory {path} does not exist")
     index_path = path / "model_index.json"
     if not index_path.is_file():
         raise PipelineDirError(f"{path} is not a diffusers pipeline directory: model_index.json is missing")

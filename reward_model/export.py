@@ -32,8 +32,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from reward_model.model import SpatialScore
 from reward_model.pretrain import POSITION_EMBEDDING_FILE, PatchPositionEmbedding, save_position_embedding
 from reward_model.tokenizer import REWARD_TOKEN
 from shared import atomic_write_json
+from shared.io import atomic_directory
 
 CHECKPOINT_FORMAT = "spatialscore-reward-checkpoint"
 FORMAT_VERSION = 1
@@ -236,20 +235,8 @@ def export_checkpoint(
         raise FileExistsError(f"cannot export to {out_dir}: it exists and is not a directory")
     json.dumps(metrics)  # fail before writing anything if these are not JSON
     json.dumps(resolved_config)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         _write_checkpoint(
             network, staging, metrics=metrics, resolved_config=resolved_config, system_prompt=system_prompt
         )
-        if out_dir.exists():
-            previous = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, previous / out_dir.name)
-            os.replace(staging, out_dir)
-            shutil.rmtree(previous)
-        else:
-            os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

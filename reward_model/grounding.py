@@ -57,8 +57,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -87,6 +85,7 @@ from reward_model.pretrain import (
 )
 from reward_model.tokenizer import SpatialScoreProcessor
 from shared import stable_seed
+from shared.io import atomic_directory
 
 HEADS_FILE = "grounding_heads.safetensors"
 POSITION_BINS = 8  # column and row bins of an object's centre for the binding head
@@ -759,9 +758,7 @@ def save_grounded_backbone(
     processor files), its position embedding (`POSITION_EMBEDDING_FILE`), the verdict and matching heads
     (`HEADS_FILE`, with the verdict layer in its metadata) and `metrics` in `pretrain_metrics.json`. Atomic."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as staging:
         backbone = network.backbone
         state = {k: v for k, v in backbone.state_dict().items() if "patch_position_embedding" not in k}
         backbone.save_pretrained(staging, state_dict=state, safe_serialization=True)
@@ -784,13 +781,6 @@ def save_grounded_backbone(
         )
         if metrics is not None:
             (staging / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        staging.chmod(0o755)
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 

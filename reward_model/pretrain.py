@@ -36,8 +36,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -62,6 +60,7 @@ from reward_model.tokenizer import (
     load_processor,
 )
 from shared import stable_seed
+from shared.io import atomic_directory
 
 INSTRUCTION = "where are the objects ?"  # every word is in the SpatialWorld vocabulary
 END_TOKEN = "<|im_end|>"
@@ -441,9 +440,7 @@ def save_pretrained_backbone(
     position embedding (if any) in `POSITION_EMBEDDING_FILE` with its grid and merge sizes in the metadata, and
     `metrics` in `pretrain_metrics.json`. Atomic: written beside `directory`, then renamed into place."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as staging:
         model.save_pretrained(staging, state_dict=_backbone_state_dict(model), safe_serialization=True)
         processor.save_pretrained(staging)
         embedding = getattr(model.model.visual, "patch_position_embedding", None)
@@ -451,13 +448,6 @@ def save_pretrained_backbone(
             save_position_embedding(embedding, staging / POSITION_EMBEDDING_FILE)
         if metrics is not None:
             (staging / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        staging.chmod(0o755)  # mkdtemp makes it private
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = 
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(directory: str | os.PathLike) -> Iterator[Path]:
+    """Write a whole directory at once: yields an empty staging dir beside `directory`; on a clean exit it takes
+    `directory`'s place (an old one is moved aside first, then removed), on an error it is removed and `directory`
+    is left as it was."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private
+        if directory.exists():
+            previous = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
+            os.replace(directory, previous / directory.name)
+            os.replace(staging, directory)
+            shutil.rmtree(previous)
+        else:
+            os.replace(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

@@ -747,6 +747,22 @@ class GroundingPretrainModule(LightningModule):
 
 
 # --- saving ------------------------------------------------------------------------------------------------------
+# The heads saved beside the stage-A backbone, in HEADS_FILE as "<head>.<parameter>"; checkpoints written before the
+# later ones existed hold only the required three.
+HEAD_NAMES = (
+    "verdict_head",
+    "match_head",
+    "colour_head",
+    "binding_head",
+    "slot_head",
+    "mention_xy_head",
+    "offset_head",
+    "kind_head",
+    "stated_head",
+)
+REQUIRED_HEADS = ("verdict_head", "match_head", "colour_head")
+
+
 def save_grounded_backbone(
     network: GroundingNetwork,
     processor: SpatialScoreProcessor,
@@ -765,15 +781,7 @@ def save_grounded_backbone(
         processor.save_pretrained(staging)
         embedding = backbone.visual.patch_position_embedding
         save_position_embedding(embedding, staging / POSITION_EMBEDDING_FILE)
-        heads = {f"verdict_head.{k}": v for k, v in network.verdict_head.state_dict().items()}
-        heads |= {f"match_head.{k}": v for k, v in network.match_head.state_dict().items()}
-        heads |= {f"colour_head.{k}": v for k, v in network.colour_head.state_dict().items()}
-        heads |= {f"binding_head.{k}": v for k, v in network.binding_head.state_dict().items()}
-        heads |= {f"slot_head.{k}": v for k, v in network.slot_head.state_dict().items()}
-        heads |= {f"mention_xy_head.{k}": v for k, v in network.mention_xy_head.state_dict().items()}
-        heads |= {f"offset_head.{k}": v for k, v in network.offset_head.state_dict().items()}
-        heads |= {f"kind_head.{k}": v for k, v in network.kind_head.state_dict().items()}
-        heads |= {f"stated_head.{k}": v for k, v in network.stated_head.state_dict().items()}
+        heads = {f"{name}.{k}": v for name in HEAD_NAMES for k, v in getattr(network, name).state_dict().items()}
         save_file(
             {k: v.detach().contiguous() for k, v in heads.items()},
             staging / HEADS_FILE,
@@ -791,19 +799,7 @@ def load_grounding_heads(network: GroundingNetwork, directory: str | os.PathLike
     if not path.is_file():
         raise FileNotFoundError(f"{directory} holds no grounding heads: {HEADS_FILE} is missing")
     state = load_file(str(path))
-    network.verdict_head.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("verdict")})
-    network.match_head.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("match")})
-    network.colour_head.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("colour")})
-    binding = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("binding")}
-    if binding:
-        network.binding_head.load_state_dict(binding)
-    for name in (
-        "slot_head",
-        "mention_xy_head",
-        "offset_head",
-        "kind_head",
-        "stated_head",
-    ):  # optional heads, absent from older checkpoints
+    for name in HEAD_NAMES:
         head = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(name + ".")}
-        if head:
+        if head or name in REQUIRED_HEADS:  # the others are absent from older checkpoints
             getattr(network, name).load_state_dict(head)

@@ -75,6 +75,14 @@ def require_images(inputs: RunInputs, task: str) -> None:
         raise ValueError(f"task {task} needs images: pass --images DIR or --pipeline DIR")
 
 
+def image_status_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many per-image records had no image file or an unreadable one (`fetch_image`'s statuses)."""
+    return {
+        "missing_images": sum(record["image"] == "missing" for record in records),
+        "unreadable_images": sum(record["image"] == "unreadable" for record in records),
+    }
+
+
 def fetch_image(inputs: RunInputs, prompt_id: str, prompt: str, seed: int) -> tuple[Image.Image | None, str]:
     """(image, status) with status "ok", "missing" or "unreadable"; a task records the status and moves on."""
     assert inputs.images is not None, "checked by require_images in the task's samples()"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.formats.dpg import IMAGES_PER_PROMPT, DpgItem, DpgQuestion, load_dpg, score_dpg
-from benchmarks.tasks.base import RunInputs, Sample, fetch_image, require, require_images, table
+from benchmarks.tasks.base import RunInputs, Sample, fetch_image, image_status_counts, require, require_images, table
 
 CSV_NAME = "dpg_bench.csv"
 QUESTION_FIELDS = ("proposition_id", "parents", "category_broad", "category_detailed", "tuple_text", "question", "row")
@@ -86,8 +86,7 @@ class DpgBench:
         result.pop("note")
         result["unanswered_items"] = len(result["unanswered_items"])
         result["num_images"] = len(records)
-        result["missing_images"] = sum(record["image"] == "missing" for record in records)
-        result["unreadable_images"] = sum(record["image"] == "unreadable" for record in records)
+        result |= image_status_counts(records)
         return result
 
     def report(self, summary: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks import geneval
-from benchmarks.tasks.base import RunInputs, Sample, fetch_image, require, require_images, table
+from benchmarks.tasks.base import RunInputs, Sample, fetch_image, image_status_counts, require, require_images, table
 
 
 class GenEval:
@@ -52,8 +52,7 @@ class GenEval:
 
     def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         summary = geneval.summarize([r for r in records if r["image"] == "ok"])
-        summary["missing_images"] = sum(r["image"] == "missing" for r in records)
-        summary["unreadable_images"] = sum(r["image"] == "unreadable" for r in records)
+        summary |= image_status_counts(records)
         summary["colour_unread_images"] = sum(r.get("colour_unread", False) for r in records)
         return summary
 

@@ -24,7 +24,7 @@ from benchmarks.formats.tiif import (
     load_tiif,
     score_tiif,
 )
-from benchmarks.tasks.base import RunInputs, Sample, fetch_image, require, require_images, table
+from benchmarks.tasks.base import RunInputs, Sample, fetch_image, image_status_counts, require, require_images, table
 
 FIELDS = ("dimension", "index", "short_description", "long_description", "questions", "expected")
 
@@ -81,8 +81,7 @@ class TiifBench:
         summary["unanswered"] = len(summary["unanswered"])
         summary["ungrouped"] = len(summary["ungrouped"])
         summary["num_images"] = len(records)
-        summary["missing_images"] = sum(record["image"] == "missing" for record in records)
-        summary["unreadable_images"] = sum(record["image"] == "unreadable" for record in records)
+        summary |= image_status_counts(records)
         return summary
 
     def report(self, summary: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from benchmarks.formats.unigenbench import (
     score_unigenbench,
 )
 from benchmarks.judges import Testpoint
-from benchmarks.tasks.base import RunInputs, Sample, fetch_image, require, require_images, table
+from benchmarks.tasks.base import RunInputs, Sample, fetch_image, image_status_counts, require, require_images, table
 
 MALFORMED = "malformed-rows"
 
@@ -100,8 +100,7 @@ class UniGenBenchTask:
             "main": dict(sorted(scores.main.items())),
             "sub": dict(sorted(scores.sub.items())),
             "num_images": len(images),
-            "missing_images": sum(record["image"] == "missing" for record in images),
-            "unreadable_images": sum(record["image"] == "unreadable" for record in images),
+            **image_status_counts(images),
             "unreadable_answers": sum(score is None for record in scored for score in record["scores"]),
             "malformed_rows": len(malformed),
             "malformed": malformed,

@@ -16,6 +16,8 @@ from benchmarks.tasks import TASKS, RunInputs, get_task
 from shared.chat import ChatError
 from shared.io import atomic_write_text
 
+BATCH_HELP = "images drawn per pipeline call (lower it when a large generator runs out of GPU memory)"
+
 EPILOG = """examples:
   python -m benchmarks list
   python -m benchmarks run --task spatialscore-pairs --data data/spatialworld --scorer runs/reward/tiny/export \\
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     sampler.add_argument(
         "--true-cfg", type=float, default=defaults.true_cfg_scale, help="true CFG scale (> 1 for the tiny generator)"
     )
+    sampler.add_argument("--batch-size", type=int, default=8, help=BATCH_HELP)
 
     export = commands.add_parser(
         "export-prompts", help="write a SpatialWorld dataset's prompts in a benchmark's own format"
@@ -132,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("--height", type=int, default=defaults.height)
     suite.add_argument("--width", type=int, default=defaults.width)
     suite.add_argument("--true-cfg", type=float, default=defaults.true_cfg_scale, help="true CFG scale (> 1: tiny)")
+    suite.add_argument("--batch-size", type=int, default=8, help=BATCH_HELP)
 
     comparison = commands.add_parser("compare", help="a Markdown table and PNG bar charts across run dirs")
     comparison.add_argument("runs", nargs="+", type=Path, help="run dirs written by `run` (labelled by dir name)")
@@ -183,10 +187,11 @@ def make_images(args: argparse.Namespace, cache_dir: Path) -> ImageSource | None
     if args.images is not None:
         return ImageFolder(args.images)
     settings = SamplerSettings(args.steps, args.guidance, args.height, args.width, args.true_cfg)
+    cache = ImageCache(cache_dir / "images")
     if args.policy is not None:
-        return PipelineImages.from_policy(args.policy, settings, ImageCache(cache_dir / "images"))
+        return PipelineImages.from_policy(args.policy, settings, cache, args.batch_size)
     if args.pipeline is not None:
-        return PipelineImages.from_pretrained(args.pipeline, settings, ImageCache(cache_dir / "images"))
+        return PipelineImages.from_pretrained(args.pipeline, settings, cache, args.batch_size)
     return None
 
 
@@ -259,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings=SamplerSettings(args.steps, args.guidance, args.height, args.width, args.true_cfg),
                 images_per_prompt=args.images_per_prompt,
                 limit=args.limit,
+                batch_size=args.batch_size,
             )
             print((args.out / "benchmarks.md").read_text())
         else:

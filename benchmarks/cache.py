@@ -234,6 +234,9 @@ class ImageCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.png"
 
+    def contains(self, key: str) -> bool:
+        return self.path(key).is_file()
+
     def get(self, key: str) -> Image.Image | None:
         path = self.path(key)
         if not path.is_file():

@@ -212,7 +212,9 @@ def draw_samples(
 
     prompts = load_spatialworld_prompts(prompt_data, "test")[:num_prompts]
     cache = ImageCache(cache_dir)
-    sources = [image_source(directory, settings, cache) for _, directory in generators]
+    sources = [image_source(directory, settings, cache, batch_size=max(1, len(prompts))) for _, directory in generators]
+    for source in sources:
+        source.prefetch([(p.prompt_id, p.prompt, seed) for p in prompts])
     rows = [[source.get(p.prompt_id, p.prompt, seed) for source in sources] for p in prompts]
     grid = sample_grid(rows, [label for label, _ in generators])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cache import SampleLog
-from benchmarks.tasks.base import RunInputs, Task
+from benchmarks.tasks.base import RunInputs, Sample, Task
 from shared.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -76,11 +76,14 @@ def run_task(task: Task, inputs: RunInputs, out_dir: str | Path) -> RunResult:
     sample_log = SampleLog(out_dir / SAMPLES_FILE)
     records = sample_log.load()
     evaluated = skipped = 0
+    pending = {sample.sample_id for sample in samples if not records.get(sample.sample_id, {}).get("complete")}
+    prefetched: set[str] = set()
     for number, sample in enumerate(samples, start=1):
-        previous_record = records.get(sample.sample_id)
-        if previous_record is not None and previous_record["complete"]:
+        if sample.sample_id not in pending:
             skipped += 1
             continue
+        if sample.sample_id not in prefetched:
+            prefetched |= prefetch_images(task, inputs, [s for s in samples[number - 1 :] if s.sample_id in pending])
         retryable_before = inputs.judges.retryable
         record = task.evaluate(sample, inputs)
         record = {**record, "sample_id": sample.sample_id, "complete": inputs.judges.retryable == retryable_before}
@@ -106,6 +109,19 @@ def run_task(task: Task, inputs: RunInputs, out_dir: str | Path) -> RunResult:
         },
     )
     return result
+
+
+def prefetch_images(task: Task, inputs: RunInputs, pending: list[Sample]) -> set[str]:
+    """Let a batching image source draw the images of the next pending samples in one go (at most its batch size);
+    returns the ids of the samples covered. Tasks without images, or sources without `prefetch`, cover one sample."""
+    prefetch = getattr(inputs.images, "prefetch", None)
+    image_request = getattr(task, "image_request", None)
+    if prefetch is None or image_request is None:
+        return {pending[0].sample_id}
+    chunk = pending[: inputs.images.batch_size]
+    requests = [image_request(sample) for sample in chunk]
+    prefetch([request for request in requests if request is not None])
+    return {sample.sample_id for sample in chunk}
 
 
 def render_report(task: Task, identity: dict[str, Any], summary: dict[str, Any]) -> str:

@@ -62,10 +62,10 @@ def export_prompts(dataset: Path, out: Path) -> dict[str, Path]:
     }
 
 
-def image_source(directory: Path, settings: SamplerSettings, cache: ImageCache) -> PipelineImages:
+def image_source(directory: Path, settings: SamplerSettings, cache: ImageCache, batch_size: int) -> PipelineImages:
     if (directory / "model_index.json").is_file():
-        return PipelineImages.from_pretrained(directory, settings, cache)
-    return PipelineImages.from_policy(directory, settings, cache)
+        return PipelineImages.from_pretrained(directory, settings, cache, batch_size)
+    return PipelineImages.from_policy(directory, settings, cache, batch_size)
 
 
 def run_suite(
@@ -78,6 +78,7 @@ def run_suite(
     settings: SamplerSettings | None = None,
     images_per_prompt: int | None = None,
     limit: int | None = None,
+    batch_size: int = 8,
 ) -> dict[str, Any]:
     """Run the suite (module docstring) into `out`; returns {task: {label: summary}}."""
     from benchmarks.__main__ import make_judges  # the CLI's judge factory: one place builds judges
@@ -96,7 +97,7 @@ def run_suite(
         data = export_prompts(prompt_data, out / "prompts")
         image_cache = ImageCache(cache_dir / "images")
         for label, directory in generators:
-            images = image_source(directory, settings, image_cache)
+            images = image_source(directory, settings, image_cache, batch_size)
             jobs += [(task, label, data[task], images) for task in GENERATOR_TASKS]
     if not jobs:
         raise ValueError("nothing to run: give --reward-data with --scorer, and/or --generator with --prompt-data")

@@ -40,8 +40,8 @@ def test_image_hash_ignores_the_file_format(tmp_path):
 
 
 class SeedPipeline:
-    """Test double of a diffusers text-to-image pipeline: a solid image whose red channel is the seed's first
-    random byte, so equal seeds give equal images."""
+    """Test double of a diffusers text-to-image pipeline called with lists of prompts and generators: per prompt a
+    solid image whose red channel is its generator's first random byte, so equal seeds give equal images."""
 
     def __init__(self):
         self.calls = []
@@ -49,9 +49,10 @@ class SeedPipeline:
     def __call__(self, *, prompt, generator, num_inference_steps, guidance_scale, height, width):
         import torch
 
+        assert isinstance(prompt, list) and len(generator) == len(prompt)
         self.calls.append((prompt, num_inference_steps))
-        red = int(torch.randint(0, 256, (1,), generator=generator))
-        return SimpleNamespace(images=[Image.new("RGB", (width, height), (red, 0, 0))])
+        reds = [int(torch.randint(0, 256, (1,), generator=g)) for g in generator]
+        return SimpleNamespace(images=[Image.new("RGB", (width, height), (red, 0, 0)) for red in reds])
 
 
 def test_generated_images_are_cached_by_weights_prompt_seed_and_settings(tmp_path):
@@ -71,6 +72,23 @@ def test_generated_images_are_cached_by_weights_prompt_seed_and_settings(tmp_pat
     other_settings = PipelineImages(SeedPipeline(), "a" * 64, SamplerSettings(3, 3.5, 16, 16), cache)
     other_settings.get("p0", "a red circle", 3)
     assert len(other_weights.pipeline.calls) == len(other_settings.pipeline.calls) == 1
+
+
+def test_prefetch_draws_uncached_images_in_batches(tmp_path):
+    cache, settings = ImageCache(tmp_path / "images"), SamplerSettings(num_inference_steps=2, height=16, width=16)
+    one_by_one = PipelineImages(SeedPipeline(), "a" * 64, settings, ImageCache(tmp_path / "single"))
+    expected = {seed: one_by_one.get("p", "a red circle", seed).tobytes() for seed in range(7)}
+    source = PipelineImages(SeedPipeline(), "a" * 64, settings, cache, batch_size=3)
+    source.get("p", "a red circle", 2)
+    requests = [("p", "a red circle", seed) for seed in [0, 1, 2, 3, 3, 4, 5, 6]]  # seed 2 cached, 3 asked twice
+    source.prefetch(requests)
+    assert [len(prompts) for prompts, _ in source.pipeline.calls] == [1, 3, 3] and source.generated == 7
+    assert {seed: source.get("p", "a red circle", seed).tobytes() for seed in range(7)} == expected
+    assert len(source.pipeline.calls) == 3  # every get after the prefetch came from the cache
+    source.prefetch(requests)
+    assert len(source.pipeline.calls) == 3
+    with pytest.raises(ValueError, match="--batch-size must be >= 1"):
+        PipelineImages(SeedPipeline(), "a" * 64, settings, cache, batch_size=0)
 
 
 def test_pipeline_dir_errors_and_weights_hash(tmp_path):
@@ -136,6 +154,28 @@ def test_policy_dir_applies_its_lora_to_the_base_pipeline(tiny_flux_dir, tmp_pat
     (lora / "policy.json").write_text(json.dumps({"base_pipeline": str(tmp_path / "nowhere")}))
     with pytest.raises(FileNotFoundError, match="is not a diffusers pipeline dir"):
         PipelineImages.from_policy(lora, settings, cache)
+
+
+def test_batched_images_of_a_real_pipeline_match_its_one_by_one_images(tiny_flux_dir, tmp_path):
+    """Four prompts drawn in one call with true CFG (a list of seeded generators and negative prompts) equal the
+    images drawn one per call, up to float rounding in the batch (at most one 8-bit level)."""
+    import numpy as np
+
+    settings = SamplerSettings(num_inference_steps=3, height=32, width=32, true_cfg_scale=3.0)
+    requests = [
+        (f"p{i}", f"the {colour} star is left of the blue square .", i)
+        for i, colour in enumerate(["red", "green", "yellow", "red"])
+    ]
+    batched = PipelineImages.from_pretrained(tiny_flux_dir, settings, ImageCache(tmp_path / "batched"), batch_size=4)
+    batched.prefetch(requests)
+    assert batched.generated == 4
+    single = PipelineImages.from_pretrained(tiny_flux_dir, settings, ImageCache(tmp_path / "single"), batch_size=1)
+    for request in requests:
+        a, b = (np.asarray(source.get(*request), dtype=int) for source in (batched, single))
+        assert np.abs(a - b).max() <= 1
+    assert batched.generated == 4 and single.generated == 4
+    drawn = [np.asarray(batched.get(*request)) for request in requests]
+    assert not np.array_equal(drawn[0], drawn[3])  # same prompt, other seed
 
 
 def test_the_tiny_generator_dir_loads_without_rl_policy_imported_and_at_its_own_text_length(tmp_path):

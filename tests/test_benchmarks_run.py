@@ -105,6 +105,40 @@ def test_a_killed_run_resumes_without_redoing_finished_samples(small_dataset, im
     assert uninterrupted.judge_calls == {} and uninterrupted.cache_hits == {"vqa": total}
 
 
+class BatchingFolder(ImageFolder):
+    """A folder source that also takes prefetch calls (as `PipelineImages` does) and records them."""
+
+    batch_size = 3
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.prefetched: list[list[tuple[str, str, int]]] = []
+
+    def prefetch(self, requests):
+        self.prefetched.append(list(requests))
+
+
+def test_a_batching_source_is_asked_for_the_next_pending_images_once_each(small_dataset, images, tmp_path):
+    """The runner hands a batching source the images of the next `batch_size` pending samples before evaluating
+    them, each once; after a kill, the resumed run asks only for the samples not yet on disk."""
+    root, test = images
+    task, out = get_task("spatialworld-oracle"), tmp_path / "out"
+
+    def inputs(vqa, source):
+        judges = CachedJudges(JudgeCache(tmp_path / "cache.sqlite"), task.name, vqa=vqa)
+        return RunInputs(judges, data=small_dataset, images=source, images_per_prompt=2)
+
+    samples = task.samples(inputs(SpatialWorldVQA(), ImageFolder(root)))
+    expected = [task.image_request(sample) for sample in samples]
+    assert expected[:2] == [(samples[0].data["prompt_id"], samples[0].data["prompt"], s) for s in (0, 1)]
+    with pytest.raises(KeyboardInterrupt):
+        run_task(task, inputs(DyingVQA(die_at=5), source := BatchingFolder(root)), out)
+    assert source.prefetched == [expected[0:3], expected[3:6]]  # killed while evaluating the 5th sample
+    run_task(task, inputs(SpatialWorldVQA(), source := BatchingFolder(root)), out)
+    rest = expected[4:]
+    assert source.prefetched == [rest[start : start + 3] for start in range(0, len(rest), 3)]
+
+
 def test_sample_log_drops_a_line_cut_short(tmp_path):
     log = SampleLog(tmp_path / "samples.jsonl")
     log.append({"sample_id": "a", "complete": True})

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from benchmarks.cache import CachedJudges
-from benchmarks.images import ImageSource, ImageUnreadable
+from benchmarks.images import ImageRequest, ImageSource, ImageUnreadable
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,15 @@ class Task(Protocol):
         ...
 
 
+class GeneratorTask(Task, Protocol):
+    """A task that judges one generated image per sample."""
+
+    def image_request(self, sample: Sample) -> ImageRequest | None:
+        """(prompt_id, prompt, seed) of the sample's image (None: the sample has none): what `evaluate` fetches,
+        and what a batching image source draws ahead (`benchmarks.runner.prefetch_images`)."""
+        ...
+
+
 def require(path: Path | None, task: str, expected: str) -> Path:
     """--data, or one clear error saying what the task expects there."""
     if path is None:
@@ -83,11 +92,11 @@ def image_status_counts(records: list[dict[str, Any]]) -> dict[str, int]:
     }
 
 
-def fetch_image(inputs: RunInputs, prompt_id: str, prompt: str, seed: int) -> tuple[Image.Image | None, str]:
+def fetch_image(inputs: RunInputs, request: ImageRequest) -> tuple[Image.Image | None, str]:
     """(image, status) with status "ok", "missing" or "unreadable"; a task records the status and moves on."""
     assert inputs.images is not None, "checked by require_images in the task's samples()"
     try:
-        image = inputs.images.get(prompt_id, prompt, seed)
+        image = inputs.images.get(*request)
     except ImageUnreadable:
         return None, "unreadable"
     return (None, "missing") if image is None else (image, "ok")

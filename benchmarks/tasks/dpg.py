@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.formats.dpg import IMAGES_PER_PROMPT, DpgItem, DpgQuestion, load_dpg, score_dpg
+from benchmarks.images import ImageRequest
 from benchmarks.tasks.base import RunInputs, Sample, fetch_image, image_status_counts, require, require_images, table
 
 CSV_NAME = "dpg_bench.csv"
@@ -55,9 +56,12 @@ class DpgBench:
             for seed in seeds
         ]
 
+    def image_request(self, sample: Sample) -> ImageRequest:
+        return sample.data["item_id"], sample.data["prompt"], sample.data["seed"]
+
     def evaluate(self, sample: Sample, inputs: RunInputs) -> dict[str, Any]:
         data = sample.data
-        image, status = fetch_image(inputs, data["item_id"], data["prompt"], data["seed"])
+        image, status = fetch_image(inputs, self.image_request(sample))
         record = {key: data[key] for key in ("item_id", "prompt", "questions", "seed")} | {"image": status}
         if image is not None:
             questions = [question["question"] for question in data["questions"]]

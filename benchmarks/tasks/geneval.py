@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks import geneval
+from benchmarks.images import ImageRequest
 from benchmarks.tasks.base import RunInputs, Sample, fetch_image, image_status_counts, require, require_images, table
 
 
@@ -31,9 +32,12 @@ class GenEval:
             for seed in seeds
         ]
 
+    def image_request(self, sample: Sample) -> ImageRequest:
+        return sample.data["prompt_id"], sample.data["metadata"]["prompt"], sample.data["seed"]
+
     def evaluate(self, sample: Sample, inputs: RunInputs) -> dict[str, Any]:
         data, metadata = sample.data, sample.data["metadata"]
-        image, status = fetch_image(inputs, data["prompt_id"], metadata["prompt"], data["seed"])
+        image, status = fetch_image(inputs, self.image_request(sample))
         record: dict[str, Any] = {"prompt_id": data["prompt_id"], "seed": data["seed"], "tag": metadata["tag"]}
         record["image"] = status
         if image is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from benchmarks.images import ImageRequest
 from benchmarks.spatialworld import existence_question, relation_question
 from benchmarks.tasks.base import RunInputs, Sample, fetch_image, rate, require, require_images, table
 from data_synthesis import FAMILIES, Relation, Scene, load_pairs
@@ -83,9 +84,12 @@ class SpatialWorldOracle:
             samples += [Sample(f"{row.pair_id}/{seed}", {**data, "seed": seed}) for seed in seeds]
         return samples
 
+    def image_request(self, sample: Sample) -> ImageRequest:
+        return sample.data["prompt_id"], sample.data["prompt"], sample.data["seed"]
+
     def evaluate(self, sample: Sample, inputs: RunInputs) -> dict[str, Any]:
         data = sample.data
-        image, status = fetch_image(inputs, data["prompt_id"], data["prompt"], data["seed"])
+        image, status = fetch_image(inputs, self.image_request(sample))
         record: dict[str, Any] = {"prompt_id": data["prompt_id"], "seed": data["seed"], "image": status}
         if image is None:
             return record

@@ -24,6 +24,7 @@ from benchmarks.formats.tiif import (
     load_tiif,
     score_tiif,
 )
+from benchmarks.images import ImageRequest
 from benchmarks.tasks.base import RunInputs, Sample, fetch_image, image_status_counts, require, require_images, table
 
 FIELDS = ("dimension", "index", "short_description", "long_description", "questions", "expected")
@@ -52,11 +53,14 @@ class TiifBench:
             ]
         return samples
 
+    def image_request(self, sample: Sample) -> ImageRequest:
+        data = sample.data
+        folder = f"{data['dimension']}/{data['index']}/{data['length']}"
+        return folder, data[f"{data['length']}_description"], data["seed"]
+
     def evaluate(self, sample: Sample, inputs: RunInputs) -> dict[str, Any]:
         data = sample.data
-        text = data[f"{data['length']}_description"]
-        folder = f"{data['dimension']}/{data['index']}/{data['length']}"
-        image, status = fetch_image(inputs, folder, text, data["seed"])
+        image, status = fetch_image(inputs, self.image_request(sample))
         record = {**{name: data[name] for name in FIELDS}, "length": data["length"], "seed": data["seed"]}
         record["image"] = status
         if image is not None:

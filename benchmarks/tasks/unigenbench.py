@@ -22,6 +22,7 @@ from benchmarks.formats.unigenbench import (
     load_unigenbench,
     score_unigenbench,
 )
+from benchmarks.images import ImageRequest
 from benchmarks.judges import Testpoint
 from benchmarks.tasks.base import RunInputs, Sample, fetch_image, image_status_counts, require, require_images, table
 
@@ -59,11 +60,17 @@ class UniGenBenchTask:
         ]
         return [*samples, Sample(MALFORMED, {"malformed": malformed})]
 
+    def image_request(self, sample: Sample) -> ImageRequest | None:
+        if sample.sample_id == MALFORMED:
+            return None
+        return str(sample.data["index"]), sample.data["prompt"], sample.data["seed"]
+
     def evaluate(self, sample: Sample, inputs: RunInputs) -> dict[str, Any]:
         data = sample.data
-        if sample.sample_id == MALFORMED:
+        request = self.image_request(sample)
+        if request is None:
             return {"malformed": data["malformed"]}
-        image, status = fetch_image(inputs, str(data["index"]), data["prompt"], data["seed"])
+        image, status = fetch_image(inputs, request)
         record = {key: data[key] for key in ("index", "prompt", "testpoints", "descriptions", "row", "seed")}
         record["image"] = status
         if image is not None:

@@ -10,7 +10,7 @@ from data_synthesis.detect import PixelLayout, detect, read_relations
 from data_synthesis.oracle import OracleVerdict, SpatialWorldOracle, oracle_metadata
 from data_synthesis.perturb import Perturbation, perturb
 from data_synthesis.prompts import BACKGROUND_WORDS, NUMBER_WORDS, SHAPE_WORDS, SIZE_WORDS, TEMPLATES, describe
-from data_synthesis.relations import FAMILIES, KINDS, Relation, SceneLayout, Truth, evaluate
+from data_synthesis.relations import FAMILIES, KINDS, Relation, SceneLayout, Truth, evaluate, relation_margin
 from data_synthesis.render import render
 from data_synthesis.sampler import WorldConfig, sample_scene
 from data_synthesis.scene import COLOURS, REGIONS, SHAPES, SIZES, Background, Scene, SceneError, SceneObject
@@ -54,6 +54,7 @@ __all__ = [
     "oracle_metadata",
     "perturb",
     "read_relations",
+    "relation_margin",
     "render",
     "sample_scene",
     "verify",

@@ -9,12 +9,21 @@ it names and it holds on the reading margins (`evaluate` on the `PixelLayout`); 
 `judge` gives the per-relation verdicts and whether every object was found, for metrics such as "relation accuracy
 among images where every object was found" (placement, as opposed to drawing objects at all).
 
+Graded mode (`SpatialWorldOracle(graded=True, temperature=...)`, for training only): each stated relation scores
+sigmoid(margin / temperature) instead of 0/1, where margin is `relation_margin`, the signed distance past the
+reading threshold that `evaluate` applies (a centre offset, a gap, a hidden or contained fraction, ...), and a
+relation that cannot be read (an object missing, no horizon) scores 0 as it does in the binary reward. It crosses
+1/2 exactly where the binary verdict flips, so it rewards what accuracy measures, but it also orders images that
+the binary reward ties (all wrong, or all right), which is most of a GRPO group's samples. `judge`, and with it
+every accuracy metric, stays binary in both modes.
+
 Images: PIL images, uint8 arrays [H, W, 3], or tensors [3, H, W] (uint8, or float in [0, 1]).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +36,7 @@ if TYPE_CHECKING:
     import torch
 
 from data_synthesis.detect import detect
-from data_synthesis.relations import Relation, Truth, evaluate
+from data_synthesis.relations import Relation, Truth, evaluate, relation_margin
 from data_synthesis.scene import Scene, SceneError
 
 
@@ -78,21 +87,47 @@ def to_pil(image: Any) -> Image.Image:
 
 
 class SpatialWorldOracle:
-    """Reward = the fraction of stated relations the pixel detector confirms (see the module docstring)."""
+    """Reward = the fraction of stated relations the pixel detector confirms (see the module docstring); with
+    `graded`, the mean over stated relations of sigmoid(relation_margin / temperature), missing ones scoring 0.
 
-    def judge(self, image: Any, metadata: Mapping[str, Any]) -> OracleVerdict:
-        """The detector's verdicts for one image and its prompt's metadata."""
+    temperature: in the units of the margins (image fractions for positions and gaps, hidden or contained
+    fractions for depth and containment); 0.05 takes a relation 0.1 of the image past its reading threshold to
+    0.88 and one 0.1 short of it to 0.12."""
+
+    def __init__(self, graded: bool = False, temperature: float = 0.05):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.graded, self.temperature = graded, float(temperature)
+
+    @staticmethod
+    def _read(image: Any, metadata: Mapping[str, Any]) -> tuple[list[Relation], list[str], Any]:
         try:
             relations = [r if isinstance(r, Relation) else Relation.from_dict(r) for r in metadata["relations"]]
             colours = list(metadata["colours"])
         except (KeyError, TypeError, SceneError) as error:
             raise ValueError(f"oracle metadata must hold 'relations' and 'colours' of SpatialWorld: {error}") from None
-        layout = detect(to_pil(image), colours)
+        return relations, colours, detect(to_pil(image), colours)
+
+    def judge(self, image: Any, metadata: Mapping[str, Any]) -> OracleVerdict:
+        """The detector's verdicts for one image and its prompt's metadata (binary in either mode)."""
+        relations, colours, layout = self._read(image, metadata)
         truths = [evaluate(relation, layout) for relation in relations]
         all_found = all(layout.box(colour) is not None for colour in colours)
         return OracleVerdict(
             tuple(truth is Truth.HOLDS for truth in truths), tuple(r.kind for r in relations), all_found
         )
+
+    def graded_score(self, image: Any, metadata: Mapping[str, Any]) -> float:
+        """Mean over the stated relations of sigmoid(relation_margin / temperature), 0 for a relation that cannot
+        be read (an object missing, no horizon); 1.0 when the prompt states none, like `OracleVerdict.accuracy`."""
+        relations, _, layout = self._read(image, metadata)
+        if not relations:
+            return 1.0
+        scores = []
+        for relation in relations:
+            margin = relation_margin(relation, layout)
+            scores.append(0.0 if margin is None else _sigmoid(margin / self.temperature))
+        return sum(scores) / len(scores)
 
     def __call__(
         self, *, prompts: Sequence[str], images: Sequence[Any], metadata: Sequence[Mapping[str, Any]] | None = None
@@ -105,4 +140,16 @@ class SpatialWorldOracle:
                 "SpatialWorldOracle needs one metadata entry (relations and colours) per image: got "
                 f"{len(prompts)} prompts, {len(images)} images, {None if metadata is None else len(metadata)} metadata"
             )
-        return torch.tensor([self.judge(image, meta).accuracy for image, meta in zip(images, metadata, strict=True)])
+        if self.graded:
+            scores = [self.graded_score(image, meta) for image, meta in zip(images, metadata, strict=True)]
+        else:
+            scores = [self.judge(image, meta).accuracy for image, meta in zip(images, metadata, strict=True)]
+        return torch.tensor(scores)
+
+
+def _sigmoid(value: float) -> float:
+    """The logistic function, without overflow for large |value|."""
+    if value >= 0:
+        return 1.0 / (1.0 + math.exp(-value))
+    exp = math.exp(value)
+    return exp / (1.0 + exp)

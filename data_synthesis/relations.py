@@ -279,13 +279,23 @@ def evaluate(relation: Relation, layout: Layout) -> Truth:
     raise AssertionError(f"unhandled relation kind {kind}")
 
 
-def _between(middle, end_a, end_b, m: Margins) -> Truth:
+def _segment_position(middle, end_a, end_b) -> tuple[float, float, float] | None:
+    """(span, t, perp): the length of the segment between the two ends, the middle's projection on it (0 at end_a,
+    1 at end_b) and its distance from the line; None when the ends coincide."""
     vx, vy = end_b[0] - end_a[0], end_b[1] - end_a[1]
     span = math.hypot(vx, vy)
     if span < 1e-6:
-        return Truth.UNCLEAR
+        return None
     t = ((middle[0] - end_a[0]) * vx + (middle[1] - end_a[1]) * vy) / span**2
     perp = abs((middle[0] - end_a[0]) * vy - (middle[1] - end_a[1]) * vx) / span
+    return span, t, perp
+
+
+def _between(middle, end_a, end_b, m: Margins) -> Truth:
+    position = _segment_position(middle, end_a, end_b)
+    if position is None:
+        return Truth.UNCLEAR
+    span, t, perp = position
     if span >= m.between_span and m.between_t[0] <= t <= m.between_t[1] and perp <= m.between_perp:
         return Truth.HOLDS
     if t <= -m.between_out or t >= 1 + m.between_out or perp >= m.between_perp_out:
@@ -310,6 +320,88 @@ def _in_region(centre: tuple[float, float], region: str, m: Margins) -> Truth:
     if dx >= m.corner_out or dy >= m.corner_out:
         return Truth.BROKEN
     return Truth.UNCLEAR
+
+
+# --- graded margins ----------------------------------------------------------------------------------------------
+def relation_margin(relation: Relation, layout: Layout) -> float | None:
+    """How far a relation is from holding on a layout, signed: the distance (in the quantity `evaluate`
+    thresholds) past the HOLDS threshold, positive where `evaluate` says HOLDS and negative where it does not (so
+    negative where it says BROKEN); zero only on a threshold.
+
+    What for: a graded reward (`SpatialWorldOracle(graded=True)`). The 0/1 verdicts give most same-prompt samples
+    the same reward, so a GRPO group carries little information; the margin also orders samples that all fail (a
+    square slightly left of its target beats one far right of it) or all pass. Being zero at the HOLDS threshold,
+    a sigmoid of it crosses 1/2 exactly where the binary oracle flips, so it rewards what accuracy measures.
+
+    Units are those `evaluate` reads: image fractions for positions and gaps (centre offsets, box gaps, distances
+    to the horizon and to a region's edges; between's position along its segment is scaled by the segment's
+    length), hidden and contained fractions for in front of / inside. A condition made of several (between, next
+    to, a corner) takes the min of its terms (all must hold), a negation the max (any suffices).
+
+    None when it cannot be read: an object it names is missing, there is no horizon (in sky / on ground), or the
+    two ends of a between coincide (`evaluate`: MISSING, or UNCLEAR)."""
+    boxes = [layout.box(c) for c in relation.subjects]
+    if any(b is None for b in boxes):
+        return None
+    m = STRICT if layout.strict else READING
+    kind, negated = relation.kind, relation.kind in _EVALUATED_AS_OPPOSITE
+    base = relation.opposite().kind if negated else kind  # the kind evaluate reads; negated: HOLDS = its BROKEN
+    if base == "in_region":
+        region = relation.region
+        if negated and region in _HALF_OPPOSITES:  # not in the left half = in the right half, with the margin
+            region, negated = _HALF_OPPOSITES[region], False
+        return _region_margin(_centre(boxes[0]), region, m, negated)
+    if base == "left_of":
+        value = _centre(boxes[1])[0] - _centre(boxes[0])[0]
+        return -value - m.order if negated else value - m.order
+    if base == "above":
+        value = _centre(boxes[1])[1] - _centre(boxes[0])[1]
+        return -value - m.order if negated else value - m.order
+    if base == "in_front_of":
+        value = layout.occlusion(*relation.subjects)
+        return -value - m.occlusion if negated else value - m.occlusion
+    if base == "next_to":
+        gap = box_gap(boxes[0], boxes[1])
+        return gap - m.far if negated else min(gap - m.near_min, m.near - gap)
+    if base == "inside":
+        contained = layout.containment(*relation.subjects)
+        if negated:
+            return min(m.outside - contained, box_gap(boxes[0], boxes[1]) - m.outside_gap)
+        return contained - m.inside
+    if base == "between":
+        position = _segment_position(*[_centre(b) for b in boxes])
+        if position is None:
+            return None
+        span, t, perp = position
+        if negated:
+            return max((-m.between_out - t) * span, (t - (1 + m.between_out)) * span, perp - m.between_perp_out)
+        return min(
+            span - m.between_span, (t - m.between_t[0]) * span, (m.between_t[1] - t) * span, m.between_perp - perp
+        )
+    if base == "in_sky":
+        horizon = layout.horizon()
+        if horizon is None:
+            return None
+        if negated:  # on the ground: below the horizon, and (reading margins overlap for a thin box) not in the sky
+            return min(boxes[0][1] - (horizon + m.horizon), boxes[0][3] - (horizon - m.horizon))
+        return (horizon - m.horizon) - boxes[0][3]
+    raise AssertionError(f"unhandled relation kind {kind}")
+
+
+def _region_margin(centre: tuple[float, float], region: str, m: Margins, negated: bool) -> float:
+    """`relation_margin` of in_region (negated: not_in_region) for a centre; halves are never negated here."""
+    x, y = centre
+    if region in _HALF_OPPOSITES:
+        towards = {"left half": 0.5 - x, "right half": x - 0.5, "top half": 0.5 - y, "bottom half": y - 0.5}
+        return towards[region] - m.half
+    if region == "centre":
+        distance = max(abs(x - 0.5), abs(y - 0.5))
+        return distance - m.centre_out if negated else m.centre_in - distance
+    dx = x if "left" in region else 1 - x
+    dy = y if "top" in region else 1 - y
+    if negated:
+        return max(dx - m.corner_out, dy - m.corner_out)
+    return min(m.corner_in - dx, m.corner_in - dy)
 
 
 # --- the exact layout of a scene graph --------------------------------------------------------------------------

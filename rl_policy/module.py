@@ -15,6 +15,9 @@ Each optimisation step (Lightning manual optimisation), on the prompts of one `P
    KL to the reference (the same network with the adapter disabled; `kl_form` exact Gaussian or Flow-GRPO's), then
    grad-norm clipping and the step. The first chunk sees ratio = 1 exactly (on-policy); later ones are clipped.
    `global_step` counts rollouts: `max_steps` is the number of GRPO iterations.
+   With several processes each rank samples and filters the groups of its own prompts; the pair counts are
+   all-reduced so that every rank runs the same optimizer steps and micro-batches (zero-weight passes where it has
+   fewer pairs, even none) and the gradient is the mean over all ranks' pairs (`_update_plan`).
 
 Logged: `train/reward_mean`, `train/reward_std`, `train/kept_advantage_abs`, `train/zero_variance_groups`,
 `train/dropped_samples`, `train/clip_fraction`, `train/ratio_deviation_first` (|ratio - 1| on the first chunk,
@@ -251,18 +254,23 @@ class GRPOModule(LightningModule):
         optimizer = self.optimizers()
         logged: dict[str, list[torch.Tensor]] = {}
         grad_norms = []
-        chunks = [chunk for chunk in pairs.tensor_split(hp.updates_per_rollout) if len(chunk)]
-        skip = self.trainer.strategy.reduce_boolean_decision(not chunks, all=False)
-        for chunk_index, chunk in enumerate([] if skip else chunks):
+        plan = self._update_plan(pairs)
+        for chunk_index, (micro_batches, chunk_total) in enumerate(plan):
             optimizer.zero_grad(set_to_none=True)
-            for micro in chunk.split(hp.micro_batch_size):
+            for micro in micro_batches:
+                filler = len(micro) == 0  # this rank has fewer pairs than another: a zero-weight pass keeps step
+                micro = pairs[:1] if filler and len(pairs) else micro
+                if filler and not len(micro):
+                    micro = torch.stack([torch.zeros((), dtype=torch.long), step_ids[0]])[None]
                 samples, steps = micro[:, 0], micro[:, 1]
                 loss, terms = self._step_terms(batch, trajectory, samples, steps, advantages[samples])
-                self.manual_backward(loss * len(micro) / len(chunk))
-                for name, value in terms.items():
+                weight = 0.0 if filler else self.trainer.world_size * len(micro) / chunk_total
+                self.manual_backward(loss * weight)  # DDP averages over ranks: the mean over every rank's pairs
+                for name, value in [] if filler else terms.items():
                     key = "ratio_deviation_first" if name == "ratio_deviation" and chunk_index == 0 else name
                     logged.setdefault(key, []).append(value.float())
             grad_norms.append(self._clip_and_step(optimizer, counted=chunk_index == 0))
+        skip = not plan
         if skip:  # nothing to train on anywhere (e.g. every group's rewards equal): a no-op step, so that
             optimizer.zero_grad(set_to_none=True)  # global_step still counts this rollout (AdamW skips
             optimizer.step()  # parameters without a gradient)
@@ -287,6 +295,29 @@ class GRPOModule(LightningModule):
             self._log_images("train/group", images[: hp.group_size])
         if hp.eval_every_n_steps and step % hp.eval_every_n_steps == 0 and step > 0:
             self._log_evaluation()
+
+    def _update_plan(self, pairs: torch.Tensor) -> list[tuple[list[torch.Tensor], int]]:
+        """This rank's (sample, step) pairs [n, 2] as `updates_per_rollout` optimizer steps, each
+        (micro-batches, pairs in this chunk over all ranks), the same on every rank in what collectives run:
+        every rank takes the steps whose chunk has pairs on some rank, with as many micro-batches as the rank with
+        the most pairs (an empty micro-batch is a zero-weight pass: DDP reduces gradients at every backward, so a
+        rank that skipped one would leave the others waiting). Empty when no rank has anything to train."""
+        hp = self.hparams
+        chunks = list(pairs.tensor_split(hp.updates_per_rollout))
+        lengths = torch.tensor([len(chunk) for chunk in chunks], dtype=torch.float64, device=self.device)
+        totals = self.trainer.strategy.reduce(lengths.clone(), reduce_op="sum").long().tolist()
+        most = lengths.clone()
+        if self.trainer.world_size > 1:
+            torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
+        plan = []
+        for chunk, total, longest in zip(chunks, totals, most.long().tolist(), strict=True):
+            if total == 0:
+                continue
+            micro_batches = list(chunk.split(hp.micro_batch_size))
+            needed = math.ceil(longest / hp.micro_batch_size)
+            micro_batches += [chunk[:0]] * (needed - len(micro_batches))
+            plan.append((micro_batches, total))
+        return plan
 
     def _agreement(self, batch: PromptBatch, trajectory: Trajectory, images: torch.Tensor, rewards: torch.Tensor):
         """Share of same-prompt sample pairs the oracle tells apart that the reward orders the same way: how far the

@@ -1,0 +1,155 @@
+"""Two-process CPU GRPO of the tiny Flux (Lightning DDP over gloo): each rank samples the groups of its own prompts
+(so top-k filtering needs no gather), and the ranks stay in step: identical LoRA weights after every run, changed
+from the initial ones. Also when the ranks have different numbers of (sample, step) pairs to train on, including
+none at all on one rank (its groups' rewards all equal): that rank contributes a zero gradient to the same number
+of optimizer steps instead of leaving the other rank waiting in a collective (the subprocess timeout turns a hang
+into a failure).
+
+As in tests/test_reward_distributed.py, the test launches this file once per rank with an external launcher's
+environment (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, LOCAL_RANK)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+pytestmark = pytest.mark.slow  # two processes each import the stack and run GRPO: ~1-2 min on 2 busy cores
+
+WORLD_SIZE = 2
+MAX_STEPS = 3
+
+
+class RankBrightness:
+    """Brightness as the reward (see test_rl_grpo_module.Brightness); on rank `flat_rank` every reward is 0.5, so
+    that rank's groups have zero variance and nothing to train."""
+
+    def __init__(self, flat_rank: int | None) -> None:
+        self.flat_rank = flat_rank
+
+    def __call__(self, *, prompts, images, metadata=None) -> torch.Tensor:
+        if int(os.environ["LOCAL_RANK"]) == self.flat_rank:
+            return torch.full((len(images),), 0.5)
+        return torch.stack([image.float().mean() for image in images])
+
+
+def run_rank(dataset_dir: Path, out_dir: Path, flat_rank: int | None, keep_per_side: int) -> None:
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.strategies import DDPStrategy
+    from test_rl_grpo_module import make_module  # this file runs as a script from tests/
+
+    from rl_policy.data import PromptDataModule
+    from rl_policy.module import WeightedReward
+    from rl_policy.policy import trainable_parameters
+
+    torch.set_num_threads(1)
+    seed_everything(0)
+    rank = int(os.environ["LOCAL_RANK"])
+    module = make_module(
+        reward=WeightedReward([RankBrightness(flat_rank)], [1.0]), keep_per_side=keep_per_side, updates_per_rollout=2
+    )
+    lora = trainable_parameters(module.transformer)
+    save_file({n: p.detach().clone().contiguous() for n, p in lora.items()}, str(out_dir / f"initial_{rank}.st"))
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=WORLD_SIZE,
+        strategy=DDPStrategy(process_group_backend="gloo"),
+        max_steps=MAX_STEPS,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out_dir,
+    )
+    trainer.fit(module, PromptDataModule(dataset_dir, prompts_per_step=2, num_eval_prompts=2))
+    lora = trainable_parameters(module.transformer)
+    save_file({n: p.detach().clone().contiguous() for n, p in lora.items()}, str(out_dir / f"final_{rank}.st"))
+    summary = {
+        "global_step": trainer.global_step,
+        "world": trainer.world_size,
+        "zero_variance_groups": module.counters["zero_variance_groups"],
+    }
+    (out_dir / f"summary_{rank}.json").write_text(json.dumps(summary))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(dataset_dir: Path, out_dir: Path, flat_rank: int | None, keep_per_side: int) -> list[dict]:
+    environment = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": str(WORLD_SIZE),
+        "NODE_RANK": "0",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, __file__, "--dataset", str(dataset_dir), "--out", str(out_dir)]
+    command += ["--keep-per-side", str(keep_per_side)] + ([] if flat_rank is None else ["--flat-rank", str(flat_rank)])
+    processes = [
+        subprocess.Popen(
+            command,
+            env={**environment, "LOCAL_RANK": str(rank), "RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(WORLD_SIZE)
+    ]
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=400)[0])
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
+        assert process.returncode == 0, f"rank {rank} failed:\n{output[-3000:]}"
+    return [json.loads((out_dir / f"summary_{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+
+
+def assert_ranks_identical_and_trained(out_dir: Path) -> None:
+    initial = [load_file(str(out_dir / f"initial_{rank}.st")) for rank in range(WORLD_SIZE)]
+    final = [load_file(str(out_dir / f"final_{rank}.st")) for rank in range(WORLD_SIZE)]
+    assert initial[0].keys() == final[0].keys() == final[1].keys()
+    for name in final[0]:
+        assert torch.equal(initial[0][name], initial[1][name]), name
+        assert torch.equal(final[0][name], final[1][name]), f"{name} differs between the ranks"
+    assert any(not torch.equal(final[0][name], initial[0][name]) for name in final[0] if "lora_B" in name)
+
+
+def test_two_ranks_stay_in_step(small_dataset, tmp_path):
+    """Ranks keep 1 of 4 per side vs. the whole group: here both ranks train, on different prompts' samples."""
+    summaries = launch(small_dataset, tmp_path, flat_rank=None, keep_per_side=1)
+    assert [s["world"] for s in summaries] == [WORLD_SIZE] * WORLD_SIZE
+    assert [s["global_step"] for s in summaries] == [MAX_STEPS] * WORLD_SIZE
+    assert_ranks_identical_and_trained(tmp_path)
+
+
+def test_a_rank_with_nothing_to_train_still_steps_with_the_other(small_dataset, tmp_path):
+    summaries = launch(small_dataset, tmp_path, flat_rank=1, keep_per_side=1)
+    assert summaries[1]["zero_variance_groups"] == MAX_STEPS and summaries[0]["zero_variance_groups"] == 0
+    assert [s["global_step"] for s in summaries] == [MAX_STEPS] * WORLD_SIZE
+    assert_ranks_identical_and_trained(tmp_path)
+
+
+if __name__ == "__main__":
+    arguments = argparse.ArgumentParser(description="one DDP rank of the distributed GRPO test")
+    arguments.add_argument("--dataset", type=Path, required=True)
+    arguments.add_argument("--out", type=Path, required=True)
+    arguments.add_argument("--flat-rank", type=int, default=None)
+    arguments.add_argument("--keep-per-side", type=int, default=1)
+    parsed = arguments.parse_args()
+    run_rank(parsed.dataset, parsed.out, parsed.flat_rank, parsed.keep_per_side)

@@ -71,17 +71,16 @@ def group_advantages(
 def topk_bottomk(rewards: torch.Tensor, k: int) -> torch.Tensor:
     """Keep mask [P, G] bool of the k highest and the k lowest finite rewards of each group (rewards: [P, G]).
 
-    A group with at most 2k finite rewards keeps them all; ties are broken by position (stable sort).
+    Both sides come from one ranking (highest first, ties by position, non-finite last), so they overlap only when
+    a group has fewer than 2k finite rewards, and then it keeps them all, tied rewards included.
     """
     if k < 1:
         raise ValueError(f"k (kept per side) must be at least 1, got {k}")
     valid = torch.isfinite(rewards)
     highest_first = torch.where(valid, rewards, -torch.inf).argsort(dim=1, descending=True, stable=True)
-    lowest_first = torch.where(valid, rewards, torch.inf).argsort(dim=1, stable=True)
-    keep = torch.zeros_like(valid)
-    keep.scatter_(1, highest_first[:, :k], True)
-    keep.scatter_(1, lowest_first[:, :k], True)
-    return keep & valid
+    rank = highest_first.argsort(dim=1)  # [P, G] each reward's place in the ranking
+    finite = valid.sum(dim=1, keepdim=True)  # [P, 1]
+    return valid & ((rank < k) | (rank >= finite - k))
 
 
 def filtered_advantages(

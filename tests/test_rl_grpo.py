@@ -66,6 +66,18 @@ def test_topk_bottomk_hand_mask():
         topk_bottomk(rewards, k=0)
 
 
+def test_tied_rewards_keep_2k_samples():
+    """Binary rewards tie: ten 0s and fourteen 1s with k = 12 keep all 24 (the two sides once overlapped on the
+    first 1s and dropped the last two); with k = 3 the top side takes the first three 1s, the bottom side the last
+    three 0s (ties broken by position along one ranking)."""
+    rewards = torch.tensor([[0.0] * 10 + [1.0] * 14])
+    assert topk_bottomk(rewards, k=12).sum().item() == 24
+    keep = topk_bottomk(rewards, k=3)[0]
+    assert keep.nonzero().flatten().tolist() == [7, 8, 9, 10, 11, 12]
+    with_nan = torch.tensor([[1.0, float("nan"), 1.0, 0.0, 0.0]])
+    assert topk_bottomk(with_nan, k=2).tolist() == [[True, False, True, True, True]]
+
+
 def test_paper_group_keeps_six_per_side():
     rewards = torch.randn(3, 24, generator=torch.Generator().manual_seed(0))
     keep = topk_bottomk(rewards, k=6)

@@ -44,16 +44,16 @@ $(DATA_DIR)/verify_report.json: | $(STAMP)
 REWARD_CONFIG ?= configs/reward/tiny.yaml
 
 # Stage A of the tiny reward backbone (reward_model/grounding.py) is shipped in checkpoints/reward_tiny_stage_a with
-# its training logs: it takes about 3 hours here, beyond the demo budget; `make train-reward` runs stage B only.
-# Stage A of the tiny reward model, as the shipped checkpoint was made (experiments/reward_tiny/NOTES.md): nine runs,
+# its training logs: it takes about 3.5 hours here, beyond the demo budget; `make train-reward` runs stage B only.
+# Stage A of the tiny reward model, as the shipped checkpoint was made (experiments/reward_tiny/NOTES.md): ten runs,
 # each from the previous one's weights, adding the losses that made the sentence verdict learnable (mention binding,
-# image-token cells, sentence slots, coordinates, stated margins). ~3 h wall on this 2-core machine.
+# image-token cells, sentence slots, coordinates, stated margins). ~3.5 h wall on this 2-core machine.
 STAGE_A = OMP_NUM_THREADS=1 $(PYTHON) experiments/reward_tiny/stage_a_verify.py
 A = runs/stage_a
 A_NEW = --lr 1e-3 --warmup 30 --eval-every 150 --eval-pairs 200 --val-size 256 --easy-val-size 128 --min-objects 2
 A_BIND = --binding-weight 1 --bind-colour-words --image-cell-weight 1
 
-pretrain-reward: $(DATA_DIR)/verify_report.json ## reproduce the shipped stage-A backbone (~3 h) into runs/stage_a/v11
+pretrain-reward: $(DATA_DIR)/verify_report.json ## reproduce the shipped stage-A backbone (~3.5 h) into runs/stage_a/v12
 	$(STAGE_A) --steps 800 --warmup 60 --curriculum 0:3,200:4,400:6 --eval-every 100 --eval-pairs 200 --out $(A)/v3
 	$(STAGE_A) --init-from $(A)/v3 --steps 500 --stop-after 200 --warmup 30 --curriculum 0:6 --min-objects 3 \
 		--eval-every 100 --eval-pairs 200 --out $(A)/v4
@@ -71,7 +71,9 @@ pretrain-reward: $(DATA_DIR)/verify_report.json ## reproduce the shipped stage-A
 		--stated-weight 1 --prompt-curriculum 0:2:hv,450:4:all,900:8:all --curriculum 0:4,450:6 --out $(A)/v10
 	$(STAGE_A) $(A_NEW) --init-from $(A)/v10 --steps 1500 --stop-after 600 $(A_BIND) --slot-weight 1 --coord-weight 1 \
 		--stated-weight 1 --stated-all-kinds --prompt-curriculum 0:4:all,300:8:all --curriculum 0:6 --out $(A)/v11
-	@echo "stage A written to $(A)/v11 (the shipped copy is checkpoints/reward_tiny_stage_a; logs beside it)"
+	$(STAGE_A) $(A_NEW) --init-from $(A)/v11 --steps 1500 $(A_BIND) --slot-weight 1 --coord-weight 1 \
+		--stated-weight 1 --stated-all-kinds --prompt-curriculum 0:4:all,300:8:all --curriculum 0:6 --out $(A)/v12
+	@echo "stage A written to $(A)/v12 (the shipped copy is checkpoints/reward_tiny_stage_a; logs beside it)"
 
 train-reward: $(DATA_DIR)/verify_report.json ## stage B on the shipped stage A; exports runs/reward/tiny/export
 	$(PYTHON) -m reward_model fit --config $(REWARD_CONFIG) --data.dataset_dir $(DATA_DIR)

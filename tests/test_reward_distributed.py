@@ -3,10 +3,8 @@ trainable weights that differ from the initial ones; and a non-finite loss on ON
 (`RewardModule.training_step` all-reduces the decision; were it not, the other rank would wait forever in DDP's
 gradient all-reduce, which the subprocess timeout turns into a failure), with identical weights still.
 
-The test launches this file twice as a script, one process per rank, with the environment variables of an external
-launcher (torchrun/SLURM style: MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, LOCAL_RANK), so nothing is pickled
-and pytest is not re-run by Lightning's own launcher. Each rank writes its trainable weights before and after the fit
-and its skip count."""
+The test launches this file once per rank (tests/ddp_launch.py). Each rank writes its trainable weights before and
+after the fit and its skip count."""
 
 from __future__ import annotations
 
@@ -14,13 +12,11 @@ import argparse
 import functools
 import json
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from ddp_launch import launch_ranks
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.slow  # about 40 s idle, 100 s on 2 busy cores: two processes each import the stack
@@ -74,46 +70,11 @@ def run_rank(dataset_dir: Path, out_dir: Path, nan_rank: int | None) -> None:
     (out_dir / f"summary_{rank}.json").write_text(json.dumps(summary))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(dataset_dir: Path, out_dir: Path, nan_rank: int | None) -> list[dict]:
-    """Run WORLD_SIZE ranks of `run_rank` as separate processes; -> each rank's summary. Fails the test on a crash or
-    a hang (240 s)."""
-    environment = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "WORLD_SIZE": str(WORLD_SIZE),
-        "NODE_RANK": "0",
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [sys.executable, __file__, "--dataset", str(dataset_dir), "--out", str(out_dir)]
-    command += [] if nan_rank is None else ["--nan-rank", str(nan_rank)]
-    processes = [
-        subprocess.Popen(
-            command,
-            env={**environment, "LOCAL_RANK": str(rank), "RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(WORLD_SIZE)
-    ]
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=240)[0])
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
-        assert process.returncode == 0, f"rank {rank} failed:\n{output[-2000:]}"
-    return [json.loads((out_dir / f"summary_{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+    """WORLD_SIZE ranks of `run_rank`; -> each rank's summary (a crash or a 240 s hang fails the test)."""
+    arguments = ["--dataset", str(dataset_dir), "--out", str(out_dir)]
+    arguments += [] if nan_rank is None else ["--nan-rank", str(nan_rank)]
+    return launch_ranks(__file__, arguments, out_dir, WORLD_SIZE, timeout=240)
 
 
 def assert_ranks_identical_and_trained(out_dir: Path) -> None:

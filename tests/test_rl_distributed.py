@@ -5,21 +5,18 @@ none at all on one rank (its groups' rewards all equal): that rank contributes a
 of optimizer steps instead of leaving the other rank waiting in a collective (the subprocess timeout turns a hang
 into a failure).
 
-As in tests/test_reward_distributed.py, the test launches this file once per rank with an external launcher's
-environment (MASTER_ADDR, MASTER_PORT, WORLD_SIZE, NODE_RANK, LOCAL_RANK)."""
+The test launches this file once per rank (tests/ddp_launch.py)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from ddp_launch import launch_ranks
 from safetensors.torch import load_file, save_file
 
 pytestmark = pytest.mark.slow  # two processes each import the stack and run GRPO: ~1-2 min on 2 busy cores
@@ -80,44 +77,11 @@ def run_rank(dataset_dir: Path, out_dir: Path, flat_rank: int | None, keep_per_s
     (out_dir / f"summary_{rank}.json").write_text(json.dumps(summary))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(dataset_dir: Path, out_dir: Path, flat_rank: int | None, keep_per_side: int) -> list[dict]:
-    environment = {
-        **os.environ,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "WORLD_SIZE": str(WORLD_SIZE),
-        "NODE_RANK": "0",
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [sys.executable, __file__, "--dataset", str(dataset_dir), "--out", str(out_dir)]
-    command += ["--keep-per-side", str(keep_per_side)] + ([] if flat_rank is None else ["--flat-rank", str(flat_rank)])
-    processes = [
-        subprocess.Popen(
-            command,
-            env={**environment, "LOCAL_RANK": str(rank), "RANK": str(rank)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(WORLD_SIZE)
-    ]
-    outputs = []
-    try:
-        for process in processes:
-            outputs.append(process.communicate(timeout=400)[0])
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
-        assert process.returncode == 0, f"rank {rank} failed:\n{output[-3000:]}"
-    return [json.loads((out_dir / f"summary_{rank}.json").read_text()) for rank in range(WORLD_SIZE)]
+    """WORLD_SIZE ranks of `run_rank`; -> each rank's summary (a crash or a 400 s hang fails the test)."""
+    arguments = ["--dataset", str(dataset_dir), "--out", str(out_dir), "--keep-per-side", str(keep_per_side)]
+    arguments += [] if flat_rank is None else ["--flat-rank", str(flat_rank)]
+    return launch_ranks(__file__, arguments, out_dir, WORLD_SIZE, timeout=400)
 
 
 def assert_ranks_identical_and_trained(out_dir: Path) -> None:

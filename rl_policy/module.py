@@ -259,9 +259,8 @@ class GRPOModule(LightningModule):
             optimizer.zero_grad(set_to_none=True)
             for micro in micro_batches:
                 filler = len(micro) == 0  # this rank has fewer pairs than another: a zero-weight pass keeps step
-                micro = pairs[:1] if filler and len(pairs) else micro
-                if filler and not len(micro):
-                    micro = torch.stack([torch.zeros((), dtype=torch.long), step_ids[0]])[None]
+                if filler:  # any (sample, step) will do; sample 0 at the first SDE step when this rank has none
+                    micro = pairs[:1] if len(pairs) else torch.stack([step_ids[0] * 0, step_ids[0]])[None]
                 samples, steps = micro[:, 0], micro[:, 1]
                 loss, terms = self._step_terms(batch, trajectory, samples, steps, advantages[samples])
                 weight = 0.0 if filler else self.trainer.world_size * len(micro) / chunk_total

@@ -149,15 +149,18 @@ def test_slot_cells_are_the_cells_of_each_sentence_objects(processor):
             assert cells[1] == [-100, -100]
 
 
+def red_and_blue_squares(red: tuple[float, float], blue: tuple[float, float]) -> Scene:
+    """Two medium squares (radius 0.05) on a plain background, red in front, at the given centres."""
+    squares = [
+        SceneObject(colour, "square", "medium", x=x, y=y, radius=0.05, depth=depth)
+        for depth, (colour, (x, y)) in enumerate([("red", red), ("blue", blue)])
+    ]
+    return Scene(objects=tuple(squares), background=Background("plain"))
+
+
 def test_stated_offset_is_positive_exactly_when_the_direction_holds():
     """red at (0.2, 0.7), blue at (0.6, 0.3): red is 0.4 left of blue and 0.4 below it."""
-    scene = Scene(
-        objects=(
-            SceneObject("red", "square", "medium", x=0.2, y=0.7, radius=0.05, depth=0),
-            SceneObject("blue", "square", "medium", x=0.6, y=0.3, radius=0.05, depth=1),
-        ),
-        background=Background("plain"),
-    )
+    scene = red_and_blue_squares((0.2, 0.7), (0.6, 0.3))
     offsets = {
         kind: stated_offset(Relation(kind, ("red", "blue")), scene)
         for kind in ("left_of", "right_of", "above", "below")
@@ -223,13 +226,7 @@ def test_prompt_curriculum_parses_and_picks_the_phase_of_a_step():
 
 
 def test_token_colour_targets_mark_the_patches_under_each_box():
-    scene = Scene(
-        objects=(
-            SceneObject("red", "square", "medium", x=0.15, y=0.15, radius=0.05, depth=0),
-            SceneObject("blue", "square", "medium", x=0.65, y=0.85, radius=0.05, depth=1),
-        ),
-        background=Background("plain"),
-    )
+    scene = red_and_blue_squares((0.15, 0.15), (0.65, 0.85))
     targets = token_colour_targets(scene, rows=2, cols=2, merge_size=2)  # a 4 x 4 patch grid
     red, blue = list(COLOURS).index("red"), list(COLOURS).index("blue")
     assert targets.shape == (4, 4 * len(COLOURS))

@@ -328,6 +328,26 @@ class RewardHead(nn.Module):
         with torch.no_grad():  # start every std near initial_std: softplus(b) + min_std = initial_std
             self.layers[-1].bias[1] = math.log(math.expm1(initial_std - min_std))
 
+    @torch.no_grad()
+    def init_mean_from_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Make the mean output equal `hidden @ weight.T + bias` exactly (weight: [1, H] or [H], bias: [1] or []),
+        keeping the std's other weights: two hidden units carry +z and -z, z = that linear map, and since
+        silu(z) - silu(-z) = z sigmoid(z) + z (1 - sigmoid(z)) = z, the mean reads them as +1 and -1 and the other
+        units with weight 0 (they still get gradients through the mean's row, so they learn from the first step).
+        Used to start stage B from a stage-A matching head read at the same token."""
+        first, _, last = self.layers
+        weight, bias = weight.reshape(-1).float(), bias.reshape(()).float()
+        if weight.numel() != first.in_features:
+            raise ValueError(f"the linear map reads {weight.numel()} features; the head reads {first.in_features}")
+        if first.out_features < 2:
+            raise ValueError(f"a mean from a linear map needs head_hidden_size >= 2, got {first.out_features}")
+        first.weight[:2] = torch.stack([weight, -weight])
+        first.bias[:2] = torch.stack([bias, -bias])
+        last.weight[0] = 0.0
+        last.weight[0, :2] = torch.tensor([1.0, -1.0])
+        last.bias[0] = 0.0
+        last.weight[1, :2] = 0.0  # the std does not read the two repurposed units
+
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden: [B, H] (any dtype) -> mean [B], std [B] in fp32.
 
@@ -446,16 +466,18 @@ def _load_backbone(
     return backbone
 
 
-def _set_max_pixels(processor: SpatialScoreProcessor, max_pixels: int) -> None:
-    """Resize every image to at most `max_pixels` (aspect ratio kept, sides multiples of patch * merge size)."""
+def _set_pixel_range(processor: SpatialScoreProcessor, min_pixels: int | None, max_pixels: int | None) -> None:
+    """Resize every image into [min_pixels, max_pixels] (aspect ratio kept, sides multiples of patch * merge size);
+    None keeps the processor's own bound."""
     image_processor = processor.image_processor
     token_pixels = (image_processor.patch_size * image_processor.merge_size) ** 2
-    if max_pixels < max(token_pixels, image_processor.size["shortest_edge"]):
-        raise ValueError(
-            f"max_pixels ({max_pixels}) must be at least one merged token ({token_pixels} pixels) and the processor's "
-            f"min_pixels ({image_processor.size['shortest_edge']})"
-        )
-    image_processor.size = dataclasses.replace(image_processor.size, longest_edge=max_pixels)
+    low = image_processor.size["shortest_edge"] if min_pixels is None else min_pixels
+    high = image_processor.size["longest_edge"] if max_pixels is None else max_pixels
+    if low < token_pixels:
+        raise ValueError(f"min_pixels ({low}) must be at least one merged token ({token_pixels} pixels)")
+    if high < low:
+        raise ValueError(f"max_pixels ({high}) must be at least min_pixels ({low})")
+    image_processor.size = dataclasses.replace(image_processor.size, shortest_edge=low, longest_edge=high)
 
 
 def _add_reward_token(processor: SpatialScoreProcessor, backbone: Qwen2_5_VLModel) -> int:
@@ -510,6 +532,7 @@ def build_spatialscore(
     gradient_checkpointing: bool = False,
     quantization: Literal["4bit", "8bit"] | None = None,
     max_pixels: int | None = None,
+    min_pixels: int | None = None,
     max_prompt_tokens: int | None = None,
 ) -> SpatialScore:
     """The SpatialScore reward model.
@@ -532,6 +555,9 @@ def build_spatialscore(
         bitsandbytes; needs LoRA. The model is prepared with peft's `prepare_model_for_kbit_training`.
     max_pixels: the processor's pixel budget (images above it are resized down, aspect kept); None keeps the
         processor's own (a Qwen2.5-VL checkpoint's is 12,845,056; the 7B config uses 200,704 = 256 image tokens).
+    min_pixels: the processor's floor (smaller images are resized up, aspect kept); None keeps the processor's own
+        (3,136 = 4 tokens for Qwen2.5-VL). A reward model trained on one image size should see every image at it: a
+        generator's small samples then reach the token grid the head was trained on, not a coarser one.
     max_prompt_tokens: prompts longer than this many tokens are truncated (the reward token stays last) with a
         counted warning; None: no limit.
 
@@ -575,8 +601,8 @@ def build_spatialscore(
         processor = Path(backbone) if processor is None else processor
     if not isinstance(processor, SpatialScoreProcessor):
         processor = load_processor(processor)
-    if max_pixels is not None:
-        _set_max_pixels(processor, max_pixels)
+    if max_pixels is not None or min_pixels is not None:
+        _set_pixel_range(processor, min_pixels, max_pixels)
     _check_processor_matches(processor, model.config)
     reward_token_id = _add_reward_token(processor, model)
 

@@ -9,11 +9,17 @@ A local pretrained directory (Qwen2.5-VL-7B and friends) needs no recipe: config
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
+from reward_model.grounding import HEADS_FILE
 from reward_model.model import TEXT_LORA_TARGETS, SpatialScore, build_spatialscore, tiny_backbone_config
 from reward_model.pretrain import attach_pretrained_position_embedding
 from reward_model.tokenizer import build_spatialworld_processor
+
+HEAD_INITS = ("random", "match")
 
 
 def build_tiny_spatialscore(
@@ -99,6 +105,9 @@ def build_pretrained_tiny_spatialscore(
     min_std: float = 0.05,
     max_std: float = 10.0,
     initial_std: float = 1.0,
+    head_init: str = "random",
+    head_init_scale: float = 1.0,
+    min_pixels: int | None = None,
     seed: int = 0,
 ) -> SpatialScore:
     """The tiny SpatialScore on a stage-A backbone directory (`reward_model.grounding.save_grounded_backbone` or
@@ -108,7 +117,20 @@ def build_pretrained_tiny_spatialscore(
     lora_rank: LoRA rank on the language model; None fine-tunes the whole language model (vision tower frozen).
     lora_alpha, lora_dropout, lora_target_modules: as `build_tiny_spatialscore`.
     head_hidden_size, min_std, max_std, initial_std: the (mean, std) head; seed draws its initialisation.
+    head_init: "random" (the paper's fresh head) or "match": the head's mean starts equal to the stage-A image-text
+        matching logit (`match_head` in the directory's grounding heads), which reads the same `<|reward|>` hidden
+        state, so Bradley-Terry refines a score that already orders pairs instead of learning one from scratch
+        (`RewardHead.init_mean_from_linear`; the std part keeps its random start).
+    head_init_scale: "match" starts the mean at this multiple of the matching logit (same order of every pair).
+        The matching logit's pair margins are large (~10), where the Gaussian Bradley-Terry loss is nearly flat and
+        the std never learns which pairs are hard; a smaller scale puts the margins where the loss still acts.
+    min_pixels: the processor's floor (`build_spatialscore`); 19,600 = 140 x 140 sends every image, the tiny
+        generator's 32 px samples included, to the 10 x 10 patch grid of the 128 px SpatialWorld images.
     """
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {list(HEAD_INITS)}, got {head_init!r}")
+    if not head_init_scale > 0:
+        raise ValueError(f"head_init_scale must be positive, got {head_init_scale}")
     model = build_spatialscore(
         backbone_dir,
         lora_rank=lora_rank,
@@ -120,8 +142,27 @@ def build_pretrained_tiny_spatialscore(
         max_std=max_std,
         initial_std=initial_std,
         head_seed=seed,
+        min_pixels=min_pixels,
     )
     visual = model.backbone.get_base_model().visual if lora_rank is not None else model.backbone.visual
     if not hasattr(visual, "patch_position_embedding"):  # older builders do not attach it themselves
         attach_pretrained_position_embedding(visual, backbone_dir)
+    if head_init == "match":
+        weight, bias = _matching_head(Path(backbone_dir))
+        model.head.init_mean_from_linear(head_init_scale * weight, head_init_scale * bias)
     return model
+
+
+def _matching_head(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stage-A matching head's (weight [1, H], bias [1]) from `directory`'s grounding heads file."""
+    path = directory / HEADS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"head_init='match' needs the stage-A grounding heads: {path} is missing (stage-A directories written by "
+            "`python -m reward_model pretrain` with the verify objective have it)"
+        )
+    heads = load_file(str(path))
+    missing = [name for name in ("match_head.weight", "match_head.bias") if name not in heads]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(missing)}: it is not a stage-A grounding heads file")
+    return heads["match_head.weight"], heads["match_head.bias"]

@@ -28,6 +28,7 @@ from data_synthesis import (
 from data_synthesis.perturb import sample_pair
 from data_synthesis.prompts import describe, describe_sentences
 from reward_model.grounding import (
+    HEADS_FILE,
     POSITION_BINS,
     GroundingOutput,
     GroundingPretrainModule,
@@ -289,6 +290,24 @@ def test_a_few_steps_move_every_weight_and_the_backbone_reloads(processor, tmp_p
     assert hasattr(scorer.backbone.get_base_model().visual, "patch_position_embedding")
     mean, std = scorer(**batch.inputs)
     assert mean.shape == std.shape == (len(examples),)
+
+    # head_init="match": before any stage-B step the reward mean is the stage-A matching logit of the same input
+    # (LoRA starts as the identity, so the backbone is stage A's).
+    for scale in (1.0, 0.25):
+        matched = build_pretrained_tiny_spatialscore(
+            backbone_dir=str(directory), lora_rank=4, head_init="match", head_init_scale=scale
+        ).eval()
+        with torch.no_grad():
+            matched_mean, _ = matched(**batch.inputs)
+        torch.testing.assert_close(matched_mean, scale * expected.match_logits, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(mean, matched_mean)
+    with pytest.raises(ValueError, match="head_init must be one of"):
+        build_pretrained_tiny_spatialscore(backbone_dir=str(directory), head_init="verdict")
+    with pytest.raises(ValueError, match="head_init_scale must be positive"):
+        build_pretrained_tiny_spatialscore(backbone_dir=str(directory), head_init="match", head_init_scale=0.0)
+    (directory / HEADS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="grounding heads"):
+        build_pretrained_tiny_spatialscore(backbone_dir=str(directory), head_init="match")
 
 
 def test_pretrain_command_with_the_verification_objective_writes_a_loadable_backbone(tmp_path, capsys):

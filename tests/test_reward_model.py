@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 import data_synthesis
@@ -189,6 +190,26 @@ def test_bad_choices_raise_one_clear_message(tmp_path):
         tiny_model(initial_std=20.0)
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
         build_spatialscore(tmp_path)
+    with pytest.raises(ValueError, match=r"max_pixels \(3136\) must be at least min_pixels \(12544\)"):
+        tiny_model(min_pixels=112 * 112, max_pixels=56 * 56)
+    with pytest.raises(ValueError, match="min_pixels .100. must be at least one merged token"):
+        tiny_model(min_pixels=100)
+
+
+def test_min_pixels_sends_small_images_to_the_training_token_grid():
+    """A 32 px image gets the processor's floor (56 x 56: 4 x 4 patches) by default; with min_pixels = max_pixels =
+    112 x 112 it is resized up to the 8 x 8 patches of a 112 px training image, and a 112 px image is unchanged."""
+    small, large = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (112, 112), "red")
+    default = tiny_model(max_pixels=112 * 112)
+    floored = tiny_model(max_pixels=112 * 112, min_pixels=112 * 112)
+    grids = {
+        name: [model.encode(["a red circle"], [image])["image_grid_thw"].tolist() for image in (small, large)]
+        for name, model in (("default", default), ("floored", floored))
+    }
+    assert grids == {"default": [[[1, 4, 4]], [[1, 8, 8]]], "floored": [[[1, 8, 8]], [[1, 8, 8]]]}
+    with torch.no_grad():
+        mean, _ = floored(**floored.encode(["a red circle"] * 2, [small, small.resize((112, 112), Image.BICUBIC)]))
+    torch.testing.assert_close(mean[0], mean[1], atol=1e-4, rtol=1e-4)  # the processor's resize, nothing else
 
 
 def test_processor_save_load_round_trip(pairs, tmp_path):
@@ -271,3 +292,30 @@ def test_long_prompts_are_truncated_keeping_the_reward_token_and_counted(pairs, 
     with torch.no_grad():
         mean, std = model(**inputs)
     assert torch.isfinite(mean).all() and torch.isfinite(std).all()
+
+
+def test_head_mean_initialised_from_a_linear_map_equals_it_exactly_and_keeps_the_std():
+    """silu(z) - silu(-z) = z: two hidden units carry a linear map (the stage-A matching head) into the mean."""
+    from reward_model.model import RewardHead
+
+    torch.manual_seed(0)
+    head = RewardHead(hidden_size=8, head_hidden_size=6, min_std=0.05, max_std=10.0, initial_std=1.0)
+    hidden = torch.randn(5, 8) * 4  # large enough that silu is far from linear
+    weight, bias = torch.randn(1, 8), torch.tensor([0.7])
+    first, _, last = head.layers
+    other_units = (first.weight[2:].clone(), last.weight[1, 2:].clone(), last.bias[1].clone())
+    head.init_mean_from_linear(weight, bias)
+    mean, std = head(hidden)
+    torch.testing.assert_close(mean, (hidden @ weight.T + bias).squeeze(-1), atol=1e-5, rtol=1e-5)
+    # The std reads only the untouched units, with its own weights: the same function of the other units as before.
+    assert torch.equal(first.weight[2:], other_units[0]) and torch.equal(last.weight[1, 2:], other_units[1])
+    assert torch.equal(last.weight[1, :2], torch.zeros(2)) and torch.equal(last.bias[1], other_units[2])
+    assert ((std > 0.05) & (std < 10.0)).all()
+    # One Bradley-Terry step moves the mean's other units away from zero: the head is not frozen into a linear map.
+    loss = gaussian_bt_loss(mean[:2], std[:2], mean[2:4], std[2:4])
+    loss.backward()
+    assert last.weight.grad[0, 2:].abs().sum() > 0
+    with pytest.raises(ValueError, match="reads 3 features"):
+        head.init_mean_from_linear(torch.randn(3), torch.tensor(0.0))
+    with pytest.raises(ValueError, match="head_hidden_size >= 2"):
+        RewardHead(8, 1, 0.05, 10.0, 1.0).init_mean_from_linear(weight, bias)

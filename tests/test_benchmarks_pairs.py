@@ -56,7 +56,8 @@ RECORDS = [
 
 def test_scorer_summary_by_hand():
     """Forward: correct, tie, wrong, correct -> 2/4 = 0.5 (the tie counts wrong), 1 tie; by broken: "1" 2/2,
-    "2" 0/1 (tie), "3" 0/1, "2-3" 0/2. Reversed: tie, correct, correct, wrong -> 0.5, 1 tie."""
+    "2" 0/1 (tie), "3" 0/1, "2-3" 0/2. Reversed: tie, correct, correct, wrong -> 0.5, 1 tie; by broken: "1" 0/2,
+    "2" 1/1, "3" 1/1, "2-3" 2/2."""
     assert summarize_scorer(RECORDS) == {
         "num_pairs": 4,
         "pairwise_accuracy": 0.5,
@@ -64,6 +65,7 @@ def test_scorer_summary_by_hand():
         "ties": 1,
         "tie_rate": 0.25,
         "pairwise_accuracy_reversed": 0.5,
+        "pairwise_accuracy_reversed_by_broken": {"1": 0.0, "2": 1.0, "3": 1.0, "2-3": 1.0},
         "ties_reversed": 1,
         "tie_rate_reversed": 0.25,
     }
@@ -71,8 +73,8 @@ def test_scorer_summary_by_hand():
 
 def test_pairwise_summary_by_hand():
     """Forward scores 1, 0, 0.5, 1 -> 0.625; consistent: pairs 1, 2, 4 -> 0.75; by broken: "1" (1 + 1) / 2,
-    "2" 0, "3" 0.5, "2-3" 0.5 / 2 = 0.25. Reversed scores 0.5, 0.5, 1, 0 -> 0.5; consistent: pairs 3, 4 -> 0.5;
-    one unreadable verdict."""
+    "2" 0, "3" 0.5, "2-3" 0.5 / 2 = 0.25. Reversed scores 0.5, 0.5, 1, 0 -> 0.5 (by broken: "1" (0.5 + 0) / 2,
+    "2" 0.5, "3" 1, "2-3" 1.5 / 2); consistent: pairs 3, 4 -> 0.5; one unreadable verdict."""
     assert summarize_pairwise(RECORDS) == {
         "num_pairs": 4,
         "pairwise_accuracy": 0.625,
@@ -82,6 +84,7 @@ def test_pairwise_summary_by_hand():
         "unreadable": 0,
         "pairwise_accuracy_reversed": 0.5,
         "order_consistency_reversed": 0.5,
+        "pairwise_accuracy_reversed_by_broken": {"1": 0.25, "2": 0.5, "3": 1.0, "2-3": 0.75},
         "ties_reversed": 0,
         "unreadable_reversed": 1,
     }

@@ -51,7 +51,7 @@ def _by_broken(scores: list[float], broken: list[int]) -> dict[str, float | None
 
 
 def summarize_scorer(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy (ties wrong) overall, by broken count and reversed; tie counts and rates."""
+    """Accuracy (ties wrong) overall and by broken count, forward and reversed; tie counts and rates."""
     broken = [r["num_broken"] for r in records]
     summary: dict[str, Any] = {"num_pairs": len(records)}
     for direction in DIRECTIONS:
@@ -61,13 +61,13 @@ def summarize_scorer(records: list[dict[str, Any]]) -> dict[str, Any]:
         summary[f"pairwise_accuracy{suffix}"] = rate(sum(correct), len(correct))
         summary[f"ties{suffix}"] = outcomes.count("tie")
         summary[f"tie_rate{suffix}"] = rate(outcomes.count("tie"), len(outcomes))
-        if direction == "forward":
-            summary["pairwise_accuracy_by_broken"] = _by_broken(correct, broken)
+        summary[f"pairwise_accuracy{suffix}_by_broken"] = _by_broken(correct, broken)
     return summary
 
 
 def summarize_pairwise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Both-order accuracy overall, by broken count and reversed; order consistency; ties and unreadable verdicts."""
+    """Both-order accuracy overall and by broken count, forward and reversed; order consistency; ties and unreadable
+    verdicts."""
     broken = [r["num_broken"] for r in records]
     summary: dict[str, Any] = {"num_pairs": len(records)}
     for direction in DIRECTIONS:
@@ -80,8 +80,7 @@ def summarize_pairwise(records: list[dict[str, Any]]) -> dict[str, Any]:
         summary[f"order_consistency{suffix}"] = rate(sum(c for _, c in outcomes), len(outcomes))
         summary[f"ties{suffix}"] = flat.count("tie")
         summary[f"unreadable{suffix}"] = flat.count(None)
-        if direction == "forward":
-            summary["pairwise_accuracy_by_broken"] = _by_broken(scores, broken)
+        summary[f"pairwise_accuracy{suffix}_by_broken"] = _by_broken(scores, broken)
     return summary
 
 
@@ -168,12 +167,13 @@ class SpatialScorePairs:
                     by_broken["1"],
                     by_broken["2-3"],
                     numbers["pairwise_accuracy_reversed"],
+                    numbers["pairwise_accuracy_reversed_by_broken"]["1"],
                     numbers.get("order_consistency"),
                     numbers["ties"],
                     numbers.get("unreadable"),
                     numbers["num_pairs"],
                 ]
             )
-        header = ["judge", "accuracy", "1 broken", "2-3 broken", "reversed", "order consistency", "ties"]
+        header = ["judge", "accuracy", "1 broken", "2-3 broken", "reversed", "reversed, 1 broken", "order consistency"]
         notes = "Exact ties count as wrong. A pairwise judge is asked in both image orders and the two are averaged."
-        return table([*header, "unreadable", "pairs"], rows) + "\n\n" + notes + "\n"
+        return table([*header, "ties", "unreadable", "pairs"], rows) + "\n\n" + notes + "\n"

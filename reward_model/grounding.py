@@ -792,14 +792,23 @@ def save_grounded_backbone(
     return directory
 
 
-def load_grounding_heads(network: GroundingNetwork, directory: str | os.PathLike) -> None:
-    """Put the heads saved by `save_grounded_backbone` back on `network` (a binding head only where one was saved:
-    checkpoints written before it existed have none)."""
+def read_grounding_heads(directory: str | os.PathLike) -> dict[str, dict[str, torch.Tensor]]:
+    """The heads saved by `save_grounded_backbone` in `directory`: head name -> its state dict ("weight", "bias").
+    Heads added after a checkpoint was written are absent from it."""
     path = Path(directory) / HEADS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} holds no grounding heads: {HEADS_FILE} is missing")
-    state = load_file(str(path))
+    heads: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in load_file(str(path)).items():
+        name, parameter = key.split(".", 1)
+        heads.setdefault(name, {})[parameter] = value
+    return heads
+
+
+def load_grounding_heads(network: GroundingNetwork, directory: str | os.PathLike) -> None:
+    """Put the heads saved by `save_grounded_backbone` back on `network` (a binding head only where one was saved:
+    checkpoints written before it existed have none)."""
+    heads = read_grounding_heads(directory)
     for name in HEAD_NAMES:
-        head = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(name + ".")}
-        if head or name in REQUIRED_HEADS:  # the others are absent from older checkpoints
-            getattr(network, name).load_state_dict(head)
+        if name in heads or name in REQUIRED_HEADS:  # the others are absent from older checkpoints
+            getattr(network, name).load_state_dict(heads.get(name, {}))

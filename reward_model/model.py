@@ -466,7 +466,7 @@ def _load_backbone(
     return backbone
 
 
-def _set_pixel_range(processor: SpatialScoreProcessor, min_pixels: int | None, max_pixels: int | None) -> None:
+def set_pixel_range(processor: SpatialScoreProcessor, min_pixels: int | None, max_pixels: int | None) -> None:
     """Resize every image into [min_pixels, max_pixels] (aspect ratio kept, sides multiples of patch * merge size);
     None keeps the processor's own bound."""
     image_processor = processor.image_processor
@@ -602,7 +602,7 @@ def build_spatialscore(
     if not isinstance(processor, SpatialScoreProcessor):
         processor = load_processor(processor)
     if max_pixels is not None or min_pixels is not None:
-        _set_pixel_range(processor, min_pixels, max_pixels)
+        set_pixel_range(processor, min_pixels, max_pixels)
     _check_processor_matches(processor, model.config)
     reward_token_id = _add_reward_token(processor, model)
 

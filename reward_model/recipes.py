@@ -12,9 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from reward_model.grounding import HEADS_FILE
+from reward_model.grounding import HEADS_FILE, read_grounding_heads
 from reward_model.model import TEXT_LORA_TARGETS, SpatialScore, build_spatialscore, tiny_backbone_config
 from reward_model.pretrain import attach_pretrained_position_embedding
 from reward_model.tokenizer import build_spatialworld_processor
@@ -155,14 +154,7 @@ def build_pretrained_tiny_spatialscore(
 
 def _matching_head(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The stage-A matching head's (weight [1, H], bias [1]) from `directory`'s grounding heads file."""
-    path = directory / HEADS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"head_init='match' needs the stage-A grounding heads: {path} is missing (stage-A directories written by "
-            "`python -m reward_model pretrain` with the verify objective have it)"
-        )
-    heads = load_file(str(path))
-    missing = [name for name in ("match_head.weight", "match_head.bias") if name not in heads]
-    if missing:
-        raise ValueError(f"{path} has no {', '.join(missing)}: it is not a stage-A grounding heads file")
-    return heads["match_head.weight"], heads["match_head.bias"]
+    head = read_grounding_heads(directory).get("match_head", {})
+    if set(head) != {"weight", "bias"}:
+        raise ValueError(f"{directory / HEADS_FILE} has no match_head: it is not a stage-A grounding heads file")
+    return head["weight"], head["bias"]

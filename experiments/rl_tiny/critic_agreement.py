@@ -16,7 +16,6 @@ chance), and the same over the pairs GRPO trains on (top-6 against bottom-6 of t
 """
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from data_synthesis import SpatialWorldOracle
 from reward_model import SpatialScorer
+from reward_model.model import set_pixel_range
 from rl_policy.data import load_prompts
 from rl_policy.rollout import sample_trajectories
 from rl_policy.training import PolicySpec
@@ -98,8 +98,7 @@ for spec in arguments.critic:
     directory, _, min_pixels = location.partition("@")
     scorer = SpatialScorer.from_pretrained(directory)
     if min_pixels:
-        image_processor = scorer.network.processor.image_processor
-        image_processor.size = dataclasses.replace(image_processor.size, shortest_edge=int(min_pixels))
+        set_pixel_range(scorer.network.processor, int(min_pixels), None)
     began = time.perf_counter()
     mean = scorer(prompts=prompts, images=list(images)).float().view(-1, group)
     report["critics"][name] = {

@@ -78,6 +78,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-batch", type=int, default=2, help="(sample, step) pairs per training forward")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--no-critic", action="store_true", help="skip the 7B SpatialScore")
+    parser.add_argument(
+        "--cudnn-attention",
+        action="store_true",
+        help="allow cuDNN's fused attention (its backward failed here on H100 with torch 2.11+cu130; off: flash)",
+    )
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
     if min(args.group, args.keep_per_side, args.steps, args.sample_batch, args.train_batch) < 1:
@@ -134,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(2)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention)
     config = FLUX_DEV if args.size == "flux-dev" else TINY
     started = time.perf_counter()
     transformer = build_transformer(args, device)
@@ -194,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     synchronize(device)
     sampling_seconds = time.perf_counter() - start
     states, log_probs = torch.cat(states), torch.cat(log_probs)  # [G, T + 1, N, C], [G, T - 1]
+    print(f"sampled one group in {sampling_seconds:.3f} s", file=sys.stderr, flush=True)
 
     scoring_seconds = None
     if critic is not None:
@@ -213,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(list(trainable_parameters(transformer).values()), lr=3e-4)
     advantages = torch.linspace(-1, 1, kept, device=device)
     synchronize(device)
+    print(f"critic scored the group in {scoring_seconds} s", file=sys.stderr, flush=True)
     start = time.perf_counter()
     for first in range(0, len(pairs), args.train_batch):
         chunk = pairs[first : first + args.train_batch]

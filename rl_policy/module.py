@@ -94,6 +94,9 @@ class GRPOModule(LightningModule):
         guidance 3.5; the tiny generator: true CFG). resolution: image side.
     clip_range, advantage_clip, beta, kl_form: the loss (paper: beta 0.01). updates_per_rollout, micro_batch_size,
         max_grad_norm: the update.
+    cudnn_attention: on CUDA, allow cuDNN's fused attention in scaled_dot_product_attention. Off by default: its
+        backward failed on FLUX.1-dev (illegal memory access) on an H100 with torch 2.11+cu130, and flash attention,
+        which PyTorch uses instead, ran the same training pass (bench/rl_gpu.py).
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class GRPOModule(LightningModule):
         eval_every_n_steps: int = 25,
         image_every_n_steps: int = 25,
         seed: int = 0,
+        cudnn_attention: bool = False,
     ) -> None:
         super().__init__()
         if keep_per_side is not None and 2 * keep_per_side > group_size:
@@ -144,6 +148,8 @@ class GRPOModule(LightningModule):
 
     def on_fit_start(self) -> None:
         """Lightning placed the transformer; the frozen pipeline parts (text encoders, autoencoder) follow it."""
+        if self.device.type == "cuda":
+            torch.backends.cuda.enable_cudnn_sdp(self.hparams.cudnn_attention)
         for name, component in self.policy.pipeline.components.items():
             if isinstance(component, torch.nn.Module) and name != "transformer":
                 component.to(self.device)

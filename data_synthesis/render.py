@@ -4,6 +4,7 @@ depth order, plain or sky/ground backgrounds, and optional light colour jitter a
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -20,16 +21,28 @@ def _jittered(colour: tuple[int, int, int], rng: random.Random, amount: int) -> 
 
 
 def render(
-    scene: Scene, resolution: int = 128, *, jitter: int = 8, noise: float = 0.0, seed: int = 0, supersample: int = 3
+    scene: Scene,
+    resolution: int = 128,
+    *,
+    jitter: int = 8,
+    noise: float = 0.0,
+    seed: int = 0,
+    supersample: int = 3,
+    omit: Collection[str] = (),
 ) -> Image.Image:
     """Render `scene` as a `resolution` x `resolution` RGB image.
 
     `jitter` shifts each colour channel of the background and of every object by up to that many levels and
     `noise` adds Gaussian pixel noise of that standard deviation (in levels); both are drawn from `seed`, so the
     perfect and perturbed images of a pair, rendered with one seed, differ only where the layout differs.
+    `omit` names objects (by colour) left out of the picture; every colour is still drawn from `seed`, so the rest of
+    the image is exactly the full render's.
     """
     if not MIN_RESOLUTION <= resolution <= MAX_RESOLUTION:
         raise SceneError(f"resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {resolution}")
+    unknown = sorted(set(omit) - {o.colour for o in scene.objects})
+    if unknown:
+        raise SceneError(f"cannot omit {unknown}: the scene has no object of that colour")
     rng = random.Random(seed)
     side = resolution * supersample
     background = scene.background
@@ -43,6 +56,8 @@ def render(
     object_colours = {o.colour: _jittered(COLOURS[o.colour], rng, jitter) for o in scene.objects}
     draw = ImageDraw.Draw(canvas)
     for obj in sorted(scene.objects, key=lambda o: o.depth):
+        if obj.colour in omit:
+            continue
         draw_shape(draw, obj, side, object_colours[obj.colour])
     image = canvas.resize((resolution, resolution), Image.Resampling.BOX) if supersample > 1 else canvas
     if noise > 0:

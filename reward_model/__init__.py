@@ -9,7 +9,7 @@ backbone and the accuracy targets are still open (see the reward-model issue).""
 
 from reward_model.calibration import expected_calibration_error, win_probability
 from reward_model.callbacks import ExportRewardCheckpoint, evaluate_pairs
-from reward_model.data import Degradation, PairBatch, PairCollator, PairwiseDataModule, PairwiseDataset
+from reward_model.data import Degradation, Omission, PairBatch, PairCollator, PairwiseDataModule, PairwiseDataset
 from reward_model.export import export_checkpoint
 from reward_model.loss import LOSSES, bradley_terry_loss, gaussian_bt_loss, sampled_uncertainty_loss, thurstone_loss
 from reward_model.model import SpatialScore, build_spatialscore, encode, reward_text, tiny_backbone_config
@@ -31,6 +31,7 @@ __all__ = [
     "LOSSES",
     "AccuracyByBroken",
     "Degradation",
+    "Omission",
     "PairBatch",
     "PairCollator",
     "PairwiseDataModule",

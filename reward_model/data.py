@@ -22,6 +22,10 @@ Optional degradations (downscale and back, Gaussian blur, pixel noise) make the 
 generator's samples. They are drawn per pair from a seed and the pair id, so a pair is degraded the same way in
 every epoch, in every worker and in both orientations, and both of its images get the same kind of degradation
 (never a cue that tells winner from loser).
+
+Optional omission pairs (`Omission`) add training pairs that SpatialWorld's perturbations never make: a pair's
+winning image against the same scene re-rendered (same seed, so nothing else changes) with one object left out,
+under the winner's prompt, which names that object.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
 from data_synthesis import DatasetError, load_pairs
+from data_synthesis.build import GENERATOR as SPATIALWORLD_GENERATOR
+from data_synthesis.render import render
+from data_synthesis.scene import Scene, SceneError
 from reward_model.model import encode
 from reward_model.tokenizer import SpatialScoreProcessor, load_processor
 from shared import stable_seed
@@ -105,6 +112,44 @@ def degrade(image: Image.Image, degradation: Degradation, rng: np.random.Generat
     return image
 
 
+@dataclass(frozen=True)
+class Omission:
+    """Extra training pairs in which the loser misses an object the prompt names.
+
+    SpatialWorld's perturbations only move, swap and re-layer objects, so a critic trained on its pairs alone is
+    never shown an image that lacks an object, the most common failure of a small generator. Each extra pair takes
+    a pair of the split and an orientation, and sets its winner (the perfect image under `prompt`, or the perturbed
+    one under `perturbed_prompt`) against that scene re-rendered with the same seed and one object left out.
+
+    fraction: extra pairs per oriented pair of the split (0.25 adds a quarter; 0: none).
+    min_changed_pixels: an object whose removal changes fewer pixels (hidden behind others) is not chosen.
+    seed: with the extra pair's index, picks the pair, the orientation and the object.
+    """
+
+    fraction: float = 0.0
+    min_changed_pixels: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fraction <= 4:
+            raise ValueError(f"Omission.fraction must lie in [0, 4], got {self.fraction}")
+        if self.min_changed_pixels < 1:
+            raise ValueError(f"Omission.min_changed_pixels must be positive, got {self.min_changed_pixels}")
+
+    @property
+    def active(self) -> bool:
+        return self.fraction > 0
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How a SpatialWorld dataset rendered its images (its meta.json `arguments`), to re-render a scene."""
+
+    resolution: int
+    jitter: int
+    noise: float
+
+
 class PairRecord(NamedTuple):
     """One usable row of pairs.parquet, image paths made absolute."""
 
@@ -115,6 +160,12 @@ class PairRecord(NamedTuple):
     perturbed_image: Path
     num_broken: int
     broken_families: str  # comma-separated, sorted, e.g. "depth,proximity"
+    perfect_scene: str | None = None  # Scene JSON, for omission pairs; None where the row has no renderable scene
+    perturbed_scene: str | None = None
+    render_seed: int | None = None
+
+
+OMISSION_FAMILY = "omission"  # broken_families of an omission pair; its num_broken is 0 (no broken-count group)
 
 
 class PairExample(NamedTuple):
@@ -172,40 +223,127 @@ def _image_problem(path: Path) -> str | None:
     return None
 
 
+def _scene_fields(row: NamedTuple) -> dict:
+    """A pairs.parquet row's scenes and render seed where SpatialWorld's renderer drew its images, else Nones."""
+    if getattr(row, "generator", SPATIALWORLD_GENERATOR) != SPATIALWORLD_GENERATOR:
+        return {}
+    perfect, perturbed, seed = (
+        getattr(row, name, None) for name in ("perfect_scene", "perturbed_scene", "render_seed")
+    )
+    if not isinstance(perfect, str) or not isinstance(perturbed, str) or seed is None or pd.isna(seed):
+        return {}
+    return {"perfect_scene": perfect, "perturbed_scene": perturbed, "render_seed": int(seed)}
+
+
+def render_settings(meta: dict | None) -> RenderSettings | None:
+    """The render settings in a dataset's meta.json `arguments`, None if it does not record them."""
+    arguments = (meta or {}).get("arguments", {})
+    try:
+        return RenderSettings(int(arguments["resolution"]), int(arguments["jitter"]), float(arguments["noise"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class PairwiseDataset(Dataset):
-    """Oriented pairs of `records`: "both" interleaves them, index 2i forward and 2i + 1 reversed."""
+    """Oriented pairs of `records`: "both" interleaves them, index 2i forward and 2i + 1 reversed; then, with
+    `omission`, round(fraction x that many) omission pairs (`Omission`), which need `render_settings` and records
+    with scenes."""
 
     def __init__(
         self,
         records: Sequence[PairRecord],
         orientation: Orientation = "forward",
         degradation: Degradation | None = None,
+        omission: Omission | None = None,
+        render_settings: RenderSettings | None = None,
     ) -> None:
         if orientation not in ORIENTATIONS:
             raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
         self.records = list(records)
         self.orientation = orientation
         self.degradation = degradation if degradation is not None and degradation.active else None
+        self.omission = omission if omission is not None and omission.active else None
+        self.render_settings = render_settings
+        self.num_pairs = len(self.records) * (2 if orientation == "both" else 1)
+        self.renderable = [
+            i for i, r in enumerate(self.records) if r.perfect_scene and r.perturbed_scene and r.render_seed is not None
+        ]
+        self.num_omission = 0
+        if self.omission is not None:
+            if render_settings is None or not self.renderable:
+                raise DatasetError(
+                    f"omission pairs need SpatialWorld scenes to re-render: {len(self.renderable)} of "
+                    f"{len(self.records)} pairs have perfect_scene, perturbed_scene and render_seed"
+                    + ("" if render_settings is not None else ", and the dataset's render settings are unknown")
+                )
+            self.num_omission = round(self.omission.fraction * self.num_pairs)
 
     def __len__(self) -> int:
-        return len(self.records) * (2 if self.orientation == "both" else 1)
+        return self.num_pairs + self.num_omission
 
     def __getitem__(self, index: int) -> PairExample:
+        if index >= self.num_pairs:
+            return self._omission_pair(index - self.num_pairs)
         if self.orientation == "both":
             record, is_reversed = self.records[index // 2], index % 2 == 1
         else:
             record, is_reversed = self.records[index], self.orientation == "reversed"
         perfect, perturbed = _open_image(record.perfect_image), _open_image(record.perturbed_image)
-        if self.degradation is not None:
-            rng = np.random.default_rng(stable_seed("degradation", self.degradation.seed, record.pair_id))
-            if rng.random() < self.degradation.probability:
-                perfect, perturbed = degrade(perfect, self.degradation, rng), degrade(perturbed, self.degradation, rng)
+        perfect, perturbed = self._degraded(record.pair_id, perfect, perturbed)
         if is_reversed:
             prompt, winner, loser = record.perturbed_prompt, perturbed, perfect
         else:
             prompt, winner, loser = record.prompt, perfect, perturbed
         return PairExample(
             record.pair_id, prompt, winner, loser, record.num_broken, record.broken_families, is_reversed
+        )
+
+    def _degraded(self, key: str, first: Image.Image, second: Image.Image) -> tuple[Image.Image, Image.Image]:
+        if self.degradation is not None:
+            rng = np.random.default_rng(stable_seed("degradation", self.degradation.seed, key))
+            if rng.random() < self.degradation.probability:
+                return degrade(first, self.degradation, rng), degrade(second, self.degradation, rng)
+        return first, second
+
+    def _omission_pair(self, number: int) -> PairExample:
+        """The `number`-th omission pair: drawn from the seed alone, the same in every epoch and worker."""
+        rng = np.random.default_rng(stable_seed("omission", self.omission.seed, number))
+        record = self.records[self.renderable[int(rng.integers(len(self.renderable)))]]
+        is_reversed = bool(rng.integers(2)) if self.orientation == "both" else self.orientation == "reversed"
+        path, scene_json = (
+            (record.perturbed_image, record.perturbed_scene)
+            if is_reversed
+            else (record.perfect_image, record.perfect_scene)
+        )
+        winner = _open_image(path)
+        try:
+            scene = Scene.from_json(scene_json)
+        except SceneError as error:
+            raise DatasetError(f"pair {record.pair_id}: its scene does not load ({error})") from error
+        settings = self.render_settings
+        full = np.asarray(winner, dtype=np.int16)
+        loser = None
+        for position in rng.permutation(len(scene.objects)):
+            candidate = render(
+                scene,
+                settings.resolution,
+                jitter=settings.jitter,
+                noise=settings.noise,
+                seed=record.render_seed,
+                omit=(scene.objects[position].colour,),
+            )
+            changed = int(np.any(np.asarray(candidate, dtype=np.int16) != full, axis=-1).sum())
+            if changed >= self.omission.min_changed_pixels:
+                loser = candidate
+                break
+        if loser is None:  # every object hidden: not possible in SpatialWorld, but never an empty pair
+            raise DatasetError(
+                f"pair {record.pair_id}: no object's removal changes {self.omission.min_changed_pixels} pixels"
+            )
+        winner, loser = self._degraded(f"omission-{number}", winner, loser)
+        prompt = record.perturbed_prompt if is_reversed else record.prompt
+        return PairExample(
+            f"{record.pair_id}-omission-{number}", prompt, winner, loser, 0, OMISSION_FAMILY, is_reversed
         )
 
 
@@ -253,6 +391,8 @@ class PairwiseDataModule(LightningDataModule):
         (default: batch_size).
     orientation: "forward", "reversed" or "both" (every pair twice).
     degradation: optional image degradations, applied to the splits in `degrade_splits` (training only by default).
+    omission: optional extra training pairs whose loser misses an object (`Omission`; the train split only). They
+        re-render SpatialWorld scenes with the render settings of the dataset's meta.json.
     max_bad_fraction: the largest share of a split's pairs that may have a missing or corrupt image (skipped).
     review_statuses: keep only rows with one of these `review_status` values ("verified": SpatialWorld's oracle;
         "reviewed": accepted by people, `python -m data_synthesis export`); None keeps every row.
@@ -271,6 +411,7 @@ class PairwiseDataModule(LightningDataModule):
         orientation: Orientation = "forward",
         degradation: Degradation | None = None,
         degrade_splits: tuple[str, ...] = ("train",),
+        omission: Omission | None = None,
         max_bad_fraction: float = 0.01,
         review_statuses: tuple[str, ...] | None = ("verified", "reviewed"),
         system_prompt: str | None = None,
@@ -295,6 +436,7 @@ class PairwiseDataModule(LightningDataModule):
         self.orientation = orientation
         self.degradation = degradation
         self.degrade_splits = tuple(degrade_splits)
+        self.omission = omission
         self.max_bad_fraction = max_bad_fraction
         self.review_statuses = None if review_statuses is None else tuple(review_statuses)
         self.system_prompt = system_prompt
@@ -363,6 +505,7 @@ class PairwiseDataModule(LightningDataModule):
                 perturbed_image=self.dataset_dir / row.perturbed_image,
                 num_broken=int(row.num_broken),
                 broken_families=str(row.broken_families),
+                **_scene_fields(row),
             )
             for row in rows.itertuples(index=False)
         ]
@@ -392,7 +535,11 @@ class PairwiseDataModule(LightningDataModule):
         if split not in self.records:
             raise RuntimeError(f"split {split!r} is not set up: call setup() with a stage that needs it first")
         degradation = self.degradation if split in self.degrade_splits else None
-        return PairwiseDataset(self.records[split], self.orientation, degradation)
+        if split != "train" or self.omission is None or not self.omission.active:
+            return PairwiseDataset(self.records[split], self.orientation, degradation)
+        return PairwiseDataset(
+            self.records[split], self.orientation, degradation, self.omission, render_settings(self.meta)
+        )
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None

@@ -18,7 +18,17 @@ from lightning.pytorch import Trainer
 from PIL import Image
 
 from data_synthesis import DatasetError, load_pairs
-from reward_model.data import Degradation, PairwiseDataModule, PairwiseDataset, degrade
+from data_synthesis.render import render
+from data_synthesis.scene import Scene, SceneError
+from reward_model.data import (
+    OMISSION_FAMILY,
+    Degradation,
+    Omission,
+    PairwiseDataModule,
+    PairwiseDataset,
+    degrade,
+    render_settings,
+)
 from reward_model.model import build_spatialscore, encode, tiny_backbone_config
 from reward_model.module import BROKEN_GROUPS, AccuracyByBroken, RewardModule, correct_pairs, counts_by_broken
 
@@ -134,6 +144,58 @@ def test_degradations_are_off_by_default_seeded_and_change_the_image(small_datas
     assert downscaled.size == clean.winner.size and len(np.unique(np.asarray(downscaled).reshape(-1, 3), axis=0)) > 1
     with pytest.raises(ValueError, match="probability"):
         Degradation(probability=2.0)
+
+
+def test_omission_pairs_rerender_the_winner_without_exactly_one_object_on_the_train_split_only(
+    small_dataset, processor
+):
+    _, frame = load_pairs(small_dataset)
+    frame = frame.set_index("pair_id")
+    datamodule = PairwiseDataModule(small_dataset, processor, orientation="both", omission=Omission(fraction=0.5))
+    datamodule.setup("fit")
+    train, val = datamodule.dataset("train"), datamodule.dataset("val")
+    num_train = 2 * (frame["split"] == "train").sum()
+    assert train.num_pairs == num_train and len(train) == num_train + round(0.5 * num_train)
+    assert len(val) == 2 * (frame["split"] == "val").sum()  # never on evaluation splits
+    settings = render_settings(datamodule.meta)
+    assert (settings.resolution, settings.jitter, settings.noise) == (128, 8, 0.0)
+
+    orientations = set()
+    for number in range(12):
+        example = train[train.num_pairs + number]
+        pair = frame.loc[example.pair_id.split("-omission-")[0]]
+        image_column, scene_column, prompt_column = (
+            ("perturbed_image", "perturbed_scene", "perturbed_prompt")
+            if example.is_reversed
+            else ("perfect_image", "perfect_scene", "prompt")
+        )
+        orientations.add(example.is_reversed)
+        assert example.prompt == pair[prompt_column]
+        assert (example.num_broken, example.broken_families) == (0, OMISSION_FAMILY)
+        with Image.open(small_dataset / pair[image_column]) as stored:
+            assert example.winner.tobytes() == stored.convert("RGB").tobytes()
+        scene = Scene.from_json(pair[scene_column])
+        omitted = [
+            obj
+            for obj in scene.objects
+            if render(scene, 128, seed=int(pair["render_seed"]), omit=(obj.colour,)).tobytes()
+            == example.loser.tobytes()
+        ]
+        assert len(omitted) == 1  # the loser is the winner's scene minus exactly one object, nothing else changed
+        assert f" {omitted[0].colour} " in example.prompt  # ... an object the prompt names (colours are unique)
+        changed = np.any(np.asarray(example.loser) != np.asarray(example.winner), axis=-1).sum()
+        assert changed >= Omission().min_changed_pixels
+        again = PairwiseDataset(datamodule.records["train"], "both", None, Omission(fraction=0.5), settings)
+        assert again[train.num_pairs + number].loser.tobytes() == example.loser.tobytes()  # seeded, not drawn anew
+    assert orientations == {False, True}
+
+    without_scenes = [record._replace(perfect_scene=None) for record in datamodule.records["train"]]
+    with pytest.raises(DatasetError, match="omission pairs need SpatialWorld scenes to re-render: 0 of"):
+        PairwiseDataset(without_scenes, "both", None, Omission(fraction=0.5), settings)
+    with pytest.raises(SceneError, match="no object of that colour"):
+        render(scene, 128, omit=("not-a-colour",))
+    with pytest.raises(ValueError, match="Omission.fraction"):
+        Omission(fraction=-0.1)
 
 
 def test_a_corrupt_image_is_skipped_and_counted_and_over_one_percent_raises(widened_dataset, processor, caplog):

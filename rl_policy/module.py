@@ -27,12 +27,19 @@ the end) samples the data module's evaluation prompts with the ODE sampler from 
 runs) and reports the reward and, where prompts carry SpatialWorld metadata, the oracle's relation accuracy, the
 share of images with every object found and the relation accuracy among those, side by side, so reward hacking
 shows as the two diverging.
+
+With `ema_decay`, an exponential moving average of the LoRA weights (fp32, updated once per GRPO iteration n = 1, 2,
+... with decay min(ema_decay, n / (n + 1)): the plain mean of all iterates so far until that reaches the window
+1 / (1 - ema_decay)) is what `evaluate` samples with and what the LoRA export holds. Rollouts and updates always
+use the current weights, as the ratio must be on-policy. The EMA is saved in the checkpoint (`grpo_ema`), so a
+resumed run continues it exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -94,6 +101,8 @@ class GRPOModule(LightningModule):
         guidance 3.5; the tiny generator: true CFG). resolution: image side.
     clip_range, advantage_clip, beta, kl_form: the loss (paper: beta 0.01). updates_per_rollout, micro_batch_size,
         max_grad_norm: the update.
+    ema_decay: None (no average) or the decay of the LoRA weights' EMA used for evaluation and export (module
+        docstring); not with sharded strategies (FSDP), where each rank holds part of each weight.
     cudnn_attention: on CUDA, allow cuDNN's fused attention in scaled_dot_product_attention. Off by default: its
         backward failed on FLUX.1-dev (illegal memory access) on an H100 with torch 2.11+cu130, and flash attention,
         which PyTorch uses instead, ran the same training pass (bench/rl_gpu.py).
@@ -129,9 +138,12 @@ class GRPOModule(LightningModule):
         eval_every_n_steps: int = 25,
         image_every_n_steps: int = 25,
         seed: int = 0,
+        ema_decay: float | None = None,
         cudnn_attention: bool = False,
     ) -> None:
         super().__init__()
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in (0, 1) or be None, got {ema_decay}")
         if keep_per_side is not None and 2 * keep_per_side > group_size:
             raise ValueError(f"keep_per_side ({keep_per_side}) per side exceeds half the group ({group_size})")
         if updates_per_rollout < 1 or micro_batch_size < 1:
@@ -145,11 +157,16 @@ class GRPOModule(LightningModule):
         self.counters = {"dropped_samples": 0, "zero_variance_groups": 0}
         self.last_eval: dict[str, float] = {}
         self.strict_loading = False  # checkpoints hold the LoRA weights only (on_save_checkpoint)
+        self.ema: dict[str, torch.Tensor] | None = None
+        if ema_decay is not None:
+            self.ema = {n: p.detach().float().clone() for n, p in trainable_parameters(self.transformer).items()}
 
     def on_fit_start(self) -> None:
         """Lightning placed the transformer; the frozen pipeline parts (text encoders, autoencoder) follow it."""
         if self.device.type == "cuda":
             torch.backends.cuda.enable_cudnn_sdp(self.hparams.cudnn_attention)
+        if self.ema is not None and "fsdp" in type(self.trainer.strategy).__name__.lower():
+            raise ValueError("ema_decay is not supported with FSDP (each rank holds a shard of each LoRA weight)")
         for name, component in self.policy.pipeline.components.items():
             if isinstance(component, torch.nn.Module) and name != "transformer":
                 component.to(self.device)
@@ -280,6 +297,7 @@ class GRPOModule(LightningModule):
             optimizer.zero_grad(set_to_none=True)  # global_step still counts this rollout (AdamW skips
             optimizer.step()  # parameters without a gradient)
         self._datamodule_served(batch)
+        self.update_ema()
 
         valid = rewards[torch.isfinite(rewards)]
         metrics = {
@@ -352,6 +370,35 @@ class GRPOModule(LightningModule):
         if isinstance(datamodule, PromptDataModule):
             datamodule.mark_served(batch)
 
+    # --- EMA of the LoRA weights -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """One EMA step after GRPO iteration `global_step` (module docstring); nothing without `ema_decay`."""
+        if self.ema is None:
+            return
+        decay = min(self.hparams.ema_decay, self.global_step / (self.global_step + 1))
+        for name, parameter in trainable_parameters(self.transformer).items():
+            average = self.ema[name] = self.ema[name].to(parameter.device)
+            average.mul_(decay).add_(parameter.detach().float(), alpha=1 - decay)
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Inside: the LoRA weights are the EMA (when there is one); the current weights come back on exit."""
+        if self.ema is None:
+            yield
+            return
+        parameters = trainable_parameters(self.transformer)
+        current = {name: parameter.detach().clone() for name, parameter in parameters.items()}
+        try:
+            with torch.no_grad():
+                for name, parameter in parameters.items():
+                    parameter.copy_(self.ema[name])
+            yield
+        finally:
+            with torch.no_grad():
+                for name, parameter in parameters.items():
+                    parameter.copy_(current[name])
+
     # --- evaluation ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, prompts: Sequence[str], metadata: Sequence[Any] | None, seeds: int = 1) -> dict[str, float]:
@@ -361,16 +408,17 @@ class GRPOModule(LightningModule):
         prompts = [prompt for prompt in prompts for _ in range(seeds)]
         metadata = None if metadata is None else [meta for meta in metadata for _ in range(seeds)]
         noise = initial_noise(self.policy, len(prompts), hp.resolution, hp.resolution, self._generator("eval"))
-        images = sample_ode(
-            self.policy,
-            prompts,
-            height=hp.resolution,
-            width=hp.resolution,
-            num_steps=hp.eval_num_steps or max(hp.num_steps, 20),
-            cfg_scale=hp.cfg_scale,
-            guidance=hp.guidance,
-            noise=noise,
-        ).cpu()
+        with self.ema_weights():
+            images = sample_ode(
+                self.policy,
+                prompts,
+                height=hp.resolution,
+                width=hp.resolution,
+                num_steps=hp.eval_num_steps or max(hp.num_steps, 20),
+                cfg_scale=hp.cfg_scale,
+                guidance=hp.guidance,
+                noise=noise,
+            ).cpu()
         rewards = self.eval_reward(prompts=prompts, images=list(images), metadata=metadata).float()
         results = {"reward": float(rewards.nanmean()), "num_eval_samples": float(len(prompts))}
         if self.oracle is not None and metadata is not None and all(meta is not None for meta in metadata):
@@ -416,6 +464,15 @@ class GRPOModule(LightningModule):
         trainable = {f"transformer.{name}" for name in trainable_parameters(self.transformer)}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["grpo_counters"] = dict(self.counters)
+        if self.ema is not None:
+            checkpoint["grpo_ema"] = {name: value.detach().cpu().clone() for name, value in self.ema.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.counters = dict(checkpoint.get("grpo_counters", self.counters))
+        if self.ema is not None:
+            if "grpo_ema" not in checkpoint:
+                raise ValueError("ema_decay is set but the checkpoint holds no EMA (it was saved by a run without one)")
+            saved = checkpoint["grpo_ema"]
+            if set(saved) != set(self.ema):
+                raise ValueError("the checkpoint's EMA does not cover this policy's LoRA weights (another LoRA setup)")
+            self.ema = {name: saved[name].float().clone() for name in self.ema}

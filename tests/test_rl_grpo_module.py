@@ -106,18 +106,20 @@ def test_equal_rewards_train_nothing_but_count_as_a_step(small_dataset, tmp_path
         assert torch.equal(parameter, before[name]), name
 
 
-def test_resume_is_bit_exact(small_dataset, tmp_path):
-    straight = make_module()
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_is_bit_exact(small_dataset, tmp_path, ema_decay):
+    straight = make_module(ema_decay=ema_decay)
     trainer(tmp_path / "a", 2, enable_checkpointing=False).fit(
         straight, PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2)
     )
-    first = make_module()
+    first = make_module(ema_decay=ema_decay)
     run = trainer(tmp_path / "b", 1, enable_checkpointing=False)
     run.fit(first, PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2))
     run.save_checkpoint(tmp_path / "half.ckpt")
     saved = torch.load(tmp_path / "half.ckpt", weights_only=False)
     assert saved["state_dict"] and all("lora" in key for key in saved["state_dict"])
-    resumed = make_module()
+    assert ("grpo_ema" in saved) == (ema_decay is not None)
+    resumed = make_module(ema_decay=ema_decay)
     trainer(tmp_path / "c", 2, enable_checkpointing=False).fit(
         resumed,
         PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2),
@@ -129,6 +131,48 @@ def test_resume_is_bit_exact(small_dataset, tmp_path):
         strict=True,
     ):
         assert torch.equal(a, b), name
+    if ema_decay is not None:
+        assert straight.ema.keys() == resumed.ema.keys()
+        for name, average in straight.ema.items():
+            assert torch.equal(average, resumed.ema[name]), name
+
+
+def test_lora_ema_is_the_running_mean_of_the_iterates_and_what_evaluation_and_export_use(small_dataset, tmp_path):
+    from lightning.pytorch.callbacks import Callback
+    from safetensors.torch import load_file
+
+    from rl_policy.training import export_lora
+
+    class Snapshots(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            iterates.append({n: p.detach().clone() for n, p in trainable_parameters(pl_module.transformer).items()})
+
+    module = make_module(ema_decay=0.9)
+    iterates = [{n: p.detach().clone() for n, p in trainable_parameters(module.transformer).items()}]
+    trainer(tmp_path, 3, enable_checkpointing=False, callbacks=[Snapshots()]).fit(
+        module, PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2)
+    )
+    assert len(iterates) == 4
+    for name, average in module.ema.items():  # decays 1/2, 2/3, 3/4 (< 0.9): the mean of p0, p1, p2, p3
+        expected = torch.stack([iterate[name].float() for iterate in iterates]).mean(0)
+        assert torch.allclose(average, expected, atol=1e-6), name
+        assert not torch.equal(average, iterates[-1][name].float())
+
+    parameters = trainable_parameters(module.transformer)
+    prompts = ["a red circle is left of a blue square."]
+    with_ema = module.evaluate(prompts, None)["reward"]
+    for name, parameter in parameters.items():  # evaluate put the current weights back
+        assert torch.equal(parameter, iterates[-1][name]), name
+    ema, module.ema = module.ema, None
+    assert module.evaluate(prompts, None)["reward"] != with_ema  # it sampled with the EMA, not the current weights
+    module.ema = ema
+    exported = load_file(export_lora(module, tmp_path / "lora") / "pytorch_lora_weights.safetensors")
+    expected = {"transformer." + name.replace(".default", ""): value for name, value in module.ema.items()}
+    assert exported.keys() == expected.keys()
+    for name, value in exported.items():
+        assert torch.equal(value, expected[name].to(value.dtype)), name
+    with pytest.raises(ValueError, match="ema_decay"):
+        make_module(ema_decay=1.0)
 
 
 def test_fit_command_trains_exports_lora_and_metrics(small_dataset, tmp_path):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from rl_policy.policy import FluxPolicy, PromptEmbeddings
-from rl_policy.sde import ode_step, sde_step_with_logprob
+from rl_policy.sde import CoarseNoise, ode_step, sde_step_with_logprob
 
 
 @dataclass
@@ -64,10 +64,11 @@ def sample_trajectories(
     guidance: float | None = None,
     shared_noise: bool = False,
     generator: torch.Generator | None = None,
+    noise: CoarseNoise | None = None,
 ) -> Trajectory:
     """G = group_size SDE samples of each prompt (see the module docstring). sde_steps: the stochastic step indices
     (default every step but the last); shared_noise: one initial noise per group (the samples then differ only by
-    the SDE noise)."""
+    the SDE noise); noise: coarse exploration noise of the SDE steps (`sde.CoarseNoise`; None: full resolution)."""
     if group_size < 1 or num_steps < 1:
         raise ValueError(f"group_size and num_steps must be positive, got {group_size}, {num_steps}")
     stochastic = torch.zeros(num_steps, dtype=torch.bool)
@@ -92,7 +93,7 @@ def sample_trajectories(
         )
         if stochastic[step]:
             result = sde_step_with_logprob(
-                velocity, latents, sigmas[step], sigmas[step + 1], noise_level, generator=generator
+                velocity, latents, sigmas[step], sigmas[step + 1], noise_level, generator=generator, noise=noise
             )
             latents, log_probs[:, step] = result.prev_sample, result.log_prob.float().cpu()
         else:

@@ -19,6 +19,13 @@ clip range (1e-4 .. 1e-5 in Flow-GRPO's Flux configs) does not depend on the ima
 log-density of the step (ratios of order exp(D * per-element change), D = tokens * channels), which would need a
 clip range scaled down by D.
 
+Coarse exploration noise (`CoarseNoise`, optional, not in Flow-GRPO): the step's noise is drawn on a grid of cells of
+`cell` x `cell` latent positions and repeated over each cell, eps = P z with z ~ N(0, I_k) and P's columns
+orthonormal, so that the k = C * (H / cell) * (W / cell) explored directions are the low spatial frequencies that
+carry a layout. With a shared initial noise the gradient of one group is J^T sum_i A_i eps_i, an evolution-strategies
+estimate whose noise grows with the number of explored dimensions; high frequencies add that noise and no layout.
+The step is then Gaussian on the subspace, and its log-prob is that of z' = P^T (x_next - mean) / step_std (the
+rest of x_next - mean, zero at sampling, is left out), reduced over the k dimensions.
 Simplified against Flow-GRPO's code: sigmas are passed in directly (per sample, so a batch may mix timesteps)
 instead of being looked up in a scheduler from timesteps; the Flux sigma schedule is reproduced here as a pure
 function (`flux_sigmas`), identical to FluxPipeline + FlowMatchEulerDiscreteScheduler with dynamic shifting.
@@ -27,6 +34,7 @@ function (`flux_sigmas`), identical to FluxPipeline + FlowMatchEulerDiscreteSche
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
@@ -92,6 +100,56 @@ def reduce_per_sample(values: torch.Tensor, reduction: Reduction) -> torch.Tenso
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
+@dataclass(frozen=True)
+class CoarseNoise:
+    """Noise constant over cells of `cell` x `cell` latent positions (module docstring), for packed latents
+    [B, rows * columns, channels * 4]: Flux's and Qwen-Image's layout, each token a 2 x 2 patch of a
+    [B, channels, 2 rows, 2 columns] latent image (`policy.latent_grid` gives rows, columns)."""
+
+    rows: int
+    columns: int
+    cell: int
+
+    def __post_init__(self) -> None:
+        if self.cell < 1 or (2 * self.rows) % self.cell or (2 * self.columns) % self.cell:
+            raise ValueError(
+                f"noise cell {self.cell} must be positive and divide the latent grid "
+                f"{2 * self.rows} x {2 * self.columns}"
+            )
+
+    def _image(self, packed: torch.Tensor) -> torch.Tensor:
+        """[B, rows * columns, C * 4] -> [B, C, 2 rows, 2 columns]"""
+        batch, tokens, channels = packed.shape
+        if tokens != self.rows * self.columns or channels % 4:
+            raise ValueError(f"latents {list(packed.shape)} do not match a {self.rows} x {self.columns} packed grid")
+        image = packed.view(batch, self.rows, self.columns, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return image.reshape(batch, channels // 4, 2 * self.rows, 2 * self.columns)
+
+    def _packed(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, C, 2 rows, 2 columns] -> [B, rows * columns, C * 4]"""
+        batch, channels = image.shape[:2]
+        packed = image.view(batch, channels, self.rows, 2, self.columns, 2).permute(0, 2, 4, 1, 3, 5)
+        return packed.reshape(batch, self.rows * self.columns, channels * 4)
+
+    def dimensions(self, like: torch.Tensor) -> int:
+        """k, the explored dimensions for latents shaped like `like` [B, tokens, channels]."""
+        return like.shape[2] // 4 * (2 * self.rows // self.cell) * (2 * self.columns // self.cell)
+
+    def lift(self, z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """P z: [B, k] -> packed latents shaped like `like`, each cell's value repeated and divided by `cell`."""
+        channels, height, width = like.shape[2] // 4, 2 * self.rows // self.cell, 2 * self.columns // self.cell
+        coarse = z.view(z.shape[0], channels, height, width)
+        fine = coarse.repeat_interleave(self.cell, dim=2).repeat_interleave(self.cell, dim=3) / self.cell
+        return self._packed(fine)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """P^T x: packed latents [B, tokens, channels] -> [B, k], each cell's sum divided by `cell`."""
+        image = self._image(x)
+        batch, channels, height, width = image.shape
+        cells = image.reshape(batch, channels, height // self.cell, self.cell, width // self.cell, self.cell)
+        return cells.sum(dim=(3, 5)).reshape(batch, -1) / self.cell
+
+
 def sde_step_with_logprob(
     velocity: torch.Tensor,
     sample: torch.Tensor,
@@ -101,6 +159,7 @@ def sde_step_with_logprob(
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     reduction: Reduction = "mean",
+    noise: CoarseNoise | None = None,
 ) -> SDEStep:
     """One Flow-GRPO SDE step from `sample` at `sigma` to `sigma_next` (formulas in the module docstring).
 
@@ -109,7 +168,7 @@ def sde_step_with_logprob(
     log-prob of that given x_next is computed instead (training recomputes the rollout's log-probs this way).
     Maths in float32; x_next is cast to the sample's dtype first and its log-prob is that of the cast value, so a
     recomputation with the same velocity gives exactly the same log-prob. noise_level = 0 gives the Euler step; the
-    log-prob is then undefined (NaN).
+    log-prob is then undefined (NaN). `noise`: coarse exploration noise (module docstring); None: eps ~ N(0, I).
     """
     sigma = _per_sample(sigma, sample)
     sigma_next = _per_sample(sigma_next, sample)
@@ -120,9 +179,19 @@ def sde_step_with_logprob(
     std_t = noise_level * torch.sqrt(sigma / (1 - s))
     mean = sample32 * (1 + std_t**2 / (2 * sigma) * dt) + velocity32 * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
     step_std = std_t * torch.sqrt(-dt)
+    if noise is not None:
+        if sample.ndim != 3:
+            raise ValueError(f"coarse noise needs packed latents [B, tokens, channels], got {list(sample.shape)}")
+        if prev_sample is None:
+            z = torch.randn((sample.shape[0], noise.dimensions(sample)), generator=generator, device=sample.device)
+            prev_sample = (mean + step_std * noise.lift(z, sample)).to(sample.dtype)
+        per_sample_std = step_std.view(-1, 1)  # [B, 1]
+        z = noise.project(prev_sample.detach().float() - mean) / per_sample_std  # [B, k]
+        log_density = -(z**2) / 2 - torch.log(per_sample_std) - 0.5 * math.log(2 * math.pi)
+        return SDEStep(prev_sample, reduce_per_sample(log_density, reduction), mean, std_t, step_std)
     if prev_sample is None:
-        noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-        prev_sample = (mean + step_std * noise).to(sample.dtype)
+        eps = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
+        prev_sample = (mean + step_std * eps).to(sample.dtype)
     # Gaussian log-density of x_next; x_next is data here, never differentiated through.
     log_density = (
         -((prev_sample.detach().float() - mean) ** 2) / (2 * step_std**2)

@@ -67,8 +67,9 @@ def trainer(tmp_path, steps: int, **overrides) -> Trainer:
     )
 
 
-def test_steps_change_only_lora_weights_and_the_first_update_is_on_policy(small_dataset, tmp_path):
-    module = make_module()
+@pytest.mark.parametrize("noise_cell", [None, 4])
+def test_steps_change_only_lora_weights_and_the_first_update_is_on_policy(small_dataset, tmp_path, noise_cell):
+    module = make_module(noise_cell=noise_cell)  # 4: coarse SDE noise, cells of 4 x 4 of the 16 x 16 latent
     before = {name: p.detach().clone() for name, p in module.transformer.named_parameters()}
     lora = set(trainable_parameters(module.transformer))
     assert lora and all("lora" in name for name in lora)

@@ -34,6 +34,7 @@ parser.add_argument("--data", default="data/spatialworld-rl")
 parser.add_argument("--prompts", type=int, default=16)
 parser.add_argument("--temperature", type=float, default=0.05)
 parser.add_argument("--keep", type=int, default=6, help="keep_per_side (12 of 24: every sample)")
+parser.add_argument("--noise-level", type=float, default=0.8)
 parser.add_argument("--noise-cell", type=int, default=None, help="coarse SDE noise (GRPOModule noise_cell)")
 parser.add_argument("--out", default=None)
 arguments = parser.parse_args()
@@ -43,8 +44,8 @@ torch.manual_seed(0)
 binary, graded = SpatialWorldOracle(), SpatialWorldOracle(graded=True, temperature=arguments.temperature)
 policy = PolicySpec(pipeline=arguments.pipeline, strict_prompt_length=True).build()
 module = GRPOModule(
-    policy, binary, torch.optim.AdamW, resolution=32, num_steps=6, noise_level=0.8, sde_steps=[0], cfg_scale=3.0,
-    shared_noise=True, beta=0.0, group_size=24, keep_per_side=6, noise_cell=arguments.noise_cell,
+    policy, binary, torch.optim.AdamW, resolution=32, num_steps=6, noise_level=arguments.noise_level, sde_steps=[0],
+    cfg_scale=3.0, shared_noise=True, beta=0.0, group_size=24, keep_per_side=6, noise_cell=arguments.noise_cell,
 )  # fmt: skip
 parameters = list(trainable_parameters(module.transformer).values())
 records = load_prompts(arguments.data, "train")[: arguments.prompts]
@@ -73,8 +74,8 @@ for index, record in enumerate(records):
         generator = torch.Generator().manual_seed(1000 * index + rollout)
         with torch.no_grad():
             trajectory = sample_trajectories(
-                policy, batch.prompts, 24, height=32, width=32, num_steps=6, noise_level=0.8, sde_steps=[0],
-                cfg_scale=3.0, shared_noise=True, generator=generator, noise=module.noise,
+                policy, batch.prompts, 24, height=32, width=32, num_steps=6, noise_level=arguments.noise_level,
+                sde_steps=[0], cfg_scale=3.0, shared_noise=True, generator=generator, noise=module.noise,
             )  # fmt: skip
             images = list(policy.decode(trajectory.latents[:, -1], 32, 32).cpu())
         metadata = [record.metadata] * len(images)

@@ -535,11 +535,8 @@ class PairwiseDataModule(LightningDataModule):
         if split not in self.records:
             raise RuntimeError(f"split {split!r} is not set up: call setup() with a stage that needs it first")
         degradation = self.degradation if split in self.degrade_splits else None
-        if split != "train" or self.omission is None or not self.omission.active:
-            return PairwiseDataset(self.records[split], self.orientation, degradation)
-        return PairwiseDataset(
-            self.records[split], self.orientation, degradation, self.omission, render_settings(self.meta)
-        )
+        omission = self.omission if split == "train" else None
+        return PairwiseDataset(self.records[split], self.orientation, degradation, omission, render_settings(self.meta))
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None

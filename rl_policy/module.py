@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import FSDPStrategy
 
 from rl_policy.data import PromptBatch, PromptDataModule
 from rl_policy.grpo import FilterOrder, KLForm, StdScope, filtered_advantages, grpo_clip_loss, kl_to_reference
@@ -172,7 +173,7 @@ class GRPOModule(LightningModule):
         """Lightning placed the transformer; the frozen pipeline parts (text encoders, autoencoder) follow it."""
         if self.device.type == "cuda":
             torch.backends.cuda.enable_cudnn_sdp(self.hparams.cudnn_attention)
-        if self.ema is not None and "fsdp" in type(self.trainer.strategy).__name__.lower():
+        if self.ema is not None and isinstance(self.trainer.strategy, FSDPStrategy):
             raise ValueError("ema_decay is not supported with FSDP (each rank holds a shard of each LoRA weight)")
         for name, component in self.policy.pipeline.components.items():
             if isinstance(component, torch.nn.Module) and name != "transformer":

@@ -179,25 +179,26 @@ def sde_step_with_logprob(
     std_t = noise_level * torch.sqrt(sigma / (1 - s))
     mean = sample32 * (1 + std_t**2 / (2 * sigma) * dt) + velocity32 * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
     step_std = std_t * torch.sqrt(-dt)
-    if noise is not None:
-        if sample.ndim != 3:
-            raise ValueError(f"coarse noise needs packed latents [B, tokens, channels], got {list(sample.shape)}")
-        if prev_sample is None:
+    if noise is not None and sample.ndim != 3:
+        raise ValueError(f"coarse noise needs packed latents [B, tokens, channels], got {list(sample.shape)}")
+    if prev_sample is None:
+        if noise is None:
+            eps = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
+        else:  # eps = P z on the coarse subspace
             z = torch.randn((sample.shape[0], noise.dimensions(sample)), generator=generator, device=sample.device)
-            prev_sample = (mean + step_std * noise.lift(z, sample)).to(sample.dtype)
+            eps = noise.lift(z, sample)
+        prev_sample = (mean + step_std * eps).to(sample.dtype)
+    # Gaussian log-density of x_next; x_next is data here, never differentiated through.
+    if noise is None:
+        log_density = (
+            -((prev_sample.detach().float() - mean) ** 2) / (2 * step_std**2)
+            - torch.log(step_std)
+            - 0.5 * math.log(2 * math.pi)
+        )
+    else:  # the density of z' = P^T (x_next - mean) / std on the subspace
         per_sample_std = step_std.view(-1, 1)  # [B, 1]
         z = noise.project(prev_sample.detach().float() - mean) / per_sample_std  # [B, k]
         log_density = -(z**2) / 2 - torch.log(per_sample_std) - 0.5 * math.log(2 * math.pi)
-        return SDEStep(prev_sample, reduce_per_sample(log_density, reduction), mean, std_t, step_std)
-    if prev_sample is None:
-        eps = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-        prev_sample = (mean + step_std * eps).to(sample.dtype)
-    # Gaussian log-density of x_next; x_next is data here, never differentiated through.
-    log_density = (
-        -((prev_sample.detach().float() - mean) ** 2) / (2 * step_std**2)
-        - torch.log(step_std)
-        - 0.5 * math.log(2 * math.pi)
-    )
     return SDEStep(prev_sample, reduce_per_sample(log_density, reduction), mean, std_t, step_std)
 
 

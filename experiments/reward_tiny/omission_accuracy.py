@@ -13,6 +13,7 @@ from collections import defaultdict
 import torch
 from tqdm import tqdm
 
+from data_synthesis.scene import Scene
 from reward_model import Omission, PairwiseDataModule, PairwiseDataset, SpatialScorer
 from reward_model.data import render_settings
 
@@ -32,7 +33,7 @@ records = datamodule.records["test"]
 fraction = args.pairs / (2 * len(records))
 dataset = PairwiseDataset(records, "both", None, Omission(fraction=fraction, seed=1), render_settings(datamodule.meta))
 examples = [dataset[dataset.num_pairs + i] for i in range(dataset.num_omission)]
-objects = {r.pair_id: r.perfect_scene.count('"colour"') for r in records}
+objects = {r.pair_id: len(Scene.from_json(r.perfect_scene).objects) for r in records}
 
 results = {}
 for spec in args.critic:

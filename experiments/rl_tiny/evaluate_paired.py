@@ -13,7 +13,7 @@ import torch
 from data_synthesis import SpatialWorldOracle
 from rl_policy.data import load_prompts
 from rl_policy.module import GRPOModule
-from rl_policy.policy import reference_policy, trainable_parameters
+from rl_policy.policy import reference_policy
 from rl_policy.training import PolicySpec
 
 parser = argparse.ArgumentParser()
@@ -28,14 +28,21 @@ arguments = parser.parse_args()
 torch.set_num_threads(1)
 oracle = SpatialWorldOracle()
 policy = PolicySpec(pipeline=arguments.pipeline, strict_prompt_length=True).build()
-module = GRPOModule(policy, oracle, torch.optim.AdamW, oracle=oracle, resolution=32, eval_num_steps=20, cfg_scale=3.0)
 state = torch.load(f"{arguments.run}/checkpoints/{arguments.ckpt}", map_location="cpu", weights_only=False)
+ema_decay = state.get("hyper_parameters", {}).get("ema_decay")  # a run with one: evaluate its EMA, as its export does
+module = GRPOModule(
+    policy,
+    oracle,
+    torch.optim.AdamW,
+    oracle=oracle,
+    resolution=32,
+    eval_num_steps=20,
+    cfg_scale=3.0,
+    ema_decay=ema_decay,
+)
 result = module.load_state_dict(state["state_dict"], strict=False)
 assert not result.unexpected_keys and len(state["state_dict"]) > 0, result
-if "grpo_ema" in state:  # a run with ema_decay: evaluate its EMA weights, as its export does
-    with torch.no_grad():
-        for name, parameter in trainable_parameters(module.transformer).items():
-            parameter.copy_(state["grpo_ema"][name])
+module.on_load_checkpoint(state)  # the EMA (and counters), which `evaluate` samples with
 records = load_prompts(arguments.data, "test")[: arguments.prompts]
 prompts, metadata = [r.prompt for r in records], [r.metadata for r in records]
 started = time.perf_counter()
@@ -47,7 +54,7 @@ final = module.evaluate(prompts, metadata, seeds=arguments.seeds)
 report = {
     "run": arguments.run,
     "global_step": state["global_step"],
-    "weights": "ema" if "grpo_ema" in state else "current",
+    "weights": "current" if module.ema is None else "ema",
     "prompts": len(prompts),
     "seeds": arguments.seeds,
     "base": base,

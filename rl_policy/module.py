@@ -105,6 +105,9 @@ class GRPOModule(LightningModule):
     noise_cell: None (Flow-GRPO's full-resolution SDE noise) or the side, in latent positions, of the cells of the
         coarse exploration noise (`sde.CoarseNoise`; the tiny generator: 4 = 8 x 8 pixels, 192 explored dimensions
         instead of 3,072). The KL term still compares the full means.
+    antithetic: mirrored SDE noise, samples 2j and 2j + 1 of each group draw eps and -eps (`sde`; group_size
+        even). With shared_noise and one SDE step the pair shares its state, and the reward's even part cancels
+        from the group's gradient.
     ema_decay: None (no average) or the decay of the LoRA weights' EMA used for evaluation and export (module
         docstring); not with sharded strategies (FSDP), where each rank holds part of each weight.
     cudnn_attention: on CUDA, allow cuDNN's fused attention in scaled_dot_product_attention. Off by default: its
@@ -145,12 +148,15 @@ class GRPOModule(LightningModule):
         noise_cell: int | None = None,
         ema_decay: float | None = None,
         cudnn_attention: bool = False,
+        antithetic: bool = False,
     ) -> None:
         super().__init__()
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise ValueError(f"ema_decay must lie in (0, 1) or be None, got {ema_decay}")
         if keep_per_side is not None and 2 * keep_per_side > group_size:
             raise ValueError(f"keep_per_side ({keep_per_side}) per side exceeds half the group ({group_size})")
+        if antithetic and group_size % 2:
+            raise ValueError(f"antithetic noise pairs the samples of a group: group_size ({group_size}) must be even")
         if updates_per_rollout < 1 or micro_batch_size < 1:
             raise ValueError("updates_per_rollout and micro_batch_size must be positive")
         self.save_hyperparameters(ignore=["policy", "reward", "optimizer", "eval_reward", "oracle"])
@@ -201,6 +207,7 @@ class GRPOModule(LightningModule):
             shared_noise=hp.shared_noise,
             generator=self._generator("rollout", self.global_step, self.global_rank),
             noise=self.noise,
+            antithetic=hp.antithetic,
         )
         images = self.policy.decode(trajectory.latents[:, -1], hp.resolution, hp.resolution).cpu()  # [S, 3, H, W]
         index = trajectory.prompt_index.tolist()

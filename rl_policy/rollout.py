@@ -65,12 +65,16 @@ def sample_trajectories(
     shared_noise: bool = False,
     generator: torch.Generator | None = None,
     noise: CoarseNoise | None = None,
+    antithetic: bool = False,
 ) -> Trajectory:
     """G = group_size SDE samples of each prompt (see the module docstring). sde_steps: the stochastic step indices
     (default every step but the last); shared_noise: one initial noise per group (the samples then differ only by
-    the SDE noise); noise: coarse exploration noise of the SDE steps (`sde.CoarseNoise`; None: full resolution)."""
+    the SDE noise); noise: coarse exploration noise of the SDE steps (`sde.CoarseNoise`; None: full resolution);
+    antithetic: samples 2j and 2j + 1 of each group draw opposite SDE noise (`sde`, mirrored noise; G must be even)."""
     if group_size < 1 or num_steps < 1:
         raise ValueError(f"group_size and num_steps must be positive, got {group_size}, {num_steps}")
+    if antithetic and group_size % 2:
+        raise ValueError(f"mirrored noise pairs the samples of a group: group_size ({group_size}) must be even")
     stochastic = torch.zeros(num_steps, dtype=torch.bool)
     stochastic[list(range(num_steps - 1)) if sde_steps is None else list(sde_steps)] = True
     if not stochastic.any():
@@ -93,7 +97,14 @@ def sample_trajectories(
         )
         if stochastic[step]:
             result = sde_step_with_logprob(
-                velocity, latents, sigmas[step], sigmas[step + 1], noise_level, generator=generator, noise=noise
+                velocity,
+                latents,
+                sigmas[step],
+                sigmas[step + 1],
+                noise_level,
+                generator=generator,
+                noise=noise,
+                antithetic=antithetic,
             )
             latents, log_probs[:, step] = result.prev_sample, result.log_prob.float().cpu()
         else:

@@ -26,6 +26,12 @@ carry a layout. With a shared initial noise the gradient of one group is J^T sum
 estimate whose noise grows with the number of explored dimensions; high frequencies add that noise and no layout.
 The step is then Gaussian on the subspace, and its log-prob is that of z' = P^T (x_next - mean) / step_std (the
 rest of x_next - mean, zero at sampling, is left out), reduced over the k dimensions.
+
+Mirrored noise (`antithetic`, optional, not in Flow-GRPO; evolution strategies' mirrored sampling): rows 2j and
+2j + 1 of a batch get eps and -eps. Each row is still an exact draw of the step's Gaussian, so log-probs and ratios
+are unchanged; where the two rows share their state (one initial noise per group, the first SDE step), the group's
+gradient J^T sum_i A_i eps_i becomes J^T sum_j (A_2j - A_2j+1) eps_2j: the part of the reward that is even in eps
+(the group's mean, curvature) no longer adds noise to it.
 Simplified against Flow-GRPO's code: sigmas are passed in directly (per sample, so a batch may mix timesteps)
 instead of being looked up in a scheduler from timesteps; the Flux sigma schedule is reproduced here as a pure
 function (`flux_sigmas`), identical to FluxPipeline + FlowMatchEulerDiscreteScheduler with dynamic shifting.
@@ -160,6 +166,7 @@ def sde_step_with_logprob(
     generator: torch.Generator | None = None,
     reduction: Reduction = "mean",
     noise: CoarseNoise | None = None,
+    antithetic: bool = False,
 ) -> SDEStep:
     """One Flow-GRPO SDE step from `sample` at `sigma` to `sigma_next` (formulas in the module docstring).
 
@@ -169,6 +176,7 @@ def sde_step_with_logprob(
     Maths in float32; x_next is cast to the sample's dtype first and its log-prob is that of the cast value, so a
     recomputation with the same velocity gives exactly the same log-prob. noise_level = 0 gives the Euler step; the
     log-prob is then undefined (NaN). `noise`: coarse exploration noise (module docstring); None: eps ~ N(0, I).
+    antithetic: rows 2j + 1 draw minus the noise of rows 2j (module docstring; B must be even).
     """
     sigma = _per_sample(sigma, sample)
     sigma_next = _per_sample(sigma_next, sample)
@@ -181,12 +189,18 @@ def sde_step_with_logprob(
     step_std = std_t * torch.sqrt(-dt)
     if noise is not None and sample.ndim != 3:
         raise ValueError(f"coarse noise needs packed latents [B, tokens, channels], got {list(sample.shape)}")
+    if antithetic and sample.shape[0] % 2:
+        raise ValueError(f"mirrored noise pairs rows 2j and 2j + 1: the batch ({sample.shape[0]}) must be even")
     if prev_sample is None:
+        rows = sample.shape[0] // 2 if antithetic else sample.shape[0]
         if noise is None:
-            eps = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-        else:  # eps = P z on the coarse subspace
-            z = torch.randn((sample.shape[0], noise.dimensions(sample)), generator=generator, device=sample.device)
-            eps = noise.lift(z, sample)
+            eps = torch.randn((rows, *sample.shape[1:]), generator=generator, device=sample.device, dtype=torch.float32)
+        else:  # z on the coarse subspace, eps = P z
+            eps = torch.randn((rows, noise.dimensions(sample)), generator=generator, device=sample.device)
+        if antithetic:
+            eps = torch.stack([eps, -eps], dim=1).flatten(0, 1)
+        if noise is not None:
+            eps = noise.lift(eps, sample)
         prev_sample = (mean + step_std * eps).to(sample.dtype)
     # Gaussian log-density of x_next; x_next is data here, never differentiated through.
     if noise is None:

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from data_synthesis import SpatialWorldOracle
-from rl_policy.data import PromptDataModule
+from rl_policy.data import PromptBatch, PromptDataModule
 from rl_policy.module import GRPOModule, WeightedReward
 from rl_policy.policy import build_policy, build_tiny_flux_pipeline, trainable_parameters
 
@@ -67,9 +67,12 @@ def trainer(tmp_path, steps: int, **overrides) -> Trainer:
     )
 
 
-@pytest.mark.parametrize("noise_cell", [None, 4])
-def test_steps_change_only_lora_weights_and_the_first_update_is_on_policy(small_dataset, tmp_path, noise_cell):
-    module = make_module(noise_cell=noise_cell)  # 4: coarse SDE noise, cells of 4 x 4 of the 16 x 16 latent
+@pytest.mark.parametrize("noise_cell, antithetic", [(None, False), (4, False), (None, True)])
+def test_steps_change_only_lora_weights_and_the_first_update_is_on_policy(
+    small_dataset, tmp_path, noise_cell, antithetic
+):
+    # 4: coarse SDE noise, cells of 4 x 4 of the 16 x 16 latent; antithetic: mirrored SDE noise
+    module = make_module(noise_cell=noise_cell, antithetic=antithetic)
     before = {name: p.detach().clone() for name, p in module.transformer.named_parameters()}
     lora = set(trainable_parameters(module.transformer))
     assert lora and all("lora" in name for name in lora)
@@ -84,6 +87,20 @@ def test_steps_change_only_lora_weights_and_the_first_update_is_on_policy(small_
     assert "train/critic_oracle_agreement" in metrics  # NaN here: the oracle finds nothing in untrained samples
     results = module.evaluate(["a red circle is left of a blue square."], None)
     assert set(results) == {"reward", "num_eval_samples"}
+
+
+def test_antithetic_rollout_mirrors_each_pair_about_the_groups_shared_mean():
+    """One initial noise per group, SDE on step 0 only: samples 2j and 2j + 1 leave the same state with opposite
+    noise, so their sum after step 0 is the same for every pair of the group (twice the step's mean)."""
+    module = make_module(antithetic=True, shared_noise=True, sde_steps=[0], group_size=6)
+    batch = PromptBatch(["a", "b"], ["a red circle is left of a blue square.", "a green square."], None)
+    trajectory, _, _ = module.rollout(batch)
+    after = trajectory.latents[:, 1].view(2, 3, 2, -1)  # [prompt, pair, member, N * C]
+    sums = after.sum(dim=2)  # [prompt, pair]
+    torch.testing.assert_close(sums, sums[:, :1].expand_as(sums))
+    assert not torch.allclose(after[:, 0, 0], after[:, 1, 0])  # different pairs, different noise
+    with pytest.raises(ValueError, match="must be even"):
+        make_module(antithetic=True, group_size=5)
 
 
 def test_grpo_raises_the_reward(small_dataset, tmp_path):

@@ -166,3 +166,23 @@ def test_sde_step_with_coarse_noise_draws_in_the_subspace_and_its_log_prob_is_th
         velocity + 0.1, sample, sigma, sigma_next, 0.7, prev_sample=drawn.prev_sample, noise=noise
     )
     assert not torch.equal(moved.log_prob, drawn.log_prob)  # the policy's mean still moves the log-prob
+
+
+@pytest.mark.parametrize("coarse", [False, True])
+def test_antithetic_noise_mirrors_row_pairs_and_keeps_the_step_density(coarse):
+    noise = CoarseNoise(rows=4, columns=4, cell=2) if coarse else None
+    generator = torch.Generator().manual_seed(6)
+    sample, velocity = torch.randn(2, 1, 16, 12, generator=generator)
+    sample, velocity = sample.expand(4, 16, 12), velocity.expand(4, 16, 12)  # one state, four draws
+    drawn = sde_step_with_logprob(
+        velocity, sample, 1.0, 0.8, 0.7, generator=generator, noise=noise, antithetic=True
+    )  # fmt: skip
+    residual = drawn.prev_sample - drawn.mean
+    torch.testing.assert_close(residual[1::2], -residual[0::2])  # rows 2j + 1 = minus rows 2j
+    assert not torch.allclose(residual[0], residual[2])  # the pairs draw independently
+    # each row is an ordinary draw of the step: the same log-prob as the plain density of the same x_next
+    plain = sde_step_with_logprob(velocity, sample, 1.0, 0.8, 0.7, prev_sample=drawn.prev_sample, noise=noise)
+    assert torch.equal(plain.log_prob, drawn.log_prob)
+    torch.testing.assert_close(drawn.log_prob[0::2], drawn.log_prob[1::2])
+    with pytest.raises(ValueError, match="must be even"):
+        sde_step_with_logprob(velocity[:3], sample[:3], 1.0, 0.8, 0.7, antithetic=True)

@@ -23,6 +23,7 @@ parser.add_argument("--data", default="data/spatialworld-rl")
 parser.add_argument("--prompts", type=int, default=200)
 parser.add_argument("--seeds", type=int, default=2)
 parser.add_argument("--ckpt", default="last.ckpt", help="file name under <run>/checkpoints")
+parser.add_argument("--steps", type=int, default=20, help="ODE steps of the evaluation sampler (configs: 20)")
 parser.add_argument("--skip-base", action="store_true", help="the base half is the same for every run")
 arguments = parser.parse_args()
 torch.set_num_threads(1)
@@ -36,7 +37,7 @@ module = GRPOModule(
     torch.optim.AdamW,
     oracle=oracle,
     resolution=32,
-    eval_num_steps=20,
+    eval_num_steps=arguments.steps,
     cfg_scale=3.0,
     ema_decay=ema_decay,
 )
@@ -57,6 +58,7 @@ report = {
     "weights": "current" if module.ema is None else "ema",
     "prompts": len(prompts),
     "seeds": arguments.seeds,
+    "steps": arguments.steps,
     "base": base,
     "final": final,
     "seconds": time.perf_counter() - started,

@@ -36,6 +36,7 @@ parser.add_argument("--temperature", type=float, default=0.05)
 parser.add_argument("--keep", type=int, default=6, help="keep_per_side (12 of 24: every sample)")
 parser.add_argument("--noise-level", type=float, default=0.8)
 parser.add_argument("--noise-cell", type=int, default=None, help="coarse SDE noise (GRPOModule noise_cell)")
+parser.add_argument("--antithetic", action="store_true", help="mirrored SDE noise (GRPOModule antithetic)")
 parser.add_argument("--out", default=None)
 arguments = parser.parse_args()
 torch.set_num_threads(1)
@@ -76,6 +77,7 @@ for index, record in enumerate(records):
             trajectory = sample_trajectories(
                 policy, batch.prompts, 24, height=32, width=32, num_steps=6, noise_level=arguments.noise_level,
                 sde_steps=[0], cfg_scale=3.0, shared_noise=True, generator=generator, noise=module.noise,
+                antithetic=arguments.antithetic,
             )  # fmt: skip
             images = list(policy.decode(trajectory.latents[:, -1], 32, 32).cpu())
         metadata = [record.metadata] * len(images)
@@ -102,6 +104,9 @@ report = {
     "keep_per_side": arguments.keep,
     "group_size": 24,
     "rollouts_per_prompt": 2,
+    "noise_level": arguments.noise_level,
+    "noise_cell": arguments.noise_cell,
+    "antithetic": arguments.antithetic,
 }
 for name, (first, second) in gradients.items():
     per_prompt = [cosine(a, b) for a, b in zip(first, second, strict=True)]

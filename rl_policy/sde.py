@@ -32,6 +32,7 @@ Mirrored noise (`antithetic`, optional, not in Flow-GRPO; evolution strategies' 
 are unchanged; where the two rows share their state (one initial noise per group, the first SDE step), the group's
 gradient J^T sum_i A_i eps_i becomes J^T sum_j (A_2j - A_2j+1) eps_2j: the part of the reward that is even in eps
 (the group's mean, curvature) no longer adds noise to it.
+
 Simplified against Flow-GRPO's code: sigmas are passed in directly (per sample, so a batch may mix timesteps)
 instead of being looked up in a scheduler from timesteps; the Flux sigma schedule is reproduced here as a pure
 function (`flux_sigmas`), identical to FluxPipeline + FlowMatchEulerDiscreteScheduler with dynamic shifting.
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
+from diffusers import FluxPipeline
 
 Reduction = Literal["mean", "sum"]
 
@@ -110,7 +112,8 @@ def reduce_per_sample(values: torch.Tensor, reduction: Reduction) -> torch.Tenso
 class CoarseNoise:
     """Noise constant over cells of `cell` x `cell` latent positions (module docstring), for packed latents
     [B, rows * columns, channels * 4]: Flux's and Qwen-Image's layout, each token a 2 x 2 patch of a
-    [B, channels, 2 rows, 2 columns] latent image (`policy.latent_grid` gives rows, columns)."""
+    [B, channels, 2 rows, 2 columns] latent image (`policy.latent_grid` gives rows, columns), packed and unpacked
+    with FluxPipeline's own helpers, as `policy` does."""
 
     rows: int
     columns: int
@@ -125,17 +128,13 @@ class CoarseNoise:
 
     def _image(self, packed: torch.Tensor) -> torch.Tensor:
         """[B, rows * columns, C * 4] -> [B, C, 2 rows, 2 columns]"""
-        batch, tokens, channels = packed.shape
-        if tokens != self.rows * self.columns or channels % 4:
+        if packed.shape[1] != self.rows * self.columns or packed.shape[2] % 4:
             raise ValueError(f"latents {list(packed.shape)} do not match a {self.rows} x {self.columns} packed grid")
-        image = packed.view(batch, self.rows, self.columns, channels // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-        return image.reshape(batch, channels // 4, 2 * self.rows, 2 * self.columns)
+        return FluxPipeline._unpack_latents(packed, 2 * self.rows, 2 * self.columns, vae_scale_factor=1)
 
     def _packed(self, image: torch.Tensor) -> torch.Tensor:
         """[B, C, 2 rows, 2 columns] -> [B, rows * columns, C * 4]"""
-        batch, channels = image.shape[:2]
-        packed = image.view(batch, channels, self.rows, 2, self.columns, 2).permute(0, 2, 4, 1, 3, 5)
-        return packed.reshape(batch, self.rows * self.columns, channels * 4)
+        return FluxPipeline._pack_latents(image, image.shape[0], image.shape[1], 2 * self.rows, 2 * self.columns)
 
     def dimensions(self, like: torch.Tensor) -> int:
         """k, the explored dimensions for latents shaped like `like` [B, tokens, channels]."""

@@ -174,9 +174,7 @@ def test_antithetic_noise_mirrors_row_pairs_and_keeps_the_step_density(coarse):
     generator = torch.Generator().manual_seed(6)
     sample, velocity = torch.randn(2, 1, 16, 12, generator=generator)
     sample, velocity = sample.expand(4, 16, 12), velocity.expand(4, 16, 12)  # one state, four draws
-    drawn = sde_step_with_logprob(
-        velocity, sample, 1.0, 0.8, 0.7, generator=generator, noise=noise, antithetic=True
-    )  # fmt: skip
+    drawn = sde_step_with_logprob(velocity, sample, 1.0, 0.8, 0.7, generator=generator, noise=noise, antithetic=True)
     residual = drawn.prev_sample - drawn.mean
     torch.testing.assert_close(residual[1::2], -residual[0::2])  # rows 2j + 1 = minus rows 2j
     assert not torch.allclose(residual[0], residual[2])  # the pairs draw independently

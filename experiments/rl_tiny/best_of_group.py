@@ -35,7 +35,7 @@ torch.set_num_threads(1)
 oracle = SpatialWorldOracle()
 policy = PolicySpec(pipeline=arguments.pipeline, strict_prompt_length=True).build()
 if arguments.run is not None:
-    state = torch.load(f"{arguments.run}/checkpoints/{arguments.ckpt}", map_location="cpu", weights_only=False)
+    state = torch.load(f"{arguments.run}/checkpoints/{arguments.ckpt}", map_location="cpu", weights_only=True)
     module = GRPOModule(policy, oracle, torch.optim.AdamW, resolution=32)
     result = module.load_state_dict(state["state_dict"], strict=False)
     assert not result.unexpected_keys and len(state["state_dict"]) > 0, result

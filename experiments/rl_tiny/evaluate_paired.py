@@ -38,7 +38,7 @@ prompts, metadata = [r.prompt for r in records], [r.metadata for r in records]
 started = time.perf_counter()
 module, base, results = None, None, []
 for name in arguments.ckpt:
-    state = torch.load(f"{arguments.run}/checkpoints/{name}", map_location="cpu", weights_only=False)
+    state = torch.load(f"{arguments.run}/checkpoints/{name}", map_location="cpu", weights_only=True)
     if module is None:
         # a run with an EMA: evaluate the EMA, as its export does
         module = GRPOModule(

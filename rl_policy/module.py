@@ -15,18 +15,24 @@ Each optimisation step (Lightning manual optimisation), on the prompts of one `P
    KL to the reference (the same network with the adapter disabled; `kl_form` exact Gaussian or Flow-GRPO's), then
    grad-norm clipping and the step. The first chunk sees ratio = 1 exactly (on-policy); later ones are clipped.
    `global_step` counts rollouts: `max_steps` is the number of GRPO iterations.
+   With `objective="nft"` the same rollouts, rewards and kept samples train with DiffusionNFT's forward-process
+   loss instead (`rl_policy.nft`): each kept sample's final latents are re-noised `nft_draws` times (a sigma of the
+   sampler's schedule, fresh noise, both drawn from (seed, step, rank)), the rollout policy's guided velocity there
+   is computed once before the first update, and the (sample, draw) pairs go through the same chunks and
+   micro-batches; no log-probs, ratios or KL term (`beta` must be 0).
    With several processes each rank samples and filters the groups of its own prompts; the pair counts are
    all-reduced so that every rank runs the same optimizer steps and micro-batches (zero-weight passes where it has
    fewer pairs, even none) and the gradient is the mean over all ranks' pairs (`_update_plan`).
 
 Logged: `train/reward_mean`, `train/reward_std`, `train/kept_advantage_abs`, `train/zero_variance_groups`,
-`train/dropped_samples`, `train/clip_fraction`, `train/ratio_deviation_first` (|ratio - 1| on the first chunk,
-0 unless the recomputation drifts), `train/approx_kl`, `train/kl`, `train/loss`, `train/grad_norm`, and a grid of the
-first group's samples every `image_every_n_steps`. Held-out evaluation (`evaluate`, every `eval_every_n_steps` and at
-the end) samples the data module's evaluation prompts with the ODE sampler from fixed noise (paired seeds across
-runs) and reports the reward and, where prompts carry SpatialWorld metadata, the oracle's relation accuracy, the
-share of images with every object found and the relation accuracy among those, side by side, so reward hacking
-shows as the two diverging.
+`train/dropped_samples`, `train/clip_fraction`, `train/ratio_deviation_first` (|ratio - 1| on the first chunk, 0 unless
+the recomputation drifts), `train/approx_kl`, `train/kl` (NFT: `train/nft_drift` and `train/nft_drift_first`, the mean
+squared change of the velocity since the rollout, 0 on the first chunk), `train/loss`, `train/grad_norm`, and a grid of
+the first group's samples every `image_every_n_steps`. Held-out evaluation (`evaluate`, every `eval_every_n_steps` and
+at the end) samples the data module's evaluation prompts with the ODE sampler from fixed noise (paired seeds across
+runs) and reports the reward and, where prompts carry SpatialWorld metadata, the oracle's relation accuracy, the share
+of images with every object found and the relation accuracy among those, side by side, so reward hacking shows as the
+two diverging.
 
 With `ema_decay`, an exponential moving average of the LoRA weights (fp32, updated once per GRPO iteration n = 1, 2,
 ... with decay min(ema_decay, n / (n + 1)): the plain mean of all iterates so far until that reaches the window
@@ -40,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from lightning.pytorch import LightningModule
@@ -48,6 +54,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from rl_policy.data import PromptBatch, PromptDataModule
 from rl_policy.grpo import FilterOrder, KLForm, StdScope, filtered_advantages, grpo_clip_loss, kl_to_reference
+from rl_policy.nft import nft_loss, optimality_probability
 from rl_policy.policy import FluxPolicy, reference_policy, trainable_parameters
 from rl_policy.rollout import (
     Trajectory,
@@ -87,6 +94,8 @@ class WeightedReward:
         return total
 
 
+Objective = Literal["grpo", "nft"]
+NFTNoise = Literal["fresh", "trajectory"]
 OptimizerFactory = Callable[[Sequence[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -110,6 +119,12 @@ class GRPOModule(LightningModule):
         from the group's gradient.
     ema_decay: None (no average) or the decay of the LoRA weights' EMA used for evaluation and export (module
         docstring); not with sharded strategies (FSDP), where each rank holds part of each weight.
+    objective: "grpo" (the clipped log-prob ratio of the SDE transitions) or "nft" (DiffusionNFT's loss on the
+        re-noised final samples, `rl_policy.nft`), with nft_beta (the implicit policies' step, paper: 1) and
+        nft_draws (noised copies per kept sample and rollout), nft_steps (the schedule steps whose sigmas the copies
+        are drawn from; None: all) and nft_noise: "fresh" (DiffusionNFT: x0 re-noised with new noise) or
+        "trajectory" (the sample's own rollout state at each of nft_steps, whose implied noise
+        (x_sigma - (1 - sigma) x0) / sigma is the regression's; one copy per listed step, nft_draws unused).
     cudnn_attention: on CUDA, allow cuDNN's fused attention in scaled_dot_product_attention. Off by default: its
         backward failed on FLUX.1-dev (illegal memory access) on an H100 with torch 2.11+cu130, and flash attention,
         which PyTorch uses instead, ran the same training pass (bench/rl_gpu.py).
@@ -149,8 +164,23 @@ class GRPOModule(LightningModule):
         ema_decay: float | None = None,
         cudnn_attention: bool = False,
         antithetic: bool = False,
+        objective: Objective = "grpo",
+        nft_beta: float = 1.0,
+        nft_draws: int = 2,
+        nft_steps: Sequence[int] | None = None,
+        nft_noise: NFTNoise = "fresh",
     ) -> None:
         super().__init__()
+        if objective not in ("grpo", "nft"):
+            raise ValueError(f"objective must be 'grpo' or 'nft', got {objective!r}")
+        if objective == "nft" and (nft_beta <= 0 or nft_draws < 1):
+            raise ValueError(f"nft_beta must be positive and nft_draws at least 1, got {nft_beta}, {nft_draws}")
+        if nft_noise not in ("fresh", "trajectory"):
+            raise ValueError(f"nft_noise must be 'fresh' or 'trajectory', got {nft_noise!r}")
+        if nft_steps is not None and (not nft_steps or not all(0 <= step < num_steps for step in nft_steps)):
+            raise ValueError(f"nft_steps must list steps of the {num_steps}-step schedule, got {list(nft_steps)}")
+        if objective == "nft" and beta > 0:
+            raise ValueError("the NFT objective has no KL term to the reference: set model.beta to 0")
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise ValueError(f"ema_decay must lie in (0, 1) or be None, got {ema_decay}")
         if keep_per_side is not None and 2 * keep_per_side > group_size:
@@ -232,22 +262,9 @@ class GRPOModule(LightningModule):
         following = trajectory.latents[samples, steps + 1].to(device)
         sigma = trajectory.sigmas[steps].to(device)  # [n]
         sigma_next = trajectory.sigmas[steps + 1].to(device)
-        embeddings, negative = guidance_inputs(self.policy, batch.prompts, hp.cfg_scale)
-        rows = trajectory.prompt_index[samples]
-        embeddings = select_embeddings(embeddings, rows)
-        negative = None if negative is None else select_embeddings(negative, rows)
 
         def velocity() -> torch.Tensor:
-            return self.policy.velocity(
-                latents,
-                sigma,
-                embeddings,
-                hp.resolution,
-                hp.resolution,
-                guidance=hp.guidance,
-                negative=negative,
-                true_cfg_scale=hp.cfg_scale,
-            )
+            return self._guided_velocity(batch, trajectory, samples, latents, sigma)
 
         step = sde_step_with_logprob(
             velocity(), latents, sigma, sigma_next, hp.noise_level, prev_sample=following, noise=self.noise
@@ -272,6 +289,77 @@ class GRPOModule(LightningModule):
         }
         return loss, logged
 
+    def _guided_velocity(
+        self, batch: PromptBatch, trajectory: Trajectory, samples: torch.Tensor, latents: torch.Tensor, sigma
+    ) -> torch.Tensor:
+        """The sampler's velocity (guidance included) of samples [n] at latents [n, N, C] and sigma [n]."""
+        hp = self.hparams
+        embeddings, negative = guidance_inputs(self.policy, batch.prompts, hp.cfg_scale)
+        rows = trajectory.prompt_index[samples]
+        return self.policy.velocity(
+            latents,
+            sigma,
+            select_embeddings(embeddings, rows),
+            hp.resolution,
+            hp.resolution,
+            guidance=hp.guidance,
+            negative=None if negative is None else select_embeddings(negative, rows),
+            true_cfg_scale=hp.cfg_scale,
+        )
+
+    def _nft_draws(self) -> int:
+        hp = self.hparams
+        return len(hp.nft_steps or range(hp.num_steps)) if hp.nft_noise == "trajectory" else hp.nft_draws
+
+    @torch.no_grad()
+    def _nft_inputs(self, batch: PromptBatch, trajectory: Trajectory, pairs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """NFT's noised inputs for every (sample, draw) of the rollout, as sigma [S, D] and noise [S, D, N, C]: with
+        fresh noise, a sigma of one of `nft_steps` (uniformly) and new noise, drawn from (seed, step, rank) so a
+        resumed run repeats them; with the trajectory's, the rollout state at each of `nft_steps` and its implied
+        noise. And the rollout policy's velocity there (before any update) for the trained pairs [n, 2] (zeros
+        elsewhere)."""
+        hp = self.hparams
+        device = self.transformer.device
+        samples, draws = trajectory.num_samples, self._nft_draws()
+        steps = torch.tensor(hp.nft_steps or range(len(trajectory.sigmas) - 1), device=device)
+        clean = trajectory.latents[:, -1:].to(device)  # [S, 1, N, C]
+        if hp.nft_noise == "trajectory":  # copy d of every sample: its rollout state at steps[d]
+            step = steps.expand(samples, draws)  # [S, D]
+            sigma = trajectory.sigmas.to(device)[step]
+            states = trajectory.latents[:, steps.cpu()].to(device)  # [S, D, N, C]
+            noise = (states - (1 - sigma)[..., None, None] * clean) / sigma[..., None, None]
+        else:
+            generator = self._generator("nft", self.global_step, self.global_rank)
+            pick = torch.randint(len(steps), (samples, draws), generator=generator, device=device)
+            sigma = trajectory.sigmas.to(device)[steps[pick]]  # [S, D]
+            shape = (samples, draws, *trajectory.latents.shape[2:])
+            noise = torch.randn(shape, generator=generator, device=device, dtype=trajectory.latents.dtype)
+        old = torch.zeros_like(noise)
+        for micro in pairs.split(hp.micro_batch_size):
+            s, d = micro[:, 0].to(device), micro[:, 1].to(device)
+            x0 = trajectory.latents[micro[:, 0], -1].to(device)
+            noised = (1 - sigma[s, d])[:, None, None] * x0 + sigma[s, d][:, None, None] * noise[s, d]
+            old[s, d] = self._guided_velocity(batch, trajectory, micro[:, 0], noised, sigma[s, d])
+        return {"sigma": sigma, "noise": noise, "old_velocity": old}
+
+    def _nft_terms(
+        self, batch: PromptBatch, trajectory: Trajectory, samples, draws, advantages, inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """NFT loss (`rl_policy.nft`) of one micro-batch of (sample, draw) pairs [n] with gradients; its logged
+        terms. Scaled by advantage_clip: at the rollout's weights the gradient is the clipped advantage times the
+        (adaptively weighted) flow-matching gradient of the guided velocity."""
+        hp = self.hparams
+        device = self.transformer.device
+        s, d = samples.to(device), draws.to(device)
+        x0 = trajectory.latents[samples, -1].to(device)  # [n, N, C]
+        sigma, noise = inputs["sigma"][s, d], inputs["noise"][s, d]
+        noised = (1 - sigma)[:, None, None] * x0 + sigma[:, None, None] * noise
+        velocity = self._guided_velocity(batch, trajectory, samples, noised, sigma)
+        r = optimality_probability(advantages.to(device), hp.advantage_clip)
+        terms = nft_loss(velocity, inputs["old_velocity"][s, d], noise - x0, sigma, r, hp.nft_beta)
+        loss = hp.advantage_clip * terms.loss.mean()
+        return loss, {"loss": loss.detach(), "nft_drift": terms.drift.mean()}
+
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
         hp = self.hparams
         trajectory, images, rewards = self.rollout(batch)
@@ -284,13 +372,16 @@ class GRPOModule(LightningModule):
         if self.global_step == 0 and self.oracle is not None and batch.metadata and all(batch.metadata):
             self.log("train/critic_oracle_agreement", self._agreement(batch, trajectory, images, rewards))
 
-        # every (kept sample, SDE step) pair, in an order drawn from (seed, step) so a resumed run repeats it
+        # GRPO: every (kept sample, SDE step) pair; NFT: every (kept sample, noise draw) pair; in an order drawn from
+        # (seed, step) so a resumed run repeats it
         sample_ids = trains.nonzero().flatten()
         step_ids = trajectory.stochastic.nonzero().flatten()
-        pairs = torch.cartesian_prod(sample_ids, step_ids).reshape(-1, 2)  # [n, 2]
+        second = torch.arange(self._nft_draws()) if hp.objective == "nft" else step_ids
+        pairs = torch.cartesian_prod(sample_ids, second).reshape(-1, 2)  # [n, 2]
         generator = torch.Generator().manual_seed(stable_seed("grpo-order", hp.seed, self.global_step) % (2**63))
         pairs = pairs[torch.randperm(len(pairs), generator=generator)]
         advantages = result.advantages.flatten()  # [S]
+        nft = self._nft_inputs(batch, trajectory, pairs) if hp.objective == "nft" else None
 
         optimizer = self.optimizers()
         logged: dict[str, list[torch.Tensor]] = {}
@@ -300,14 +391,18 @@ class GRPOModule(LightningModule):
             optimizer.zero_grad(set_to_none=True)
             for micro in micro_batches:
                 filler = len(micro) == 0  # this rank has fewer pairs than another: a zero-weight pass keeps step
-                if filler:  # any (sample, step) will do; sample 0 at the first SDE step when this rank has none
-                    micro = pairs[:1] if len(pairs) else torch.stack([step_ids[0] * 0, step_ids[0]])[None]
+                if filler:  # any pair will do; sample 0 at the first SDE step (NFT: draw 0) when this rank has none
+                    micro = pairs[:1] if len(pairs) else torch.stack([step_ids[0] * 0, second[0]])[None]
                 samples, steps = micro[:, 0], micro[:, 1]
-                loss, terms = self._step_terms(batch, trajectory, samples, steps, advantages[samples])
+                if nft is None:
+                    loss, terms = self._step_terms(batch, trajectory, samples, steps, advantages[samples])
+                else:
+                    loss, terms = self._nft_terms(batch, trajectory, samples, steps, advantages[samples], nft)
                 weight = 0.0 if filler else self.trainer.world_size * len(micro) / chunk_total
                 self.manual_backward(loss * weight)  # DDP averages over ranks: the mean over every rank's pairs
                 for name, value in [] if filler else terms.items():
-                    key = "ratio_deviation_first" if name == "ratio_deviation" and chunk_index == 0 else name
+                    first = name in ("ratio_deviation", "nft_drift") and chunk_index == 0
+                    key = f"{name}_first" if first else name
                     logged.setdefault(key, []).append(value.float())
             grad_norms.append(self._clip_and_step(optimizer, counted=chunk_index == 0))
         skip = not plan

@@ -10,6 +10,8 @@ CLIP pooled: 768; the text encoders themselves are not loaded, they run once per
 - the training pass on the kept samples (2k = 12 of 24, every SDE step but the last): LoRA forward + backward of the
   recomputed log-probs, the reference forward (adapter off) for the KL, in micro-batches of `--train-batch`, then
   the AdamW step;
+  with `--objective nft` instead, DiffusionNFT's pass (rl_policy.nft): each kept sample re-noised `--nft-draws`
+  times, the rollout policy's velocity there (no grad) and the LoRA forward + backward of the NFT loss;
 - the critic (unless `--no-critic`): SpatialScore on Qwen2.5-VL-7B (bench/reward_gpu.py's builder) scoring the G
   images at the 7B config's pixel budget, resident during the whole run so that the peak memory includes it.
 
@@ -17,6 +19,7 @@ It prints one JSON object (seconds, images/s, peak GiB). Without CUDA it exits w
 tiny` runs the same path on the tiny embedded transformer (a quick check, CPU included).
 
     python bench/rl_gpu.py                       # a few minutes on one H100
+    python bench/rl_gpu.py --objective nft       # the NFT training pass instead of GRPO's
     python bench/rl_gpu.py --size tiny --no-critic --resolution 32 --group 4
 """
 
@@ -34,6 +37,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 
 from rl_policy.grpo import grpo_clip_loss, kl_to_reference
+from rl_policy.nft import nft_loss, optimality_probability
 from rl_policy.policy import FLUX_LORA_TARGETS, add_lora, reference_policy, trainable_parameters
 from rl_policy.sde import flux_shift_mu, flux_sigmas, sde_step_with_logprob
 
@@ -76,6 +80,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-tokens", type=int, default=512)
     parser.add_argument("--sample-batch", type=int, default=8, help="images per forward pass when sampling")
     parser.add_argument("--train-batch", type=int, default=2, help="(sample, step) pairs per training forward")
+    parser.add_argument("--objective", choices=("grpo", "nft"), default="grpo", help="the training pass measured")
+    parser.add_argument("--nft-draws", type=int, default=2, help="NFT: noised copies per kept sample")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--no-critic", action="store_true", help="skip the 7B SpatialScore")
     parser.add_argument(
@@ -85,7 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
-    if min(args.group, args.keep_per_side, args.steps, args.sample_batch, args.train_batch) < 1:
+    if min(args.group, args.keep_per_side, args.steps, args.sample_batch, args.train_batch, args.nft_draws) < 1:
         parser.error("sizes must be positive")
     if 2 * args.keep_per_side > args.group:
         parser.error(f"--keep-per-side {args.keep_per_side} exceeds half of --group {args.group}")
@@ -216,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     # --- training pass on the kept samples --------------------------------------------------------------------------
     kept = 2 * args.keep_per_side
-    pairs = [(sample, step) for sample in range(kept) for step in range(args.steps - 1)]
+    second = range(args.nft_draws) if args.objective == "nft" else range(args.steps - 1)
+    pairs = [(sample, step) for sample in range(kept) for step in second]
     optimizer = torch.optim.AdamW(list(trainable_parameters(transformer).values()), lr=3e-4)
     advantages = torch.linspace(-1, 1, kept, device=device)
     synchronize(device)
@@ -226,6 +233,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
         chunk = pairs[first : first + args.train_batch]
         samples = torch.tensor([s for s, _ in chunk], device=device)
         steps = torch.tensor([t for _, t in chunk], device=device)
+        if args.objective == "nft":  # re-noise the final latents; copy d at the sigma of step d mod (steps - 1)
+            clean, sigma = states[samples, -1], sigmas[steps % (args.steps - 1)]
+            noise = torch.randn(clean.shape, device=device, generator=generator, dtype=clean.dtype)
+            noised = ((1 - sigma)[:, None, None] * clean + sigma[:, None, None] * noise).to(torch.bfloat16)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                with torch.no_grad():
+                    old = velocity(noised, sigma)
+                terms = nft_loss(
+                    velocity(noised, sigma).float(),
+                    old.float(),
+                    (noise - clean).float(),
+                    sigma,
+                    optimality_probability(advantages[samples], 5.0),
+                )
+            (5.0 * terms.loss.mean() * len(chunk) / len(pairs)).backward()
+            continue
         latents, following = states[samples, steps], states[samples, steps + 1]
         sigma, sigma_next = sigmas[steps], sigmas[steps + 1]
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -255,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "sampling_seconds_per_group": round(sampling_seconds, 3),
         "sampling_images_per_second": round(args.group / sampling_seconds, 3),
         "training_seconds_kept_samples": round(training_seconds, 3),
+        "objective": args.objective,
         "trained_pairs": len(pairs),
         "critic_scoring_seconds_per_group": None if scoring_seconds is None else round(scoring_seconds, 3),
         "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,

@@ -32,12 +32,14 @@ def test_arguments_and_errors(bench, capsys):
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_tiny_path_on_cpu(bench):
+@pytest.mark.parametrize("objective, pairs", [("grpo", 2), ("nft", 6)])
+def test_tiny_path_on_cpu(bench, objective, pairs):
+    # GRPO: 2 kept samples x 1 SDE step; NFT: 2 kept samples x 3 noised copies
     result = bench.main(
         ["--size", "tiny", "--no-critic", "--device", "cpu", "--resolution", "32", "--group", "2"]
-        + ["--keep-per-side", "1", "--steps", "2", "--lora-rank", "4"]
+        + ["--keep-per-side", "1", "--steps", "2", "--lora-rank", "4", "--objective", objective, "--nft-draws", "3"]
     )
-    assert result["trained_pairs"] == 2 and result["lora_parameters"] > 0
+    assert result["trained_pairs"] == pairs and result["lora_parameters"] > 0 and result["objective"] == objective
     assert result["sampling_seconds_per_group"] > 0 and result["training_seconds_kept_samples"] > 0
 
 

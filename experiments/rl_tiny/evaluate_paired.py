@@ -29,17 +29,37 @@ parser.add_argument("--ckpt", nargs="+", default=["last.ckpt"], help="file names
 parser.add_argument("--steps", type=int, default=20, help="ODE steps of the evaluation sampler (configs: 20)")
 parser.add_argument("--skip-base", action="store_true", help="the base half is the same for every run")
 parser.add_argument("--out", default=None, help="also write the report here (JSON)")
+parser.add_argument("--base-only", action="store_true", help="evaluate only the pipeline itself (no run, no LoRA)")
 arguments = parser.parse_args()
 torch.set_num_threads(1)
 oracle = SpatialWorldOracle()
-policy = PolicySpec(pipeline=arguments.pipeline, strict_prompt_length=True).build()
 records = load_prompts(arguments.data, "test")[: arguments.prompts]
 prompts, metadata = [r.prompt for r in records], [r.metadata for r in records]
 started = time.perf_counter()
 module, base, results = None, None, []
-for name in arguments.ckpt:
+if arguments.base_only:  # e.g. a generator whose pretraining went on: its own samples, paired with any run's
+    policy = PolicySpec(pipeline=arguments.pipeline, strict_prompt_length=True).build()
+    module = GRPOModule(
+        policy, oracle, torch.optim.AdamW, oracle=oracle, resolution=32, eval_num_steps=arguments.steps, cfg_scale=3.0
+    )
+    with reference_policy(module.transformer):
+        base = module.evaluate(prompts, metadata, seeds=arguments.seeds)
+for name in [] if arguments.base_only else arguments.ckpt:
     state = torch.load(f"{arguments.run}/checkpoints/{name}", map_location="cpu", weights_only=True)
     if module is None:
+        # the run's LoRA layout (target layers and rank) read off its weights, e.g. a LoRA on every linear layer
+        suffix = ".lora_A.default.weight"
+        lora = {
+            k.removeprefix("transformer.")[: -len(suffix)]: v
+            for k, v in state["state_dict"].items()
+            if k.endswith(suffix)
+        }
+        policy = PolicySpec(
+            pipeline=arguments.pipeline,
+            strict_prompt_length=True,
+            lora_rank=next(iter(lora.values())).shape[0],
+            lora_targets=sorted(lora),
+        ).build()
         # a run with an EMA: evaluate the EMA, as its export does
         module = GRPOModule(
             policy,

@@ -103,8 +103,9 @@ def test_antithetic_rollout_mirrors_each_pair_about_the_groups_shared_mean():
         make_module(antithetic=True, group_size=5)
 
 
-def test_grpo_raises_the_reward(small_dataset, tmp_path):
-    module = make_module(lr=3e-2, updates_per_rollout=1, beta=0.0, keep_per_side=2)
+@pytest.mark.parametrize("objective", ["grpo", "nft"])
+def test_grpo_raises_the_reward(small_dataset, tmp_path, objective):
+    module = make_module(lr=3e-2, updates_per_rollout=1, beta=0.0, keep_per_side=2, objective=objective)
     datamodule = PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=4)
     datamodule.setup("fit")
     prompts = [record.prompt for record in datamodule.eval_records]
@@ -124,20 +125,23 @@ def test_equal_rewards_train_nothing_but_count_as_a_step(small_dataset, tmp_path
         assert torch.equal(parameter, before[name]), name
 
 
-@pytest.mark.parametrize("ema_decay", [None, 0.9])
-def test_resume_is_bit_exact(small_dataset, tmp_path, ema_decay):
-    straight = make_module(ema_decay=ema_decay)
+@pytest.mark.parametrize(
+    "ema_decay, settings", [(None, {}), (0.9, {}), (None, dict(objective="nft", beta=0.0, keep_per_side=2))]
+)
+def test_resume_is_bit_exact(small_dataset, tmp_path, ema_decay, settings):
+    # the third case: the NFT objective (rl_policy.nft), whose noised copies are drawn from (seed, step) too
+    straight = make_module(ema_decay=ema_decay, **settings)
     trainer(tmp_path / "a", 2, enable_checkpointing=False).fit(
         straight, PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2)
     )
-    first = make_module(ema_decay=ema_decay)
+    first = make_module(ema_decay=ema_decay, **settings)
     run = trainer(tmp_path / "b", 1, enable_checkpointing=False)
     run.fit(first, PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2))
     run.save_checkpoint(tmp_path / "half.ckpt")
     saved = torch.load(tmp_path / "half.ckpt", weights_only=False)
     assert saved["state_dict"] and all("lora" in key for key in saved["state_dict"])
     assert ("grpo_ema" in saved) == (ema_decay is not None)
-    resumed = make_module(ema_decay=ema_decay)
+    resumed = make_module(ema_decay=ema_decay, **settings)
     trainer(tmp_path / "c", 2, enable_checkpointing=False).fit(
         resumed,
         PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2),

@@ -37,7 +37,7 @@ import torch
 from diffusers import FluxTransformer2DModel
 
 from rl_policy.grpo import grpo_clip_loss, kl_to_reference
-from rl_policy.nft import nft_loss, optimality_probability
+from rl_policy.nft import nft_loss, noised_latents, optimality_probability
 from rl_policy.policy import FLUX_LORA_TARGETS, add_lora, reference_policy, trainable_parameters
 from rl_policy.sde import flux_shift_mu, flux_sigmas, sde_step_with_logprob
 
@@ -234,9 +234,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         samples = torch.tensor([s for s, _ in chunk], device=device)
         steps = torch.tensor([t for _, t in chunk], device=device)
         if args.objective == "nft":  # re-noise the final latents; copy d at the sigma of step d mod (steps - 1)
-            clean, sigma = states[samples, -1], sigmas[steps % (args.steps - 1)]
+            clean, sigma = states[samples, -1], sigmas[steps % max(args.steps - 1, 1)]
             noise = torch.randn(clean.shape, device=device, generator=generator, dtype=clean.dtype)
-            noised = ((1 - sigma)[:, None, None] * clean + sigma[:, None, None] * noise).to(torch.bfloat16)
+            noised = noised_latents(clean, noise, sigma).to(torch.bfloat16)
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 with torch.no_grad():
                     old = velocity(noised, sigma)

@@ -54,7 +54,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from rl_policy.data import PromptBatch, PromptDataModule
 from rl_policy.grpo import FilterOrder, KLForm, StdScope, filtered_advantages, grpo_clip_loss, kl_to_reference
-from rl_policy.nft import nft_loss, optimality_probability
+from rl_policy.nft import nft_loss, noised_latents, optimality_probability
 from rl_policy.policy import FluxPolicy, reference_policy, trainable_parameters
 from rl_policy.rollout import (
     Trajectory,
@@ -316,8 +316,8 @@ class GRPOModule(LightningModule):
         """NFT's noised inputs for every (sample, draw) of the rollout, as sigma [S, D] and noise [S, D, N, C]: with
         fresh noise, a sigma of one of `nft_steps` (uniformly) and new noise, drawn from (seed, step, rank) so a
         resumed run repeats them; with the trajectory's, the rollout state at each of `nft_steps` and its implied
-        noise. And the rollout policy's velocity there (before any update) for the trained pairs [n, 2] (zeros
-        elsewhere)."""
+        noise; the noised latents [S, D, N, C] built from them once. And the rollout policy's velocity there (before
+        any update) for the trained pairs [n, 2] (zeros elsewhere)."""
         hp = self.hparams
         device = self.transformer.device
         samples, draws = trajectory.num_samples, self._nft_draws()
@@ -334,13 +334,12 @@ class GRPOModule(LightningModule):
             sigma = trajectory.sigmas.to(device)[steps[pick]]  # [S, D]
             shape = (samples, draws, *trajectory.latents.shape[2:])
             noise = torch.randn(shape, generator=generator, device=device, dtype=trajectory.latents.dtype)
+        noised = noised_latents(clean, noise, sigma)  # [S, D, N, C]
         old = torch.zeros_like(noise)
         for micro in pairs.split(hp.micro_batch_size):
             s, d = micro[:, 0].to(device), micro[:, 1].to(device)
-            x0 = trajectory.latents[micro[:, 0], -1].to(device)
-            noised = (1 - sigma[s, d])[:, None, None] * x0 + sigma[s, d][:, None, None] * noise[s, d]
-            old[s, d] = self._guided_velocity(batch, trajectory, micro[:, 0], noised, sigma[s, d])
-        return {"sigma": sigma, "noise": noise, "old_velocity": old}
+            old[s, d] = self._guided_velocity(batch, trajectory, micro[:, 0], noised[s, d], sigma[s, d])
+        return {"sigma": sigma, "noise": noise, "noised": noised, "old_velocity": old}
 
     def _nft_terms(
         self, batch: PromptBatch, trajectory: Trajectory, samples, draws, advantages, inputs: dict[str, torch.Tensor]
@@ -353,8 +352,7 @@ class GRPOModule(LightningModule):
         s, d = samples.to(device), draws.to(device)
         x0 = trajectory.latents[samples, -1].to(device)  # [n, N, C]
         sigma, noise = inputs["sigma"][s, d], inputs["noise"][s, d]
-        noised = (1 - sigma)[:, None, None] * x0 + sigma[:, None, None] * noise
-        velocity = self._guided_velocity(batch, trajectory, samples, noised, sigma)
+        velocity = self._guided_velocity(batch, trajectory, samples, inputs["noised"][s, d], sigma)
         r = optimality_probability(advantages.to(device), hp.advantage_clip)
         terms = nft_loss(velocity, inputs["old_velocity"][s, d], noise - x0, sigma, r, hp.nft_beta)
         loss = hp.advantage_clip * terms.loss.mean()

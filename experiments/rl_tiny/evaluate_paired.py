@@ -36,44 +36,49 @@ oracle = SpatialWorldOracle()
 records = load_prompts(arguments.data, "test")[: arguments.prompts]
 prompts, metadata = [r.prompt for r in records], [r.metadata for r in records]
 started = time.perf_counter()
-module, base, results = None, None, []
-if arguments.base_only:  # e.g. a generator whose pretraining went on: its own samples, paired with any run's
-    policy = PolicySpec(pipeline=arguments.pipeline, strict_prompt_length=True).build()
-    module = GRPOModule(
-        policy, oracle, torch.optim.AdamW, oracle=oracle, resolution=32, eval_num_steps=arguments.steps, cfg_scale=3.0
-    )
-    with reference_policy(module.transformer):
-        base = module.evaluate(prompts, metadata, seeds=arguments.seeds)
-for name in [] if arguments.base_only else arguments.ckpt:
-    state = torch.load(f"{arguments.run}/checkpoints/{name}", map_location="cpu", weights_only=True)
-    if module is None:
-        # the run's LoRA layout (target layers and rank) read off its weights, e.g. a LoRA on every linear layer
+
+
+def build_module(state: dict | None) -> GRPOModule:
+    """The evaluation module over --pipeline: with a run's checkpoint, its LoRA layout (target layers and rank, read
+    off its weights, e.g. a LoRA on every linear layer) and its EMA setting (a run with an EMA is evaluated on the EMA,
+    as its export is); without one, the default LoRA (only the base is sampled then)."""
+    layout = {}
+    if state is not None:
         suffix = ".lora_A.default.weight"
         lora = {
             k.removeprefix("transformer.")[: -len(suffix)]: v
             for k, v in state["state_dict"].items()
             if k.endswith(suffix)
         }
-        policy = PolicySpec(
-            pipeline=arguments.pipeline,
-            strict_prompt_length=True,
-            lora_rank=next(iter(lora.values())).shape[0],
-            lora_targets=sorted(lora),
-        ).build()
-        # a run with an EMA: evaluate the EMA, as its export does
-        module = GRPOModule(
-            policy,
-            oracle,
-            torch.optim.AdamW,
-            oracle=oracle,
-            resolution=32,
-            eval_num_steps=arguments.steps,
-            cfg_scale=3.0,
-            ema_decay=state.get("hyper_parameters", {}).get("ema_decay"),
-        )
-        if not arguments.skip_base:
+        layout = dict(lora_rank=next(iter(lora.values())).shape[0], lora_targets=sorted(lora))
+    policy = PolicySpec(pipeline=arguments.pipeline, strict_prompt_length=True, **layout).build()
+    return GRPOModule(
+        policy,
+        oracle,
+        torch.optim.AdamW,
+        oracle=oracle,
+        resolution=32,
+        eval_num_steps=arguments.steps,
+        cfg_scale=3.0,
+        ema_decay=None if state is None else state.get("hyper_parameters", {}).get("ema_decay"),
+    )
+
+
+module, base, results = None, None, []
+# --base-only: e.g. a generator whose pretraining went on, its own samples (paired with any run's)
+for name in [None] if arguments.base_only else arguments.ckpt:
+    state = (
+        None
+        if name is None
+        else torch.load(f"{arguments.run}/checkpoints/{name}", map_location="cpu", weights_only=True)
+    )
+    if module is None:
+        module = build_module(state)
+        if arguments.base_only or not arguments.skip_base:
             with reference_policy(module.transformer):
                 base = module.evaluate(prompts, metadata, seeds=arguments.seeds)
+    if state is None:
+        break
     result = module.load_state_dict(state["state_dict"], strict=False)
     assert not result.unexpected_keys and len(state["state_dict"]) > 0, result
     module.on_load_checkpoint(state)  # the EMA (and counters), which `evaluate` samples with

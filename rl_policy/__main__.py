@@ -40,6 +40,18 @@ def pretrain_command(argv: Sequence[str]) -> None:
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--prompt-dropout", type=float, default=0.1, help="share of steps on the empty prompt")
     parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument(
+        "--sigma-distribution",
+        choices=("logit_normal", "uniform"),
+        default="logit_normal",
+        help="distribution of the training noise levels",
+    )
+    parser.add_argument(
+        "--sigma-shift",
+        type=float,
+        default=1.0,
+        help="time shift of the training noise levels, s*sigma/(1+(s-1)*sigma); > 1 trains high noise more",
+    )
     parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts sampled at each epoch end")
     parser.add_argument("--eval-steps", type=int, default=20, help="ODE steps of the evaluation sampler")
     parser.add_argument("--eval-cfg-scale", type=float, default=3.0, help="true classifier-free guidance scale")
@@ -76,6 +88,8 @@ def pretrain_command(argv: Sequence[str]) -> None:
         warmup_steps=arguments.warmup_steps,
         prompt_dropout=arguments.prompt_dropout,
         ema_decay=arguments.ema_decay,
+        sigma_distribution=arguments.sigma_distribution,
+        sigma_shift=arguments.sigma_shift,
         eval_steps=arguments.eval_steps,
         eval_cfg_scale=arguments.eval_cfg_scale,
         eval_seed=arguments.seed,

@@ -16,6 +16,7 @@ from rl_policy.pretrain import (
     GeneratorPretrainModule,
     rectified_flow_loss,
     save_generator,
+    training_sigmas,
 )
 from rl_policy.rollout import sample_ode
 
@@ -28,6 +29,27 @@ def test_rectified_flow_loss_is_zero_for_the_exact_velocity():
     assert rectified_flow_loss(torch.zeros(2, 4, 3), noise, clean).item() == pytest.approx(
         ((noise - clean) ** 2).mean().item()
     )
+
+
+def test_training_sigmas_distribution_and_time_shift():
+    draw = lambda *args: training_sigmas(5, *args, generator=torch.Generator().manual_seed(3))  # noqa: E731
+    uniform = torch.rand(5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(draw("uniform", 1.0), uniform)
+    assert torch.equal(
+        draw("logit_normal", 1.0), torch.sigmoid(torch.randn(5, generator=torch.Generator().manual_seed(3)))
+    )
+    # shift 3: 0.5 -> 1.5 / 2 = 0.75, 0.25 -> 0.75 / 1.5 = 0.5; the map is increasing and keeps 0 and 1
+    assert torch.allclose(draw("uniform", 3.0), 3 * uniform / (1 + 2 * uniform))
+    fixed = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    assert torch.allclose(3 * fixed / (1 + 2 * fixed), torch.tensor([0.0, 0.5, 0.75, 1.0]))
+    shifted = training_sigmas(20_000, "logit_normal", 3.0, generator=torch.Generator().manual_seed(0))
+    assert 0.35 < (shifted > 0.8).float().mean() < 0.42  # 39% above sigma .8 against logit-normal's 8%
+    with pytest.raises(ValueError, match="sigma distribution"):
+        training_sigmas(2, "cosine")
+    with pytest.raises(ValueError, match="shift"):
+        training_sigmas(2, "uniform", 0.0)
+    with pytest.raises(ValueError, match="sigma distribution"):
+        GeneratorPretrainModule(FluxPolicy(build_tiny_flux_pipeline()), sigma_distribution="beta")
 
 
 def test_a_few_steps_train_the_transformer_only_and_the_saved_pipeline_holds_the_ema(small_dataset, tmp_path):

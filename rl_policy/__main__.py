@@ -102,7 +102,11 @@ def pretrain_command(argv: Sequence[str]) -> None:
         seed=arguments.seed,
     )
     logs = arguments.out / "logs"
-    checkpoints = ModelCheckpoint(dirpath=logs / "checkpoints", save_last=True, every_n_train_steps=200)
+    # No version counter: last.ckpt is always the newest, also when <out> was copied from another run's dir (the
+    # callback then does not recognise the old last.ckpt as its own and would write last-v1.ckpt beside it).
+    checkpoints = ModelCheckpoint(
+        dirpath=logs / "checkpoints", save_last=True, every_n_train_steps=200, enable_version_counter=False
+    )
     trainer = Trainer(
         accelerator="cpu",
         max_steps=arguments.steps,

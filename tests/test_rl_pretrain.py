@@ -5,6 +5,7 @@ reloads with exactly the EMA weights."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -100,6 +101,11 @@ def test_pretrain_command_writes_a_loadable_pipeline_and_resumes(small_dataset, 
     assert (tmp_path / "gen" / "logs" / "checkpoints" / "last.ckpt").is_file()
     main([*args[:6], "4", *args[7:]])  # more steps: resumes from last.ckpt
     assert json.loads((tmp_path / "gen" / "pipeline" / "pretrain_metrics.json").read_text())["steps"] == 4
+    # resuming a copy of the run in another dir keeps writing last.ckpt (not last-v1.ckpt beside a stale one)
+    shutil.copytree(tmp_path / "gen" / "logs", tmp_path / "copy" / "logs")
+    main([*args[:4], str(tmp_path / "copy"), args[5], "6", *args[7:]])
+    assert json.loads((tmp_path / "copy" / "pipeline" / "pretrain_metrics.json").read_text())["steps"] == 6
+    assert not list((tmp_path / "copy" / "logs" / "checkpoints").glob("last-v*.ckpt"))
     with pytest.raises(SystemExit):
         main(["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "x")])
     assert "is not a SpatialWorld dataset dir" in capsys.readouterr().err

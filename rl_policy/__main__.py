@@ -38,6 +38,12 @@ def pretrain_command(argv: Sequence[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument(
+        "--decay-steps",
+        type=int,
+        default=0,
+        help="linear learning-rate decay to 0 over the last N of --steps (0: constant after the warm-up)",
+    )
     parser.add_argument("--prompt-dropout", type=float, default=0.1, help="share of steps on the empty prompt")
     parser.add_argument("--ema-decay", type=float, default=0.999)
     parser.add_argument(
@@ -86,6 +92,8 @@ def pretrain_command(argv: Sequence[str]) -> None:
         policy,
         lr=arguments.lr,
         warmup_steps=arguments.warmup_steps,
+        decay_steps=arguments.decay_steps,
+        total_steps=arguments.steps,
         prompt_dropout=arguments.prompt_dropout,
         ema_decay=arguments.ema_decay,
         sigma_distribution=arguments.sigma_distribution,

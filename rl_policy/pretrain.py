@@ -26,6 +26,7 @@ import copy
 import math
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +151,23 @@ def training_sigmas(
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
+def lr_factor(step: int, *, warmup_steps: int, decay_steps: int = 0, total_steps: int | None = None) -> float:
+    """Learning-rate multiplier at optimizer step `step` (0-based): linear warm-up over `warmup_steps`, constant, then
+    (decay_steps > 0) linear decay to 0 over the last `decay_steps` of `total_steps`. A run resumed with a larger
+    total_steps and a decay continues its constant part, so the decay can be added to a finished run."""
+    factor = min(1.0, (step + 1) / max(1, warmup_steps))
+    if decay_steps > 0 and total_steps is not None:
+        factor = min(factor, max(0.0, (total_steps - step) / decay_steps))
+    return factor
+
+
 class GeneratorPretrainModule(LightningModule):
     """Rectified-flow training of the policy's transformer (every transformer weight; text encoders and the pixel
     autoencoder frozen), with prompt dropout and an EMA copy that is evaluated and saved.
 
     policy: a `FluxPolicy` around the tiny pipeline (no LoRA). optimizer_lr / weight_decay: AdamW. prompt_dropout:
-    probability of training on the empty prompt. ema_decay: EMA of the transformer weights. sigma_distribution /
+    probability of training on the empty prompt. warmup_steps / decay_steps / total_steps: the learning-rate schedule
+    (`lr_factor`). ema_decay: EMA of the transformer weights. sigma_distribution /
     sigma_shift: the training noise levels (`training_sigmas`). eval_*: the ODE sampler
     of the evaluation (steps, true classifier-free guidance scale, seed).
     """
@@ -167,6 +179,8 @@ class GeneratorPretrainModule(LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
+        decay_steps: int = 0,
+        total_steps: int | None = None,
         prompt_dropout: float = 0.1,
         ema_decay: float = 0.999,
         sigma_distribution: str = "logit_normal",
@@ -179,6 +193,8 @@ class GeneratorPretrainModule(LightningModule):
         if not 0 <= prompt_dropout < 1 or not 0 <= ema_decay < 1:
             raise ValueError(f"prompt_dropout and ema_decay must lie in [0, 1), got {prompt_dropout}, {ema_decay}")
         training_sigmas(1, sigma_distribution, sigma_shift)  # validates both before any training
+        if decay_steps < 0 or (decay_steps and (total_steps is None or total_steps < decay_steps)):
+            raise ValueError(f"decay_steps ({decay_steps}) needs total_steps >= it, got total_steps={total_steps}")
         self.save_hyperparameters(ignore=["policy"])
         self.policy = policy
         for component in (policy.pipeline.text_encoder, policy.pipeline.text_encoder_2, policy.pipeline.vae):
@@ -261,8 +277,15 @@ class GeneratorPretrainModule(LightningModule):
         optimizer = torch.optim.AdamW(
             self.transformer.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        warmup = max(1, self.hparams.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            partial(
+                lr_factor,
+                warmup_steps=self.hparams.warmup_steps,
+                decay_steps=self.hparams.decay_steps,
+                total_steps=self.hparams.total_steps,
+            ),
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

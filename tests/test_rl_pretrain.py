@@ -15,6 +15,7 @@ from rl_policy.policy import FluxPolicy, build_tiny_flux_pipeline, load_pipeline
 from rl_policy.pretrain import (
     GeneratorPretrainDataModule,
     GeneratorPretrainModule,
+    lr_factor,
     rectified_flow_loss,
     save_generator,
     training_sigmas,
@@ -30,6 +31,15 @@ def test_rectified_flow_loss_is_zero_for_the_exact_velocity():
     assert rectified_flow_loss(torch.zeros(2, 4, 3), noise, clean).item() == pytest.approx(
         ((noise - clean) ** 2).mean().item()
     )
+
+
+def test_lr_factor_warms_up_holds_and_decays_to_zero():
+    assert [lr_factor(step, warmup_steps=4) for step in (0, 1, 3, 100)] == [0.25, 0.5, 1.0, 1.0]
+    # decay over the last 10 of 100 steps: 1 up to step 90, then (100 - step) / 10
+    factors = [lr_factor(step, warmup_steps=4, decay_steps=10, total_steps=100) for step in (50, 90, 95, 99, 100)]
+    assert factors == [1.0, 1.0, 0.5, pytest.approx(0.1), 0.0]
+    with pytest.raises(ValueError, match="decay_steps"):
+        GeneratorPretrainModule(FluxPolicy(build_tiny_flux_pipeline()), decay_steps=10, total_steps=5)
 
 
 def test_training_sigmas_distribution_and_time_shift():

@@ -34,14 +34,14 @@ def pretrain_command(argv: Sequence[str]) -> None:
     parser.add_argument("--data", type=Path, required=True, help="a SpatialWorld dataset dir (train and val splits)")
     parser.add_argument("--out", type=Path, required=True, help="output dir: pipeline/ and logs/")
     parser.add_argument("--resolution", type=int, default=32, help="image side in pixels (a multiple of 4)")
-    parser.add_argument("--steps", type=int, default=6000, help="optimizer steps")
+    parser.add_argument("--steps", type=int, default=13600, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument(
         "--decay-steps",
         type=int,
-        default=0,
+        default=4000,
         help="linear learning-rate decay to 0 over the last N of --steps (0: constant after the warm-up)",
     )
     parser.add_argument("--prompt-dropout", type=float, default=0.1, help="share of steps on the empty prompt")
@@ -69,6 +69,8 @@ def pretrain_command(argv: Sequence[str]) -> None:
     arguments = parser.parse_args(argv)
     if not (arguments.data / "pairs.parquet").is_file():
         parser.error(f"--data {arguments.data} is not a SpatialWorld dataset dir (no pairs.parquet)")
+    if arguments.decay_steps > arguments.steps:
+        parser.error(f"--decay-steps {arguments.decay_steps} exceeds --steps {arguments.steps}")
 
     import torch
     from lightning.pytorch import Trainer, seed_everything

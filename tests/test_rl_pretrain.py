@@ -105,6 +105,7 @@ def test_pretrain_command_writes_a_loadable_pipeline_and_resumes(small_dataset, 
 
     args = ["pretrain", "--data", str(small_dataset), "--out", str(tmp_path / "gen"), "--steps", "2"]
     args += ["--batch-size", "4", "--eval-prompts", "2", "--eval-steps", "2", "--max-prompt-tokens", "160"]
+    args += ["--decay-steps", "1"]
     main(args)
     metrics = json.loads((tmp_path / "gen" / "pipeline" / "pretrain_metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["num_eval_images"] == 2
@@ -119,3 +120,6 @@ def test_pretrain_command_writes_a_loadable_pipeline_and_resumes(small_dataset, 
     with pytest.raises(SystemExit):
         main(["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "x")])
     assert "is not a SpatialWorld dataset dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args[:6], "3", "--decay-steps", "5"])
+    assert "--decay-steps 5 exceeds --steps 3" in capsys.readouterr().err

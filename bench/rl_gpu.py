@@ -37,9 +37,9 @@ import torch
 from diffusers import FluxTransformer2DModel
 
 from rl_policy.grpo import grpo_clip_loss, kl_to_reference
-from rl_policy.nft import nft_loss, noised_latents, optimality_probability
+from rl_policy.nft import nft_loss, optimality_probability
 from rl_policy.policy import FLUX_LORA_TARGETS, add_lora, reference_policy, trainable_parameters
-from rl_policy.sde import flux_shift_mu, flux_sigmas, sde_step_with_logprob
+from rl_policy.sde import flux_shift_mu, flux_sigmas, noised_latents, sde_step_with_logprob
 
 FLUX_DEV = dict(  # FLUX.1-dev's transformer/config.json
     patch_size=1,

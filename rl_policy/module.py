@@ -54,7 +54,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from rl_policy.data import PromptBatch, PromptDataModule
 from rl_policy.grpo import FilterOrder, KLForm, StdScope, filtered_advantages, grpo_clip_loss, kl_to_reference
-from rl_policy.nft import nft_loss, noised_latents, optimality_probability
+from rl_policy.nft import nft_loss, optimality_probability
 from rl_policy.policy import FluxPolicy, reference_policy, trainable_parameters
 from rl_policy.rollout import (
     Trajectory,
@@ -64,7 +64,7 @@ from rl_policy.rollout import (
     sample_trajectories,
     select_embeddings,
 )
-from rl_policy.sde import CoarseNoise, sde_step_with_logprob
+from rl_policy.sde import CoarseNoise, noised_latents, sde_step_with_logprob
 from shared import stable_seed
 
 

@@ -28,13 +28,6 @@ from typing import NamedTuple
 import torch
 
 
-def noised_latents(clean: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """The forward process, x_sigma = (1 - sigma) x0 + sigma eps; sigma [...] broadcast over the last two dims of
-    clean and noise ([..., N, C])."""
-    sigma = sigma[..., None, None]
-    return (1 - sigma) * clean + sigma * noise
-
-
 def optimality_probability(advantages: torch.Tensor, advantage_clip: float) -> torch.Tensor:
     """r = 1/2 + 1/2 * clamp(A, -c, c) / c, in [0, 1]; A = 0 (a zero-variance group, or a sample not kept) gives
     1/2, which pulls only towards v_old."""

@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from data_synthesis import DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
 from rl_policy.policy import FluxPolicy
 from rl_policy.rollout import sample_ode
+from rl_policy.sde import noised_latents
 from shared import atomic_write_json
 
 
@@ -127,6 +128,14 @@ def logit_normal_sigmas(batch: int, generator: torch.Generator | None = None, de
 SIGMA_DISTRIBUTIONS = ("logit_normal", "uniform")
 
 
+def check_sigma_settings(distribution: str, shift: float) -> None:
+    """A ValueError naming the bad setting of `training_sigmas`."""
+    if distribution not in SIGMA_DISTRIBUTIONS:
+        raise ValueError(f"sigma distribution must be one of {SIGMA_DISTRIBUTIONS}, got {distribution!r}")
+    if not shift > 0:
+        raise ValueError(f"sigma shift must be positive, got {shift}")
+
+
 def training_sigmas(
     batch: int,
     distribution: str = "logit_normal",
@@ -140,10 +149,7 @@ def training_sigmas(
     sigma -> shift sigma / (1 + (shift - 1) sigma) applied on top (1 = none; > 1 moves mass to high noise, where the
     sampler's first steps decide the layout: logit-normal puts 8% of its mass above sigma = .8, shift 3 puts 39%).
     """
-    if distribution not in SIGMA_DISTRIBUTIONS:
-        raise ValueError(f"sigma distribution must be one of {SIGMA_DISTRIBUTIONS}, got {distribution!r}")
-    if not shift > 0:
-        raise ValueError(f"sigma shift must be positive, got {shift}")
+    check_sigma_settings(distribution, shift)
     if distribution == "uniform":
         sigma = torch.rand(batch, generator=generator, device=device)
     else:
@@ -192,7 +198,7 @@ class GeneratorPretrainModule(LightningModule):
         super().__init__()
         if not 0 <= prompt_dropout < 1 or not 0 <= ema_decay < 1:
             raise ValueError(f"prompt_dropout and ema_decay must lie in [0, 1), got {prompt_dropout}, {ema_decay}")
-        training_sigmas(1, sigma_distribution, sigma_shift)  # validates both before any training
+        check_sigma_settings(sigma_distribution, sigma_shift)
         if decay_steps < 0 or (decay_steps and (total_steps is None or total_steps < decay_steps)):
             raise ValueError(f"decay_steps ({decay_steps}) needs total_steps >= it, got total_steps={total_steps}")
         self.save_hyperparameters(ignore=["policy"])
@@ -213,7 +219,7 @@ class GeneratorPretrainModule(LightningModule):
         sigma = training_sigmas(
             len(prompts), self.hparams.sigma_distribution, self.hparams.sigma_shift, device=self.device
         )  # [B]
-        noisy = (1 - sigma[:, None, None]) * clean + sigma[:, None, None] * noise
+        noisy = noised_latents(clean, noise, sigma)
         velocity = self.policy.velocity(noisy, sigma, self.policy.encode_prompts(prompts), height, width)
         loss = rectified_flow_loss(velocity, noise, clean)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))

@@ -50,6 +50,13 @@ from diffusers import FluxPipeline
 Reduction = Literal["mean", "sum"]
 
 
+def noised_latents(clean: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The forward process, x_sigma = (1 - sigma) x0 + sigma eps; sigma [...] broadcast over the last two dims of
+    clean and noise ([..., N, C])."""
+    sigma = sigma[..., None, None]
+    return (1 - sigma) * clean + sigma * noise
+
+
 def flux_shift_mu(
     image_seq_len: int,
     base_seq_len: int = 256,

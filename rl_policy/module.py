@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import torch
@@ -56,6 +57,7 @@ from rl_policy.data import PromptBatch, PromptDataModule
 from rl_policy.grpo import FilterOrder, KLForm, StdScope, filtered_advantages, grpo_clip_loss, kl_to_reference
 from rl_policy.nft import nft_loss, optimality_probability
 from rl_policy.policy import FluxPolicy, reference_policy, trainable_parameters
+from rl_policy.pretrain import lr_factor
 from rl_policy.rollout import (
     Trajectory,
     guidance_inputs,
@@ -106,6 +108,9 @@ class GRPOModule(LightningModule):
     reward: the training reward; eval_reward: the critic reported at evaluation (default: `reward`); oracle: an
         optional second scorer at evaluation (the SpatialWorld oracle), given each prompt's metadata.
     optimizer: a factory `params -> Optimizer` for the LoRA weights (paper: AdamW, lr 3e-4).
+    lr_decay_steps: 0 (a constant learning rate) or N: the learning rate decays linearly to 0 over the last N GRPO
+        iterations of `trainer.max_steps` (`rl_policy.pretrain.lr_factor`; saved with the optimizer, so a resumed run
+        continues it). A run that `max_time` stops early ends before the decay does.
     group_size (G), keep_per_side (k; None: no filtering), filter_order, std_scope: the advantages.
     num_steps, noise_level, sde_steps, cfg_scale, guidance, shared_noise: the sampler (paper: 6 steps; FLUX.1-dev
         guidance 3.5; the tiny generator: true CFG). resolution: image side.
@@ -169,8 +174,11 @@ class GRPOModule(LightningModule):
         nft_draws: int = 2,
         nft_steps: Sequence[int] | None = None,
         nft_noise: NFTNoise = "fresh",
+        lr_decay_steps: int = 0,
     ) -> None:
         super().__init__()
+        if lr_decay_steps < 0:
+            raise ValueError(f"lr_decay_steps must be 0 (constant) or positive, got {lr_decay_steps}")
         if objective not in ("grpo", "nft"):
             raise ValueError(f"objective must be 'grpo' or 'nft', got {objective!r}")
         if objective == "nft" and (nft_beta <= 0 or nft_draws < 1):
@@ -422,6 +430,10 @@ class GRPOModule(LightningModule):
         metrics |= {f"train/{name}": torch.stack(values).mean() for name, values in logged.items()}
         if grad_norms:
             metrics["train/grad_norm"] = torch.stack(grad_norms).mean()
+        metrics["train/lr"] = torch.tensor(float(optimizer.optimizer.param_groups[0]["lr"]))  # this iteration's
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()  # manual optimisation: Lightning leaves the schedule to the module
         self.log_dict(metrics, prog_bar=False, batch_size=len(batch))
         self.log("reward", metrics["train/reward_mean"], prog_bar=True, logger=False, batch_size=len(batch))
         step = self.global_step
@@ -556,7 +568,9 @@ class GRPOModule(LightningModule):
         records = datamodule.eval_records
         metadata = [record.metadata for record in records]
         results = self.evaluate([record.prompt for record in records], metadata if any(metadata) else None)
-        self.log_dict({f"eval/{name}": value for name, value in results.items() if not math.isnan(value)})
+        scalars = {f"eval/{name}": value for name, value in results.items() if not math.isnan(value)}
+        for logger in self.loggers:  # directly: `self.log` in training_step would repeat the values at every later step
+            logger.log_metrics(scalars, step=self.global_step)
         self._log_images("eval/samples", self._eval_images[:16])
 
     def _log_images(self, tag: str, images: torch.Tensor) -> None:
@@ -564,11 +578,22 @@ class GRPOModule(LightningModule):
         if hasattr(experiment, "add_images"):
             experiment.add_images(tag, images, self.global_step)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         parameters = list(trainable_parameters(self.transformer).values())
         if not parameters:
             raise ValueError("the policy has no trainable (LoRA) parameters: build it with build_policy")
-        return self.optimizer_factory(parameters)
+        optimizer = self.optimizer_factory(parameters)
+        decay = self.hparams.lr_decay_steps
+        if not decay:
+            return optimizer
+        total = self.trainer.max_steps
+        if total < decay:
+            raise ValueError(
+                f"model.lr_decay_steps ({decay}) needs trainer.max_steps set to at least that many GRPO iterations, "
+                f"got {total}"
+            )
+        factor = partial(lr_factor, warmup_steps=1, decay_steps=decay, total_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only the trainable (LoRA) weights: the frozen base is rebuilt from its pipeline directory."""

@@ -5,11 +5,13 @@ for bit (LoRA weights, optimizer state and data position)."""
 
 from __future__ import annotations
 
+import csv
 import functools
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.loggers import CSVLogger
 
 from data_synthesis import SpatialWorldOracle
 from rl_policy.data import PromptBatch, PromptDataModule
@@ -56,15 +58,8 @@ def make_module(reward=None, lr: float = 1e-2, **overrides) -> GRPOModule:
 
 
 def trainer(tmp_path, steps: int, **overrides) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **overrides,
-    )
+    settings = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    return Trainer(accelerator="cpu", max_steps=steps, **(settings | overrides))
 
 
 @pytest.mark.parametrize("noise_cell, antithetic", [(None, False), (4, False), (None, True)])
@@ -157,6 +152,72 @@ def test_resume_is_bit_exact(small_dataset, tmp_path, ema_decay, settings):
         assert straight.ema.keys() == resumed.ema.keys()
         for name, average in straight.ema.items():
             assert torch.equal(average, resumed.ema[name]), name
+
+
+class StopAfter(Callback):
+    """Ends the fit after `steps` GRPO iterations, as a kill would, with trainer.max_steps (the schedule's length)
+    unchanged."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        trainer.should_stop = trainer.global_step >= self.steps
+
+
+def logged_rows(tmp_path, name: str) -> list[dict[str, str]]:
+    (path,) = (tmp_path / name).rglob("metrics.csv")
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_lr_decay_is_linear_to_zero_over_the_last_iterations_and_resumes_exactly(small_dataset, tmp_path):
+    # max_steps 3, decay over the last 2: iterations 0, 1, 2 use lr x 1, 1, 1/2; a kill after 2 and a resume
+    # continue the schedule and end with the same LoRA weights as the uninterrupted run
+    straight = make_module(lr=1e-2, lr_decay_steps=2)
+    trainer(
+        tmp_path, 3, enable_checkpointing=False, logger=CSVLogger(tmp_path, name="straight"), log_every_n_steps=1
+    ).fit(straight, PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2))
+    rates = [float(row["train/lr"]) for row in logged_rows(tmp_path, "straight") if row.get("train/lr")]
+    assert rates == pytest.approx([1e-2, 1e-2, 5e-3], rel=1e-6)
+    assert straight.optimizers().optimizer.param_groups[0]["lr"] == 0.0
+    first = make_module(lr=1e-2, lr_decay_steps=2)
+    run = trainer(tmp_path / "b", 3, enable_checkpointing=False, callbacks=[StopAfter(2)])
+    run.fit(first, PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2))
+    assert run.global_step == 2
+    run.save_checkpoint(tmp_path / "killed.ckpt")
+    resumed = make_module(lr=1e-2, lr_decay_steps=2)
+    trainer(tmp_path / "c", 3, enable_checkpointing=False).fit(
+        resumed,
+        PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2),
+        ckpt_path=tmp_path / "killed.ckpt",
+    )
+    for (name, a), (_, b) in zip(
+        trainable_parameters(straight.transformer).items(),
+        trainable_parameters(resumed.transformer).items(),
+        strict=True,
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_lr_decay_longer_than_the_run_is_a_clear_error(small_dataset, tmp_path):
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        make_module(lr_decay_steps=-1)
+    with pytest.raises(ValueError, match=r"lr_decay_steps \(5\) needs trainer.max_steps"):
+        trainer(tmp_path, 3, enable_checkpointing=False).fit(
+            make_module(lr_decay_steps=5), PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2)
+        )
+
+
+def test_held_out_evaluation_is_logged_once_per_evaluation(small_dataset, tmp_path):
+    # self.log in training_step would repeat the last evaluation at every later step (a staircase in TensorBoard)
+    module = make_module(eval_every_n_steps=2)
+    trainer(tmp_path, 3, enable_checkpointing=False, logger=CSVLogger(tmp_path, name="log"), log_every_n_steps=1).fit(
+        module, PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2)
+    )
+    rows = logged_rows(tmp_path, "log")
+    assert [int(row["step"]) for row in rows if row.get("eval/reward")] == [2]
+    assert sum(bool(row.get("train/reward_mean")) for row in rows) == 3
 
 
 def test_lora_ema_is_the_running_mean_of_the_iterates_and_what_evaluation_and_export_use(small_dataset, tmp_path):

@@ -88,16 +88,25 @@ def to_pil(image: Any) -> Image.Image:
 
 class SpatialWorldOracle:
     """Reward = the fraction of stated relations the pixel detector confirms (see the module docstring); with
-    `graded`, the mean over stated relations of sigmoid(relation_margin / temperature), missing ones scoring 0.
+    `graded`, the mean over stated relations of sigmoid(relation_margin / temperature), missing ones scoring
+    `unreadable`.
 
     temperature: in the units of the margins (image fractions for positions and gaps, hidden or contained
     fractions for depth and containment); 0.05 takes a relation 0.1 of the image past its reading threshold to
-    0.88 and one 0.1 short of it to 0.12."""
+    0.88 and one 0.1 short of it to 0.12.
+    unreadable (graded only): the score of a relation that cannot be read (an object missing, no horizon), 0 by
+    default; None leaves such relations out of the mean, so the reward measures placement alone, and an image with
+    no readable relation scores NaN (a GRPO run drops that sample and counts it)."""
 
-    def __init__(self, graded: bool = False, temperature: float = 0.05):
+    def __init__(self, graded: bool = False, temperature: float = 0.05, unreadable: float | None = 0.0):
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if unreadable is not None and not 0 <= unreadable <= 1:
+            raise ValueError(f"unreadable must lie in [0, 1] or be None, got {unreadable}")
+        if not graded and unreadable != 0:
+            raise ValueError("unreadable sets the graded reward's score of an unreadable relation: set graded too")
         self.graded, self.temperature = graded, float(temperature)
+        self.unreadable = None if unreadable is None else float(unreadable)
 
     @staticmethod
     def _read(image: Any, metadata: Mapping[str, Any]) -> tuple[list[Relation], list[str], Any]:
@@ -118,16 +127,20 @@ class SpatialWorldOracle:
         )
 
     def graded_score(self, image: Any, metadata: Mapping[str, Any]) -> float:
-        """Mean over the stated relations of sigmoid(relation_margin / temperature), 0 for a relation that cannot
-        be read (an object missing, no horizon); 1.0 when the prompt states none, like `OracleVerdict.accuracy`."""
+        """Mean over the stated relations of sigmoid(relation_margin / temperature), `unreadable` for a relation
+        that cannot be read (an object missing, no horizon; None: left out, NaN when none can be read); 1.0 when the
+        prompt states none, like `OracleVerdict.accuracy`."""
         relations, _, layout = self._read(image, metadata)
         if not relations:
             return 1.0
         scores = []
         for relation in relations:
             margin = relation_margin(relation, layout)
-            scores.append(0.0 if margin is None else _sigmoid(margin / self.temperature))
-        return sum(scores) / len(scores)
+            if margin is not None:
+                scores.append(_sigmoid(margin / self.temperature))
+            elif self.unreadable is not None:
+                scores.append(self.unreadable)
+        return sum(scores) / len(scores) if scores else math.nan
 
     def __call__(
         self, *, prompts: Sequence[str], images: Sequence[Any], metadata: Sequence[Mapping[str, Any]] | None = None

@@ -272,6 +272,23 @@ def test_missing_objects_score_zero_and_no_relations_score_one():
     assert oracle.graded_score(image, half) == pytest.approx(oracle.graded_score(image, metadata) / 2)
 
 
+def test_unreadable_relations_score_the_set_value_or_are_left_out():
+    image, metadata = two_squares(0.3)
+    readable = SpatialWorldOracle(graded=True).graded_score(image, metadata)
+    missing = {"relations": [rel("left_of", "red", "yellow").to_dict()], "colours": ["red", "yellow"]}
+    half = {"relations": metadata["relations"] + missing["relations"], "colours": ["red", "blue", "yellow"]}
+    assert SpatialWorldOracle(graded=True, unreadable=0.25).graded_score(image, half) == pytest.approx(
+        (readable + 0.25) / 2
+    )
+    placement = SpatialWorldOracle(graded=True, unreadable=None)
+    assert placement.graded_score(image, half) == pytest.approx(readable)  # the missing relation is left out
+    assert math.isnan(placement.graded_score(image, missing))  # nothing readable: NaN, a dropped GRPO sample
+    with pytest.raises(ValueError, match="unreadable must lie"):
+        SpatialWorldOracle(graded=True, unreadable=1.5)
+    with pytest.raises(ValueError, match="set graded too"):
+        SpatialWorldOracle(unreadable=None)
+
+
 def test_graded_mode_from_yaml_init_args_and_bad_temperature():
     from jsonargparse import ArgumentParser
 

@@ -32,6 +32,7 @@ Simplified: teacher-forced accuracy rather than free generation; one instruction
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -61,6 +62,7 @@ from reward_model.tokenizer import (
 )
 from shared import stable_seed
 from shared.io import atomic_directory
+from shared.schedules import lr_factor
 
 INSTRUCTION = "where are the objects ?"  # every word is in the SpatialWorld vocabulary
 END_TOKEN = "<|im_end|>"
@@ -586,7 +588,7 @@ class CaptionPretrainModule(LightningModule):
 def warmup_constant(optimizer: torch.optim.Optimizer, *, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over `warmup_steps`, then the base learning rate (the second measured run's schedule: the first
     run's cosine decay reached 0.2x about where the plateau ends)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(warmup_steps, 1)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, warmup_steps=warmup_steps))
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, floor: float = 0.1):

@@ -57,7 +57,6 @@ from rl_policy.data import PromptBatch, PromptDataModule
 from rl_policy.grpo import FilterOrder, KLForm, StdScope, filtered_advantages, grpo_clip_loss, kl_to_reference
 from rl_policy.nft import nft_loss, optimality_probability
 from rl_policy.policy import FluxPolicy, reference_policy, trainable_parameters
-from rl_policy.pretrain import lr_factor
 from rl_policy.rollout import (
     Trajectory,
     guidance_inputs,
@@ -68,6 +67,7 @@ from rl_policy.rollout import (
 )
 from rl_policy.sde import CoarseNoise, noised_latents, sde_step_with_logprob
 from shared import stable_seed
+from shared.schedules import lr_factor
 
 
 class Reward(Protocol):
@@ -109,7 +109,7 @@ class GRPOModule(LightningModule):
         optional second scorer at evaluation (the SpatialWorld oracle), given each prompt's metadata.
     optimizer: a factory `params -> Optimizer` for the LoRA weights (paper: AdamW, lr 3e-4).
     lr_decay_steps: 0 (a constant learning rate) or N: the learning rate decays linearly to 0 over the last N GRPO
-        iterations of `trainer.max_steps` (`rl_policy.pretrain.lr_factor`; saved with the optimizer, so a resumed run
+        iterations of `trainer.max_steps` (`shared.schedules.lr_factor`; saved with the optimizer, so a resumed run
         continues it). A run that `max_time` stops early ends before the decay does.
     group_size (G), keep_per_side (k; None: no filtering), filter_order, std_scope: the advantages.
     num_steps, noise_level, sde_steps, cfg_scale, guidance, shared_noise: the sampler (paper: 6 steps; FLUX.1-dev
@@ -592,7 +592,7 @@ class GRPOModule(LightningModule):
                 f"model.lr_decay_steps ({decay}) needs trainer.max_steps set to at least that many GRPO iterations, "
                 f"got {total}"
             )
-        factor = partial(lr_factor, warmup_steps=1, decay_steps=decay, total_steps=total)
+        factor = partial(lr_factor, decay_steps=decay, total_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

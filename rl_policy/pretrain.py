@@ -43,6 +43,7 @@ from rl_policy.policy import FluxPolicy
 from rl_policy.rollout import sample_ode
 from rl_policy.sde import noised_latents
 from shared import atomic_write_json
+from shared.schedules import lr_factor
 
 
 class ImagePromptDataset(Dataset):
@@ -157,23 +158,13 @@ def training_sigmas(
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
-def lr_factor(step: int, *, warmup_steps: int, decay_steps: int = 0, total_steps: int | None = None) -> float:
-    """Learning-rate multiplier at optimizer step `step` (0-based): linear warm-up over `warmup_steps`, constant, then
-    (decay_steps > 0) linear decay to 0 over the last `decay_steps` of `total_steps`. A run resumed with a larger
-    total_steps and a decay continues its constant part, so the decay can be added to a finished run."""
-    factor = min(1.0, (step + 1) / max(1, warmup_steps))
-    if decay_steps > 0 and total_steps is not None:
-        factor = min(factor, max(0.0, (total_steps - step) / decay_steps))
-    return factor
-
-
 class GeneratorPretrainModule(LightningModule):
     """Rectified-flow training of the policy's transformer (every transformer weight; text encoders and the pixel
     autoencoder frozen), with prompt dropout and an EMA copy that is evaluated and saved.
 
     policy: a `FluxPolicy` around the tiny pipeline (no LoRA). optimizer_lr / weight_decay: AdamW. prompt_dropout:
     probability of training on the empty prompt. warmup_steps / decay_steps / total_steps: the learning-rate schedule
-    (`lr_factor`). ema_decay: EMA of the transformer weights. sigma_distribution /
+    (`shared.schedules.lr_factor`). ema_decay: EMA of the transformer weights. sigma_distribution /
     sigma_shift: the training noise levels (`training_sigmas`). eval_*: the ODE sampler
     of the evaluation (steps, true classifier-free guidance scale, seed).
     """

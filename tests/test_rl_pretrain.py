@@ -15,12 +15,12 @@ from rl_policy.policy import FluxPolicy, build_tiny_flux_pipeline, load_pipeline
 from rl_policy.pretrain import (
     GeneratorPretrainDataModule,
     GeneratorPretrainModule,
-    lr_factor,
     rectified_flow_loss,
     save_generator,
     training_sigmas,
 )
 from rl_policy.rollout import sample_ode
+from shared.schedules import lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

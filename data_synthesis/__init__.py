@@ -2,8 +2,9 @@
 
 `Scene`/`SceneObject` describe a scene, `Relation` a stated relation (evaluated with `evaluate` on a scene's
 `SceneLayout` or on what `detect` reads from any image), `sample_scene` draws a scene and the relations to state,
-`perturb` breaks exactly k of them, `render` draws a scene, `describe` writes its prompt and `build` writes a
-dataset dir (see DESIGN.md for the format)."""
+`perturb` breaks exactly k of them, `render` draws a scene, `describe` writes its prompt,
+`build_spatialworld_tokenizer` tokenizes it (the embedded default's word-level tokenizer) and `build` writes a
+dataset dir (see docs/DESIGN.md for the format)."""
 
 from data_synthesis.build import BuildConfig, BuildError, ImageGenerator, PromptSource, WeightedGenerator, build
 from data_synthesis.detect import PixelLayout, detect, read_relations
@@ -14,9 +15,29 @@ from data_synthesis.relations import FAMILIES, KINDS, Relation, SceneLayout, Tru
 from data_synthesis.render import render
 from data_synthesis.sampler import WorldConfig, sample_scene
 from data_synthesis.scene import COLOURS, REGIONS, SHAPES, SIZES, Background, Scene, SceneError, SceneObject
+from data_synthesis.tokenizer import (
+    IMAGE_TOKEN,
+    PAD_TOKEN,
+    REWARD_TOKEN,
+    SPECIAL_TOKENS,
+    UNKNOWN_TOKEN,
+    VIDEO_TOKEN,
+    VISION_END_TOKEN,
+    VISION_START_TOKEN,
+    build_spatialworld_tokenizer,
+)
 from data_synthesis.verify import DatasetError, load_pairs, verify
 
 __all__ = [
+    "IMAGE_TOKEN",
+    "PAD_TOKEN",
+    "REWARD_TOKEN",
+    "SPECIAL_TOKENS",
+    "UNKNOWN_TOKEN",
+    "VIDEO_TOKEN",
+    "VISION_END_TOKEN",
+    "VISION_START_TOKEN",
+    "build_spatialworld_tokenizer",
     "ImageGenerator",
     "PromptSource",
     "WeightedGenerator",

@@ -3,7 +3,7 @@
 Implemented:
 - `build_tiny_flux_pipeline`: the embedded default as a real diffusers `FluxPipeline`, assembled from small configs
   with random weights: `FluxTransformer2DModel` (1 double + 2 single blocks, 4 heads x 32 by default), tiny frozen
-  `CLIPTextModel` and `T5EncoderModel` over the offline SpatialWorld word-level tokenizer (the reward model's), and
+  `CLIPTextModel` and `T5EncoderModel` over the offline SpatialWorld word-level tokenizer (data_synthesis'), and
   `PixelUnshuffleAutoencoder` in place of the VAE: an exact invertible pixel-unshuffle, so the latent space needs no
   training (32 px RGB -> 12 x 16 x 16 latents -> FluxPipeline's 2 x 2 packing -> 64 tokens of 48). It saves and
   reloads with `save_pretrained` / `load_pipeline` like any diffusers directory, and `FluxPipeline.__call__` samples
@@ -53,7 +53,7 @@ from diffusers.utils import BaseOutput
 from peft import LoraConfig
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase, T5Config, T5EncoderModel
 
-from reward_model import build_spatialworld_processor
+from data_synthesis import build_spatialworld_tokenizer
 from rl_policy.sde import flux_shift_mu, flux_sigmas
 from shared.pipelines import read_pipeline_index
 
@@ -126,10 +126,10 @@ class PixelUnshuffleAutoencoder(ModelMixin, ConfigMixin):
 
 
 def spatialworld_text_tokenizer(max_tokens: int) -> PreTrainedTokenizerBase:
-    """The reward model's offline SpatialWorld word-level tokenizer, limited to `max_tokens` + 1 tokens: the pad
-    token after the last word is where the tiny CLIP pools (its eos_token_id is the pad id), so a prompt of
-    `max_tokens` tokens still has one."""
-    tokenizer = build_spatialworld_processor().tokenizer
+    """The offline SpatialWorld word-level tokenizer (the one the tiny reward backbone reads), limited to
+    `max_tokens` + 1 tokens: the pad token after the last word is where the tiny CLIP pools (its eos_token_id is
+    the pad id), so a prompt of `max_tokens` tokens still has one."""
+    tokenizer = build_spatialworld_tokenizer()
     tokenizer.model_max_length = max_tokens + 1
     return tokenizer
 

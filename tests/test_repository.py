@@ -77,3 +77,47 @@ def test_dtype_names_map_to_torch_dtypes_and_bad_names_are_named():
     ]
     with pytest.raises(ValueError, match="PolicySpec.dtype must be one of float32, bfloat16, float16, got 'fp8'"):
         torch_dtype("fp8", "PolicySpec.dtype")
+
+
+# Which stage packages each package may import (docs/DESIGN.md, "The stages"): shared is below every stage,
+# data_synthesis below the learners, the policy knows rewards only through the `Reward` protocol and configs'
+# class_path, and benchmarks sit on top. Loading a pipeline component by the class name in its model_index.json
+# is data, not an import, and is not seen here.
+ALLOWED_STAGE_IMPORTS = {
+    "shared": {"shared"},
+    "data_synthesis": {"data_synthesis", "shared"},
+    "reward_model": {"reward_model", "data_synthesis", "shared"},
+    "rl_policy": {"rl_policy", "data_synthesis", "shared"},
+    "benchmarks": set(PACKAGES),
+}
+
+
+def stage_imports(source: Path) -> set[tuple[str, int]]:
+    """(imported stage package, line) of every static import of a stage package in `source`, at any depth."""
+    found = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules = [node.module]
+        else:
+            continue
+        found.update((module.split(".")[0], node.lineno) for module in modules if module.split(".")[0] in PACKAGES)
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED_STAGE_IMPORTS))
+def test_stage_packages_import_only_what_the_layering_allows(package):
+    broken = [
+        f"{source.relative_to(REPO)}:{line} imports {imported}"
+        for source in sorted((REPO / package).rglob("*.py"))
+        for imported, line in sorted(stage_imports(source))
+        if imported not in ALLOWED_STAGE_IMPORTS[package]
+    ]
+    assert not broken, "imports that break the layering:\n" + "\n".join(broken)
+
+
+def test_the_layering_check_sees_imports_inside_functions(tmp_path):
+    source = tmp_path / "module.py"
+    source.write_text("import torch\n\ndef f():\n    from reward_model.scorer import SpatialScorer\n    import benchmarks\n")
+    assert stage_imports(source) == {("reward_model", 4), ("benchmarks", 5)}

@@ -53,7 +53,7 @@ A = runs/stage_a
 A_NEW = --lr 1e-3 --warmup 30 --eval-every 150 --eval-pairs 200 --val-size 256 --easy-val-size 128 --min-objects 2
 A_BIND = --binding-weight 1 --bind-colour-words --image-cell-weight 1
 
-pretrain-reward: $(DATA_DIR)/verify_report.json ## reproduce the shipped stage-A backbone (~3.5 h) into runs/stage_a/v12
+pretrain-reward: $(DATA_DIR)/verify_report.json | $(STAMP) ## reproduce the shipped stage-A backbone (~3.5 h) into runs/stage_a/v12
 	$(STAGE_A) --steps 800 --warmup 60 --curriculum 0:3,200:4,400:6 --eval-every 100 --eval-pairs 200 --out $(A)/v3
 	$(STAGE_A) --init-from $(A)/v3 --steps 500 --stop-after 200 --warmup 30 --curriculum 0:6 --min-objects 3 \
 		--eval-every 100 --eval-pairs 200 --out $(A)/v4
@@ -75,7 +75,7 @@ pretrain-reward: $(DATA_DIR)/verify_report.json ## reproduce the shipped stage-A
 		--stated-weight 1 --stated-all-kinds --prompt-curriculum 0:4:all,300:8:all --curriculum 0:6 --out $(A)/v12
 	@echo "stage A written to $(A)/v12 (the shipped copy is checkpoints/reward_tiny_stage_a; logs beside it)"
 
-train-reward: $(DATA_DIR)/verify_report.json ## stage B on the shipped stage A; exports runs/reward/tiny/export
+train-reward: $(DATA_DIR)/verify_report.json | $(STAMP) ## stage B on the shipped stage A; exports runs/reward/tiny/export
 	$(PYTHON) -m reward_model fit --config $(REWARD_CONFIG) --data.dataset_dir $(DATA_DIR)
 
 # The RL testbed: 2-object SpatialWorld scenes (every relation family but `between`, which needs 3), prompts of at
@@ -98,7 +98,7 @@ $(RL_DATA_DIR)/verify_report.json: | $(STAMP)
 
 pretrain-generator: $(GENERATOR_DIR)/pipeline/model_index.json ## pretrain the tiny generator (rectified flow)
 
-$(GENERATOR_DIR)/pipeline/model_index.json: $(RL_DATA_DIR)/verify_report.json
+$(GENERATOR_DIR)/pipeline/model_index.json: $(RL_DATA_DIR)/verify_report.json | $(STAMP)
 	$(PYTHON) -m rl_policy pretrain --data $(RL_DATA_DIR) --out $(GENERATOR_DIR)
 
 # REWARD=spatialscore (default: the tiny critic of make train-reward), REWARD=oracle (the SpatialWorld oracle) or
@@ -116,14 +116,14 @@ RL_RESUME = $(if $(wildcard $(RL_RUN_DIR)/checkpoints/last.ckpt),--ckpt_path $(R
 runs/reward/tiny/export/metrics.json:
 	$(MAKE) train-reward
 
-train-rl: $(GENERATOR)/model_index.json $(RL_REWARD_DEPS) ## Flow-GRPO of the tiny generator (REWARD=oracle|geneval too)
+train-rl: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json $(RL_REWARD_DEPS) | $(STAMP) ## Flow-GRPO of the tiny generator (REWARD=oracle|geneval too)
 	$(PYTHON) -m rl_policy fit --config configs/rl/tiny.yaml $(RL_REWARD_CONFIG) --data.source $(RL_DATA_DIR) \
 		--model.policy.pipeline $(GENERATOR) $(RL_RESUME)
 
 # The RL comparison (not in CI; about 20 CPU-minutes per run, 9 runs): 3 seeds of the paper's recipe, the same
 # without top-k filtering, and the GenEval-rule reward; runs/exp-rl/comparison.md and curves.png. Resumable.
 EXP_RL_REWARD ?= spatialscore
-exp-rl: $(GENERATOR)/model_index.json runs/reward/tiny/export/metrics.json ## RL comparison: seeds, top-k off, GenEval reward
+exp-rl: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json runs/reward/tiny/export/metrics.json | $(STAMP) ## RL comparison: seeds, top-k off, GenEval reward
 	$(PYTHON) experiments/exp_rl.py --reward $(EXP_RL_REWARD) --out runs/exp-rl -- --data.source $(RL_DATA_DIR) \
 		--model.policy.pipeline $(GENERATOR)
 
@@ -137,7 +137,7 @@ EVAL_SAMPLER_ARGS = --steps 20 --height 32 --width 32 --true-cfg 3
 # call (--batch-size); spatialworld-oracle took 185 s for 588 of them on a loaded 2-core machine.
 EVAL_LIMIT ?=
 
-eval-benchmarks: runs/reward/tiny/export/metrics.json $(GENERATOR)/model_index.json ## all benchmarks -> reports/
+eval-benchmarks: $(RL_DATA_DIR)/verify_report.json runs/reward/tiny/export/metrics.json $(GENERATOR)/model_index.json | $(STAMP) ## all benchmarks -> reports/
 	$(PYTHON) -m benchmarks suite --out reports --reward-data $(DATA_DIR) --scorer runs/reward/tiny/export \
 		--prompt-data $(RL_DATA_DIR) --generator base=$(GENERATOR) $(RL_RUNS) \
 		$(EVAL_SAMPLER_ARGS) --images-per-prompt 2 $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT),)

@@ -116,3 +116,36 @@ def test_detector_gives_pixel_boxes_masks_and_colours(test_pairs):
     assert found[colours[1]][0].colour == colours[1]
     with pytest.raises(ValueError, match="reads objects by colour; class 'dog'"):
         SpatialWorldDetector().detect(image, ["dog"])
+
+
+def test_oracle_summary_reads_relations_by_family_among_all_found_images():
+    """Three readable images and one missing file. Image 1 (both found): horizontal holds, vertical fails; image 2
+    (both found): horizontal fails; image 3 (one object missing): horizontal and vertical fail and count only in the
+    all-images rates. Among all-found images: horizontal 1 of 2 = .5, vertical 0 of 1 = 0, the other families have no
+    relation (None, count 0); over all images horizontal is 1 of 3."""
+    from benchmarks.tasks.spatialworld_oracle import summarize_oracle
+
+    def relation(family: str, holds: bool) -> dict:
+        return {"kind": {"horizontal": "left_of", "vertical": "above"}[family], "family": family, "holds": holds}
+
+    records = [
+        {
+            "image": "ok",
+            "found": [True, True],
+            "relations": [relation("horizontal", True), relation("vertical", False)],
+        },
+        {"image": "ok", "found": [True, True], "relations": [relation("horizontal", False)]},
+        {
+            "image": "ok",
+            "found": [True, False],
+            "relations": [relation("horizontal", False), relation("vertical", False)],
+        },
+        {"image": "missing"},
+    ]
+    summary = summarize_oracle(records)
+    assert summary["relation_accuracy_all_found"] == pytest.approx(1 / 3, abs=1e-6)
+    assert summary["relation_accuracy_by_family"]["horizontal"] == pytest.approx(1 / 3, abs=1e-6)
+    by_family = summary["relation_accuracy_all_found_by_family"]
+    assert by_family["horizontal"] == 0.5 and by_family["vertical"] == 0.0 and by_family["depth"] is None
+    counts = summary["num_relations_all_found_by_family"]
+    assert counts["horizontal"] == 2 and counts["vertical"] == 1 and counts["depth"] == 0

@@ -8,6 +8,9 @@ Unreadable answers count as "no" and are counted.
     relation_accuracy            = yes answers / relation questions, over all images
     relation_accuracy_by_family  = the same per relation family (horizontal, vertical, depth, ...)
     relation_accuracy_all_found  = the same over images where every object was found
+    relation_accuracy_all_found_by_family, num_relations_all_found_by_family
+                                 = the same per family, with the relation count behind each rate (placement
+                                   between objects apart from whether both were drawn)
     image_accuracy               = images where every stated relation holds / images
     objects_found                = objects found / objects; images_all_found = images with every object found / images
     mean_spatialscore            = mean of the `ImageScorer` means (when a scorer is given; the paper's in-domain
@@ -45,6 +48,16 @@ def summarize_oracle(records: list[dict[str, Any]]) -> dict[str, Any]:
                 sum(a["family"] == family for a in answers),
             )
             for family in FAMILIES
+        },
+        "relation_accuracy_all_found_by_family": {
+            family: rate(
+                sum(a["holds"] is True for a in found_answers if a["family"] == family),
+                sum(a["family"] == family for a in found_answers),
+            )
+            for family in FAMILIES
+        },
+        "num_relations_all_found_by_family": {
+            family: sum(a["family"] == family for a in found_answers) for family in FAMILIES
         },
         "image_accuracy": rate(sum(all(a["holds"] is True for a in r["relations"]) for r in scored), len(scored)),
         "objects_found": rate(sum(f is True for r in scored for f in r["found"]), sum(len(r["found"]) for r in scored)),
@@ -116,5 +129,10 @@ class SpatialWorldOracle:
         keys += ["unreadable_answers"]
         overall = table(["metric", "value"], [[key, summary.get(key)] for key in keys])
         families = summary["relation_accuracy_by_family"]
-        by_family = table(["relation family", "accuracy"], [[family, families[family]] for family in FAMILIES])
+        found = summary.get("relation_accuracy_all_found_by_family", {})
+        counts = summary.get("num_relations_all_found_by_family", {})
+        by_family = table(
+            ["relation family", "accuracy", "accuracy among all-found", "relations among all-found"],
+            [[family, families[family], found.get(family), counts.get(family)] for family in FAMILIES],
+        )
         return overall + "\n\n" + by_family + "\n"

@@ -13,8 +13,14 @@ follow the official `evaluation/evaluate_images.py` and `summary_scores.py`:
       revised = max(|offset| - 0.1 * (dim_A + dim_B), 0) * sign(offset)     # [2], dim = (width, height)
       no relation if every |revised| < 1e-3, else (dx, dy) = revised / |offset|
       left of: dx < -0.5, right of: dx > 0.5, above: dy < -0.5, below: dy > 0.5 (several can hold)
-- summary: accuracy per tag over images; overall = mean of the tag accuracies; also the fraction of correct images
-  and of prompts with at least one correct image.
+- summary (`summary_scores.py`): accuracy per tag over images; overall = mean of the tag accuracies; also the fraction
+  of correct images and of prompts with at least one correct image. The official script groups images into prompts
+  by their metadata (`df.groupby('metadata')`), so prompts whose metadata are identical count as one; the
+  `official_compatible` variant does the same, the `corrected` one counts prompts by their index (`summarize`).
+- class names: GenEval's 80 (`CLASS_NAMES`, its `evaluation/object_names.txt`) are COCO's, except three it spells
+  out ("computer mouse", "tv remote", "computer keyboard" for COCO's "mouse", "remote", "keyboard"). mmdetection's
+  detector is indexed by position, so the official script never sees the difference; a detector that names its
+  classes (`config.id2label` of a transformers COCO checkpoint) is asked for `coco_label(name)`.
 
 The official colour check classifies each detection's masked crop with CLIP; here the `Detector` gives a colour per
 detection: the SpatialWorld detector reads it from the pixels, and a transformers detector gets GenEval's CLIP
@@ -40,6 +46,20 @@ MAX_OBJECTS = 16
 POSITION_THRESHOLD = 0.1
 METADATA_FILE = "evaluation_metadata.jsonl"
 OFFICIAL_METADATA = "prompts/evaluation_metadata.jsonl in https://github.com/djghosh13/geneval"
+# evaluation/object_names.txt, in order: COCO's 80 categories as GenEval names them
+CLASS_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
+    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
+    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
+    "tv", "laptop", "computer mouse", "tv remote", "computer keyboard", "cell phone", "microwave", "oven", "toaster",
+    "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+# the GenEval names that are not COCO label names -> the COCO label name
+COCO_LABELS = {"computer mouse": "mouse", "tv remote": "remote", "computer keyboard": "keyboard"}
+VARIANTS = ("official_compatible", "corrected")
 
 
 class GenEvalFormatError(ValueError):
@@ -128,6 +148,12 @@ def relative_position(box_a: Box, box_b: Box, threshold: float = POSITION_THRESH
     return relations
 
 
+def coco_label(name: str) -> str:
+    """The COCO label name (a COCO detector's `id2label`) of a GenEval class name; other names are returned as is
+    (the SpatialWorld detector's "red square")."""
+    return COCO_LABELS.get(name, name)
+
+
 def _sign(value: float) -> float:
     return math.copysign(1.0, value) if value != 0 else 0.0
 
@@ -189,21 +215,41 @@ def evaluate_image(detections: Mapping[str, list[Detection]], metadata: Mapping[
     return all(passed for passed, _ in results), [reason for passed, reason in results if not passed]
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """GenEval's summary from per-image records ({"prompt_id", "tag", "correct"}): accuracy per tag (over images),
-    overall = mean of the tag accuracies, fraction of correct images and of prompts with a correct image."""
+def summarize(records: list[dict[str, Any]], *, group_prompts_by: str = "prompt_id") -> dict[str, Any]:
+    """GenEval's summary from per-image records ({"prompt_id", "tag", "correct"}, and "metadata" when grouping by
+    it): accuracy per tag (over images), overall = mean of the tag accuracies, fraction of correct images and of
+    prompts with a correct image, prompts being the distinct values of `group_prompts_by` ("prompt_id", or
+    "metadata" as the official `summary_scores.py` groups them)."""
     tags = sorted({r["tag"] for r in records})
     by_tag = {}
     for tag in tags:
         scored = [r["correct"] for r in records if r["tag"] == tag]
         by_tag[tag] = round(sum(scored) / len(scored), 6)
-    prompts = sorted({r["prompt_id"] for r in records})
-    any_correct = sum(any(r["correct"] for r in records if r["prompt_id"] == p) for p in prompts)
+    correct_by_prompt: dict[str, bool] = {}
+    for record in records:
+        key = record[group_prompts_by]
+        correct_by_prompt[key] = correct_by_prompt.get(key, False) or bool(record["correct"])
     return {
         "overall": round(sum(by_tag.values()) / len(by_tag), 6) if by_tag else None,
         "accuracy_by_tag": by_tag,
         "correct_images": round(sum(r["correct"] for r in records) / len(records), 6) if records else None,
-        "correct_prompts": round(any_correct / len(prompts), 6) if prompts else None,
+        "correct_prompts": (
+            round(sum(correct_by_prompt.values()) / len(correct_by_prompt), 6) if correct_by_prompt else None
+        ),
         "num_images": len(records),
-        "num_prompts": len(prompts),
+        "num_prompts": len(correct_by_prompt),
+    }
+
+
+def summarize_variants(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Both variants (module docstring): `official_compatible` groups prompts by identical metadata as
+    `summary_scores.py` does, `corrected` by prompt index; `merged_prompts` counts the prompts the official grouping
+    folds into another. Records without "metadata" (written before it was recorded) fall back to their prompt id."""
+    with_metadata = [{**r, "metadata": r.get("metadata", r["prompt_id"])} for r in records]
+    official = summarize(with_metadata, group_prompts_by="metadata")
+    corrected = summarize(records, group_prompts_by="prompt_id")
+    return {
+        "official_compatible": official,
+        "corrected": corrected,
+        "merged_prompts": corrected["num_prompts"] - official["num_prompts"],
     }

@@ -223,3 +223,87 @@ def test_colour_clauses_without_a_colour_reading_are_counted(tmp_path):
     inputs = RunInputs(judges, data=metadata, images=ImageFolder(tmp_path / "images"), images_per_prompt=1)
     summary = run_task(get_task("geneval"), inputs, tmp_path / "out").summary
     assert summary["accuracy_by_tag"] == {"colors": 0.0, "single_object": 1.0} and summary["colour_unread_images"] == 1
+
+
+# --- class names and the two summary variants ----------------------------------------------------------------------
+# COCO's 80 category names (instances_val2017.json "categories", as in a COCO checkpoint's id2label), in id order
+COCO_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
+    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
+    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
+    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+
+
+def test_every_geneval_class_maps_to_a_coco_label():
+    """All 80 GenEval class names, in order, map onto COCO's 80 label names; only the three GenEval spells out
+    differ ("computer mouse" -> "mouse", "tv remote" -> "remote", "computer keyboard" -> "keyboard")."""
+    coco = list(COCO_NAMES)
+    assert len(coco) == len(set(coco)) == len(geneval.CLASS_NAMES) == 80
+    assert [geneval.coco_label(name) for name in geneval.CLASS_NAMES] == coco
+    changed = {name: geneval.coco_label(name) for name in geneval.CLASS_NAMES if geneval.coco_label(name) != name}
+    assert changed == {"computer mouse": "mouse", "tv remote": "remote", "computer keyboard": "keyboard"}
+    assert geneval.coco_label("red square") == "red square"  # SpatialWorld names pass through
+
+
+class CocoDetector:
+    """Test double with a COCO checkpoint's label names: refuses any other name (as `Mask2FormerDetector` does) and
+    finds one confident object of every class it is asked for."""
+
+    name, template_version = "coco", "1"
+
+    def detect(self, image, classes):
+        unknown = sorted(set(classes) - set(COCO_NAMES))
+        if unknown:
+            raise ValueError(f"detector coco has no classes {unknown}")
+        return {name: [_det(0.95)] for name in classes}
+
+
+def test_all_80_classes_run_with_a_coco_named_detector(tmp_path):
+    """One single_object prompt per GenEval class: none is refused, every image is correct (accuracy 1.0)."""
+    metadata = tmp_path / "evaluation_metadata.jsonl"
+    prompts = [
+        {"tag": "single_object", "prompt": f"a photo of a {name}", "include": [{"class": name, "count": 1}]}
+        for name in geneval.CLASS_NAMES
+    ]
+    metadata.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    for index in range(len(prompts)):
+        (tmp_path / "images" / f"{index:05d}").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / f"{index:05d}" / "0.png")
+    judges = CachedJudges(JudgeCache(tmp_path / "cache.sqlite"), "geneval", detector=CocoDetector())
+    inputs = RunInputs(judges, data=metadata, images=ImageFolder(tmp_path / "images"), images_per_prompt=1)
+    summary = run_task(get_task("geneval"), inputs, tmp_path / "out").summary
+    assert summary["accuracy_by_tag"] == {"single_object": 1.0} and summary["num_images"] == 80
+
+
+def test_official_grouping_merges_prompts_with_identical_metadata(tmp_path):
+    """Prompts 0 and 1 have identical metadata ("a photo of a cup"); prompt 0's image finds no cup, prompt 1's does;
+    prompt 2 ("a dog") finds no dog. Images: 1 of 3 correct; single_object accuracy 1/3 in both variants.
+    official_compatible (summary_scores.py groups by metadata): prompts {cup, dog} -> 1 of 2 with a correct image
+    = 0.5, 2 prompts.  corrected (by index): prompts {0, 1, 2} -> 1 of 3 = 0.333333, 3 prompts; merged_prompts 1."""
+    cup = {"tag": "single_object", "prompt": "a photo of a cup", "include": [{"class": "cup", "count": 1}]}
+    dog = {"tag": "single_object", "prompt": "a photo of a dog", "include": [{"class": "dog", "count": 1}]}
+    metadata = tmp_path / "evaluation_metadata.jsonl"
+    metadata.write_text("".join(json.dumps(p) + "\n" for p in (cup, cup, dog)))
+    for index in range(3):
+        (tmp_path / "images" / f"{index:05d}").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10 * index, 0, 0)).save(tmp_path / "images" / f"{index:05d}" / "0.png")
+
+    class FoundOnlyInImageOne:
+        name, template_version = "one", "1"
+
+        def detect(self, image, classes):
+            return {"cup": [_det(0.9)]} if image.getpixel((0, 0))[0] == 10 else {}
+
+    judges = CachedJudges(JudgeCache(tmp_path / "cache.sqlite"), "geneval", detector=FoundOnlyInImageOne())
+    inputs = RunInputs(judges, data=metadata, images=ImageFolder(tmp_path / "images"), images_per_prompt=1)
+    summary = run_task(get_task("geneval"), inputs, tmp_path / "out").summary
+    official, corrected = summary["official_compatible"], summary["corrected"]
+    assert official["accuracy_by_tag"] == corrected["accuracy_by_tag"] == {"single_object": 0.333333}
+    assert (official["correct_prompts"], official["num_prompts"]) == (0.5, 2)
+    assert (corrected["correct_prompts"], corrected["num_prompts"]) == (0.333333, 3)
+    assert summary["merged_prompts"] == 1 and summary["correct_prompts"] == 0.5

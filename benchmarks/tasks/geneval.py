@@ -1,11 +1,20 @@
 """`geneval`: GenEval's rules (`benchmarks.geneval`) on a `Detector`'s detections of generated images.
 
 Prompt id = the zero-padded 0-based prompt index (`00012`), as GenEval's own output folders; 4 images per prompt
-(seeds 0..3) by default. Missing and unreadable image files are counted and left out of the accuracies.
+(seeds 0..3) by default. Missing and unreadable image files are counted and left out of the accuracies. The detector
+is asked for COCO's label names (`geneval.coco_label`: "mouse" for GenEval's "computer mouse") and its detections are
+filed back under GenEval's names.
+
+summary.json holds both variants (`geneval.summarize_variants`): `official_compatible/*` (prompts grouped by
+identical metadata, as `summary_scores.py`; the number to put beside published GenEval scores) and `corrected/*`
+(prompts counted by index), `merged_prompts` (prompts the official grouping folds into another), and the image
+counts. The top-level `overall`, `accuracy_by_tag`, `correct_images`, `correct_prompts`, `num_prompts` repeat the
+official-compatible numbers.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from benchmarks import geneval
@@ -43,7 +52,10 @@ class GenEval:
         if image is None:
             return record
         classes = sorted({clause["class"] for key in ("include", "exclude") for clause in metadata.get(key, [])})
-        detections = geneval.keep_detections(inputs.judges.detect(sample.sample_id, image, classes), metadata["tag"])
+        record["metadata"] = json.dumps(metadata, sort_keys=True)  # the official summary groups prompts by it
+        found = inputs.judges.detect(sample.sample_id, image, sorted({geneval.coco_label(c) for c in classes}))
+        found = {name: found[geneval.coco_label(name)] for name in classes if geneval.coco_label(name) in found}
+        detections = geneval.keep_detections(found, metadata["tag"])
         correct, reasons = geneval.evaluate_image(detections, metadata)
         # a colour clause the detector could not read colours for (a detector without a colour reader)
         colour_unread = any(
@@ -55,8 +67,11 @@ class GenEval:
         return {**record, "correct": correct, "reasons": reasons, "colour_unread": colour_unread}
 
     def summarize(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        summary = geneval.summarize([r for r in records if r["image"] == "ok"])
-        summary |= image_status_counts(records)
+        variants = geneval.summarize_variants([r for r in records if r["image"] == "ok"])
+        official = variants["official_compatible"]
+        summary = {key: official[key] for key in ("overall", "accuracy_by_tag", "correct_images", "correct_prompts")}
+        summary |= {"num_images": official["num_images"], "num_prompts": variants["corrected"]["num_prompts"]}
+        summary |= variants | image_status_counts(records)
         summary["colour_unread_images"] = sum(r.get("colour_unread", False) for r in records)
         return summary
 
@@ -65,9 +80,13 @@ class GenEval:
         tags = [*geneval.TAGS, *(tag for tag in by_tag if tag not in geneval.TAGS)]
         rows = [[tag, by_tag.get(tag)] for tag in tags]
         rows += [["**overall** (mean of tags)", summary["overall"]], ["correct images", summary["correct_images"]]]
-        rows += [["prompts with a correct image", summary["correct_prompts"]]]
+        rows += [
+            ["prompts with a correct image (official: identical metadata = one prompt)", summary["correct_prompts"]]
+        ]
+        rows += [["prompts with a correct image (corrected: by index)", summary["corrected"]["correct_prompts"]]]
         counts = (
-            f"{summary['num_images']} images of {summary['num_prompts']} prompts; {summary['missing_images']} missing, "
+            f"{summary['num_images']} images of {summary['num_prompts']} prompts ({summary['merged_prompts']} merged "
+            f"into another by the official grouping); {summary['missing_images']} missing, "
             f"{summary['unreadable_images']} unreadable image files left out; {summary['colour_unread_images']} images "
             "with a colour clause the detector reads no colours for (counted wrong)."
         )

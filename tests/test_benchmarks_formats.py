@@ -158,7 +158,6 @@ def test_dpg_prompts_dir_and_bad_answers(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        (["a,t,k,1,0,e,w,t,q?", "a,t,k,2,3,e,w,t,q?"], "depends on \\[3\\]"),
         (["a,t,k,1,2,e,w,t,q?", "a,t,k,2,1,e,w,t,q?"], "cycle"),
         (["a,t,k,1,0,e,w,t,q?", "a,t,k,1,0,e,w,t,q?"], "repeats a proposition_id"),
         (["a,t,k,1,0,e,w,t,q?", "b,t,k,1,0,e,w,t,q?", "a,t,k,2,0,e,w,t,q?"], "not contiguous"),
@@ -168,6 +167,40 @@ def test_dpg_prompts_dir_and_bad_answers(tmp_path):
 def test_dpg_malformed_csv_raises_one_clear_error(tmp_path, rows, message):
     with pytest.raises(BenchmarkFormatError, match=message):
         load_dpg(write_csv(tmp_path / "dpg_bench.csv", DPG_HEADER, rows))
+
+
+def test_dpg_missing_parent_drops_only_that_item(tmp_path):
+    """Item m: proposition 2 depends on 3, which m does not have (the official parent lookup raises: m is dropped,
+    "Failed filename"); item n is scored. Row 1 (m's proposition 1) is skipped by the official script anyway.
+    One image each. n: q1 yes, q2 (child of 1) yes -> 1.
+      corrected: m dropped (counted), n 100 -> score 100.   official_compatible: m dropped, n 100 -> 100."""
+    rows = [
+        "m,A cat.,cat,1,0,entity,whole,entity - whole (cat),Is there a cat?",
+        "m,A cat.,on,2,3,relation,spatial,relation - spatial (cat on ?),Is the cat on it?",
+        "n,A dog on a mat.,dog,1,0,entity,whole,entity - whole (dog),Is there a dog?",
+        "n,A dog on a mat.,on,2,1,relation,spatial,relation - spatial (dog on mat),Is the dog on a mat?",
+    ]
+    items = load_dpg(write_csv(tmp_path / "dpg_bench.csv", DPG_HEADER, rows))  # no longer refuses the whole CSV
+    result = score_dpg(items, {"m": {0: {1: "yes", 2: "yes"}}, "n": {0: {1: "yes", 2: "yes"}}})
+    for scores in (result.corrected, result.official_compatible):
+        assert scores.item_scores == {"n": 100.0} and scores.score == 100.0
+        assert list(scores.failed_items) == ["m"] and "depends on [3]" in scores.failed_items["m"]
+    assert result.to_dict()["corrected"]["failed_items"] == {"m": result.corrected.failed_items["m"]}
+
+
+def test_dpg_official_category_keys_only_strip_the_ends(tmp_path):
+    """compute_dpg_bench.py names a category by `tuple.split('(')[0].strip()`: an internal double space stays, so
+    "relation -  spatial" is its own official category (100: the last image says yes); the corrected variant names
+    categories by the category columns ("relation - spatial")."""
+    rows = [
+        "x,t,k,1,0,entity,whole,entity - whole (a),Is there a?",  # skipped by the official script (row 1)
+        "x,t,k,2,0,relation,spatial,relation -  spatial (a on b),Is a on b?",
+    ]
+    items = load_dpg(write_csv(tmp_path / "dpg_bench.csv", DPG_HEADER, rows))
+    result = score_dpg(items, {"x": {0: {1: "yes", 2: "yes"}}})
+    assert result.official_compatible.detailed == {"relation -  spatial": 100.0}
+    assert result.official_compatible.broad == {"relation": 100.0}
+    assert result.corrected.detailed == {"entity - whole": 100.0, "relation - spatial": 100.0}
 
 
 def test_dpg_missing_columns(tmp_path):

@@ -19,7 +19,12 @@ of 4 images per prompt (tiled 2 x 2) and scores:
   2. it applies the parent rule in CSV order to scores it zeroes in place, so zeroing only passes down a chain
      when parents come before their children;
   3. its categories use the *last* image's answers *before* the parent rule, named by the `tuple` column up to
-     "(" ("relation - spatial"), the broad category up to the first "-".
+     "(" with only its ends stripped ("relation - spatial"; internal spaces kept as written), the broad category
+     up to the first "-".
+A question that depends on a proposition its item does not have makes the script's parent lookup raise (when it
+gets that far: an earlier parent scoring 0 stops the lookup) and drop that item only; the official-compatible
+variant does the same, the corrected one always drops it; both list it in `failed_items` (counted in summary.json)
+and score the rest.
 The `corrected` variant uses every row, the parent rule to any depth (a question scores 1 only if it and all its
 ancestors are answered "yes", whatever the row order), every image's post-rule scores, and the category_broad /
 category_detailed columns (detailed keys read "relation - spatial", as the official ones).
@@ -90,7 +95,7 @@ class DpgScores:
     broad: dict[str, float]  # "relation" -> 100 * mean question score
     detailed: dict[str, float]  # "relation - spatial" -> 100 * mean question score
     num_unparseable: int  # answers the judge could not parse, among those this variant reads; scored 0
-    failed_items: dict[str, str] = field(default_factory=dict)  # item -> why the official script drops it
+    failed_items: dict[str, str] = field(default_factory=dict)  # item -> why this variant drops it
 
     @property
     def relation_spatial(self) -> float | None:
@@ -146,18 +151,12 @@ def _parse_ids(text: str, what: str, where: str) -> tuple[int, ...]:
 
 
 def _check_graph(item_id: str, questions: list[DpgQuestion], where: Path) -> None:
-    """Parents must be propositions of the same item, without cycles."""
+    """Proposition ids unique within the item, no dependency cycles. A parent the item lacks is not an error here:
+    scoring drops that item (`missing_parents`), as the official script does."""
     ids = [q.proposition_id for q in questions]
     if len(set(ids)) != len(ids):
         raise BenchmarkFormatError(f"{where}: item {item_id} repeats a proposition_id ({ids})")
-    parents = {q.proposition_id: q.parents for q in questions}
-    for question in questions:
-        dangling = [p for p in question.parents if p not in parents]
-        if dangling:
-            raise BenchmarkFormatError(
-                f"{where} row {question.row}: item {item_id} proposition {question.proposition_id} depends on "
-                f"{dangling}, which the item does not have"
-            )
+    parents = {q.proposition_id: tuple(p for p in q.parents if p in ids) for q in questions}
     state: dict[int, str] = {}  # "open" while on the DFS stack, "done" after
 
     def visit(node: int) -> None:
@@ -220,6 +219,19 @@ def load_dpg(csv_path: str | os.PathLike, prompts_dir: str | os.PathLike | None 
     return items
 
 
+def missing_parents(item: DpgItem) -> str | None:
+    """Why the item cannot be scored when a question depends on a proposition the item does not have, else None."""
+    ids = {q.proposition_id for q in item.questions}
+    for question in item.questions:
+        dangling = [p for p in question.parents if p not in ids]
+        if dangling:
+            return (
+                f"proposition {question.proposition_id} (CSV row {question.row}) depends on {dangling}, which the "
+                "item does not have"
+            )
+    return None
+
+
 # --- scoring ----------------------------------------------------------------------------------------------------
 def _image_answers(answers: Answers, item: DpgItem) -> dict[int, Mapping[int, str | None]]:
     """The item's answers per image, checked: every question answered (None allowed), only yes/no/None."""
@@ -247,7 +259,7 @@ def _broad_of_tuple(category: str) -> str:
 
 
 def _detailed_of_tuple(tuple_text: str) -> str:
-    return " ".join(tuple_text.split("(")[0].split())
+    return tuple_text.split("(")[0].strip()
 
 
 def _percent_means(values: Mapping[str, list[float]]) -> dict[str, float]:
@@ -280,7 +292,9 @@ def _score_official(items: Sequence[DpgItem], answers: Answers) -> DpgScores:
         images = _image_answers(answers, item)
         image_scores = [_official_image(questions, per_question) for per_question in images.values()]
         if None in image_scores:
-            failed[item.item_id] = "a question depends on the CSV's first data row, which the official script skips"
+            failed[item.item_id] = missing_parents(item) or (
+                "a question depends on the CSV's first data row, which the official script skips"
+            )
             continue
         unparseable += sum(
             per_question[q.proposition_id] is None for per_question in images.values() for q in questions
@@ -319,11 +333,14 @@ def _parent_rule(item: DpgItem, per_question: Mapping[int, str | None]) -> dict[
 
 
 def _score_corrected(items: Sequence[DpgItem], answers: Answers) -> DpgScores:
-    item_scores, unparseable = {}, 0
+    item_scores, failed, unparseable = {}, {}, 0
     broad: dict[str, list[float]] = defaultdict(list)
     detailed: dict[str, list[float]] = defaultdict(list)
     for item in items:
         if item.item_id not in answers:
+            continue
+        if (reason := missing_parents(item)) is not None:
+            failed[item.item_id] = reason
             continue
         image_scores = []
         for per_question in _image_answers(answers, item).values():
@@ -343,6 +360,7 @@ def _score_corrected(items: Sequence[DpgItem], answers: Answers) -> DpgScores:
         _percent_means(broad),
         _percent_means(detailed),
         unparseable,
+        failed,
     )
 
 

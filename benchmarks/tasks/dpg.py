@@ -8,7 +8,9 @@ DPG-Bench uses mPLUG). The official script tiles the 4 images 2 x 2 and asks onc
 own and the per-image scores are averaged, which is what the tiling approximates. Scores (`score_dpg`): a question
 scores 1 only on "yes" and 0 whenever a parent was answered "no"; per image, then item, x 100; the
 official-compatible variant (first CSV row skipped, categories from the last image's answers before the parent
-rule) and the corrected one, both reported and labelled. Missing or unreadable images are counted and left out.
+rule) and the corrected one, both reported and labelled (`official_compatible/*`, `corrected/*` in summary.json,
+each with `failed_items`: items it dropped, e.g. for a dependency on a proposition the item lacks). Missing or
+unreadable images are counted and left out.
 """
 
 from __future__ import annotations
@@ -97,8 +99,9 @@ class DpgBench:
         rows = []
         for variant in ("official_compatible", "corrected"):
             scores = summary[variant]
-            rows.append([variant, scores["score"], scores["relation_spatial"], scores["num_unparseable"]])
-        head = table(["variant", "DPG score", "relation / spatial", "unparseable answers"], rows)
+            row = [variant, scores["score"], scores["relation_spatial"], scores["num_unparseable"]]
+            rows.append([*row, scores["failed_items"]])
+        head = table(["variant", "DPG score", "relation / spatial", "unparseable answers", "items dropped"], rows)
         corrected = summary["corrected"]["detailed"]
         detail = table(["category (corrected)", "score"], [[name, value] for name, value in sorted(corrected.items())])
         counts = table(

@@ -268,7 +268,7 @@ def test_tiif_scores_dimensions_groups_and_overall_by_hand(tmp_path):
       Relation+Reasoning (RR):        short 50;   long 100
       overall: short (66.67 + 50 + 50) / 3 = 55.56;   long (75 + 0 + 100) / 3 = 58.33
     22 answers read (2 lengths x (2+2+3+2+2)), one unparseable."""
-    scores = score_tiif(load_tiif(*write_tiif_fixture(tmp_path)), TIIF_ANSWERS)
+    scores = score_tiif(load_tiif(*write_tiif_fixture(tmp_path)), TIIF_ANSWERS).corrected
     assert flatten(scores.dimensions) == pytest.approx(
         flatten(
             {
@@ -306,14 +306,68 @@ def test_tiif_scores_dimensions_groups_and_overall_by_hand(tmp_path):
 def test_tiif_partial_answers_skip_missing_lengths_and_list_unanswered(tmp_path):
     """Only 2d/0 short answered (2/2): 2d short 100, no long anywhere; Relation short = 100 (3d not evaluated)."""
     prompts = load_tiif(*write_tiif_fixture(tmp_path))
-    scores = score_tiif(prompts, {"2d_spatial_relation/0": {"short": {0: ["yes", "yes"]}}})
-    assert scores.dimensions == {"2d_spatial_relation": {"short": 100.0}}
-    assert scores.groups == {"Relation": {"short": 100.0}} and scores.overall == {"short": 100.0}
-    assert len(scores.unanswered) == 4
-    with pytest.raises(ValueError, match="needs one 'yes'/'no'/None per question"):
-        score_tiif(prompts, {"2d_spatial_relation/0": {"short": {0: ["yes"]}}})
+    for scores in vars(score_tiif(prompts, {"2d_spatial_relation/0": {"short": {0: ["yes", "yes"]}}})).values():
+        assert scores.dimensions == {"2d_spatial_relation": {"short": 100.0}}
+        assert scores.groups == {"Relation": {"short": 100.0}} and scores.overall == {"short": 100.0}
+        assert len(scores.unanswered) == 4
     with pytest.raises(ValueError, match="unknown length"):
         score_tiif(prompts, {"2d_spatial_relation/0": {"medium": {0: ["yes", "yes"]}}})
+
+
+def test_tiif_official_rounds_each_accuracy_to_4_decimals(tmp_path):
+    """3d/0 short 1 of 3 right (yes, no, no vs yes x3); 2d/0 short 2 of 2.
+    corrected: 3d 33.333...; Relation = (100 + 33.333...) / 2 = 66.666...
+    official_compatible: 1/3 -> 0.3333 -> 33.33; Relation = (100 + 33.33) / 2 = 66.665 (not 66.67)."""
+    prompts = load_tiif(*write_tiif_fixture(tmp_path))
+    answers = {
+        "3d_spatial_relation/0": {"short": {0: ["yes", "no", "no"]}},
+        "2d_spatial_relation/0": {"short": {0: ["yes", "yes"]}},
+    }
+    result = score_tiif(prompts, answers)
+    assert result.official_compatible.dimensions["3d_spatial_relation"] == {"short": 33.33}
+    assert result.official_compatible.groups["Relation"]["short"] == pytest.approx(66.665, abs=1e-9)
+    assert result.corrected.dimensions["3d_spatial_relation"]["short"] == pytest.approx(100 / 3, abs=1e-9)
+    assert result.corrected.groups["Relation"]["short"] == pytest.approx(200 / 3, abs=1e-9)
+
+
+def test_tiif_malformed_answer_list_is_skipped_with_a_warning_in_the_official_variant(tmp_path):
+    """2d/0 short: image 0 answers yes, yes (2/2); image 1 gives one answer for two questions (malformed).
+    official_compatible: image 1 skipped with a warning -> 2/2 = 100, 2 questions read.
+    corrected: image 1's two questions count wrong -> 2/4 = 50, 4 questions. Both count 1 malformed list."""
+    prompts = load_tiif(*write_tiif_fixture(tmp_path))
+    answers = {"2d_spatial_relation/0": {"short": {0: ["yes", "yes"], 1: ["yes"]}}}
+    with pytest.warns(UserWarning, match="2d_spatial_relation/0 short image 1.*skipped"):
+        result = score_tiif(prompts, answers)
+    official, corrected = result.official_compatible, result.corrected
+    assert official.dimensions == {"2d_spatial_relation": {"short": 100.0}} and official.num_questions == 2
+    assert corrected.dimensions == {"2d_spatial_relation": {"short": 50.0}} and corrected.num_questions == 4
+    assert official.num_malformed == corrected.num_malformed == 1
+    assert result.to_dict()["official_compatible"]["num_malformed"] == 1
+
+
+def test_tiif_testmini_through_the_sample_index_keeps_test_line_numbers(tmp_path):
+    """The test files hold 30 real_world prompts; testmini_sample_idx.json picks lines 27 and 3. The prompts keep
+    those line numbers (keys real_world/27, real_world/3: the official judge outputs' line_idx and image names), so
+    answers keyed real_world/27 score: 27 answered yes (expected yes) -> 100 in both variants."""
+    test_prompts, test_eval = tmp_path / "test_prompts", tmp_path / "test_eval_prompts"
+    test_prompts.mkdir()
+    test_eval.mkdir()
+    lines = [{"type": "real_world", "short_description": f"s{n}", "long_description": f"l{n}"} for n in range(30)]
+    (test_prompts / "real_world.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    questions = [{"type": "real_world", "yn_question_list": [f"q{n}?"], "yn_answer_list": ["yes"]} for n in range(30)]
+    (test_eval / "real_world_eval_prompts.jsonl").write_text("\n".join(json.dumps(q) for q in questions))
+    (tmp_path / "testmini_sample_idx.json").write_text(json.dumps({"real_world": [27, 3]}))
+    prompts = load_tiif(test_prompts, test_eval, sample_index=tmp_path / "testmini_sample_idx.json")
+    assert [(p.key, p.short_description, p.questions) for p in prompts] == [
+        ("real_world/3", "s3", ("q3?",)),
+        ("real_world/27", "s27", ("q27?",)),
+    ]
+    result = score_tiif(prompts, {"real_world/27": {"short": {0: ["yes"]}}})
+    assert result.official_compatible.dimensions == {"real_world": {"short": 100.0}}
+    assert result.corrected.unanswered == ("real_world/3",)
+    (tmp_path / "bad_idx.json").write_text(json.dumps({"real_world": [30]}))
+    with pytest.raises(BenchmarkFormatError, match="lines \\[30\\] beyond its 30 prompts"):
+        load_tiif(test_prompts, test_eval, sample_index=tmp_path / "bad_idx.json")
 
 
 def test_tiif_format_errors(tmp_path):
@@ -547,7 +601,7 @@ def test_tiif_round_trip_on_spatialworld(tmp_path, world_prompts):
     answers = {
         key: {length: {0: ["yes"] * len(p.questions)} for length in ("short", "long")} for key, p in prompts.items()
     }
-    scores = score_tiif(list(prompts.values()), answers)
+    scores = score_tiif(list(prompts.values()), answers).official_compatible
     assert scores.paper_groups == {"BR": {"short": 100.0, "long": 100.0}}
     assert scores.overall == {"short": 100.0, "long": 100.0}
 

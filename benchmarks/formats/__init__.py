@@ -20,7 +20,15 @@ from benchmarks.formats.dpg import (
 )
 from benchmarks.formats.errors import BenchmarkFormatError, MissingBenchmarkFile
 from benchmarks.formats.spatialworld import SpatialWorldPrompt, load_spatialworld_prompts, spatialworld_prompts
-from benchmarks.formats.tiif import TiifPrompt, TiifScores, load_tiif, score_tiif, spatialworld_dimension, write_tiif
+from benchmarks.formats.tiif import (
+    TiifPrompt,
+    TiifResult,
+    TiifScores,
+    load_tiif,
+    score_tiif,
+    spatialworld_dimension,
+    write_tiif,
+)
 from benchmarks.formats.unigenbench import (
     MalformedRow,
     UniGenBench,
@@ -41,6 +49,7 @@ __all__ = [
     "MissingBenchmarkFile",
     "SpatialWorldPrompt",
     "TiifPrompt",
+    "TiifResult",
     "TiifScores",
     "UniGenBench",
     "UniGenPrompt",

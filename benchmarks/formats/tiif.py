@@ -1,11 +1,17 @@
 """TIIF-Bench (Wei et al. 2025, "TIIF-Bench: How Does Your T2I Model Follow Your Instructions?").
 
-Official files (https://github.com/A113N-W3I/TIIF-Bench, `data/`): a prompts directory (`testmini_prompts/`, or
-`test_prompts/`) of `.jsonl` files, one per dimension, each line {"type", "short_description",
-"long_description"}; and an evaluation-prompts directory (`testmini_eval_prompts/`) of `.jsonl` files whose lines
+Official files (https://github.com/A113N-W3I/TIIF-Bench, `data/`): prompts directories (`test_prompts/`,
+`testmini_prompts/`) of `.jsonl` files, one per dimension, each line {"type", "short_description",
+"long_description"}; evaluation-prompts directories (`test_eval_prompts/`, `testmini_eval_prompts/`) whose lines
 {"type", "yn_question_list", "yn_answer_list"} hold the yes/no questions and their expected answers, line for line
-with the prompts of the same type. Each prompt is drawn from its short and its long description; the judge answers
-the same questions for both images.
+with the prompts of the same type; and `testmini_sample_idx.json`, the testmini subset as line numbers of the test
+files. A prompt's key is "<type>/<line>", its images `<line>.png`, and the official judge outputs' `line_idx` is
+that line.
+
+testmini: the official evaluation runs it as the *test* files filtered by `sample_idx_file`, so its line numbers
+(image names, judge outputs' `line_idx`: "real_world/27") count lines of the test files. Load it the same way:
+`load_tiif(test_prompts, test_eval_prompts, sample_index=testmini_sample_idx.json)`. Loading the `testmini_*`
+folders directly numbers prompts by their line in the testmini files instead, which matches neither.
 
 Scoring, as `eval/summary_results.py` and `eval/summary_dimension_results.py`:
 
@@ -15,15 +21,19 @@ Scoring, as `eval/summary_results.py` and `eval/summary_dimension_results.py`:
 
 with the official groups in `GROUPS`; the paper's Basic Relation (BR), Attribute+Relation (AR) and
 Relation+Reasoning (RR) are the groups "Relation", "Attribute+Relation" and "Relation+Reasoning" (`PAPER_GROUPS`).
-An unparseable judge answer (None) counts as wrong and is counted. Our judge is deterministic (temperature 0, one
-fixed template); the official `eval/eval_with_vlm.py` samples one of three templates at random for every call, at
-temperature 1, so its numbers vary from run to run.
+Two variants (`score_tiif`): `official_compatible` rounds each accuracy, as a fraction, to 4 decimals before the
+means (as summary_results.py) and skips an answer list that does not give one yes/no per question with a warning
+(a malformed judge output line there); `corrected` keeps full precision and counts every question of a malformed
+answer list wrong. Both count malformed lists (`num_malformed`). An unparseable judge answer (None) counts as wrong
+and is counted. Our judge is deterministic (temperature 0, one fixed template); the official `eval/eval_with_vlm.py`
+samples one of three templates at random for every call, at temperature 1, so its numbers vary from run to run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +52,9 @@ from shared.io import atomic_write_text
 OFFICIAL_REPO = "https://github.com/A113N-W3I/TIIF-Bench"
 PROMPTS_DIR_NAME = "prompts"
 EVAL_PROMPTS_DIR_NAME = "eval_prompts"
+SAMPLE_INDEX_NAME = "testmini_sample_idx.json"
 LENGTHS = ("short", "long")
+VARIANTS = ("official_compatible", "corrected")
 ANSWERS = ("yes", "no", None)
 
 # eval/summary_dimension_results.py: the nine groups and their dimensions ("texture+color" is listed there too;
@@ -97,7 +109,7 @@ Answers = Mapping[str, Mapping[str, Mapping[int, Sequence[str | None]]]]  # key 
 @dataclass(frozen=True)
 class TiifPrompt:
     dimension: str  # the line's "type", e.g. "2d_spatial_relation"
-    index: int  # line number (from 0) within its dimension's file: the official image name is <index>.png
+    index: int  # line number (from 0) within its dimension's test file: the image name <index>.png, the line_idx
     short_description: str
     long_description: str
     questions: tuple[str, ...]
@@ -117,6 +129,7 @@ class TiifScores:
     overall: dict[str, float]  # length -> mean of the groups
     num_questions: int  # answers read, all images and lengths
     num_unparseable: int  # answers the judge could not parse: counted wrong
+    num_malformed: int = 0  # answer lists without one yes/no/None per question: skipped or counted wrong
     unanswered: tuple[str, ...] = ()  # prompt keys with no answers at all
     ungrouped: tuple[str, ...] = ()  # evaluated dimensions that no official group lists
     judge_note: str = JUDGE_NOTE
@@ -134,10 +147,20 @@ class TiifScores:
             "dimensions": self.dimensions,
             "num_questions": self.num_questions,
             "num_unparseable": self.num_unparseable,
+            "num_malformed": self.num_malformed,
             "unanswered": list(self.unanswered),
             "ungrouped": list(self.ungrouped),
             "judge_note": self.judge_note,
         }
+
+
+@dataclass(frozen=True)
+class TiifResult:
+    official_compatible: TiifScores
+    corrected: TiifScores
+
+    def to_dict(self) -> dict:
+        return {variant: getattr(self, variant).to_dict() for variant in VARIANTS}
 
 
 # --- loading ----------------------------------------------------------------------------------------------------
@@ -170,8 +193,40 @@ def _read_jsonl_dir(directory: Path, fields: tuple[str, ...]) -> dict[str, list[
     return by_type
 
 
-def load_tiif(prompts_dir: str | os.PathLike, eval_prompts_dir: str | os.PathLike) -> list[TiifPrompt]:
-    """The prompts of every dimension in `eval_prompts_dir`, each with its descriptions from `prompts_dir`."""
+def load_sample_index(path: str | os.PathLike) -> dict[str, list[int]]:
+    """{type: line numbers} of a sample index file (`testmini_sample_idx.json`): a JSON object from a dimension
+    (its type, or its file name with or without `.jsonl`) to a list of 0-based line numbers of its test files."""
+    path = require_path(path, "a TIIF-Bench sample index (JSON: type -> line numbers)", OFFICIAL_REPO, "data/")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise BenchmarkFormatError(f"{path} is not JSON: {error}") from error
+    if not isinstance(index, dict) or not all(
+        isinstance(lines, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in lines)
+        for lines in index.values()
+    ):
+        raise BenchmarkFormatError(f"{path}: expected a JSON object of type -> list of line numbers")
+    return {Path(str(key)).name.removesuffix(".jsonl"): lines for key, lines in index.items()}
+
+
+def _subset_type(name: str, types: set[str], where: Path) -> str:
+    """The dimension a sample-index key names: the type itself, or a file stem that starts with it."""
+    if name in types:
+        return name
+    matches = [t for t in types if name.startswith(t)]
+    if len(matches) != 1:
+        raise BenchmarkFormatError(f"{where}: key {name!r} names no single dimension of {sorted(types)}")
+    return matches[0]
+
+
+def load_tiif(
+    prompts_dir: str | os.PathLike,
+    eval_prompts_dir: str | os.PathLike,
+    sample_index: str | os.PathLike | None = None,
+) -> list[TiifPrompt]:
+    """The prompts of every dimension in `eval_prompts_dir`, each with its descriptions from `prompts_dir`; with
+    `sample_index` (testmini: `testmini_sample_idx.json` over the test dirs), only the lines it lists, each keeping
+    its line number in the test files (module docstring)."""
     prompts_dir = require_path(
         prompts_dir,
         "TIIF-Bench's prompts directory (<dimension>.jsonl with short_description and long_description)",
@@ -188,14 +243,26 @@ def load_tiif(prompts_dir: str | os.PathLike, eval_prompts_dir: str | os.PathLik
     )
     descriptions = _read_jsonl_dir(prompts_dir, ("type", "short_description", "long_description"))
     evaluations = _read_jsonl_dir(eval_prompts_dir, ("type", "yn_question_list", "yn_answer_list"))
+    subset = None
+    if sample_index is not None:
+        by_key = load_sample_index(sample_index)
+        subset = {_subset_type(key, set(evaluations), Path(sample_index)): set(lines) for key, lines in by_key.items()}
     prompts = []
     for dimension, lines in evaluations.items():
+        if subset is not None and dimension not in subset:
+            continue
         if len(descriptions.get(dimension, ())) != len(lines):
             raise BenchmarkFormatError(
                 f"type {dimension!r}: {len(lines)} evaluation lines in {eval_prompts_dir} but "
                 f"{len(descriptions.get(dimension, ()))} prompts in {prompts_dir}; they pair line for line"
             )
+        if subset is not None and (beyond := sorted(n for n in subset[dimension] if not 0 <= n < len(lines))):
+            raise BenchmarkFormatError(
+                f"{sample_index}: type {dimension!r} lists lines {beyond[:5]} beyond its {len(lines)} prompts"
+            )
         for index, (line, description) in enumerate(zip(lines, descriptions[dimension], strict=True)):
+            if subset is not None and index not in subset[dimension]:
+                continue
             questions = tuple(str(q).strip() for q in line["yn_question_list"])
             expected = tuple(str(a).strip().lower() for a in line["yn_answer_list"])
             if len(questions) != len(expected) or not set(expected) <= {"yes", "no"}:
@@ -221,32 +288,12 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def score_tiif(prompts: Sequence[TiifPrompt], answers: Answers) -> TiifScores:
-    """Accuracy per dimension and length, the official groups and the overall score (module docstring)."""
-    by_key = {prompt.key: prompt for prompt in prompts}
-    unknown = sorted(set(answers) - set(by_key))
-    if unknown:
-        raise ValueError(f"answers for prompts the benchmark does not have: {unknown[:5]}")
-    correct: dict[tuple[str, str], int] = defaultdict(int)
-    total: dict[tuple[str, str], int] = defaultdict(int)
-    unparseable = 0
-    for key, per_length in answers.items():
-        prompt = by_key[key]
-        for length, images in per_length.items():
-            if length not in LENGTHS:
-                raise ValueError(f"prompt {key}: unknown length {length!r}; known: {LENGTHS}")
-            for image, given in images.items():
-                if len(given) != len(prompt.questions) or any(a not in ANSWERS for a in given):
-                    raise ValueError(
-                        f"prompt {key} {length} image {image}: needs one 'yes'/'no'/None per question "
-                        f"({len(prompt.questions)}), got {list(given)}"
-                    )
-                total[prompt.dimension, length] += len(given)
-                correct[prompt.dimension, length] += sum(a == e for a, e in zip(given, prompt.expected, strict=True))
-                unparseable += sum(a is None for a in given)
-    dimensions: dict[str, dict[str, float]] = defaultdict(dict)
-    for (dimension, length), count in sorted(total.items()):
-        dimensions[dimension][length] = 100.0 * correct[dimension, length] / count
+def _malformed(given: Sequence, prompt: TiifPrompt) -> bool:
+    return len(given) != len(prompt.questions) or any(a not in ANSWERS for a in given)
+
+
+def _aggregate(dimensions: dict[str, dict[str, float]]) -> tuple[dict, dict]:
+    """(groups, overall) from per-dimension accuracies: means over what was evaluated (module docstring)."""
     groups: dict[str, dict[str, float]] = {}
     for group, members in GROUPS.items():
         scores = {
@@ -261,6 +308,39 @@ def score_tiif(prompts: Sequence[TiifPrompt], answers: Answers) -> TiifScores:
         for length in LENGTHS
         if (values := [scores[length] for scores in groups.values() if length in scores])
     }
+    return groups, overall
+
+
+def _score_variant(prompts: Sequence[TiifPrompt], answers: Answers, variant: str) -> TiifScores:
+    by_key = {prompt.key: prompt for prompt in prompts}
+    correct: dict[tuple[str, str], int] = defaultdict(int)
+    total: dict[tuple[str, str], int] = defaultdict(int)
+    unparseable = malformed = 0
+    for key, per_length in answers.items():
+        prompt = by_key[key]
+        for length, images in per_length.items():
+            for image, given in images.items():
+                if _malformed(given, prompt):
+                    malformed += 1
+                    if variant == "official_compatible":
+                        warnings.warn(
+                            f"TIIF-Bench prompt {key} {length} image {image}: {list(given)} is not one 'yes'/'no' "
+                            f"per question ({len(prompt.questions)}); skipped, as the official summary does",
+                            stacklevel=3,
+                        )
+                    else:
+                        total[prompt.dimension, length] += len(prompt.questions)  # every question wrong
+                    continue
+                total[prompt.dimension, length] += len(given)
+                correct[prompt.dimension, length] += sum(a == e for a, e in zip(given, prompt.expected, strict=True))
+                unparseable += sum(a is None for a in given)
+    dimensions: dict[str, dict[str, float]] = defaultdict(dict)
+    for (dimension, length), count in sorted(total.items()):
+        accuracy = 100.0 * correct[dimension, length] / count
+        if variant == "official_compatible":  # summary_results.py rounds each accuracy (a fraction) to 4 decimals
+            accuracy = round(100.0 * round(correct[dimension, length] / count, 4), 2)
+        dimensions[dimension][length] = accuracy
+    groups, overall = _aggregate(dimensions)
     grouped = {d for members in GROUPS.values() for d in members}
     return TiifScores(
         dict(dimensions),
@@ -268,9 +348,27 @@ def score_tiif(prompts: Sequence[TiifPrompt], answers: Answers) -> TiifScores:
         overall,
         sum(total.values()),
         unparseable,
+        malformed,
         tuple(prompt.key for prompt in prompts if prompt.key not in answers),
         tuple(d for d in dimensions if d not in grouped),
     )
+
+
+def score_tiif(prompts: Sequence[TiifPrompt], answers: Answers) -> TiifResult:
+    """Accuracy per dimension and length, the official groups and the overall score, in both variants (module
+    docstring). Answers for unknown prompts or lengths are an error; malformed answer lists are not (counted)."""
+    known = {prompt.key for prompt in prompts}
+    unknown = sorted(set(answers) - known)
+    if unknown:
+        raise ValueError(
+            f"answers for prompts the benchmark does not have: {unknown[:5]} (testmini keys count lines of the test "
+            "files: load the test dirs with sample_index=testmini_sample_idx.json)"
+        )
+    for key, per_length in answers.items():
+        for length in per_length:
+            if length not in LENGTHS:
+                raise ValueError(f"prompt {key}: unknown length {length!r}; known: {LENGTHS}")
+    return TiifResult(*(_score_variant(prompts, answers, variant) for variant in VARIANTS))
 
 
 # --- SpatialWorld in TIIF-Bench's format ------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """`tiif-bench`: TIIF-Bench yes/no questions on images drawn from each prompt's short and long description (the
 paper reports Basic Relation, BR).
 
-`--data` is a dir holding TIIF-Bench's `prompts/` and `eval_prompts/` dirs (`<dimension>.jsonl`; the official
-`testmini_prompts` / `testmini_eval_prompts` renamed or linked), or SpatialWorld prompts written in that layout by
-`python -m benchmarks export-prompts --format tiif`. Every prompt is drawn twice, from its short and from its long
+`--data` is a dir holding TIIF-Bench's `prompts/` and `eval_prompts/` dirs (`<dimension>.jsonl`: the official
+`test_prompts` / `test_eval_prompts` renamed or linked) and, for testmini, the official `testmini_sample_idx.json`
+beside them (prompts keep their line numbers in the test files, as the official images and judge outputs do; see
+`benchmarks.formats.tiif`), or SpatialWorld prompts written in that layout by `python -m benchmarks export-prompts
+--format tiif`. Every prompt is drawn twice, from its short and from its long
 description (image folder `<dimension>/<index>/<short|long>/<seed>.png`; default 1 seed), and a `YesNoVQA` (by
 default the SpatialWorld pixel detector; `--judge vlm` for a VLM) answers its questions for each image. Scores
 (`score_tiif`): accuracy per dimension and length, the official nine groups, the paper's BR / AR / RR, overall per
-length, in percent; unparseable answers count as wrong and are counted. Our judge is deterministic; the official
+length, in percent, in both variants: `official_compatible/*` (each accuracy rounded to 4 decimals as a fraction;
+the top-level numbers repeat it) and `corrected/*` (full precision); unparseable answers count as wrong and are
+counted. Our judge is deterministic; the official
 one samples a random template at temperature 1 (said in the report). Missing or unreadable images are counted.
 """
 
@@ -20,6 +24,7 @@ from benchmarks.formats.tiif import (
     EVAL_PROMPTS_DIR_NAME,
     LENGTHS,
     PROMPTS_DIR_NAME,
+    SAMPLE_INDEX_NAME,
     TiifPrompt,
     load_tiif,
     score_tiif,
@@ -37,7 +42,12 @@ class TiifBench:
 
     def samples(self, inputs: RunInputs) -> list[Sample]:
         root = require(inputs.data, self.name, self.data_help)
-        prompts = load_tiif(Path(root) / PROMPTS_DIR_NAME, Path(root) / EVAL_PROMPTS_DIR_NAME)
+        sample_index = Path(root) / SAMPLE_INDEX_NAME
+        prompts = load_tiif(
+            Path(root) / PROMPTS_DIR_NAME,
+            Path(root) / EVAL_PROMPTS_DIR_NAME,
+            sample_index if sample_index.is_file() else None,
+        )
         require_images(inputs, self.name)
         inputs.judges.require("vqa", "--judge spatialworld (SpatialWorld prompts) or --judge vlm")
         prompts = prompts[: inputs.limit] if inputs.limit is not None else prompts
@@ -80,10 +90,12 @@ class TiifBench:
             prompts.setdefault(prompt.key, prompt)
             if record["image"] == "ok":
                 answers.setdefault(prompt.key, {}).setdefault(record["length"], {})[record["seed"]] = record["answers"]
-        summary = score_tiif(list(prompts.values()), answers).to_dict()
-        summary.pop("judge_note")
-        summary["unanswered"] = len(summary["unanswered"])
-        summary["ungrouped"] = len(summary["ungrouped"])
+        variants = score_tiif(list(prompts.values()), answers).to_dict()
+        for scores in variants.values():
+            scores.pop("judge_note")
+            scores["unanswered"] = len(scores["unanswered"])
+            scores["ungrouped"] = len(scores["ungrouped"])
+        summary = {**variants["official_compatible"], **variants}  # top level: the official-compatible numbers
         summary["num_images"] = len(records)
         summary |= image_status_counts(records)
         return summary
@@ -91,12 +103,14 @@ class TiifBench:
     def report(self, summary: dict[str, Any]) -> str:
         rows = [[name, *[scores.get(length) for length in LENGTHS]] for name, scores in summary["paper_groups"].items()]
         rows.append(["overall", *[summary["overall"].get(length) for length in LENGTHS]])
-        head = table(["group", *LENGTHS], rows)
+        rows.append(["overall (corrected: full precision)", *[summary["corrected"]["overall"].get(n) for n in LENGTHS]])
+        head = table(["group (official-compatible)", *LENGTHS], rows)
         dimensions = [
             [name, *[scores.get(length) for length in LENGTHS]]
             for name, scores in sorted(summary["dimensions"].items())
         ]
         counts = [["questions", summary["num_questions"]], ["unparseable answers", summary["num_unparseable"]]]
+        counts.append(["malformed answer lists (official: skipped; corrected: wrong)", summary["num_malformed"]])
         counts += [["images", summary["num_images"]], ["missing images", summary["missing_images"]]]
         note = (
             "Our judge is deterministic (one fixed template, temperature 0); TIIF-Bench's official judge samples one "

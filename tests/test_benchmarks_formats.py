@@ -447,7 +447,7 @@ def test_unigenbench_scores_by_hand(tmp_path):
     benchmark = load_unigenbench(
         write_csv(tmp_path / "test_prompts_en.csv", "index,prompt_en,sub_dims_en", UNIGEN_ROWS)
     )
-    scores = score_unigenbench(benchmark, UNIGEN_ANSWERS)
+    scores = score_unigenbench(benchmark, UNIGEN_ANSWERS).corrected
     assert scores.sub == pytest.approx(
         {LAYOUT_2D: 75.0, LAYOUT_3D: 25.0, "Attribute - Color": 75.0, "Style": 50.0, "Attribute - Shape": 75.0}
     )
@@ -459,6 +459,28 @@ def test_unigenbench_scores_by_hand(tmp_path):
     assert [m["row"] for m in scores.to_dict()["malformed"]] == [3, 4, 6, 7]
     with pytest.raises(ValueError, match="needs one 0/1/None per testpoint"):
         score_unigenbench(benchmark, {4: {0: [2]}})
+
+
+def test_unigenbench_official_skips_images_with_a_failed_judgement(tmp_path):
+    """Same answers; prompt 0 image 2 holds the one unparseable judgement (1, 0, None).
+    official_compatible: that image has no result row -> left out whole (skipped_images 1):
+      prompt 0 over images 0, 1, 3: 2D 1,0,1 -> 2/3; Color 1,1,1 -> 3/3; Style 1,1,0 -> 2/3
+      Layout 2D (2 + 3) / (3 + 4) = 5/7 = 71.43 (corrected 75);  Layout 3D 25;  Attribute (3+3)/7 = 85.71
+      Entity Layout (2 + 1 + 3) / (3 + 4 + 4) = 6/11 = 54.55;  Style 2/3 = 66.67
+      21 testpoints read, none unparseable.
+    corrected: as test_unigenbench_scores_by_hand (None scores 0, stays in the denominator), skipped_images 0."""
+    benchmark = load_unigenbench(
+        write_csv(tmp_path / "test_prompts_en.csv", "index,prompt_en,sub_dims_en", UNIGEN_ROWS)
+    )
+    result = score_unigenbench(benchmark, UNIGEN_ANSWERS)
+    official = result.official_compatible
+    assert (official.layout_2d, official.layout_3d) == pytest.approx((500 / 7, 25.0))
+    assert official.main == pytest.approx({"Entity Layout": 600 / 11, "Attribute": 600 / 7, "Style": 200 / 3})
+    assert (official.num_testpoints, official.num_unparseable, official.skipped_images) == (21, 0, 1)
+    assert result.corrected.layout_2d == pytest.approx(75.0) and result.corrected.skipped_images == 0
+    summary = result.to_dict()
+    assert summary["official_compatible"]["skipped_images"] == 1
+    assert "not an official" in summary["corrected"]["overall_note"]
 
 
 def test_unigenbench_missing_column(tmp_path):
@@ -620,7 +642,7 @@ def test_unigenbench_round_trip_on_spatialworld(tmp_path, world_prompts):
     )
     assert benchmark.prompts[0].prompt == world_prompts[0].prompt
     answers = {0: {i: [1, 1] for i in range(4)}, 1: {i: [int(i < 2), 1] for i in range(4)}}
-    scores = score_unigenbench(benchmark, answers)
+    scores = score_unigenbench(benchmark, answers).official_compatible
     assert (scores.layout_2d, scores.layout_3d) == (100.0, 50.0)
     assert scores.main == {"Entity Layout": 87.5} and scores.overall == 87.5
 

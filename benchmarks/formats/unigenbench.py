@@ -4,15 +4,21 @@ Official files (https://github.com/CodeGoat24/UniGenBench, `data/`): `test_promp
 `test_prompts_en_long.csv`, ...) with columns index, prompt_en, sub_dims_en; sub_dims_en is a JSON object whose
 "Testpoints" list names the sub-dimensions tested ("Entity Layout - Two-Dimensional Space") and whose "Testpoint
 Description" list says, testpoint by testpoint, what in the prompt is tested. The judge gives one 0/1 per testpoint
-for each of 4 images per prompt. Scoring, as `eval/qwenvl_72b_en_eval.py`:
+for each of 4 images per prompt. Scoring, as the score block of the official evaluation scripts (`eval/*_eval.py`,
+e.g. `eval/gemini_en_eval.py`; the local-judge script's name has changed across versions of the repository) and
+`eval/calculate_score.py`:
 
     main(t) = the testpoint up to its first "-" ("Entity Layout"); a testpoint without "-" is its own main dimension
     acc(sub dimension s)  = 100 * #(score == 1) / #(testpoint s judged)         (pooled over prompts and images)
     acc(main dimension m) = 100 * #(score == 1) / #(testpoints of m judged)     (pooled, not a mean of subs)
-    overall = mean of acc(m) over the main dimensions judged
+    overall = mean of acc(m) over the main dimensions judged    (ours: NOT an official UniGenBench number; the
+                                                                 official scripts print main and sub dimensions)
 
-Layout 2D and 3D are the sub-dimensions `LAYOUT_2D` and `LAYOUT_3D`. An unparseable judge answer (None) scores 0
-and is counted. A row that cannot be read (bad JSON, lists of different lengths, a testpoint the official judge
+Layout 2D and 3D are the sub-dimensions `LAYOUT_2D` and `LAYOUT_3D`. Two variants (`score_unigenbench`): the
+official script writes no result row for an image whose judgement failed, so its testpoints leave the denominator;
+`official_compatible` does the same with every image that has an unparseable judgement (None) and counts them in
+`skipped_images`; `corrected` scores each None 0 and keeps it in the denominator (counted in `num_unparseable`).
+A row that cannot be read (bad JSON, lists of different lengths, a testpoint the official judge
 has no definition for, ...) is listed in `malformed` with its row number and reason and skipped.
 """
 
@@ -68,6 +74,9 @@ SUB_DIMENSIONS = (
     "Logical Reasoning",
 )
 
+VARIANTS = ("official_compatible", "corrected")
+OVERALL_NOTE = "mean of the main dimensions: not an official UniGenBench number (the official scripts report none)"
+
 Answers = Mapping[int, Mapping[int, Sequence[int | None]]]  # prompt index -> image -> one 0/1/None per testpoint
 
 
@@ -104,7 +113,7 @@ class UniGenBench:
 class UniGenScores:
     """Every number is a percentage."""
 
-    overall: float | None  # mean of the main dimensions; None when nothing was judged
+    overall: float | None  # mean of the main dimensions (not an official number); None when nothing was judged
     main: dict[str, float]
     sub: dict[str, float]
     layout_2d: float | None  # sub[LAYOUT_2D] if judged
@@ -113,19 +122,31 @@ class UniGenScores:
     num_unparseable: int  # judgements the judge could not parse: scored 0
     unanswered: tuple[int, ...]  # prompt indices without any answer
     malformed: tuple[MalformedRow, ...]  # rows of the CSV that were skipped
+    skipped_images: int = 0  # images left out for an unparseable judgement (official-compatible variant)
 
     def to_dict(self) -> dict:
         return {
             "overall": self.overall,
+            "overall_note": OVERALL_NOTE,
             "layout_2d": self.layout_2d,
             "layout_3d": self.layout_3d,
             "main": self.main,
             "sub": self.sub,
             "num_testpoints": self.num_testpoints,
             "num_unparseable": self.num_unparseable,
+            "skipped_images": self.skipped_images,
             "unanswered": list(self.unanswered),
             "malformed": [{"row": m.row, "line": m.line, "index": m.index, "reason": m.reason} for m in self.malformed],
         }
+
+
+@dataclass(frozen=True)
+class UniGenResult:
+    official_compatible: UniGenScores
+    corrected: UniGenScores
+
+    def to_dict(self) -> dict:
+        return {variant: getattr(self, variant).to_dict() for variant in VARIANTS}
 
 
 # --- loading ----------------------------------------------------------------------------------------------------
@@ -190,23 +211,17 @@ def load_unigenbench(csv_path: str | os.PathLike) -> UniGenBench:
 
 
 # --- scoring ----------------------------------------------------------------------------------------------------
-def score_unigenbench(benchmark: UniGenBench, answers: Answers) -> UniGenScores:
-    """Accuracy per main and sub dimension, Layout 2D/3D and the overall score (module docstring)."""
+def _score_variant(benchmark: UniGenBench, answers: Answers, variant: str) -> UniGenScores:
     by_index = {prompt.index: prompt for prompt in benchmark.prompts}
-    unknown = sorted(set(answers) - set(by_index))
-    if unknown:
-        raise ValueError(f"answers for prompt indices the benchmark does not have: {unknown[:5]}")
     passed = {"main": defaultdict(int), "sub": defaultdict(int)}  # level -> dimension -> testpoints scored 1
     judged = {"main": defaultdict(int), "sub": defaultdict(int)}  # level -> dimension -> testpoints judged
-    unparseable = 0
+    unparseable = skipped = 0
     for index, images in answers.items():
         prompt = by_index[index]
-        for image, scores in images.items():
-            if len(scores) != len(prompt.testpoints) or any(s not in (0, 1, None) for s in scores):
-                raise ValueError(
-                    f"prompt {index} image {image}: needs one 0/1/None per testpoint ({len(prompt.testpoints)}), "
-                    f"got {list(scores)}"
-                )
+        for scores in images.values():
+            if variant == "official_compatible" and None in scores:
+                skipped += 1  # the official script has no result row for this image
+                continue
             for testpoint, score in zip(prompt.testpoints, scores, strict=True):
                 for level, dimension in (("main", main_dimension(testpoint)), ("sub", testpoint)):
                     judged[level][dimension] += 1
@@ -226,7 +241,25 @@ def score_unigenbench(benchmark: UniGenBench, answers: Answers) -> UniGenScores:
         unparseable,
         tuple(prompt.index for prompt in benchmark.prompts if prompt.index not in answers),
         benchmark.malformed,
+        skipped,
     )
+
+
+def score_unigenbench(benchmark: UniGenBench, answers: Answers) -> UniGenResult:
+    """Accuracy per main and sub dimension, Layout 2D/3D and the (unofficial) overall score in both variants
+    (module docstring)."""
+    by_index = {prompt.index: prompt for prompt in benchmark.prompts}
+    unknown = sorted(set(answers) - set(by_index))
+    if unknown:
+        raise ValueError(f"answers for prompt indices the benchmark does not have: {unknown[:5]}")
+    for index, images in answers.items():
+        for image, scores in images.items():
+            if len(scores) != len(by_index[index].testpoints) or any(s not in (0, 1, None) for s in scores):
+                raise ValueError(
+                    f"prompt {index} image {image}: needs one 0/1/None per testpoint "
+                    f"({len(by_index[index].testpoints)}), got {list(scores)}"
+                )
+    return UniGenResult(*(_score_variant(benchmark, answers, variant) for variant in VARIANTS))
 
 
 # --- SpatialWorld in UniGenBench's format -----------------------------------------------------------------------

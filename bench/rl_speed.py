@@ -21,8 +21,8 @@ from lightning.pytorch import Trainer
 
 from data_synthesis import SpatialWorldOracle
 from data_synthesis.build import BuildConfig, build
+from rl_policy import GroupSettings, GRPOModule, SamplerSettings, UpdateSettings, WeightedReward
 from rl_policy.data import PromptBatch, PromptDataModule
-from rl_policy.module import GRPOModule, WeightedReward
 from rl_policy.training import TINY, PolicySpec
 
 
@@ -89,12 +89,9 @@ def main() -> None:
                 PolicySpec(pipeline=pipeline, strict_prompt_length=True).build(),
                 Timed(WeightedReward([SpatialWorldOracle(), Brightness()], [1.0, 1e-3])),
                 functools.partial(torch.optim.AdamW, lr=3e-4),
-                group_size=args.group_size,
-                keep_per_side=keep,
-                resolution=32,
-                num_steps=6,
-                cfg_scale=3.0,
-                micro_batch_size=args.group_size,
+                sampler=SamplerSettings(resolution=32, num_steps=6, cfg_scale=3.0),
+                groups=GroupSettings(group_size=args.group_size, keep_per_side=keep),
+                updates=UpdateSettings(micro_batch_size=args.group_size),
                 eval_every_n_steps=0,
                 image_every_n_steps=0,
             )

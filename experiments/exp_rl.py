@@ -90,7 +90,7 @@ def overlay(run: Run, run_dir: Path) -> dict[str, Any]:
         "data": {"seed": run.seed},
     }
     if not run.top_k:
-        config["model"] = {"keep_per_side": None}
+        config["model"] = {"groups": {"keep_per_side": None}}
     return config
 
 

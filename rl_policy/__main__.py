@@ -2,11 +2,15 @@
 
     python -m rl_policy pretrain --data data/spatialworld-rl --out runs/rl/generator   # the tiny generator (embedded)
     python -m rl_policy fit --config configs/rl/tiny.yaml                             # GRPO (LightningCLI)
+    python -m rl_policy sample --lora runs/rl/tiny-oracle/lora --prompt "..." --seed 0 --out x.png
 
 `fit` is LightningCLI over `rl_policy.training.GRPOTraining` + `rl_policy.data.PromptDataModule`, with
 `ExportPolicy` attached (options under `--export.*`): the run ends with a base-vs-trained evaluation, the LoRA in
 diffusers' format in `<default_root_dir>/lora/` and `<default_root_dir>/metrics.json`. Rerun with
 `--ckpt_path <default_root_dir>/checkpoints/last.ckpt` to resume a killed run.
+
+`sample` draws images of a pipeline (and optionally a trained LoRA: the `lora/` dir a fit writes, whose policy.json
+names its base pipeline) with the ODE sampler the RL evaluation uses, one PNG per seed.
 
 `pretrain` trains the tiny FluxTransformer2DModel from scratch with the rectified-flow loss on a SpatialWorld
 dataset dir's (prompt, perfect image) pairs (rl_policy.pretrain), evaluates it with the SpatialWorld oracle at the end
@@ -17,6 +21,7 @@ logs and checkpoints go to `<out>/logs` (rerun the same command to resume a kill
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -137,6 +142,83 @@ def pretrain_command(argv: Sequence[str]) -> None:
     print(json.dumps({"pipeline": str(out), "metrics": metrics}, indent=2))
 
 
+def sample_command(argv: Sequence[str]) -> None:
+    """Draw images of a pipeline, with a trained LoRA if given, by the RL evaluation's ODE sampler."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rl_policy sample",
+        description=sample_command.__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--pipeline", type=Path, help="a diffusers pipeline dir (default: the LoRA's base pipeline)")
+    parser.add_argument("--lora", type=Path, help="a `lora/` dir written by `python -m rl_policy fit` (or its run dir)")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0], help="one image per seed")
+    parser.add_argument("--out", type=Path, required=True, help="the PNG (several seeds: NAME_seed<N>.png)")
+    parser.add_argument(
+        "--size", type=int, help="image side (default: 32 for the tiny pixel-space generator, else 1024)"
+    )
+    parser.add_argument("--steps", type=int, default=20, help="Euler steps of the ODE")
+    parser.add_argument(
+        "--cfg-scale", type=float, help="true classifier-free guidance (default: 3 for the tiny generator)"
+    )
+    parser.add_argument("--guidance", type=float, help="FLUX.1-dev's distilled guidance (default 3.5 where it has one)")
+    arguments = parser.parse_args(argv)
+    lora = arguments.lora
+    if lora is not None and (lora / "lora" / "policy.json").is_file():
+        lora = lora / "lora"
+    if lora is not None and not (lora / "policy.json").is_file():
+        parser.error(f"--lora {arguments.lora} is not a LoRA dir of `python -m rl_policy fit` (no policy.json)")
+    pipeline_dir = arguments.pipeline
+    if pipeline_dir is None and lora is not None:
+        base = json.loads((lora / "policy.json").read_text()).get("base_pipeline")
+        pipeline_dir = None if base in (None, "tiny-random") else Path(base)
+    if pipeline_dir is None:
+        parser.error("give --pipeline (the LoRA's policy.json names no loadable base pipeline)")
+    if not (pipeline_dir / "model_index.json").is_file():
+        parser.error(f"--pipeline {pipeline_dir} is not a diffusers pipeline dir (no model_index.json)")
+    if arguments.steps < 1:
+        parser.error(f"--steps must be positive, got {arguments.steps}")
+
+    import torch
+    from PIL import Image
+
+    from rl_policy.policy import FluxPolicy, PixelUnshuffleAutoencoder, load_pipeline
+    from rl_policy.rollout import sample_ode
+    from shared import atomic_write_bytes
+
+    pipeline = load_pipeline(pipeline_dir, torch_dtype=torch.float32)
+    if lora is not None:
+        pipeline.load_lora_weights(lora)
+    tiny = isinstance(pipeline.vae, PixelUnshuffleAutoencoder)
+    has_guidance = bool(getattr(pipeline.transformer.config, "guidance_embeds", False))
+    size = arguments.size or (32 if tiny else 1024)
+    cfg_scale = arguments.cfg_scale if arguments.cfg_scale is not None else (3.0 if tiny else 1.0)
+    guidance = arguments.guidance if arguments.guidance is not None else (3.5 if has_guidance else None)
+    policy = FluxPolicy(pipeline, max_sequence_length=min(512, pipeline.tokenizer_2.model_max_length))
+    for seed in arguments.seed:
+        generator = torch.Generator().manual_seed(seed)
+        image = sample_ode(
+            policy,
+            [arguments.prompt],
+            height=size,
+            width=size,
+            num_steps=arguments.steps,
+            cfg_scale=cfg_scale,
+            guidance=guidance,
+            generator=generator,
+        )[0]
+        out = (
+            arguments.out
+            if len(arguments.seed) == 1
+            else arguments.out.with_name(f"{arguments.out.stem}_seed{seed}{arguments.out.suffix or '.png'}")
+        )
+        pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        atomic_write_bytes(out, buffer.getvalue())
+        print(out)
+
+
 def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True):
     """LightningCLI over GRPOTraining and PromptDataModule with ExportPolicy attached (rl_policy.training.GRPOCLI)."""
     from rl_policy.data import PromptDataModule
@@ -152,7 +234,7 @@ def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True):
     )
 
 
-COMMANDS = {"pretrain": pretrain_command}
+COMMANDS = {"pretrain": pretrain_command, "sample": sample_command}
 CLI_COMMANDS = ("fit", "validate", "test")
 
 

@@ -23,6 +23,7 @@ advantages, k = 6 per side best (7.81 vs 7.73 unfiltered, 7.71 with k = 4); KL w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
@@ -32,6 +33,27 @@ from rl_policy.sde import Reduction, SDEStep, reduce_per_sample
 StdScope = Literal["group", "global"]
 FilterOrder = Literal["normalise_then_select", "select_then_normalise"]
 KLForm = Literal["gaussian", "flow_grpo"]
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """The groups and their advantages. group_size: G samples per prompt (paper: 24); keep_per_side: the top-k and
+    bottom-k kept (paper: 6; None: every sample); filter_order and std_scope: see `filtered_advantages` and
+    `group_advantages`."""
+
+    group_size: int = 24
+    keep_per_side: int | None = 6
+    filter_order: FilterOrder = "normalise_then_select"
+    std_scope: StdScope = "group"
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1:
+            raise ValueError(f"groups.group_size must be positive, got {self.group_size}")
+        if self.keep_per_side is not None and not 0 < 2 * self.keep_per_side <= self.group_size:
+            raise ValueError(
+                f"groups.keep_per_side ({self.keep_per_side}) per side must be positive and at most half the group "
+                f"({self.group_size})"
+            )
 
 
 class GroupAdvantages(NamedTuple):
@@ -162,3 +184,16 @@ def kl_to_reference(
     if form == "flow_grpo":
         return flow_grpo_kl(step.mean, reference_mean, step.std_t, reduction)
     raise ValueError(f"KL form must be 'gaussian' or 'flow_grpo', got {form!r}")
+
+
+def within_group_agreement(prompt_index: torch.Tensor, rewards: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Share of same-prompt sample pairs that `reference` (the oracle) tells apart and `rewards` orders the same way:
+    how far a critic can be trusted on the policy's own samples. prompt_index, rewards, reference: [S]. NaN when
+    the reference ties every pair."""
+    same = prompt_index[:, None] == prompt_index[None, :]  # [S, S]
+    reference_order = torch.sign(reference[:, None] - reference[None, :])
+    reward_order = torch.sign(rewards[:, None] - rewards[None, :])
+    decided = same & (reference_order != 0) & torch.isfinite(reward_order)
+    if not decided.any():
+        return torch.tensor(float("nan"))
+    return (reference_order == reward_order)[decided].float().mean()

@@ -55,7 +55,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase,
 
 from data_synthesis import build_spatialworld_tokenizer
 from rl_policy.sde import flux_shift_mu, flux_sigmas
-from shared.pipelines import read_pipeline_index
+from shared.pipelines import load_pipeline_dir, read_pipeline_index
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def load_pipeline(path: str | Path, torch_dtype: torch.dtype | None = None) -> D
     if class_name not in SUPPORTED_PIPELINES:
         index_file = path / "model_index.json"
         raise ValueError(f"{index_file}: _class_name {class_name!r} is not one of {', '.join(SUPPORTED_PIPELINES)}")
-    return DiffusionPipeline.from_pretrained(str(path), torch_dtype=torch_dtype)
+    return load_pipeline_dir(path, dtype=torch_dtype)
 
 
 def add_lora(

@@ -18,7 +18,33 @@ from dataclasses import dataclass
 import torch
 
 from rl_policy.policy import FluxPolicy, PromptEmbeddings
-from rl_policy.sde import CoarseNoise, ode_step, sde_step_with_logprob
+from rl_policy.sde import ode_step, sde_step_with_logprob
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How GRPO samples: rollouts with the SDE, held-out evaluation with the ODE, both at resolution x resolution.
+
+    num_steps: denoising steps of a rollout (paper: 6); eval_num_steps: the evaluation's (None: max(num_steps, 20));
+    noise_level: the SDE's noise scale (Flow-GRPO: 0.7-0.8); sde_steps: the stochastic (trained) steps (None: all
+    but the last); cfg_scale: true classifier-free guidance (1: off; the tiny generator: 3); guidance: FLUX.1-dev's
+    distilled guidance (3.5; None for models without it); shared_noise: one initial noise per group, so its
+    samples differ only by the SDE noise."""
+
+    resolution: int = 512
+    num_steps: int = 6
+    eval_num_steps: int | None = None
+    noise_level: float = 0.8
+    sde_steps: list[int] | None = None
+    cfg_scale: float = 1.0
+    guidance: float | None = None
+    shared_noise: bool = False
+
+    def __post_init__(self) -> None:
+        if self.resolution < 1 or self.num_steps < 1 or (self.eval_num_steps is not None and self.eval_num_steps < 1):
+            raise ValueError(f"sampler: resolution and step counts must be positive, got {self}")
+        if self.sde_steps is not None and not all(0 <= step < self.num_steps for step in self.sde_steps):
+            raise ValueError(f"sampler.sde_steps must list steps of the {self.num_steps}-step schedule")
 
 
 @dataclass
@@ -64,17 +90,12 @@ def sample_trajectories(
     guidance: float | None = None,
     shared_noise: bool = False,
     generator: torch.Generator | None = None,
-    noise: CoarseNoise | None = None,
-    antithetic: bool = False,
 ) -> Trajectory:
     """G = group_size SDE samples of each prompt (see the module docstring). sde_steps: the stochastic step indices
     (default every step but the last); shared_noise: one initial noise per group (the samples then differ only by
-    the SDE noise); noise: coarse exploration noise of the SDE steps (`sde.CoarseNoise`; None: full resolution);
-    antithetic: samples 2j and 2j + 1 of each group draw opposite SDE noise (`sde`, mirrored noise; G must be even)."""
+    the SDE noise)."""
     if group_size < 1 or num_steps < 1:
         raise ValueError(f"group_size and num_steps must be positive, got {group_size}, {num_steps}")
-    if antithetic and group_size % 2:
-        raise ValueError(f"mirrored noise pairs the samples of a group: group_size ({group_size}) must be even")
     stochastic = torch.zeros(num_steps, dtype=torch.bool)
     stochastic[list(range(num_steps - 1)) if sde_steps is None else list(sde_steps)] = True
     if not stochastic.any():
@@ -97,14 +118,7 @@ def sample_trajectories(
         )
         if stochastic[step]:
             result = sde_step_with_logprob(
-                velocity,
-                latents,
-                sigmas[step],
-                sigmas[step + 1],
-                noise_level,
-                generator=generator,
-                noise=noise,
-                antithetic=antithetic,
+                velocity, latents, sigmas[step], sigmas[step + 1], noise_level, generator=generator
             )
             latents, log_probs[:, step] = result.prev_sample, result.log_prob.float().cpu()
         else:

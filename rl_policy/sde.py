@@ -19,20 +19,6 @@ clip range (1e-4 .. 1e-5 in Flow-GRPO's Flux configs) does not depend on the ima
 log-density of the step (ratios of order exp(D * per-element change), D = tokens * channels), which would need a
 clip range scaled down by D.
 
-Coarse exploration noise (`CoarseNoise`, optional, not in Flow-GRPO): the step's noise is drawn on a grid of cells of
-`cell` x `cell` latent positions and repeated over each cell, eps = P z with z ~ N(0, I_k) and P's columns
-orthonormal, so that the k = C * (H / cell) * (W / cell) explored directions are the low spatial frequencies that
-carry a layout. With a shared initial noise the gradient of one group is J^T sum_i A_i eps_i, an evolution-strategies
-estimate whose noise grows with the number of explored dimensions; high frequencies add that noise and no layout.
-The step is then Gaussian on the subspace, and its log-prob is that of z' = P^T (x_next - mean) / step_std (the
-rest of x_next - mean, zero at sampling, is left out), reduced over the k dimensions.
-
-Mirrored noise (`antithetic`, optional, not in Flow-GRPO; evolution strategies' mirrored sampling): rows 2j and
-2j + 1 of a batch get eps and -eps. Each row is still an exact draw of the step's Gaussian, so log-probs and ratios
-are unchanged; where the two rows share their state (one initial noise per group, the first SDE step), the group's
-gradient J^T sum_i A_i eps_i becomes J^T sum_j (A_2j - A_2j+1) eps_2j: the part of the reward that is even in eps
-(the group's mean, curvature) no longer adds noise to it.
-
 Simplified against Flow-GRPO's code: sigmas are passed in directly (per sample, so a batch may mix timesteps)
 instead of being looked up in a scheduler from timesteps; the Flux sigma schedule is reproduced here as a pure
 function (`flux_sigmas`), identical to FluxPipeline + FlowMatchEulerDiscreteScheduler with dynamic shifting.
@@ -41,11 +27,9 @@ function (`flux_sigmas`), identical to FluxPipeline + FlowMatchEulerDiscreteSche
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
-from diffusers import FluxPipeline
 
 Reduction = Literal["mean", "sum"]
 
@@ -115,53 +99,6 @@ def reduce_per_sample(values: torch.Tensor, reduction: Reduction) -> torch.Tenso
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
-@dataclass(frozen=True)
-class CoarseNoise:
-    """Noise constant over cells of `cell` x `cell` latent positions (module docstring), for packed latents
-    [B, rows * columns, channels * 4]: Flux's and Qwen-Image's layout, each token a 2 x 2 patch of a
-    [B, channels, 2 rows, 2 columns] latent image (`policy.latent_grid` gives rows, columns), packed and unpacked
-    with FluxPipeline's own helpers, as `policy` does."""
-
-    rows: int
-    columns: int
-    cell: int
-
-    def __post_init__(self) -> None:
-        if self.cell < 1 or (2 * self.rows) % self.cell or (2 * self.columns) % self.cell:
-            raise ValueError(
-                f"noise cell {self.cell} must be positive and divide the latent grid "
-                f"{2 * self.rows} x {2 * self.columns}"
-            )
-
-    def _image(self, packed: torch.Tensor) -> torch.Tensor:
-        """[B, rows * columns, C * 4] -> [B, C, 2 rows, 2 columns]"""
-        if packed.shape[1] != self.rows * self.columns or packed.shape[2] % 4:
-            raise ValueError(f"latents {list(packed.shape)} do not match a {self.rows} x {self.columns} packed grid")
-        return FluxPipeline._unpack_latents(packed, 2 * self.rows, 2 * self.columns, vae_scale_factor=1)
-
-    def _packed(self, image: torch.Tensor) -> torch.Tensor:
-        """[B, C, 2 rows, 2 columns] -> [B, rows * columns, C * 4]"""
-        return FluxPipeline._pack_latents(image, image.shape[0], image.shape[1], 2 * self.rows, 2 * self.columns)
-
-    def dimensions(self, like: torch.Tensor) -> int:
-        """k, the explored dimensions for latents shaped like `like` [B, tokens, channels]."""
-        return like.shape[2] // 4 * (2 * self.rows // self.cell) * (2 * self.columns // self.cell)
-
-    def lift(self, z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """P z: [B, k] -> packed latents shaped like `like`, each cell's value repeated and divided by `cell`."""
-        channels, height, width = like.shape[2] // 4, 2 * self.rows // self.cell, 2 * self.columns // self.cell
-        coarse = z.view(z.shape[0], channels, height, width)
-        fine = coarse.repeat_interleave(self.cell, dim=2).repeat_interleave(self.cell, dim=3) / self.cell
-        return self._packed(fine)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """P^T x: packed latents [B, tokens, channels] -> [B, k], each cell's sum divided by `cell`."""
-        image = self._image(x)
-        batch, channels, height, width = image.shape
-        cells = image.reshape(batch, channels, height // self.cell, self.cell, width // self.cell, self.cell)
-        return cells.sum(dim=(3, 5)).reshape(batch, -1) / self.cell
-
-
 def sde_step_with_logprob(
     velocity: torch.Tensor,
     sample: torch.Tensor,
@@ -171,8 +108,6 @@ def sde_step_with_logprob(
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     reduction: Reduction = "mean",
-    noise: CoarseNoise | None = None,
-    antithetic: bool = False,
 ) -> SDEStep:
     """One Flow-GRPO SDE step from `sample` at `sigma` to `sigma_next` (formulas in the module docstring).
 
@@ -181,8 +116,7 @@ def sde_step_with_logprob(
     log-prob of that given x_next is computed instead (training recomputes the rollout's log-probs this way).
     Maths in float32; x_next is cast to the sample's dtype first and its log-prob is that of the cast value, so a
     recomputation with the same velocity gives exactly the same log-prob. noise_level = 0 gives the Euler step; the
-    log-prob is then undefined (NaN). `noise`: coarse exploration noise (module docstring); None: eps ~ N(0, I).
-    antithetic: rows 2j + 1 draw minus the noise of rows 2j (module docstring; B must be even).
+    log-prob is then undefined (NaN).
     """
     sigma = _per_sample(sigma, sample)
     sigma_next = _per_sample(sigma_next, sample)
@@ -193,32 +127,15 @@ def sde_step_with_logprob(
     std_t = noise_level * torch.sqrt(sigma / (1 - s))
     mean = sample32 * (1 + std_t**2 / (2 * sigma) * dt) + velocity32 * (1 + std_t**2 * (1 - sigma) / (2 * sigma)) * dt
     step_std = std_t * torch.sqrt(-dt)
-    if noise is not None and sample.ndim != 3:
-        raise ValueError(f"coarse noise needs packed latents [B, tokens, channels], got {list(sample.shape)}")
-    if antithetic and sample.shape[0] % 2:
-        raise ValueError(f"mirrored noise pairs rows 2j and 2j + 1: the batch ({sample.shape[0]}) must be even")
     if prev_sample is None:
-        rows = sample.shape[0] // 2 if antithetic else sample.shape[0]
-        if noise is None:
-            eps = torch.randn((rows, *sample.shape[1:]), generator=generator, device=sample.device, dtype=torch.float32)
-        else:  # z on the coarse subspace, eps = P z
-            eps = torch.randn((rows, noise.dimensions(sample)), generator=generator, device=sample.device)
-        if antithetic:
-            eps = torch.stack([eps, -eps], dim=1).flatten(0, 1)
-        if noise is not None:
-            eps = noise.lift(eps, sample)
+        eps = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
         prev_sample = (mean + step_std * eps).to(sample.dtype)
     # Gaussian log-density of x_next; x_next is data here, never differentiated through.
-    if noise is None:
-        log_density = (
-            -((prev_sample.detach().float() - mean) ** 2) / (2 * step_std**2)
-            - torch.log(step_std)
-            - 0.5 * math.log(2 * math.pi)
-        )
-    else:  # the density of z' = P^T (x_next - mean) / std on the subspace
-        per_sample_std = step_std.view(-1, 1)  # [B, 1]
-        z = noise.project(prev_sample.detach().float() - mean) / per_sample_std  # [B, k]
-        log_density = -(z**2) / 2 - torch.log(per_sample_std) - 0.5 * math.log(2 * math.pi)
+    log_density = (
+        -((prev_sample.detach().float() - mean) ** 2) / (2 * step_std**2)
+        - torch.log(step_std)
+        - 0.5 * math.log(2 * math.pi)
+    )
     return SDEStep(prev_sample, reduce_per_sample(log_density, reduction), mean, std_t, step_std)
 
 

@@ -140,8 +140,7 @@ class ExportPolicy(Callback):
 def export_lora(module: GRPOModule, directory: str | Path) -> Path:
     """The policy's LoRA in diffusers' format (`load_lora_weights` loads it) plus `policy.json` (what it applies to)."""
     directory = Path(directory)
-    with module.ema_weights():  # the evaluated weights: the EMA where the run keeps one
-        layers = {name: value.detach().clone() for name, value in get_peft_model_state_dict(module.transformer).items()}
+    layers = {name: value.detach().clone() for name, value in get_peft_model_state_dict(module.transformer).items()}
     type(module.policy.pipeline).save_lora_weights(directory, transformer_lora_layers=layers, safe_serialization=True)
     spec = getattr(module, "policy_spec", None)
     atomic_write_json(

@@ -32,7 +32,7 @@ def test_plan_and_overlays_parse_with_the_rl_cli(tmp_path):
     argv = exp_rl.command(run, tmp_path / run.name)
     assert argv[argv.index("fit") + 1 :][-2:] == ["--config", str(tmp_path / run.name / "overlay.yaml")]
     config = ParseOnlyCLI(GRPOTraining, PromptDataModule, args=argv[argv.index("fit") + 1 :], run=False).config
-    assert config.model.keep_per_side is None and config.seed_everything == 1 and config.data.seed == 1
+    assert config.model.groups.keep_per_side is None and config.seed_everything == 1 and config.data.seed == 1
     assert config.trainer.default_root_dir == str(tmp_path / run.name)
     assert config.trainer.callbacks[0].init_args.dirpath == str(tmp_path / run.name / "checkpoints")
     (tmp_path / run.name / "checkpoints").mkdir()

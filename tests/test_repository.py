@@ -119,5 +119,6 @@ def test_stage_packages_import_only_what_the_layering_allows(package):
 
 def test_the_layering_check_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "module.py"
-    source.write_text("import torch\n\ndef f():\n    from reward_model.scorer import SpatialScorer\n    import benchmarks\n")
+    lines = ["import torch", "", "def f():", "    from reward_model.scorer import Scorer", "    import benchmarks"]
+    source.write_text("\n".join(lines) + "\n")
     assert stage_imports(source) == {("reward_model", 4), ("benchmarks", 5)}

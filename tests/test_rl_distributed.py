@@ -43,8 +43,8 @@ def run_rank(dataset_dir: Path, out_dir: Path, flat_rank: int | None, keep_per_s
     from lightning.pytorch.strategies import DDPStrategy
     from test_rl_grpo_module import make_module  # this file runs as a script from tests/
 
+    from rl_policy import WeightedReward
     from rl_policy.data import PromptDataModule
-    from rl_policy.module import WeightedReward
     from rl_policy.policy import trainable_parameters
 
     torch.set_num_threads(1)

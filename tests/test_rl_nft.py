@@ -1,7 +1,7 @@
 """The NFT objective (rl_policy.nft) against hand-computed values, its on-policy gradient (the clipped advantage
-times the weighted flow-matching gradient, whatever beta is), and GRPOModule(objective="nft") on the tiny Flux:
-real steps change only the LoRA weights and the first update starts exactly at the rollout policy (a simple reward
-rising, and resume: tests/test_rl_grpo_module.py, parametrized by objective)."""
+times the weighted flow-matching gradient, whatever beta is), and GRPOModule with the `DiffusionNFT` objective on
+the tiny Flux: real steps change only the LoRA weights and the first update starts exactly at the rollout policy (a
+simple reward rising, and resume: tests/test_rl_grpo_module.py, parametrized by objective)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 from test_rl_grpo_module import make_module, trainer
 
+from rl_policy import DiffusionNFT
 from rl_policy.data import PromptBatch, PromptDataModule
 from rl_policy.nft import nft_loss, optimality_probability
 from rl_policy.policy import trainable_parameters
@@ -59,7 +60,7 @@ def test_on_policy_gradient_is_the_advantage_weighted_flow_matching_gradient(bet
 
 @pytest.mark.parametrize("noise, steps", [("fresh", None), ("trajectory", [0, 1])])
 def test_nft_steps_change_only_lora_weights_and_start_at_the_rollout_policy(small_dataset, tmp_path, noise, steps):
-    module = make_module(objective="nft", beta=0.0, keep_per_side=2, nft_noise=noise, nft_steps=steps)
+    module = make_module(objective="nft", keep_per_side=2, nft=dict(noise=noise, steps=steps))
     before = {name: p.detach().clone() for name, p in module.transformer.named_parameters()}
     lora = set(trainable_parameters(module.transformer))
     run = trainer(tmp_path, 2, enable_checkpointing=False)
@@ -73,23 +74,21 @@ def test_nft_steps_change_only_lora_weights_and_start_at_the_rollout_policy(smal
 
 
 def test_nft_trajectory_inputs_are_the_rollout_states():
-    module = make_module(objective="nft", beta=0.0, nft_noise="trajectory", nft_steps=[0, 2])
+    module = make_module(objective="nft", nft=dict(noise="trajectory", steps=[0, 2]))
     batch = PromptBatch(["a", "b"], ["a red circle is left of a blue square.", "a green square."], None)
     trajectory, _, _ = module.rollout(batch)
     pairs = torch.cartesian_prod(torch.arange(trajectory.num_samples), torch.arange(2))
-    inputs = module._nft_inputs(batch, trajectory, pairs)
-    sigma = inputs["sigma"][..., None, None]  # [S, 2, 1, 1]
-    torch.testing.assert_close(inputs["sigma"][0], trajectory.sigmas[[0, 2]])
-    rebuilt = (1 - sigma) * trajectory.latents[:, -1:] + sigma * inputs["noise"]
+    inputs = module.objective.prepare(trajectory, pairs, module.policy_call(batch, trajectory))
+    sigma = inputs.sigma[..., None, None]  # [S, 2, 1, 1]
+    torch.testing.assert_close(inputs.sigma[0], trajectory.sigmas[[0, 2]])
+    rebuilt = (1 - sigma) * trajectory.latents[:, -1:] + sigma * inputs.noise
     torch.testing.assert_close(rebuilt, trajectory.latents[:, [0, 2]])
 
 
 def test_nft_settings_are_checked():
-    with pytest.raises(ValueError, match="no KL term"):
-        make_module(objective="nft", beta=0.01)
-    with pytest.raises(ValueError, match="nft_beta"):
-        make_module(objective="nft", beta=0.0, nft_beta=0.0)
-    with pytest.raises(ValueError, match="nft_steps"):
-        make_module(objective="nft", beta=0.0, nft_steps=[3])  # the 3-step schedule has steps 0-2
-    with pytest.raises(ValueError, match="objective"):
-        make_module(objective="dpo")
+    with pytest.raises(ValueError, match="NFT beta"):
+        DiffusionNFT(beta=0.0)
+    with pytest.raises(ValueError, match="NFT noise"):
+        DiffusionNFT(noise="gaussian")
+    with pytest.raises(ValueError, match="NFT steps"):
+        make_module(objective="nft", nft=dict(steps=[3]))  # the 3-step schedule has steps 0-2

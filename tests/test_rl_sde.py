@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from rl_policy.sde import CoarseNoise, flux_shift_mu, flux_sigmas, ode_step, sde_step_with_logprob
+from rl_policy.sde import flux_shift_mu, flux_sigmas, ode_step, sde_step_with_logprob
 
 # FLUX.1-dev's scheduler/scheduler_config.json
 FLUX_SCHEDULER = dict(
@@ -114,73 +114,3 @@ def test_drawn_sample_has_the_step_distribution():
     residual = stepped.prev_sample - stepped.mean
     assert abs(residual.mean().item()) < 0.01
     assert residual.std().item() == pytest.approx(0.5 * math.sqrt(0.2), rel=0.02)
-
-
-def test_coarse_noise_is_an_orthonormal_low_frequency_basis_in_flux_packing():
-    """4 x 4 tokens of 2 x 2 patches of a 3-channel latent image 8 x 8; cells of 4 x 4 positions: k = 3 * 2 * 2."""
-    noise = CoarseNoise(rows=4, columns=4, cell=4)
-    like = torch.zeros(2, 16, 12)
-    assert noise.dimensions(like) == 12
-    generator = torch.Generator().manual_seed(4)
-    z = torch.randn(2, 12, generator=generator)
-    lifted = noise.lift(z, like)  # P z
-    assert lifted.shape == like.shape
-    torch.testing.assert_close(noise.project(lifted), z)  # P^T P = I
-    torch.testing.assert_close(lifted.norm(dim=(1, 2)), z.norm(dim=1))
-    # the same packing as diffusers' FluxPipeline._pack_latents: unpack, and each cell is one constant value / 4
-    from diffusers import FluxPipeline
-
-    image = torch.randn(2, 3, 8, 8, generator=generator)
-    packed = FluxPipeline._pack_latents(image, 2, 3, 8, 8)
-    torch.testing.assert_close(noise._image(packed), image)
-    unpacked = noise._image(lifted)  # [2, 3, 8, 8]
-    cells = unpacked.view(2, 3, 2, 4, 2, 4)
-    torch.testing.assert_close(cells, z.view(2, 3, 2, 1, 2, 1).expand_as(cells) / 4)
-    # P^T of any x is its cells' sums / 4, e.g. a one-hot latent position
-    x = torch.zeros(1, 3, 8, 8)
-    x[0, 1, 5, 2] = 1.0
-    expected = torch.zeros(1, 3, 2, 2)
-    expected[0, 1, 1, 0] = 0.25
-    torch.testing.assert_close(noise.project(FluxPipeline._pack_latents(x, 1, 3, 8, 8)), expected.view(1, 12))
-    with pytest.raises(ValueError, match="noise cell 3"):
-        CoarseNoise(rows=4, columns=4, cell=3)
-
-
-def test_sde_step_with_coarse_noise_draws_in_the_subspace_and_its_log_prob_is_the_normal_density_of_z():
-    noise = CoarseNoise(rows=4, columns=4, cell=2)
-    generator = torch.Generator().manual_seed(5)
-    sample, velocity = torch.randn(2, 2, 16, 12, generator=generator)
-    sigma, sigma_next = torch.tensor([1.0, 0.6]), torch.tensor([0.8, 0.3])
-    drawn = sde_step_with_logprob(velocity, sample, sigma, sigma_next, 0.7, generator=generator, noise=noise)
-    full = sde_step_with_logprob(velocity, sample, sigma, sigma_next, 0.7, prev_sample=drawn.prev_sample)
-    torch.testing.assert_close(drawn.mean, full.mean)  # the same step, only the noise differs
-    residual = drawn.prev_sample - drawn.mean
-    torch.testing.assert_close(noise.lift(noise.project(residual), sample), residual)  # x_next - mean lies in P
-    z = noise.project(residual) / drawn.step_std.view(-1, 1)  # [2, 48]
-    assert z.shape == (2, 3 * 4 * 4)
-    expected = torch.distributions.Normal(0.0, drawn.step_std.view(-1, 1)).log_prob(z * drawn.step_std.view(-1, 1))
-    torch.testing.assert_close(drawn.log_prob, expected.mean(dim=1))
-    again = sde_step_with_logprob(velocity, sample, sigma, sigma_next, 0.7, prev_sample=drawn.prev_sample, noise=noise)
-    assert torch.equal(again.log_prob, drawn.log_prob)  # recomputation: ratio exactly 1
-    moved = sde_step_with_logprob(
-        velocity + 0.1, sample, sigma, sigma_next, 0.7, prev_sample=drawn.prev_sample, noise=noise
-    )
-    assert not torch.equal(moved.log_prob, drawn.log_prob)  # the policy's mean still moves the log-prob
-
-
-@pytest.mark.parametrize("coarse", [False, True])
-def test_antithetic_noise_mirrors_row_pairs_and_keeps_the_step_density(coarse):
-    noise = CoarseNoise(rows=4, columns=4, cell=2) if coarse else None
-    generator = torch.Generator().manual_seed(6)
-    sample, velocity = torch.randn(2, 1, 16, 12, generator=generator)
-    sample, velocity = sample.expand(4, 16, 12), velocity.expand(4, 16, 12)  # one state, four draws
-    drawn = sde_step_with_logprob(velocity, sample, 1.0, 0.8, 0.7, generator=generator, noise=noise, antithetic=True)
-    residual = drawn.prev_sample - drawn.mean
-    torch.testing.assert_close(residual[1::2], -residual[0::2])  # rows 2j + 1 = minus rows 2j
-    assert not torch.allclose(residual[0], residual[2])  # the pairs draw independently
-    # each row is an ordinary draw of the step: the same log-prob as the plain density of the same x_next
-    plain = sde_step_with_logprob(velocity, sample, 1.0, 0.8, 0.7, prev_sample=drawn.prev_sample, noise=noise)
-    assert torch.equal(plain.log_prob, drawn.log_prob)
-    torch.testing.assert_close(drawn.log_prob[0::2], drawn.log_prob[1::2])
-    with pytest.raises(ValueError, match="must be even"):
-        sde_step_with_logprob(velocity[:3], sample[:3], 1.0, 0.8, 0.7, antithetic=True)

@@ -3,6 +3,7 @@ HTTP API through Flask's test client, the access token off loopback, and the exp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing
@@ -32,7 +33,15 @@ from data_synthesis.review import (
     perfect_side,
     verdict_of,
 )
-from data_synthesis.review.app import TOKEN_ENV, access_token
+from data_synthesis.review.app import (
+    MAX_ID_CHARS,
+    MIN_DISPLAY_MS,
+    TOKEN_ENV,
+    access_token,
+    relation_text,
+    serve,
+    shape_name,
+)
 from data_synthesis.verify import DatasetError, load_pairs
 
 NUM_UNREVIEWED = 40
@@ -346,3 +355,80 @@ def test_export_refuses_a_foreign_output_dir_and_a_review_without_accepted_pairs
         export_reviewed(reviewable, foreign, db_path=db_path)
     with pytest.raises(ReviewError, match="is the dataset dir itself"):
         export_reviewed(reviewable, reviewable, db_path=db_path)
+
+
+# --- hardening: nothing tells the images apart, limits, the page's words, bad addresses -------------------------
+def test_image_responses_carry_nothing_that_tells_perfect_from_perturbed(reviewable, tmp_path):
+    """No file name (Content-Disposition), no Last-Modified, an ETag from the bytes (not the mtime: the perfect
+    image is always written first); the URL is an opaque id naming neither the pair nor the side; a conditional
+    request with the ETag gets 304."""
+    client = create_app(reviewable, db_path=tmp_path / "review.sqlite", reviewer="alice").test_client()
+    state = client.get("/api/state").get_json()
+    pair_id, urls = state["pair"]["pair_id"], state["pair"]["images"]
+    for url in urls.values():
+        assert pair_id not in url and "left" not in url and "right" not in url
+        response = client.get(url)
+        assert response.status_code == 200 and response.mimetype == "image/png"
+        assert "Content-Disposition" not in response.headers and "Last-Modified" not in response.headers
+        assert response.headers["ETag"].strip('"') == hashlib.sha256(response.data).hexdigest()
+        assert client.get(url, headers={"If-None-Match": response.headers["ETag"]}).status_code == 304
+    assert client.get("/image/" + "0" * 32 + "?reviewer=alice").status_code == 404
+
+
+def test_request_bodies_and_ids_have_a_size_limit(reviewable, tmp_path):
+    """A body over MAX_BODY_BYTES gets 413; an id or name over MAX_ID_CHARS gets 400 and is not echoed back."""
+    client = create_app(reviewable, db_path=tmp_path / "review.sqlite", reviewer="alice").test_client()
+    huge = "x" * (5 * 1024 * 1024)
+    assert client.post("/api/decide", json={"pair_id": huge, "choice": "left"}).status_code == 413
+    long_id = "y" * (MAX_ID_CHARS + 1)
+    response = client.post("/api/decide", json={"pair_id": long_id, "choice": "left"})
+    assert response.status_code == 400 and long_id not in response.get_data(as_text=True)
+    response = client.get(f"/api/state?reviewer={long_id}")
+    assert response.status_code == 400 and long_id not in response.get_data(as_text=True)
+    assert client.get(f"/image/{long_id}?reviewer=alice").status_code == 400
+
+
+def test_the_page_explains_neither_both_and_flag_and_sets_a_minimum_display_time(reviewable, tmp_path):
+    page = create_app(reviewable, db_path=tmp_path / "r.sqlite", reviewer="alice").test_client().get("/")
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", page.get_data(as_text=True)))
+    assert "neither: no image does" in text and "both: both do" in text
+    assert "flag: the pair itself is broken" in text
+    assert f'data-min-display-ms="{MIN_DISPLAY_MS}"' in page.get_data(as_text=True) and MIN_DISPLAY_MS >= 300
+
+
+def test_the_relation_list_names_shapes_as_the_prompt_does():
+    """A cross the prompt calls a "plus sign" and a circle it calls a "disc" keep those names; the longest word that
+    matches wins ("five-pointed star" over "star"); a word the prompt does not use falls back to the shape."""
+    prompt = "The red plus sign is left of the blue disc. A green five-pointed star. A pink square."
+    assert shape_name("red", "cross", prompt) == "red plus sign"
+    assert shape_name("blue", "circle", prompt) == "blue disc"
+    assert shape_name("green", "star", prompt) == "green five-pointed star"
+    assert shape_name("pink", "square", prompt) == "pink square"
+    assert shape_name("cyan", "cross", prompt) == "cyan cross"
+    relation = {"kind": "left_of", "subjects": ["red", "blue"], "region": None}
+    names = {"red": shape_name("red", "cross", prompt), "blue": shape_name("blue", "circle", prompt)}
+    assert relation_text(relation, names) == "red plus sign left of blue disc"
+
+
+def test_the_served_relations_use_the_prompts_shape_words(reviewable):
+    """Every object named in a served relation line appears with that name in the pair's prompt."""
+    for pair in load_review_pairs(reviewable)[:20]:
+        prompt = pair.prompt.lower()
+        scene_words = [w for line in pair.relations for w in re.findall(r"(?:plus sign|disc|cross|circle)", line)]
+        assert all(word in prompt for word in scene_words), (pair.prompt, pair.relations)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "message"),
+    [
+        ("127.0.0.1", 99999, "--port must be 1 to 65535 .*got 99999"),
+        ("127.0.0.1", -5, "--port must be 1 to 65535 .*got -5"),
+        ("no-such-host.invalid", 8765, "--host 'no-such-host.invalid' does not resolve"),
+    ],
+)
+def test_a_bad_port_or_host_gets_one_clear_error(reviewable, tmp_path, capsys, host, port, message):
+    with pytest.raises(ReviewError, match=message):
+        serve(reviewable, host=host, port=port, db_path=tmp_path / "r.sqlite")
+    assert main(["review", str(reviewable), "--host", host, "--port", str(port), "--db", str(tmp_path / "d")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert re.search(message, line)

@@ -50,11 +50,12 @@ def no_selenium_manager(monkeypatch):
 class ReviewPage:
     """One reviewer's page in its own headless Chromium."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, window: tuple[int, int] = (1366, 768)):
         options = webdriver.ChromeOptions()
         options.binary_location = str(CHROMIUM)
         for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
             options.add_argument(argument)
+        options.add_argument(f"--window-size={window[0]},{window[1]}")
         self.driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
         self.driver.get(url)
 
@@ -124,3 +125,77 @@ def test_two_reviewers_in_parallel_lose_no_decision(review_server, no_selenium_m
     for reviewer, decided in expected.items():
         assert [(d.pair_id, d.choice) for d in store.decisions(reviewer)] == decided
     assert len(store.decisions(include_undone=True)) == 2 * len(keys)
+
+
+def test_image_responses_carry_no_name_or_date_that_tells_the_images_apart(review_server, no_selenium_manager):
+    """What script on the page sees of the two image responses: no file name, no Last-Modified, ETags that are
+    content hashes; apart from the ETag and length, both carry the same headers."""
+    url, _ = review_server
+    page = ReviewPage(f"{url}/?reviewer=alice")
+    try:
+        page.wait()
+        headers = page.driver.execute_async_script(
+            """const done = arguments[arguments.length - 1];
+            const urls = [document.getElementById('image-left').src, document.getElementById('image-right').src];
+            Promise.all(urls.map((u) => fetch(u).then((r) => Object.fromEntries(r.headers.entries()))))
+              .then(done, (error) => done(String(error)));"""
+        )
+    finally:
+        page.driver.quit()
+    assert len(headers) == 2
+    for received in headers:
+        assert "content-disposition" not in received and "last-modified" not in received
+        assert not any("perfect" in value or "perturbed" in value for value in received.values())
+        assert len(received["etag"].strip('"')) == 64  # sha256 of the bytes
+    left, right = ({k: v for k, v in h.items() if k not in ("etag", "content-length", "date")} for h in headers)
+    assert left == right
+
+
+def test_a_held_or_doubled_key_decides_one_pair(review_server, no_selenium_manager):
+    """A held key: ten keydowns 50 ms apart (the first fresh, the rest auto-repeats) decide one pair. A doubled key:
+    two fresh presses 61 ms apart decide one pair. Two decisions in all, each on the pair that was on screen."""
+    url, db_path = review_server
+    page = ReviewPage(f"{url}/?reviewer=alice")
+    presses = """const [key, repeats, gap] = [arguments[0], arguments[1], arguments[2]];
+        const done = arguments[arguments.length - 1];
+        let count = 0;
+        const press = () => document.body.dispatchEvent(
+          new KeyboardEvent('keydown', {key, repeat: repeats && count > 0, bubbles: true}));
+        press();
+        const timer = setInterval(() => { count += 1; press(); if (count === 9 || !repeats) {
+          clearInterval(timer); setTimeout(done, 100); } }, gap);"""
+    try:
+        first = page.wait()
+        page.driver.execute_async_script(presses, "ArrowLeft", True, 50)  # held: 10 keydowns in 0.45 s
+        second = page.wait(previous=first)
+        page.driver.execute_async_script(presses, "f", False, 61)  # doubled: 2 fresh presses 61 ms apart
+        page.wait(previous=second)
+        assert page.progress() == "2 / 60"
+    finally:
+        page.driver.quit()
+    assert [(d.pair_id, d.choice) for d in ReviewStore(db_path).decisions()] == [(first, "left"), (second, "flag")]
+
+
+def test_the_page_fits_1366_by_768_with_a_long_prompt(review_server, no_selenium_manager):
+    """At 1366 x 768, with a prompt four times the longest the dataset has, the question, every button and both
+    images are inside the window and nothing scrolls."""
+    url, _ = review_server
+    page = ReviewPage(f"{url}/?reviewer=alice", window=(1366, 768))
+    try:
+        page.wait()
+        fits = page.driver.execute_script(
+            """const prompt = document.getElementById('prompt');
+            prompt.textContent = (prompt.textContent + ' ').repeat(4);
+            const ids = ['question', 'image-left', 'image-right'];
+            const items = [...ids.map((id) => document.getElementById(id)),
+                           ...document.querySelectorAll('button[data-choice]')];
+            const outside = items.filter((e) => { const r = e.getBoundingClientRect();
+              return r.height === 0 || r.top < 0 || r.bottom > window.innerHeight || r.right > window.innerWidth; });
+            return {outside: outside.map((e) => e.id || e.dataset.choice),
+                    scrolls: document.documentElement.scrollHeight > window.innerHeight,
+                    image: document.getElementById('image-left').getBoundingClientRect().height};"""
+        )
+    finally:
+        page.driver.quit()
+    assert fits["outside"] == [] and not fits["scrolls"]
+    assert fits["image"] >= 220  # the images still get a useful size

@@ -1,9 +1,12 @@
 """`python -m data_synthesis review DIR`: a small Flask app in which people judge the pairs of a dataset dir.
 
 The page shows the prompt, its stated relations and the two images side by side, the perfect one on a side that
-looks random but is fixed per (pair, reviewer) (`store.perfect_side`); image URLs name a side, never the file, so
-the page does not give the answer away. The reviewer says which image follows the prompt (left/right), neither,
-both, or flags the pair; keyboard shortcuts, progress and undo of the last decision are in `static/review.js`.
+looks random but is fixed per (pair, reviewer) (`store.perfect_side`). Nothing tells the images apart but their
+pixels: each is served under an opaque id (a keyed hash of pair and side, new at every start), without a file
+name, modification date or mtime-based ETag (the ETag is a hash of the bytes). The reviewer says which image follows
+the prompt (left/right), neither, both, or flags the pair; keyboard shortcuts, progress and undo of the last decision
+are in `static/review.js`, which ignores auto-repeated keys and any decision within `MIN_DISPLAY_MS` of a pair
+appearing (one pair per keypress). Request bodies over `MAX_BODY_BYTES` get 413, ids over `MAX_ID_CHARS` 400.
 
 Security: on a loopback address anyone on the machine may review. Bound to any other address, every request needs
 the access token (from $SPATIALSCORE_REVIEW_TOKEN, or generated and printed once at start): typed into a login
@@ -14,21 +17,24 @@ cross-site form cannot send; without a token, requests must name a loopback Host
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import json
 import os
 import re
 import secrets
+import socket
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from flask import Flask, jsonify, redirect, render_template, request, send_file, url_for
+from flask import Flask, Response, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
+from data_synthesis.prompts import SHAPE_WORDS
 from data_synthesis.review.store import (
     CHOICES,
     DB_NAME,
@@ -46,6 +52,9 @@ TOKEN_ENV = "SPATIALSCORE_REVIEW_TOKEN"
 TOKEN_COOKIE = "review_token"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 REVIEWER_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+MAX_BODY_BYTES = 16 * 1024  # a decision is a few hundred bytes
+MAX_ID_CHARS = 256  # pair ids, image ids and reviewer names longer than this are refused unread
+MIN_DISPLAY_MS = 400  # review.js ignores decisions on a pair shown for less (passed to the page)
 
 
 class ReviewPair(NamedTuple):
@@ -66,6 +75,14 @@ def relation_text(relation: dict, names: dict[str, str]) -> str:
     if len(subjects) == 3:
         return f"{subjects[0]} {words} {subjects[1]} and {subjects[2]}"
     return " ".join([subjects[0], words, *subjects[1:]])
+
+
+def shape_name(colour: str, shape: str, prompt: str) -> str:
+    """The name the prompt gives an object: the word for its shape the prompt uses after its colour ("plus sign"
+    for a cross, "disc" for a circle), the longest if several match; the shape itself when none does."""
+    words = SHAPE_WORDS.get(shape, (shape.replace("_", " "),))
+    used = [word for word in words if re.search(rf"\b{re.escape(colour)} {re.escape(word)}\b", prompt, re.IGNORECASE)]
+    return f"{colour} {max(used, key=len) if used else words[0]}"
 
 
 def load_review_pairs(dataset_dir: str | os.PathLike, *, all_pairs: bool = False) -> list[ReviewPair]:
@@ -91,7 +108,7 @@ def load_review_pairs(dataset_dir: str | os.PathLike, *, all_pairs: bool = False
     for row in frame[columns].itertuples():
         try:
             names = {
-                o.colour: f"{o.colour} {o.shape.replace('_', ' ')}" for o in Scene.from_json(row.perfect_scene).objects
+                o.colour: shape_name(o.colour, o.shape, row.prompt) for o in Scene.from_json(row.perfect_scene).objects
             }
             relations = [relation_text(r, names) for r in json.loads(row.stated_relations)]
         except (SceneError, json.JSONDecodeError, KeyError, TypeError, IndexError) as error:
@@ -111,7 +128,8 @@ def load_review_pairs(dataset_dir: str | os.PathLike, *, all_pairs: bool = False
 
 def check_reviewer(name: str) -> str:
     if not REVIEWER_PATTERN.fullmatch(name):
-        raise ReviewError(f"reviewer name must be 1 to 64 letters, digits or _.@- ; got {name!r}")
+        shown = name if len(name) <= 80 else f"{name[:40]}... ({len(name)} characters)"
+        raise ReviewError(f"reviewer name must be 1 to 64 letters, digits or _.@- ; got {shown!r}")
     return name
 
 
@@ -152,7 +170,14 @@ def create_app(
     default_reviewer = None if reviewer is None else check_reviewer(reviewer)
     store = ReviewStore(dataset_dir / DB_NAME if db_path is None else db_path)
     app = Flask(__name__)
-    app.config.update(REVIEW_STORE=store, REVIEW_PAIRS=pairs)
+    app.config.update(REVIEW_STORE=store, REVIEW_PAIRS=pairs, MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
+    image_key = secrets.token_bytes(32)  # image ids change at every start: nothing to learn across sessions
+    image_ids = {
+        hmac.new(image_key, f"{pair.pair_id}\0{side}".encode(), hashlib.sha256).hexdigest()[:32]: (pair, side)
+        for pair in pairs
+        for side in SIDES
+    }
+    id_of = {(pair.pair_id, side): image_id for image_id, (pair, side) in image_ids.items()}
     if token is None:  # loopback only: refuse other Host names, so a web page cannot reach the app by DNS rebinding
         app.config["TRUSTED_HOSTS"] = list(LOOPBACK_NAMES)
 
@@ -162,6 +187,13 @@ def create_app(
         if header.startswith("Bearer "):
             supplied = header.removeprefix("Bearer ")
         return hmac.compare_digest(supplied.encode(), token.encode())
+
+    @app.before_request
+    def refuse_long_ids():
+        values = [*request.args.values(), *(request.view_args or {}).values()]
+        if any(isinstance(v, str) and len(v) > MAX_ID_CHARS for v in values) or len(request.path) > 2 * MAX_ID_CHARS:
+            return jsonify(error=f"an id or name in the request is longer than {MAX_ID_CHARS} characters"), 400
+        return None
 
     @app.before_request
     def require_token():
@@ -200,7 +232,7 @@ def create_app(
         return default_reviewer
 
     def pair_json(pair: ReviewPair, name: str) -> dict:
-        images = {side: url_for("image", pair_id=pair.pair_id, side=side, reviewer=name) for side in SIDES}
+        images = {side: url_for("image", image_id=id_of[pair.pair_id, side], reviewer=name) for side in SIDES}
         return {"pair_id": pair.pair_id, "prompt": pair.prompt, "relations": pair.relations, "images": images}
 
     def decision_json(decision: Decision | None) -> dict | None:
@@ -233,7 +265,8 @@ def create_app(
     @app.get("/")
     def page():
         name = request.args.get("reviewer") or default_reviewer
-        return render_template("review.html", reviewer=None if name is None else check_reviewer(name), total=len(pairs))
+        reviewer = None if name is None else check_reviewer(name)
+        return render_template("review.html", reviewer=reviewer, total=len(pairs), min_display_ms=MIN_DISPLAY_MS)
 
     @app.get("/api/state")
     def current_state():
@@ -243,6 +276,8 @@ def create_app(
     def decide():
         body = json_body()
         name, pair_id, choice = reviewer_of(body.get("reviewer")), body.get("pair_id"), body.get("choice")
+        if isinstance(pair_id, str) and len(pair_id) > MAX_ID_CHARS:
+            return jsonify(error=f"pair id of {len(pair_id)} characters: at most {MAX_ID_CHARS}"), 400
         if not isinstance(pair_id, str) or pair_id not in by_id:
             return jsonify(error=f"unknown pair {pair_id!r}: not among the pairs under review"), 404
         if choice not in CHOICES:
@@ -260,14 +295,19 @@ def create_app(
         shown = undone.pair_id if undone is not None and undone.pair_id in by_id else None
         return jsonify({**state(name, show=shown), "undone": decision_json(undone)})
 
-    @app.get("/image/<pair_id>/<side>")
-    def image(pair_id: str, side: str):
+    @app.get("/image/<image_id>")
+    def image(image_id: str):
         name = reviewer_of(request.args.get("reviewer"))
-        if pair_id not in by_id or side not in SIDES:
-            return jsonify(error=f"no image {side!r} of pair {pair_id!r}"), 404
-        pair = by_id[pair_id]
-        path = pair.perfect_image if side == perfect_side(pair_id, name) else pair.perturbed_image
-        return send_file(path, mimetype="image/png", max_age=3600)
+        if image_id not in image_ids:
+            return jsonify(error="no such image"), 404
+        pair, side = image_ids[image_id]
+        path = pair.perfect_image if side == perfect_side(pair.pair_id, name) else pair.perturbed_image
+        data = path.read_bytes()
+        # no file name, no Last-Modified, no mtime in the ETag: the perfect image is always written first
+        response = Response(data, mimetype="image/png")
+        response.headers["Cache-Control"] = "private, max-age=3600"
+        response.set_etag(hashlib.sha256(data).hexdigest())
+        return response.make_conditional(request)
 
     return app
 
@@ -282,6 +322,12 @@ def serve(
     all_pairs: bool = False,
 ) -> None:
     """Serve the review app until interrupted (threaded: several reviewers at once)."""
+    if not 0 <= port <= 65535:
+        raise ReviewError(f"--port must be 1 to 65535 (or 0 for a free port); got {port}")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise ReviewError(f"--host {host!r} does not resolve to an address to listen on: {error}") from None
     token, generated = access_token(host, os.environ)
     app = create_app(dataset_dir, db_path=db_path, reviewer=reviewer, all_pairs=all_pairs, token=token)
     try:

@@ -1,11 +1,16 @@
-// The review page: show a pair, send the reviewer's decision, undo. One request at a time: keys pressed while a
-// request is in flight are ignored, so a double press never decides the next pair unseen.
+// The review page: show a pair, send the reviewer's decision, undo. One pair per keypress: keys pressed while a
+// request is in flight, auto-repeated keys of a held key (event.repeat) and decisions within MIN_DISPLAY_MS of a
+// pair appearing are ignored, so neither a held nor a doubled key decides a pair nobody saw. data-state is "ready"
+// only once a pair may be decided.
 "use strict";
 
 const root = document.getElementById("review");
 const reviewer = root.dataset.reviewer;
 const KEYS = { ArrowLeft: "left", 1: "left", ArrowRight: "right", 2: "right", n: "neither", b: "both", f: "flag" };
+const MIN_DISPLAY_MS = Number(root.dataset.minDisplayMs);
 let busy = false;
+let decidableAt = 0; // performance.now() from which the pair on screen may be decided
+let readyTimer = null;
 
 function element(id) {
   return document.getElementById(id);
@@ -30,6 +35,10 @@ function show(state) {
         return item;
       }),
     );
+    if (root.dataset.pairId !== element("image-left").dataset.pairId) {
+      element("image-left").dataset.pairId = root.dataset.pairId;
+      decidableAt = performance.now() + MIN_DISPLAY_MS;
+    }
     element("image-left").src = pair.images.left;
     element("image-right").src = pair.images.right;
   }
@@ -58,7 +67,10 @@ async function request(method, url, body) {
     say(`request failed: ${error.message}`);
   } finally {
     busy = false;
-    root.dataset.state = "ready";
+    clearTimeout(readyTimer);
+    readyTimer = setTimeout(() => {
+      if (!busy) root.dataset.state = "ready";
+    }, Math.max(0, decidableAt - performance.now()));
   }
 }
 
@@ -68,7 +80,7 @@ function refresh() {
 
 function decide(choice) {
   const pairId = root.dataset.pairId;
-  if (busy || !pairId) return;
+  if (busy || !pairId || performance.now() < decidableAt) return;
   request("POST", "/api/decide", { reviewer, pair_id: pairId, choice });
 }
 
@@ -77,7 +89,7 @@ function undo() {
 }
 
 document.addEventListener("keydown", (event) => {
-  if (event.altKey || event.metaKey || event.target.matches("input, textarea")) return;
+  if (event.repeat || event.altKey || event.metaKey || event.target.matches("input, textarea")) return;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   if (key === "u" || key === "Backspace" || (event.ctrlKey && key === "z")) {
     event.preventDefault();

@@ -15,11 +15,14 @@ from reward_model.loss import LOSSES, bradley_terry_loss, gaussian_bt_loss, samp
 from reward_model.model import SpatialScore, build_spatialscore, encode, reward_text, tiny_backbone_config
 from reward_model.module import AccuracyByBroken, RewardModule, correct_pairs, counts_by_broken
 from reward_model.recipes import build_tiny_spatialscore
+from reward_model.remote import RemoteRewardError, RemoteSpatialScore
 from reward_model.scorer import SpatialScorer, load_network, read_checkpoint_config
 from reward_model.tokenizer import SpatialScoreProcessor, build_spatialworld_processor, load_processor
 
 __all__ = [
     "ExportRewardCheckpoint",
+    "RemoteRewardError",
+    "RemoteSpatialScore",
     "SpatialScorer",
     "build_tiny_spatialscore",
     "evaluate_pairs",

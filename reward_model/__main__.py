@@ -5,6 +5,7 @@
     python -m reward_model score --checkpoint DIR --prompt "..." IMG... # prints JSON
     python -m reward_model export --ckpt LIGHTNING.ckpt --out DIR      # a reward checkpoint dir from a checkpoint
     python -m reward_model pretrain --out runs/reward/tiny_pretrain   # stage A of the tiny backbone (embedded only)
+    python -m reward_model serve --checkpoint DIR [--host --port ...]  # HTTP reward server (reward_model/serve.py)
 
 `fit`, `validate` and `test` are LightningCLI over `RewardModule` + `PairwiseDataModule`; the network and the
 optimizer are objects in the config (`class_path` / `init_args`, e.g. `reward_model.recipes.build_tiny_spatialscore`
@@ -294,7 +295,13 @@ def _pretrain_verification(args: argparse.Namespace, curriculum: tuple[tuple[int
     print(json.dumps({"backbone": str(path), "metrics": metrics}, indent=2))
 
 
-COMMANDS = {"score": score_command, "export": export_command, "pretrain": pretrain_command}
+def serve_command(argv: Sequence[str]) -> None:
+    from reward_model.serve import serve_command as serve  # LitServe is imported only by this command
+
+    serve(argv)
+
+
+COMMANDS = {"score": score_command, "export": export_command, "pretrain": pretrain_command, "serve": serve_command}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

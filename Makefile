@@ -151,6 +151,7 @@ bench: $(STAMP) ## speed benchmarks (prints ratios against the targets)
 	$(PYTHON) bench/data_synthesis_build.py
 	$(PYTHON) bench/reward_speed.py
 	$(PYTHON) bench/rl_speed.py
+	$(PYTHON) bench/serve_speed.py
 
 clean: ## remove the venv, caches and generated data/runs/reports
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info data runs reports

@@ -63,6 +63,18 @@ def pretrain_command(argv: Sequence[str]) -> None:
         default=1.0,
         help="time shift of the training noise levels, s*sigma/(1+(s-1)*sigma); > 1 trains high noise more",
     )
+    parser.add_argument(
+        "--train-text-encoders",
+        action="store_true",
+        help="train the CLIP and T5 text encoders with the transformer (default: frozen at their random weights)",
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from this saved tiny pipeline (e.g. checkpoints/generator_tiny/pipeline): its weights and "
+        "architecture; --num-layers and --num-single-layers are then not used",
+    )
     parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts sampled at each epoch end")
     parser.add_argument("--eval-steps", type=int, default=20, help="ODE steps of the evaluation sampler")
     parser.add_argument("--eval-cfg-scale", type=float, default=3.0, help="true classifier-free guidance scale")
@@ -76,24 +88,29 @@ def pretrain_command(argv: Sequence[str]) -> None:
         parser.error(f"--data {arguments.data} is not a SpatialWorld dataset dir (no pairs.parquet)")
     if arguments.decay_steps > arguments.steps:
         parser.error(f"--decay-steps {arguments.decay_steps} exceeds --steps {arguments.steps}")
+    if arguments.init_from is not None and not (arguments.init_from / "model_index.json").is_file():
+        parser.error(f"--init-from {arguments.init_from} is not a saved pipeline (no model_index.json)")
 
     import torch
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from rl_policy.policy import FluxPolicy, build_tiny_flux_pipeline
+    from rl_policy.policy import FluxPolicy, build_tiny_flux_pipeline, load_pipeline
     from rl_policy.pretrain import GeneratorPretrainDataModule, GeneratorPretrainModule, save_generator
 
     if arguments.threads is not None:
         torch.set_num_threads(arguments.threads)
     seed_everything(arguments.seed)
-    pipeline = build_tiny_flux_pipeline(
-        num_layers=arguments.num_layers,
-        num_single_layers=arguments.num_single_layers,
-        max_prompt_tokens=arguments.max_prompt_tokens,
-        seed=arguments.seed,
-    )
+    if arguments.init_from is not None:
+        pipeline = load_pipeline(arguments.init_from, torch_dtype=torch.float32)
+    else:
+        pipeline = build_tiny_flux_pipeline(
+            num_layers=arguments.num_layers,
+            num_single_layers=arguments.num_single_layers,
+            max_prompt_tokens=arguments.max_prompt_tokens,
+            seed=arguments.seed,
+        )
     policy = FluxPolicy(pipeline, max_sequence_length=arguments.max_prompt_tokens + 1, strict_prompt_length=True)
     module = GeneratorPretrainModule(
         policy,
@@ -105,6 +122,7 @@ def pretrain_command(argv: Sequence[str]) -> None:
         ema_decay=arguments.ema_decay,
         sigma_distribution=arguments.sigma_distribution,
         sigma_shift=arguments.sigma_shift,
+        train_text_encoders=arguments.train_text_encoders,
         eval_steps=arguments.eval_steps,
         eval_cfg_scale=arguments.eval_cfg_scale,
         eval_seed=arguments.seed,

@@ -9,9 +9,12 @@ random weights, so it first learns to draw SpatialWorld scenes here, the way FLU
 - prompt dropout (the prompt replaced by "" with probability `prompt_dropout`), so that sampling can use true
   classifier-free guidance (no guidance distillation exists for the tiny model);
 - an exponential moving average (EMA) of the transformer weights, which is what is evaluated and saved;
+- optionally (`train_text_encoders`) the two text encoders train with the transformer (and have their own EMA):
+  with the encoders frozen at random weights, relation words ("left of", "above") reach the transformer only as
+  random features; FLUX.1's encoders arrive pretrained, the tiny ones can only learn here;
 - every `val_check_interval` steps: ODE samples of held-out prompts, scored by the SpatialWorld oracle (objects
-  found, relations that hold, relations that hold among images where every object was found) and drawn as a grid to
-  TensorBoard.
+  found, relations that hold, relations that hold among images where every object was found, also per relation
+  family) and drawn as a grid to TensorBoard.
 
 Output: `save_generator` writes the pipeline (EMA weights) as a diffusers directory (safetensors), which
 `rl_policy.policy.load_pipeline` loads, plus `pretrain_metrics.json`.
@@ -22,10 +25,12 @@ the fly; one guidance scale for evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import shutil
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule, LightningModule
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from data_synthesis import DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
-from rl_policy.policy import FluxPolicy
+from data_synthesis import FAMILIES, KINDS, DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
+from rl_policy.policy import FluxPolicy, PromptEmbeddings
 from rl_policy.rollout import sample_ode
 from rl_policy.sde import noised_latents
 from shared import atomic_write_json
@@ -158,15 +164,38 @@ def training_sigmas(
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
+def oracle_metrics(verdicts: list) -> dict[str, float]:
+    """Held-out numbers from `SpatialWorldOracle.judge` verdicts: all_found (share of images), relation_accuracy (over
+    every stated relation), relation_accuracy_all_found (over images with every object found), and per relation
+    family f: relation_accuracy_all_found/f (NaN when no such relation) and num_relations_all_found/f."""
+    relations = [ok for verdict in verdicts for ok in verdict.confirmed]
+    found = [
+        (KINDS[kind][2], ok) for v in verdicts if v.all_found for ok, kind in zip(v.confirmed, v.kinds, strict=True)
+    ]
+    metrics = {
+        "all_found": float(np.mean([verdict.all_found for verdict in verdicts])),
+        "relation_accuracy": float(np.mean(relations)) if relations else math.nan,
+        "relation_accuracy_all_found": float(np.mean([ok for _, ok in found])) if found else math.nan,
+        "num_eval_images": len(verdicts),
+    }
+    for family in FAMILIES:
+        hits = [ok for name, ok in found if name == family]
+        metrics[f"relation_accuracy_all_found/{family}"] = float(np.mean(hits)) if hits else math.nan
+        metrics[f"num_relations_all_found/{family}"] = len(hits)
+    return metrics
+
+
 class GeneratorPretrainModule(LightningModule):
-    """Rectified-flow training of the policy's transformer (every transformer weight; text encoders and the pixel
-    autoencoder frozen), with prompt dropout and an EMA copy that is evaluated and saved.
+    """Rectified-flow training of the policy's transformer (every transformer weight; the pixel autoencoder frozen,
+    the text encoders frozen unless `train_text_encoders`), with prompt dropout and an EMA copy of what trains that
+    is evaluated and saved.
 
     policy: a `FluxPolicy` around the tiny pipeline (no LoRA). optimizer_lr / weight_decay: AdamW. prompt_dropout:
     probability of training on the empty prompt. warmup_steps / decay_steps / total_steps: the learning-rate schedule
     (`shared.schedules.lr_factor`). ema_decay: EMA of the transformer weights. sigma_distribution /
-    sigma_shift: the training noise levels (`training_sigmas`). eval_*: the ODE sampler
-    of the evaluation (steps, true classifier-free guidance scale, seed).
+    sigma_shift: the training noise levels (`training_sigmas`). train_text_encoders: the CLIP and T5 encoders train
+    too, at the same learning rate (kept in eval mode: no dropout). eval_*: the ODE sampler of the evaluation (steps,
+    true classifier-free guidance scale, seed).
     """
 
     def __init__(
@@ -182,6 +211,7 @@ class GeneratorPretrainModule(LightningModule):
         ema_decay: float = 0.999,
         sigma_distribution: str = "logit_normal",
         sigma_shift: float = 1.0,
+        train_text_encoders: bool = False,
         eval_steps: int = 20,
         eval_cfg_scale: float = 3.0,
         eval_seed: int = 0,
@@ -194,11 +224,58 @@ class GeneratorPretrainModule(LightningModule):
             raise ValueError(f"decay_steps ({decay_steps}) needs total_steps >= it, got total_steps={total_steps}")
         self.save_hyperparameters(ignore=["policy"])
         self.policy = policy
-        for component in (policy.pipeline.text_encoder, policy.pipeline.text_encoder_2, policy.pipeline.vae):
+        pipeline = policy.pipeline
+        for component in (pipeline.text_encoder, pipeline.text_encoder_2, pipeline.vae):
             component.requires_grad_(False).eval()
         self.transformer = policy.transformer.requires_grad_(True)
         self.ema = copy.deepcopy(self.transformer).requires_grad_(False).eval()
+        if train_text_encoders:
+            # registered only when they train, so a frozen-encoder run's checkpoints keep their keys
+            self.text_encoders = nn.ModuleDict(
+                {"text_encoder": pipeline.text_encoder, "text_encoder_2": pipeline.text_encoder_2}
+            ).requires_grad_(True)
+            self.ema_text_encoders = copy.deepcopy(self.text_encoders).requires_grad_(False).eval()
         self.last_eval: dict[str, float] = {}
+
+    def _trained_and_averaged(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs = [(self.transformer, self.ema)]
+        if self.hparams.train_text_encoders:
+            pairs.append((self.text_encoders, self.ema_text_encoders))
+        return pairs
+
+    def on_train_epoch_start(self) -> None:
+        if self.hparams.train_text_encoders:
+            self.text_encoders.eval()  # T5's dropout off: the encoders train as they are used
+
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeddings:
+        """The policy's (cached) prompt embeddings, or with `train_text_encoders` a fresh differentiable encoding."""
+        if not self.hparams.train_text_encoders:
+            return self.policy.encode_prompts(prompts)
+        self.policy._check_length(list(dict.fromkeys(prompts)))
+        embeds, pooled, _ = self.policy.pipeline.encode_prompt(
+            prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.policy.max_sequence_length
+        )
+        return PromptEmbeddings(embeds, pooled, None)
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Within the block the pipeline holds the EMA transformer (and EMA text encoders when they train), with the
+        policy's prompt cache emptied on the way in and out (cached embeddings belong to one set of encoders)."""
+        pipeline = self.policy.pipeline
+        live = {"transformer": pipeline.transformer}
+        averaged = {"transformer": self.ema}
+        if self.hparams.train_text_encoders:
+            live |= {name: getattr(pipeline, name) for name in self.text_encoders}
+            averaged |= dict(self.ema_text_encoders.items())
+        self.policy._cache.clear()
+        for name, module in averaged.items():
+            setattr(pipeline, name, module)
+        try:
+            yield
+        finally:
+            for name, module in live.items():
+                setattr(pipeline, name, module)
+            self.policy._cache.clear()
 
     def training_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> torch.Tensor:
         images, prompts = batch
@@ -211,7 +288,7 @@ class GeneratorPretrainModule(LightningModule):
             len(prompts), self.hparams.sigma_distribution, self.hparams.sigma_shift, device=self.device
         )  # [B]
         noisy = noised_latents(clean, noise, sigma)
-        velocity = self.policy.velocity(noisy, sigma, self.policy.encode_prompts(prompts), height, width)
+        velocity = self.policy.velocity(noisy, sigma, self.encode_prompts(prompts), height, width)
         loss = rectified_flow_loss(velocity, noise, clean)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
         return loss
@@ -219,18 +296,18 @@ class GeneratorPretrainModule(LightningModule):
     @torch.no_grad()
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         decay = min(self.hparams.ema_decay, (1 + self.global_step) / (10 + self.global_step))  # warm-up of the EMA
-        for average, current in zip(self.ema.parameters(), self.transformer.parameters(), strict=True):
-            average.lerp_(current.detach(), 1 - decay)
+        for trained, averaged in self._trained_and_averaged():
+            for average, current in zip(averaged.parameters(), trained.parameters(), strict=True):
+                average.lerp_(current.detach(), 1 - decay)
 
     @torch.no_grad()
     def evaluate(
         self, prompts: list[str], metadata: list[dict[str, Any]], resolution: int
     ) -> tuple[dict, torch.Tensor]:
-        """ODE samples of `prompts` with the EMA weights, scored by the SpatialWorld oracle -> (metrics, images)."""
+        """ODE samples of `prompts` with the EMA weights, scored by the SpatialWorld oracle -> (`oracle_metrics`,
+        images)."""
         generator = torch.Generator(device="cpu").manual_seed(self.hparams.eval_seed)
-        live = self.policy.pipeline.transformer
-        self.policy.pipeline.transformer = self.ema
-        try:
+        with self.averaged_weights():
             images = sample_ode(
                 self.policy,
                 prompts,
@@ -240,19 +317,9 @@ class GeneratorPretrainModule(LightningModule):
                 cfg_scale=self.hparams.eval_cfg_scale,
                 generator=generator,
             )
-        finally:
-            self.policy.pipeline.transformer = live
         oracle = SpatialWorldOracle()
         verdicts = [oracle.judge(image, meta) for image, meta in zip(images.cpu(), metadata, strict=True)]
-        relations = [ok for verdict in verdicts for ok in verdict.confirmed]
-        found = [ok for verdict in verdicts if verdict.all_found for ok in verdict.confirmed]
-        metrics = {
-            "all_found": float(np.mean([verdict.all_found for verdict in verdicts])),
-            "relation_accuracy": float(np.mean(relations)) if relations else math.nan,
-            "relation_accuracy_all_found": float(np.mean(found)) if found else math.nan,
-            "num_eval_images": len(verdicts),
-        }
-        return metrics, images
+        return oracle_metrics(verdicts), images
 
     def on_train_epoch_end(self) -> None:
         self._evaluate_and_log()
@@ -271,9 +338,8 @@ class GeneratorPretrainModule(LightningModule):
             experiment.add_images("val/samples", images[:16].cpu(), self.global_step)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(
-            self.transformer.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        trained = [parameter for module, _ in self._trained_and_averaged() for parameter in module.parameters()]
+        optimizer = torch.optim.AdamW(trained, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             partial(
@@ -287,19 +353,15 @@ class GeneratorPretrainModule(LightningModule):
 
 
 def save_generator(module: GeneratorPretrainModule, out_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:
-    """The pipeline with the EMA transformer weights as a diffusers directory (safetensors), plus
-    `pretrain_metrics.json` in it. Written to a temporary sibling and renamed, so a kill leaves no half dir."""
+    """The pipeline with the EMA weights (transformer, and text encoders when they trained) as a diffusers directory
+    (safetensors), plus `pretrain_metrics.json` in it. Written to a temporary sibling and renamed, so a kill leaves no
+    half dir."""
     out_dir = Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)  # left by a killed save
-    pipeline = module.policy.pipeline
-    live = pipeline.transformer
-    pipeline.transformer = module.ema
-    try:
-        pipeline.save_pretrained(partial, safe_serialization=True)
-    finally:
-        pipeline.transformer = live
+    with module.averaged_weights():
+        module.policy.pipeline.save_pretrained(partial, safe_serialization=True)
     atomic_write_json(partial / "pretrain_metrics.json", metrics)
     if out_dir.exists():
         backup = out_dir.with_name(out_dir.name + ".old")

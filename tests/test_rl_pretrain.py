@@ -5,6 +5,7 @@ reloads with exactly the EMA weights."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -123,3 +124,70 @@ def test_pretrain_command_writes_a_loadable_pipeline_and_resumes(small_dataset, 
     with pytest.raises(SystemExit):
         main([*args[:6], "3", "--decay-steps", "5"])
     assert "--decay-steps 5 exceeds --steps 3" in capsys.readouterr().err
+
+
+def test_oracle_metrics_by_family_among_all_found_images():
+    """Two images: the first has both objects (left_of holds, above fails), the second misses one (left_of fails).
+    Over all relations 1 of 3 hold; among all-found images 1 of 2: horizontal 1/1, vertical 0/1, depth NaN (none)."""
+    from data_synthesis.oracle import OracleVerdict
+    from rl_policy.pretrain import oracle_metrics
+
+    verdicts = [OracleVerdict((True, False), ("left_of", "above"), True), OracleVerdict((False,), ("left_of",), False)]
+    metrics = oracle_metrics(verdicts)
+    assert metrics["all_found"] == 0.5 and metrics["num_eval_images"] == 2
+    assert metrics["relation_accuracy"] == pytest.approx(1 / 3) and metrics["relation_accuracy_all_found"] == 0.5
+    assert metrics["relation_accuracy_all_found/horizontal"] == 1.0
+    assert metrics["relation_accuracy_all_found/vertical"] == 0.0
+    assert math.isnan(metrics["relation_accuracy_all_found/depth"]) and metrics["num_relations_all_found/depth"] == 0
+    assert metrics["num_relations_all_found/horizontal"] == 1
+
+
+def test_trained_text_encoders_move_with_their_ema_and_are_saved(small_dataset, tmp_path):
+    """With train_text_encoders the CLIP and T5 weights change, their EMA follows, evaluation and the saved pipeline
+    use the EMA encoders, and the policy's prompt cache holds nothing stale after either."""
+    pipeline = build_tiny_flux_pipeline(max_prompt_tokens=160)
+    policy = FluxPolicy(pipeline, max_sequence_length=161, strict_prompt_length=True)
+    module = GeneratorPretrainModule(
+        policy, lr=1e-3, warmup_steps=1, eval_steps=2, ema_decay=0.5, train_text_encoders=True
+    )
+    datamodule = GeneratorPretrainDataModule(small_dataset, resolution=32, batch_size=4, num_eval_prompts=2)
+    before = {name: p.detach().clone() for name, p in pipeline.text_encoder_2.named_parameters()}
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule)
+    live = dict(pipeline.text_encoder_2.named_parameters())
+    assert any(not torch.equal(p, before[name]) for name, p in live.items())
+    averaged = dict(module.ema_text_encoders["text_encoder_2"].named_parameters())
+    assert any(not torch.equal(averaged[name], p) for name, p in live.items())
+    assert any(not torch.equal(averaged[name], before[name]) for name in before)
+
+    metrics, _ = module.evaluate(datamodule.eval_prompts, datamodule.eval_metadata, 32)
+    assert metrics["num_eval_images"] == 2 and not policy._cache
+    assert policy.pipeline.text_encoder_2 is module.text_encoders["text_encoder_2"]
+    reloaded = load_pipeline(save_generator(module, tmp_path / "generator", metrics))
+    for name, parameter in reloaded.text_encoder_2.named_parameters():
+        assert torch.equal(parameter, averaged[name]), name
+
+
+def test_pretrain_command_warm_starts_from_a_saved_pipeline(small_dataset, tmp_path, capsys):
+    from rl_policy.__main__ import main
+
+    args = ["pretrain", "--data", str(small_dataset), "--steps", "1", "--batch-size", "4", "--eval-prompts", "1"]
+    args += ["--eval-steps", "1", "--max-prompt-tokens", "160", "--decay-steps", "0", "--warmup-steps", "1"]
+    main([*args, "--out", str(tmp_path / "first")])
+    first = load_pipeline(tmp_path / "first" / "pipeline")
+    main([*args, "--out", str(tmp_path / "second"), "--init-from", str(tmp_path / "first" / "pipeline"), "--lr", "0"])
+    second = load_pipeline(tmp_path / "second" / "pipeline")
+    for (name, parameter), other in zip(
+        first.transformer.named_parameters(), second.transformer.parameters(), strict=True
+    ):
+        assert torch.equal(parameter, other), name  # learning rate 0: the warm start is the saved weights
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path)])
+    assert "is not a saved pipeline" in capsys.readouterr().err

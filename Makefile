@@ -45,7 +45,7 @@ REWARD_CONFIG ?= configs/reward/tiny.yaml
 
 # Stage A of the tiny reward backbone (reward_model/grounding.py) is shipped in checkpoints/reward_tiny_stage_a with
 # its training logs: it takes about 3.5 hours here, beyond the demo budget; `make train-reward` runs stage B only.
-# Stage A of the tiny reward model, as the shipped checkpoint was made (experiments/reward_tiny/NOTES.md): ten runs,
+# Stage A of the tiny reward model, as the shipped checkpoint was made (docs/research/2026-11_reward_tiny.md): ten runs,
 # each from the previous one's weights, adding the losses that made the sentence verdict learnable (mention binding,
 # image-token cells, sentence slots, coordinates, stated margins). ~3.5 h wall on this 2-core machine.
 STAGE_A = OMP_NUM_THREADS=1 $(PYTHON) experiments/reward_tiny/stage_a_verify.py

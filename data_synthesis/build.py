@@ -1,4 +1,4 @@
-"""Dataset builder: (prompt, perfect image, perturbed image) triplets written as the dataset dir of DESIGN.md.
+"""Dataset builder: (prompt, perfect image, perturbed image) triplets written as the dataset dir of docs/DESIGN.md.
 
 Determinism: pair `i` depends only on (seed, i), so the same arguments give the same pairs whatever the number of
 workers; the dataset is the first `num_pairs` indices whose perturbation verified and whose prompt is new.

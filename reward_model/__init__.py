@@ -1,11 +1,11 @@
 """SpatialScore reward model: Qwen2.5-VL + LoRA, a reward token and a Gaussian (mean, std) head trained with a
 Bradley-Terry objective on (prompt, perfect image, perturbed image) triplets.
 
-Built so far: the network builder (`build_spatialscore`, from a tiny config or a local pretrained directory;
-`build_tiny_spatialscore` for YAML), the offline SpatialWorld tokenizer/processor for the tiny model, the pairwise
-losses (`loss.py`), `PairwiseDataModule`, `RewardModule`, the reward checkpoint export and `SpatialScorer`, and the
-LightningCLI entry point (`python -m reward_model fit|validate|test|score|export`). Stage A pretraining of the tiny
-backbone and the accuracy targets are still open (see the reward-model issue)."""
+The network builder (`build_spatialscore`, from a tiny config or a local pretrained directory;
+`build_tiny_spatialscore` for YAML), the image-only processor around the SpatialWorld tokenizer, the pairwise losses
+(`loss.py`), `PairwiseDataModule`, `RewardModule`, the reward checkpoint export and `SpatialScorer`, stage-A
+pretraining of the tiny backbone (`grounding.py`), and the command line (`python -m reward_model fit|validate|test|
+score|export|pretrain`)."""
 
 from reward_model.calibration import expected_calibration_error, win_probability
 from reward_model.callbacks import ExportRewardCheckpoint, evaluate_pairs

@@ -3,7 +3,7 @@
 `ExportRewardCheckpoint` (a Lightning Callback) times the fit, and when it ends scores every pair of the data
 module's test split in both orientations (forward: the prompt, the perfect image must win; reversed: the perturbed
 scene's prompt, the perturbed image must win) and writes `export_checkpoint(...)` into `<default_root_dir>/export`
-(or `dirpath`) with the metrics of ../shared/DESIGN.md, "Default locations":
+(or `dirpath`) with the metrics of docs/DESIGN.md, "Default locations":
 
 - `pairwise_accuracy`: forward pairs ordered right (mean_w > mean_l; a tie is wrong);
 - `pairwise_accuracy_by_broken`: the same per number of broken relations, `{"1", "2", "3", "2-3"}` (null where the
@@ -171,7 +171,7 @@ class ExportRewardCheckpoint(Callback):
     """At the end of `fit`: evaluate on a held-out split and export the reward checkpoint dir with metrics.json.
 
     dirpath: where to export; None: `<trainer.default_root_dir>/export`.
-    split: the data module's split to evaluate ("test" for the numbers of ../shared/DESIGN.md).
+    split: the data module's split to evaluate ("test" for the numbers of docs/DESIGN.md).
     batch_size: pairs per forward pass of the evaluation (2 x batch_size sequences).
     max_pairs: evaluate only the first max_pairs pairs of the split; None: all.
     ece_bins: confidence bins of the ECE.

@@ -1,6 +1,6 @@
 """Pairwise data for the SpatialScore reward model: (prompt, winner image, loser image) from a SpatialWorld dataset dir.
 
-A dataset dir (`python -m data_synthesis build`, see ../shared/DESIGN.md) holds one row per triplet in
+A dataset dir (`python -m data_synthesis build`, see docs/DESIGN.md) holds one row per triplet in
 `pairs.parquet`: the prompt, the perturbed scene's own prompt (`perturbed_prompt`), the perfect and the perturbed
 image (paths relative to the dir), the number and families of broken relations, and the split. Each pair is read in
 one of two orientations, as the paper's Bradley-Terry objective needs a winner and a loser under one prompt:

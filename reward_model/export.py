@@ -1,4 +1,4 @@
-"""Export a trained SpatialScore network as a reward checkpoint dir (../shared/DESIGN.md, "Artifacts").
+"""Export a trained SpatialScore network as a reward checkpoint dir (docs/DESIGN.md, "Artifacts").
 
 Layout, all safetensors and JSON (never pickle):
 
@@ -225,7 +225,7 @@ def export_checkpoint(
 ) -> Path:
     """Write `network` as a reward checkpoint dir at `out_dir` (replacing one that is there) and return its path.
 
-    metrics: written as metrics.json (keys in ../shared/DESIGN.md, "Default locations").
+    metrics: written as metrics.json (keys in docs/DESIGN.md, "Default locations").
     resolved_config: the full training config (e.g. LightningCLI's), kept in config.json as `training_config`.
     system_prompt: the system prompt the network was trained with (`encode(..., system_prompt=...)`); the scorer
         uses the same.

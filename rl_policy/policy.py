@@ -47,7 +47,6 @@ from diffusers import (
 )
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.pipelines.flux.pipeline_flux_img2img import retrieve_latents
 from diffusers.utils import BaseOutput
 from peft import LoraConfig
@@ -459,7 +458,7 @@ class QwenImagePolicy:
         does (its config may stretch the schedule to a terminal sigma, which `flux_sigmas` does not model)."""
         config = self.pipeline.scheduler.config
         rows, columns = self.latent_grid(height, width)
-        mu = calculate_shift(
+        mu = flux_shift_mu(
             rows * columns,
             config.get("base_image_seq_len", 256),
             config.get("max_image_seq_len", 4096),

@@ -6,7 +6,7 @@ noise (paired seeds): once with the LoRA adapter disabled (the base policy) and 
 and writes into `<default_root_dir>`:
 - `lora/`: the adapter in diffusers' format (`FluxPipeline.load_lora_weights(dir)` loads it; safetensors) and
   `lora/policy.json` (the base pipeline it applies to, LoRA settings);
-- `metrics.json` (../shared/DESIGN.md, "Default locations"): `reward_source`, `reward_base`, `reward_final`, and where
+- `metrics.json` (docs/DESIGN.md, "Default locations"): `reward_source`, `reward_base`, `reward_final`, and where
   the prompts carry SpatialWorld metadata and an oracle is configured `oracle_accuracy_base`,
   `oracle_accuracy_final`, `relation_accuracy_all_found_base`, `relation_accuracy_all_found_final`,
   `all_found_base`, `all_found_final`; `grpo_seconds`, `num_eval_samples`, `global_step`.

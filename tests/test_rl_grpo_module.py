@@ -190,7 +190,7 @@ def test_settings_are_checked_with_the_field_named():
 
 def test_fit_command_trains_exports_lora_and_metrics(small_dataset, tmp_path):
     """`python -m rl_policy fit` with the tiny random policy and the oracle: the LoRA reloads into a FluxPipeline
-    (and changes its output), and metrics.json has the base/final keys of DESIGN.md."""
+    (and changes its output), and metrics.json has the base/final keys of docs/DESIGN.md."""
     import json
 
     from diffusers import FluxPipeline

@@ -13,10 +13,12 @@ Kappa is undefined (NaN) when p_e = 1, that is when both reviewers gave one and 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import combinations
 from typing import NamedTuple
+
+import torch
+from torchmetrics.functional.classification import multiclass_cohen_kappa
 
 from data_synthesis.review.store import Decision
 
@@ -30,16 +32,15 @@ class Agreement(NamedTuple):
 
 
 def cohen_kappa(labels_a: Sequence[str], labels_b: Sequence[str]) -> float:
-    """Cohen's kappa of two raters' labels for the same items, in the same order (NaN if p_e = 1)."""
+    """Cohen's kappa of two raters' labels for the same items, in the same order (NaN if p_e = 1), by torchmetrics."""
     if len(labels_a) != len(labels_b) or not labels_a:
         raise ValueError(f"kappa needs two equally long, non-empty label lists, got {len(labels_a)}, {len(labels_b)}")
-    n = len(labels_a)
-    observed = sum(a == b for a, b in zip(labels_a, labels_b, strict=True)) / n
-    counts_a, counts_b = Counter(labels_a), Counter(labels_b)
-    expected = sum(counts_a[label] * counts_b[label] for label in counts_a) / n**2
-    if math.isclose(expected, 1.0):
+    classes = {label: index for index, label in enumerate(sorted(set(labels_a) | set(labels_b)))}
+    if len(classes) == 1:  # one verdict throughout: p_e = 1
         return math.nan
-    return (observed - expected) / (1 - expected)
+    a = torch.tensor([classes[label] for label in labels_a])
+    b = torch.tensor([classes[label] for label in labels_b])
+    return float(multiclass_cohen_kappa(a, b, num_classes=len(classes)).double())
 
 
 def pairwise_agreement(decisions: Iterable[Decision]) -> list[Agreement]:

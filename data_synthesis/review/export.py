@@ -1,4 +1,4 @@
-"""`python -m data_synthesis export DIR --out DIR2`: the reviewed dataset, in the dataset dir format of DESIGN.md.
+"""`python -m data_synthesis export DIR --out DIR2`: the reviewed dataset, in the dataset dir format of docs/DESIGN.md.
 
 A pair is accepted when at least `min_reviewers` reviewers decided it and every one of them chose the perfect
 image; it is written unchanged except for review_status "reviewed". Every other decided pair is dropped and

@@ -6,6 +6,8 @@ VENV   ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH_PIN := $(shell grep -m1 '^torch==' requirements.txt)
+# TORCH_CPU=1: torch's CPU-only wheel from PyTorch's index (a laptop without an NVIDIA GPU); CI does not set it
+TORCH_INDEX = $(if $(TORCH_CPU),--index-url https://download.pytorch.org/whl/cpu,)
 
 DATA_DIR ?= data/spatialworld
 DATA_ARGS ?= --num-pairs 12000 --seed 0 --resolution 128 --min-objects 3 --max-objects 6 --max-broken 3 \
@@ -20,7 +22,7 @@ setup: $(STAMP) ## create .venv and install torch (CPU, pinned) then the project
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --upgrade-strategy only-if-needed "$(TORCH_PIN)"
+	$(PYTHON) -m pip install --quiet --upgrade-strategy only-if-needed $(TORCH_INDEX) "$(TORCH_PIN)"
 	$(PYTHON) -m pip install --quiet --upgrade-strategy only-if-needed -e '.[dev]'
 	touch $(STAMP)
 
@@ -111,6 +113,8 @@ RL_REWARD_CONFIG = $(if $(filter spatialscore,$(REWARD)),,--config configs/rl/re
 RL_REWARD_DEPS = $(if $(filter spatialscore,$(REWARD)),runs/reward/tiny/export/metrics.json,)
 RL_RUN_DIR = runs/rl/tiny$(if $(filter spatialscore,$(REWARD)),,-$(REWARD))
 # a killed run resumes from its last checkpoint (LoRA, optimizer, EMA, data position and RNG)
+# SEED=n: the run's seed (LoRA init, rollout noise, prompt order)
+RL_SEED = $(if $(SEED),--seed_everything $(SEED) --data.seed $(SEED) --model.seed $(SEED),)
 RL_RESUME = $(if $(wildcard $(RL_RUN_DIR)/checkpoints/last.ckpt),--ckpt_path $(RL_RUN_DIR)/checkpoints/last.ckpt,)
 
 runs/reward/tiny/export/metrics.json:
@@ -118,7 +122,7 @@ runs/reward/tiny/export/metrics.json:
 
 train-rl: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json $(RL_REWARD_DEPS) | $(STAMP) ## Flow-GRPO of the tiny generator (REWARD=oracle|geneval too)
 	$(PYTHON) -m rl_policy fit --config configs/rl/tiny.yaml $(RL_REWARD_CONFIG) --data.source $(RL_DATA_DIR) \
-		--model.policy.pipeline $(GENERATOR) $(RL_RESUME)
+		--model.policy.pipeline $(GENERATOR) $(RL_SEED) $(RL_RESUME)
 
 # The RL comparison (not in CI; about 20 CPU-minutes per run, 9 runs): 3 seeds of the paper's recipe, the same
 # without top-k filtering, and the GenEval-rule reward; runs/exp-rl/comparison.md and curves.png. Resumable.

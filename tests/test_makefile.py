@@ -29,6 +29,8 @@ NEEDS = {
     "eval-benchmarks": [SETUP, RL_DATA, DATA, REWARD, "benchmarks suite"],
     "demo": [SETUP, "benchmarks.demo"],
     "bench": [SETUP, "bench/"],
+    "setup TORCH_CPU=1": [SETUP, "--index-url https://download.pytorch.org/whl/cpu"],
+    "train-rl REWARD=oracle SEED=2": [RL + " --config configs/rl/reward_oracle.yaml", "--seed_everything 2 --data.seed 2"],
 }
 
 

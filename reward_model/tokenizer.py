@@ -18,7 +18,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from data_synthesis import (
+from data_synthesis import (  # noqa: F401 (the special tokens are re-exported for reward_model's modules)
     IMAGE_TOKEN,
     PAD_TOKEN,
     REWARD_TOKEN,
@@ -29,21 +29,6 @@ from data_synthesis import (
     VISION_START_TOKEN,
     build_spatialworld_tokenizer,
 )
-
-__all__ = [
-    "IMAGE_TOKEN",
-    "PAD_TOKEN",
-    "REWARD_TOKEN",
-    "SPECIAL_TOKENS",
-    "UNKNOWN_TOKEN",
-    "VIDEO_TOKEN",
-    "VISION_END_TOKEN",
-    "VISION_START_TOKEN",
-    "SpatialScoreProcessor",
-    "build_spatialworld_processor",
-    "build_spatialworld_tokenizer",
-    "load_processor",
-]
 
 
 class SpatialScoreProcessor(Qwen2_5_VLProcessor):

@@ -30,7 +30,7 @@ NEEDS = {
     "demo": [SETUP, "benchmarks.demo"],
     "bench": [SETUP, "bench/"],
     "setup TORCH_CPU=1": [SETUP, "--index-url https://download.pytorch.org/whl/cpu"],
-    "train-rl REWARD=oracle SEED=2": [RL + " --config configs/rl/reward_oracle.yaml", "--seed_everything 2 --data.seed 2"],
+    "train-rl REWARD=oracle SEED=2": [RL + " --config configs/rl/reward_oracle.yaml", "--seed_everything 2"],
 }
 
 

@@ -26,6 +26,17 @@ def requirement_names(path: Path) -> set[str]:
     return names
 
 
+def imported_modules(source: Path) -> list[tuple[str, int]]:
+    """(module, line) of every absolute import statement in `source`, at any depth (inside functions too)."""
+    found = []
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module, node.lineno))
+    return found
+
+
 def test_torch_is_pinned_first_and_environment_yml_reads_the_same_files():
     first = next(
         line
@@ -45,18 +56,11 @@ def test_every_imported_third_party_package_is_declared():
     local = set(PACKAGES) | {"tests", "bench"} | {path.stem for path in (REPO / "tests").glob("*.py")}  # test helpers
     for folder, allowed in [(p, declared) for p in PACKAGES] + [("bench", declared), ("tests", declared | dev)]:
         for source in (REPO / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(source.read_text())):
-                if isinstance(node, ast.Import):
-                    modules = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    modules = [node.module]
-                else:
+            for module, _ in imported_modules(source):
+                top = module.split(".")[0]
+                if top in sys.stdlib_module_names or top in local:
                     continue
-                for module in modules:
-                    top = module.split(".")[0]
-                    if top in sys.stdlib_module_names or top in local:
-                        continue
-                    assert DISTRIBUTIONS.get(top, top).lower() in allowed, f"{source}: {top} is not declared"
+                assert DISTRIBUTIONS.get(top, top).lower() in allowed, f"{source}: {top} is not declared"
 
 
 @pytest.mark.parametrize("package", PACKAGES)
@@ -94,16 +98,9 @@ ALLOWED_STAGE_IMPORTS = {
 
 def stage_imports(source: Path) -> set[tuple[str, int]]:
     """(imported stage package, line) of every static import of a stage package in `source`, at any depth."""
-    found = set()
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.Import):
-            modules = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            modules = [node.module]
-        else:
-            continue
-        found.update((module.split(".")[0], node.lineno) for module in modules if module.split(".")[0] in PACKAGES)
-    return found
+    return {
+        (module.split(".")[0], line) for module, line in imported_modules(source) if module.split(".")[0] in PACKAGES
+    }
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED_STAGE_IMPORTS))

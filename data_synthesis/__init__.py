@@ -8,7 +8,7 @@ dataset dir (see docs/DESIGN.md for the format)."""
 
 from data_synthesis.build import BuildConfig, BuildError, ImageGenerator, PromptSource, WeightedGenerator, build
 from data_synthesis.detect import PixelLayout, detect, read_relations
-from data_synthesis.oracle import OracleVerdict, SpatialWorldOracle, oracle_metadata
+from data_synthesis.oracle import OracleVerdict, SpatialWorldOracle, oracle_metadata, to_pil
 from data_synthesis.perturb import Perturbation, perturb
 from data_synthesis.prompts import BACKGROUND_WORDS, NUMBER_WORDS, SHAPE_WORDS, SIZE_WORDS, TEMPLATES, describe
 from data_synthesis.relations import FAMILIES, KINDS, Relation, SceneLayout, Truth, evaluate, relation_margin
@@ -78,5 +78,6 @@ __all__ = [
     "relation_margin",
     "render",
     "sample_scene",
+    "to_pil",
     "verify",
 ]

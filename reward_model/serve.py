@@ -42,7 +42,6 @@ import binascii
 import hashlib
 import hmac
 import io
-import ipaddress
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -63,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, StrictStr, model_valida
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from reward_model.scorer import read_checkpoint_config, to_pil
+from shared.net import is_loopback
 
 TOKEN_ENV = "SPATIALSCORE_SERVE_TOKEN"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
@@ -393,15 +393,6 @@ def model_name(config: Mapping[str, Any]) -> str:
     else:
         name = Path(backbone["path"]).name
     return f"SpatialScore ({name}{' + LoRA' if config.get('lora') else ''})"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def access_token(host: str, environ: Mapping[str, str], *, require: bool = False) -> str | None:

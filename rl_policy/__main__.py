@@ -198,8 +198,8 @@ def sample_command(argv: Sequence[str]) -> None:
         parser.error(f"--steps must be positive, got {arguments.steps}")
 
     import torch
-    from PIL import Image
 
+    from data_synthesis import to_pil
     from rl_policy.policy import FluxPolicy, PixelUnshuffleAutoencoder, load_pipeline
     from rl_policy.rollout import sample_ode
     from shared import atomic_write_bytes
@@ -230,9 +230,8 @@ def sample_command(argv: Sequence[str]) -> None:
             if len(arguments.seed) == 1
             else arguments.out.with_name(f"{arguments.out.stem}_seed{seed}{arguments.out.suffix or '.png'}")
         )
-        pixels = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
         buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
+        to_pil(image).save(buffer, format="PNG")
         atomic_write_bytes(out, buffer.getvalue())
         print(out)
 

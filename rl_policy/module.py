@@ -104,8 +104,6 @@ class GRPOModule(LightningModule):
         self.objective = objective or ClippedGRPO()
         self.sampler, self.groups, self.updates = sampler, groups, updates
         self.objective.check(self.sampler.num_steps)
-        if isinstance(self.objective, ClippedGRPO):
-            self.objective.noise_level = self.sampler.noise_level  # the log-probs are the sampler's
         self.save_hyperparameters(
             {"objective": {"class": type(self.objective).__name__, **vars(self.objective)}}
             | {name: asdict(getattr(self, name)) for name in ("sampler", "groups", "updates")}
@@ -185,6 +183,7 @@ class GRPOModule(LightningModule):
             reference=lambda: reference_policy(self.transformer),
             generator=self._generator,
             device=self.transformer.device,
+            noise_level=sampler.noise_level,
             micro_batch_size=self.updates.micro_batch_size,
             step=self.global_step,
             rank=self.global_rank,

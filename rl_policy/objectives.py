@@ -37,6 +37,7 @@ class PolicyCall(NamedTuple):
     reference: Callable[[], contextlib.AbstractContextManager]  # inside: velocity is the reference policy's
     generator: Callable[..., torch.Generator]  # seeded by (seed, *parts)
     device: torch.device
+    noise_level: float  # the sampler's SDE noise scale (the log-probs are its)
     micro_batch_size: int
     step: int  # the GRPO iteration
     rank: int
@@ -79,8 +80,8 @@ class Objective:
 class ClippedGRPO(Objective):
     """Flow-GRPO's clipped objective (module docstring). clip_range: PPO's (Flow-GRPO: 1e-4 with mean-reduced
     log-probs); advantage_clip: advantages clipped to +-this (5); beta: KL weight (paper: 0.01); kl_form: "gaussian"
-    (the exact KL of the two steps) or "flow_grpo" (Flow-GRPO's, without |dt|); noise_level: the sampler's (set by
-    GRPOModule from its sampler settings)."""
+    (the exact KL of the two steps) or "flow_grpo" (Flow-GRPO's, without |dt|). The SDE's noise level is the
+    sampler's (`PolicyCall.noise_level`)."""
 
     first_chunk_terms = ("ratio_deviation",)
 
@@ -90,7 +91,6 @@ class ClippedGRPO(Objective):
         if beta < 0 or clip_range <= 0 or advantage_clip <= 0:
             raise ValueError(f"objective: beta must be >= 0, clip_range and advantage_clip positive, got {locals()}")
         self.clip_range, self.advantage_clip, self.beta, self.kl_form = clip_range, advantage_clip, beta, kl_form
-        self.noise_level = 0.8
 
     def second_axis(self, trajectory: Trajectory) -> torch.Tensor:
         return trajectory.stochastic.nonzero().flatten()
@@ -102,7 +102,7 @@ class ClippedGRPO(Objective):
         sigma = trajectory.sigmas[steps].to(device)  # [n]
         sigma_next = trajectory.sigmas[steps + 1].to(device)
         step = sde_step_with_logprob(
-            call.velocity(samples, latents, sigma), latents, sigma, sigma_next, self.noise_level, prev_sample=following
+            call.velocity(samples, latents, sigma), latents, sigma, sigma_next, call.noise_level, prev_sample=following
         )
         old_log_prob = trajectory.log_probs[samples, steps].to(device)
         advantages = advantages.to(device)
@@ -113,7 +113,7 @@ class ClippedGRPO(Objective):
             with torch.no_grad(), call.reference():
                 velocity = call.velocity(samples, latents, sigma)
                 reference = sde_step_with_logprob(
-                    velocity, latents, sigma, sigma_next, self.noise_level, prev_sample=following
+                    velocity, latents, sigma, sigma_next, call.noise_level, prev_sample=following
                 )
             kl = kl_to_reference(step, reference.mean, self.kl_form).mean()
             loss = loss + self.beta * kl

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
 import re
@@ -47,6 +46,7 @@ from data_synthesis.review.store import (
 )
 from data_synthesis.scene import Scene, SceneError
 from data_synthesis.verify import load_pairs
+from shared.net import is_loopback
 
 TOKEN_ENV = "SPATIALSCORE_REVIEW_TOKEN"
 TOKEN_COOKIE = "review_token"
@@ -131,16 +131,6 @@ def check_reviewer(name: str) -> str:
         shown = name if len(name) <= 80 else f"{name[:40]}... ({len(name)} characters)"
         raise ReviewError(f"reviewer name must be 1 to 64 letters, digits or _.@- ; got {shown!r}")
     return name
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` only accepts connections from this machine (names other than localhost count as not)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def access_token(host: str, environ: Mapping[str, str]) -> tuple[str | None, bool]:

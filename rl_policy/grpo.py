@@ -6,8 +6,11 @@ advantages, k = 6 per side best (7.81 vs 7.73 unfiltered, 7.71 with k = 4); KL w
 
 - `group_advantages`: A = (r - mean_p) / (std + eps), mean per prompt over the entries it is given (`keep`), std per
   prompt ("group") or over all given rewards about their global mean ("global"), population std (ddof 0), as in
-  Flow-GRPO's per-prompt stat tracker (eps = 1e-4 there). A group whose rewards are all equal (or that has fewer
-  than two) has zero variance: its advantages are exactly 0 and it is flagged, so the caller can count it.
+  Flow-GRPO's per-prompt stat tracker (eps = 1e-4 there). "global" is Flow-GRPO's `global_std`: with several
+  processes the kept rewards of every rank are all-gathered first (`all_ranks`), so every rank divides by the std of
+  the whole step's rewards (the mean stays per prompt: a prompt's group lives on one rank here); in one process the
+  gather is a no-op. A group whose rewards are all equal (or that has fewer than two) has zero variance: its
+  advantages are exactly 0 and it is flagged, so the caller can count it.
 - `topk_bottomk`: the keep mask of the k highest and k lowest rewards of each group (k per side).
 - `filtered_advantages`: both orders. "normalise_then_select": advantages over all G, then keep the top/bottom k
   (DanceGRPO: z-scored over all 24, best and worst 4 kept). "select_then_normalise": keep the top/bottom k, then
@@ -62,11 +65,37 @@ class GroupAdvantages(NamedTuple):
     zero_variance: torch.Tensor  # [P] bool, groups whose kept rewards are all equal (or fewer than two)
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def all_ranks(values: torch.Tensor) -> torch.Tensor:
+    """This rank's values [n] and every other rank's, concatenated in rank order: [n_0 + n_1 + ...] (ranks may hold
+    different counts); the values themselves in one process. Every rank of the default process group must call it
+    (a collective). With NCCL the exchange runs on this rank's CUDA device; the result is on the input's device."""
+    if not _distributed() or torch.distributed.get_world_size() == 1:
+        return values
+    world_size = torch.distributed.get_world_size()
+    on_cuda = torch.distributed.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if on_cuda else values.device
+    local = values.reshape(-1).to(device)
+    count = torch.tensor([len(local)], device=device)
+    counts = [torch.zeros_like(count) for _ in range(world_size)]
+    torch.distributed.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    padded = torch.zeros(max(counts), dtype=local.dtype, device=device)  # all_gather needs equal shapes
+    padded[: len(local)] = local
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, padded)
+    return torch.cat([part[:n] for part, n in zip(gathered, counts, strict=True)]).to(values.device)
+
+
 def group_advantages(
     rewards: torch.Tensor, keep: torch.Tensor | None = None, std_scope: StdScope = "group", eps: float = 1e-4
 ) -> GroupAdvantages:
     """(r - per-prompt mean) / (std + eps) over the kept entries.  rewards: [P, G]; keep: [P, G] bool, default
-    every finite reward (a non-finite reward is never kept, so it never reaches an update)."""
+    every finite reward (a non-finite reward is never kept, so it never reaches an update). std_scope "global"
+    under torch.distributed: the std of every rank's kept rewards (a collective: every rank must call it)."""
     if std_scope not in ("group", "global"):
         raise ValueError(f"std_scope must be 'group' or 'global', got {std_scope!r}")
     rewards = rewards.float()
@@ -77,6 +106,9 @@ def group_advantages(
     if std_scope == "group":
         centred = torch.where(keep, rewards - mean, 0.0)
         std = (centred.square().sum(dim=1, keepdim=True) / count.clamp(min=1)).sqrt()  # [P, 1]
+    elif _distributed() and torch.distributed.get_world_size() > 1:  # Flow-GRPO's global_std over all ranks
+        every = all_ranks(rewards[keep]).double()  # [sum over ranks of the kept counts]
+        std = every.std(correction=0).float() if len(every) else torch.zeros(())  # []
     else:
         global_mean = kept_rewards.sum() / count.sum().clamp(min=1)
         centred = torch.where(keep, rewards - global_mean, 0.0)

@@ -3,7 +3,8 @@
 from the initial ones. Also when the ranks have different numbers of (sample, step) pairs to train on, including
 none at all on one rank (its groups' rewards all equal): that rank contributes a zero gradient to the same number
 of optimizer steps instead of leaving the other rank waiting in a collective (the subprocess timeout turns a hang
-into a failure).
+into a failure). And with `std_scope: global` (the full-size configs'), whose all-gather of the rewards runs on every
+rank at every step, a rank with nothing to train included.
 
 The test launches this file once per rank (tests/ddp_launch.py)."""
 
@@ -38,7 +39,9 @@ class RankBrightness:
         return torch.stack([image.float().mean() for image in images])
 
 
-def run_rank(dataset_dir: Path, out_dir: Path, flat_rank: int | None, keep_per_side: int) -> None:
+def run_rank(
+    dataset_dir: Path, out_dir: Path, flat_rank: int | None, keep_per_side: int, std_scope: str = "group"
+) -> None:
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.strategies import DDPStrategy
     from test_rl_grpo_module import make_module  # this file runs as a script from tests/
@@ -51,7 +54,10 @@ def run_rank(dataset_dir: Path, out_dir: Path, flat_rank: int | None, keep_per_s
     seed_everything(0)
     rank = int(os.environ["LOCAL_RANK"])
     module = make_module(
-        reward=WeightedReward([RankBrightness(flat_rank)], [1.0]), keep_per_side=keep_per_side, updates_per_rollout=2
+        reward=WeightedReward([RankBrightness(flat_rank)], [1.0]),
+        keep_per_side=keep_per_side,
+        updates_per_rollout=2,
+        std_scope=std_scope,
     )
 
     def save_lora(stage: str) -> None:
@@ -80,9 +86,12 @@ def run_rank(dataset_dir: Path, out_dir: Path, flat_rank: int | None, keep_per_s
     (out_dir / f"summary_{rank}.json").write_text(json.dumps(summary))
 
 
-def launch(dataset_dir: Path, out_dir: Path, flat_rank: int | None, keep_per_side: int) -> list[dict]:
+def launch(
+    dataset_dir: Path, out_dir: Path, flat_rank: int | None, keep_per_side: int, std_scope: str = "group"
+) -> list[dict]:
     """WORLD_SIZE ranks of `run_rank`; -> each rank's summary (a crash or a 400 s hang fails the test)."""
     arguments = ["--dataset", str(dataset_dir), "--out", str(out_dir), "--keep-per-side", str(keep_per_side)]
+    arguments += ["--std-scope", std_scope]
     arguments += [] if flat_rank is None else ["--flat-rank", str(flat_rank)]
     return launch_ranks(__file__, arguments, out_dir, WORLD_SIZE, timeout=400)
 
@@ -107,11 +116,19 @@ def test_a_rank_with_nothing_to_train_still_steps_with_the_other(small_dataset, 
     assert_ranks_identical_and_trained(tmp_path)
 
 
+def test_global_std_gathers_at_every_step_with_a_flat_rank(small_dataset, tmp_path):
+    summaries = launch(small_dataset, tmp_path, flat_rank=1, keep_per_side=1, std_scope="global")
+    assert summaries[1]["zero_variance_groups"] == MAX_STEPS and summaries[0]["zero_variance_groups"] == 0
+    assert [s["global_step"] for s in summaries] == [MAX_STEPS] * WORLD_SIZE
+    assert_ranks_identical_and_trained(tmp_path)
+
+
 if __name__ == "__main__":
     arguments = argparse.ArgumentParser(description="one DDP rank of the distributed GRPO test")
     arguments.add_argument("--dataset", type=Path, required=True)
     arguments.add_argument("--out", type=Path, required=True)
     arguments.add_argument("--flat-rank", type=int, default=None)
     arguments.add_argument("--keep-per-side", type=int, default=1)
+    arguments.add_argument("--std-scope", choices=("group", "global"), default="group")
     parsed = arguments.parse_args()
-    run_rank(parsed.dataset, parsed.out, parsed.flat_rank, parsed.keep_per_side)
+    run_rank(parsed.dataset, parsed.out, parsed.flat_rank, parsed.keep_per_side, parsed.std_scope)

@@ -27,16 +27,19 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from textwrap import shorten
+from typing import Any, NamedTuple
 
 import torch
 import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
+from PIL import Image
 
 from reward_model.callbacks import ExportRewardCheckpoint, PairGridLogger, evaluate_pairs, json_safe
 from reward_model.data import PairwiseDataModule
 from reward_model.export import export_checkpoint
+from reward_model.model import encode, truncate_prompt
 from reward_model.module import RewardModule
 
 EXPORT_KEY = "export"  # config key of the ExportRewardCheckpoint options
@@ -82,17 +85,75 @@ def score_command(argv: Sequence[str]) -> None:
     parser.add_argument("--dtype", default=None, help="backbone dtype: float32, bfloat16, float16 (default: as saved)")
     parser.add_argument("--batch-size", type=int, default=16)
     arguments = parser.parse_args(argv)
+    if arguments.batch_size < 1:
+        parser.error(f"--batch-size must be positive, got {arguments.batch_size}")
+    images = read_images(arguments.images)  # before the model loads: a bad file costs no loading time
     from reward_model.scorer import SpatialScorer
 
     scorer = SpatialScorer.from_pretrained(
         arguments.checkpoint, device=arguments.device, dtype=arguments.dtype, batch_size=arguments.batch_size
     )
-    mean, std = scorer.score(prompts=[arguments.prompt] * len(arguments.images), images=arguments.images)
+    prompt, cut = fit_prompt(scorer, arguments.prompt, images)
+    if cut is not None:
+        print(
+            f"warning: the prompt has {cut.tokens} tokens and this model reads {cut.budget} ({cut.reason}); "
+            f"scored without its last {cut.tokens - cut.budget}: {shorten(cut.dropped, 160)!r}",
+            file=sys.stderr,
+        )
+    mean, std = scorer.score(prompts=[prompt] * len(images), images=images)
     scores = [
         {"image": image, "mean": m, "std": s}
         for image, m, s in zip(arguments.images, mean.tolist(), std.tolist(), strict=True)
     ]
-    print(json.dumps({"checkpoint": arguments.checkpoint, "prompt": arguments.prompt, "scores": scores}, indent=2))
+    result = {"checkpoint": arguments.checkpoint, "prompt": arguments.prompt, "scores": scores}
+    if cut is not None:
+        result["prompt_scored"] = prompt
+    print(json.dumps(result, indent=2))
+
+
+def read_images(paths: Sequence[str]) -> list[Image.Image]:
+    """Every image file decoded (RGB); one `ValueError` naming each file that is missing or not an image."""
+    images, problems = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except FileNotFoundError:
+            problems.append(f"{path} does not exist")
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            problems.append(f"{path} is not a readable image ({error})")
+    if problems:
+        raise ValueError(f"{len(problems)} of {len(paths)} images cannot be scored: " + "; ".join(problems))
+    return images
+
+
+class PromptCut(NamedTuple):
+    tokens: int  # the prompt's length in the model's tokens
+    budget: int  # how many the model reads
+    reason: str  # where the budget comes from
+    dropped: str  # the text that is not scored
+
+
+def fit_prompt(scorer, prompt: str, images: Sequence[Image.Image]) -> tuple[str, PromptCut | None]:
+    """The prompt as the model reads it, and what was cut (None: nothing). The budget is the checkpoint's
+    `max_prompt_tokens` where it has one, else the positions the language model has (max_position_embeddings) less
+    the chat template and the largest image's tokens."""
+    network = scorer.network
+    tokenizer = network.processor.tokenizer
+    tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if getattr(network, "max_prompt_tokens", None):
+        budget, reason = network.max_prompt_tokens, "the checkpoint's max_prompt_tokens"
+    else:
+        positions = network.backbone.config.get_text_config().max_position_embeddings
+        overhead = max(
+            encode(network.processor, [""], [image], system_prompt=scorer.system_prompt)["input_ids"].shape[1]
+            for image in images
+        )
+        budget, reason = positions - overhead, f"{positions} positions less {overhead} for the template and image"
+    if tokens <= budget:
+        return prompt, None
+    kept, _ = truncate_prompt(tokenizer, prompt, max(budget, 1))
+    return kept, PromptCut(tokens, budget, reason, prompt[len(kept) :])
 
 
 def find_run_config(ckpt: Path) -> Path:
@@ -304,13 +365,21 @@ def serve_command(argv: Sequence[str]) -> None:
 COMMANDS = {"score": score_command, "export": export_command, "pretrain": pretrain_command, "serve": serve_command}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def dispatch(argv: list[str]) -> None:
+    """Run one command; errors propagate (`main` reports them)."""
     if argv and argv[0] in COMMANDS:
         COMMANDS[argv[0]](argv[1:])
     else:
         lightning_cli(argv)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; an error is one line on stderr and exit status 1 (the traceback with --verbose or
+    SPATIALSCORE_TRACEBACK=1, shared.cli)."""
+    from shared.cli import run_command
+
+    return run_command("python -m reward_model", dispatch, list(sys.argv[1:] if argv is None else argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -57,7 +57,10 @@ def read_checkpoint_config(checkpoint_dir: str | os.PathLike) -> dict[str, Any]:
     `FileNotFoundError` naming everything that is missing otherwise."""
     directory = Path(checkpoint_dir)
     if not directory.is_dir():
-        raise FileNotFoundError(f"reward checkpoint dir {directory} does not exist")
+        raise FileNotFoundError(
+            f"reward checkpoint dir {directory} does not exist: `python -m reward_model fit` writes one to "
+            "<default_root_dir>/export (`make train-reward` writes the embedded default's, runs/reward/tiny/export)"
+        )
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(

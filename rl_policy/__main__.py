@@ -238,33 +238,51 @@ def sample_command(argv: Sequence[str]) -> None:
 
 def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True):
     """LightningCLI over GRPOTraining and PromptDataModule with ExportPolicy attached (rl_policy.training.GRPOCLI)."""
+    from jsonargparse import set_parsing_settings
+    from jsonargparse._common import get_parsing_setting
+
     from rl_policy.data import PromptDataModule
     from rl_policy.training import GRPOCLI, GRPOTraining
 
-    return GRPOCLI(
-        GRPOTraining,
-        PromptDataModule,
-        args=args,
-        run=run,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-    )
+    # reward, eval_reward and oracle are typed Any (training.GRPOTraining): by default jsonargparse drops such a
+    # value whose class fails to build (a missing reward checkpoint) and then reports a missing argument instead
+    validating = get_parsing_setting("validate_subclass_spec_in_any")
+    set_parsing_settings(validate_subclass_spec_in_any=True)
+    try:
+        return GRPOCLI(
+            GRPOTraining,
+            PromptDataModule,
+            args=args,
+            run=run,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+        )
+    finally:
+        set_parsing_settings(validate_subclass_spec_in_any=validating)
 
 
 COMMANDS = {"pretrain": pretrain_command, "sample": sample_command}
 CLI_COMMANDS = ("fit", "validate", "test")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def dispatch(argv: list[str]) -> None:
+    """Run one command; errors propagate (`main` reports them)."""
     if argv and argv[0] in COMMANDS:
         COMMANDS[argv[0]](argv[1:])
     elif argv and (argv[0] in CLI_COMMANDS or argv[0] in ("-h", "--help")):
         lightning_cli(argv)
     else:
-        print(f"usage: python -m rl_policy {{{','.join([*COMMANDS, 'fit'])}}} --help", file=sys.stderr)
+        print(f"usage: python -m rl_policy {{{','.join([*COMMANDS, 'fit'])}}} [--verbose] --help", file=sys.stderr)
         raise SystemExit(2)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; an error is one line on stderr and exit status 1 (the traceback with --verbose or
+    SPATIALSCORE_TRACEBACK=1, shared.cli)."""
+    from shared.cli import run_command
+
+    return run_command("python -m rl_policy", dispatch, list(sys.argv[1:] if argv is None else argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

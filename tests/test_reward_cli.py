@@ -96,8 +96,12 @@ def test_export_from_the_lightning_checkpoint_matches(fitted, tmp_path, capsys):
     from_ckpt = SpatialScorer.from_pretrained(tmp_path / "from_ckpt").score(prompts=prompts, images=paths)
     from_fit = SpatialScorer.from_pretrained(run_dir / "export").score(prompts=prompts, images=paths)
     torch.testing.assert_close(from_ckpt, from_fit, atol=1e-6, rtol=0)
+    capsys.readouterr()
+    assert main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"Lightning checkpoint {tmp_path / 'missing.ckpt'} does not exist" in err[0]
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")])
+        main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x"), "--verbose"])
 
 
 def test_score_prints_json(fitted, capsys):
@@ -107,3 +111,37 @@ def test_score_prints_json(fitted, capsys):
     assert printed["prompt"] == prompts[0]
     assert [row["image"] for row in printed["scores"]] == paths[:2]
     assert all(isinstance(row["mean"], float) and row["std"] > 0 for row in printed["scores"])
+
+
+def test_score_warns_about_a_prompt_beyond_the_text_budget_and_says_what_was_cut(fitted, capsys):
+    _, run_dir, prompts, paths = fitted
+    long_prompt = " ".join([prompts[0]] * 200)  # about 6,000 tokens; the tiny model has 4,096 positions
+    assert main(["score", "--checkpoint", str(run_dir / "export"), "--prompt", long_prompt, paths[0]]) == 0
+    captured = capsys.readouterr()
+    warning = [line for line in captured.err.splitlines() if line.startswith("warning: the prompt has")]
+    assert len(warning) == 1 and "this model reads" in warning[0] and "4096 positions" in warning[0]
+    printed = json.loads(captured.out)
+    scored = printed["prompt_scored"]
+    assert long_prompt.startswith(scored) and len(scored) < len(long_prompt)
+    scorer = SpatialScorer.from_pretrained(run_dir / "export")
+    tokens = len(scorer.network.processor.tokenizer(scored, add_special_tokens=False)["input_ids"])
+    assert 3_900 < tokens < 4_096
+    expected, _ = scorer.score(prompts=[scored], images=[paths[0]])
+    assert printed["scores"][0]["mean"] == pytest.approx(expected.item(), abs=1e-6)
+    main(["score", "--checkpoint", str(run_dir / "export"), "--prompt", prompts[0], paths[0]])
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_score_checks_the_images_before_loading_the_model(tmp_path, capsys, small_dataset):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    _, frame = load_pairs(small_dataset)
+    good = str(small_dataset / frame["perfect_image"].iloc[0])
+    argv = ["score", "--checkpoint", str(tmp_path / "no_such_export"), "--prompt", "a red disc"]
+    assert main([*argv, good, str(corrupt), str(tmp_path / "gone.png")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "2 of 3 images cannot be scored" in err[0]
+    assert f"{corrupt} is not a readable image" in err[0] and f"{tmp_path / 'gone.png'} does not exist" in err[0]
+    assert "reward checkpoint dir" not in err[0]  # the model (missing here) was never loaded
+    assert main([*argv, good]) == 1
+    assert "make train-reward" in capsys.readouterr().err

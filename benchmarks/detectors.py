@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.cache import directory_sha256
+from benchmarks.geneval import geneval_name
 from benchmarks.judges import Detection
 
 
@@ -104,7 +105,7 @@ def masked_crop(image: Image.Image, box: Sequence[float], mask: np.ndarray | Non
 class CLIPColourClassifier:
     """Zero-shot colour names for object crops with a CLIP model (module docstring)."""
 
-    template_version = "geneval-colour-1"
+    template_version = "geneval-colour-2"  # 2: GenEval's class names in the prompts (cached colours are redone)
 
     def __init__(self, model, tokenizer, image_processor, name: str, colours: Sequence[str] = GENEVAL_COLOURS) -> None:
         self.model, self.tokenizer, self.image_processor = model.eval(), tokenizer, image_processor
@@ -174,7 +175,9 @@ class ColourReadingDetector:
             ranked = sorted(range(len(detections)), key=lambda i: -detections[i].score)
             chosen = [i for i in ranked[: self.max_per_class] if detections[i].score >= self.min_score]
             crops = [masked_crop(image, detections[i].box, detections[i].mask) for i in chosen]
-            for index, colour in zip(chosen, self.classifier.classify(crops, name), strict=True):
+            # the detector's classes are COCO label names; GenEval's colour prompts say "computer mouse", not "mouse"
+            colours = self.classifier.classify(crops, geneval_name(name))
+            for index, colour in zip(chosen, colours, strict=True):
                 detection = detections[index]
                 detections[index] = Detection(detection.box, detection.score, detection.mask, colour)
         return found

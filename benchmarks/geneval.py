@@ -59,6 +59,7 @@ CLASS_NAMES = (
 )  # fmt: skip
 # the GenEval names that are not COCO label names -> the COCO label name
 COCO_LABELS = {"computer mouse": "mouse", "tv remote": "remote", "computer keyboard": "keyboard"}
+GENEVAL_NAMES = {label: name for name, label in COCO_LABELS.items()}
 VARIANTS = ("official_compatible", "corrected")
 
 
@@ -146,6 +147,11 @@ def relative_position(box_a: Box, box_b: Box, threshold: float = POSITION_THRESH
     if dy > 0.5:
         relations.add("below")
     return relations
+
+
+def geneval_name(label: str) -> str:
+    """The GenEval class name of a COCO label name (`coco_label`'s inverse): what GenEval's colour prompts say."""
+    return GENEVAL_NAMES.get(label, label)
 
 
 def coco_label(name: str) -> str:

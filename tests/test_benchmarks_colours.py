@@ -163,7 +163,21 @@ def test_only_detections_that_can_count_are_coloured(trained_clip):
     scores = [0.95, 0.2, 0.9, 0.5]  # 0.2 is below GenEval's 0.3; with max_per_class=2 only 0.95 and 0.9 count
     found = {"cup": [Detection(box, score, mask, None) for score in scores]}
     detector = ColourReadingDetector(BoxesOfOneImage(found), classifier, max_per_class=2)
-    assert detector.name == f"fixed+{classifier.name}" and detector.template_version == "1+geneval-colour-1"
+    assert detector.name == f"fixed+{classifier.name}" and detector.template_version == "1+geneval-colour-2"
     cups = detector.detect(image, ["cup", "dog"])["cup"]
     assert [d.colour for d in cups] == ["blue", None, "blue", None]
     assert [d.score for d in cups] == scores and all(d.mask is mask for d in cups)
+
+
+def test_colour_prompts_use_genevals_class_names_for_coco_labels(trained_clip):
+    """The detector answers in COCO label names ("mouse"); GenEval's colour prompts name the class as GenEval does
+    ("a photo of a blue computer mouse"), so the classifier must be asked about "computer mouse"."""
+    classifier = CLIPColourClassifier.from_pretrained(trained_clip)
+    image, mask = object_on("blue", RGB["yellow"])
+    found = {"mouse": [Detection((14.0, 8.0, 47.0, 41.0), 0.9, mask, None)], "cup": []}
+    ColourReadingDetector(BoxesOfOneImage(found), classifier).detect(image, ["mouse", "cup"])
+    assert set(classifier._text) == {"computer mouse"}
+    direct = classifier.classify([masked_crop(image, (14.0, 8.0, 47.0, 41.0), mask)], "computer mouse")
+    assert direct == [
+        ColourReadingDetector(BoxesOfOneImage(found), classifier).detect(image, ["mouse"])["mouse"][0].colour
+    ]

@@ -4,7 +4,7 @@
     python -m reward_model validate|test --config ... --ckpt_path ...   # LightningCLI, as usual
     python -m reward_model score --checkpoint DIR --prompt "..." IMG... # prints JSON
     python -m reward_model export --ckpt LIGHTNING.ckpt --out DIR      # a reward checkpoint dir from a checkpoint
-    python -m reward_model pretrain --out runs/reward/tiny_pretrain   # stage A of the tiny backbone (embedded only)
+    python -m reward_model pretrain --config configs/reward/tiny_stage_a_v3.yaml [--init-from DIR]  # stage A
     python -m reward_model serve --checkpoint DIR [--host --port ...]  # HTTP reward server (reward_model/serve.py)
 
 `fit`, `validate` and `test` are LightningCLI over `RewardModule` + `PairwiseDataModule`; the network and the
@@ -44,6 +44,8 @@ from reward_model.module import RewardModule
 
 EXPORT_KEY = "export"  # config key of the ExportRewardCheckpoint options
 GRID_KEY = "pair_grid"  # config key of the PairGridLogger options
+BACKBONE_KEY = "backbone"  # config key of stage A's SaveGroundedBackbone options
+INIT_FROM_KEY = "--model.network.init_args.init_from"  # what `pretrain --init-from` stands for
 
 
 class RewardCLI(LightningCLI):
@@ -217,143 +219,42 @@ def export_command(argv: Sequence[str]) -> None:
     print(json.dumps({"exported": str(out), "metrics": json_safe(metrics)}, indent=2))
 
 
+class StageACLI(LightningCLI):
+    """LightningCLI of stage A, with the backbone directory written at every evaluation and at the end."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        from reward_model.stage_a.callbacks import SaveGroundedBackbone
+
+        parser.add_lightning_class_args(SaveGroundedBackbone, BACKBONE_KEY)
+
+
+def stage_a_cli(args: Sequence[str] | dict[str, Any] | None = None, *, run: bool = True) -> StageACLI:
+    """`StageACLI` over `VerificationModule` and `VerificationDataModule` (`args`: command-line words or a dict)."""
+    from reward_model.stage_a import VerificationDataModule, VerificationModule
+
+    return StageACLI(
+        VerificationModule,
+        VerificationDataModule,
+        args=args,
+        run=run,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
 def pretrain_command(argv: Sequence[str]) -> None:
-    """Stage A of the tiny backbone (embedded default only); writes `<out>/backbone` (a pretrained dir for
-    `build_spatialscore`) and Lightning logs under `<out>/stage_a`. --objective verify (default): sentence
-    verification + image-text matching + patch colours in stage B's input format (reward_model.grounding; the
-    shipped checkpoints/reward_tiny_stage_a was trained this way, by experiments/reward_tiny/stage_a_verify.py);
-    caption: grounded captions (reward_model.pretrain)."""
-    import functools
-
-    from lightning.pytorch import seed_everything
-
-    from reward_model.model import tiny_backbone_config
-    from reward_model.pretrain import (
-        CaptionPretrainModule,
-        GroundedCaptionDataModule,
-        build_caption_model,
-        save_pretrained_backbone,
-        warmup_constant,
-    )
-
-    parser = argparse.ArgumentParser(
-        prog="python -m reward_model pretrain",
-        description=pretrain_command.__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--out", required=True, help="run dir: <out>/backbone and <out>/stage_a logs")
-    parser.add_argument("--objective", choices=("verify", "caption"), default="verify", help="what stage A learns")
-    parser.add_argument("--max-steps", type=int, default=4000)
-    parser.add_argument("--max-time", default=None, help="wall-time cap as DD:HH:MM:SS (stops early, still saves)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 (verify), 2e-3 (caption)")
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument(
-        "--curriculum",
-        default=None,
-        help="first_step:max_objects entries, comma-separated, the first at step 0; default 0:3,200:4,400:6 "
-        "(verify), 0:2,1500:3 (caption)",
-    )
-    parser.add_argument("--val-size", type=int, default=256)
-    parser.add_argument("--val-every", type=int, default=100, help="held-out evaluation every this many steps")
-    parser.add_argument("--num-workers", type=int, default=1, help="data loader workers generating scenes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for the model")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    verify = args.objective == "verify"
-    args.lr = args.lr if args.lr is not None else (1e-3 if verify else 2e-3)
-    args.curriculum = args.curriculum or ("0:3,200:4,400:6" if verify else "0:2,1500:3")
-    if verify and not 0 <= args.warmup_steps < args.max_steps:
-        parser.error(f"--warmup-steps ({args.warmup_steps}) must be below --max-steps ({args.max_steps})")
-    try:
-        curriculum = tuple(tuple(int(v) for v in item.split(":")) for item in args.curriculum.split(","))
-        if not curriculum or curriculum[0][0] != 0 or any(len(item) != 2 for item in curriculum):
-            raise ValueError
-    except ValueError:
-        parser.error(f"--curriculum must look like 0:2,1500:3 (first entry at step 0), got {args.curriculum!r}")
-    torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    if verify:
-        _pretrain_verification(args, curriculum)
-        return
-    data = GroundedCaptionDataModule(
-        batch_size=args.batch_size,
-        curriculum=curriculum,
-        val_size=args.val_size,
-        num_workers=args.num_workers,
-        seed=args.seed,
-    )
-    network = build_caption_model(tiny_backbone_config())
-    optimizer = functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay)
-    module = CaptionPretrainModule(
-        network, optimizer, functools.partial(warmup_constant, warmup_steps=args.warmup_steps)
-    )
-    out = Path(args.out)
-    trainer = _stage_a_trainer(args, out)
-    trainer.fit(module, data)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | {"global_step": trainer.global_step}
-    path = save_pretrained_backbone(network, data.processor, out / "backbone", metrics=metrics)
-    print(json.dumps({"backbone": str(path), "metrics": metrics}, indent=2))
-
-
-def _stage_a_trainer(args: argparse.Namespace, out: Path) -> Trainer:
-    """The CPU Trainer of both stage-A objectives: step budget, periodic held-out evaluation, logs in <out>/stage_a."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    return Trainer(
-        accelerator="cpu",
-        max_steps=args.max_steps,
-        max_time=args.max_time,
-        val_check_interval=min(args.val_every, args.max_steps),
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        log_every_n_steps=min(10, args.max_steps),
-        gradient_clip_val=1.0,
-        enable_checkpointing=False,
-        logger=TensorBoardLogger(out, name="stage_a"),
-    )
-
-
-def _pretrain_verification(args: argparse.Namespace, curriculum: tuple[tuple[int, int], ...]) -> None:
-    """Stage A with the verification objective (reward_model.grounding), sizes of the shipped checkpoint."""
-    import functools
-
-    from torch.utils.data import DataLoader
-
-    from reward_model.grounding import (
-        GroundingPretrainModule,
-        VerificationCollator,
-        VerificationStream,
-        build_grounding_network,
-        save_grounded_backbone,
-        validation_examples,
-    )
-    from reward_model.model import tiny_backbone_config
-    from reward_model.pretrain import warmup_cosine
-    from reward_model.tokenizer import REWARD_TOKEN, build_spatialworld_processor
-
-    config = tiny_backbone_config(
-        text_hidden_size=128, text_layers=4, text_intermediate_size=256, vision_hidden_size=64, vision_layers=2
-    )
-    processor = build_spatialworld_processor(max_pixels=140 * 140)  # 5 x 5 image tokens for the 128 px data
-    processor.tokenizer.add_tokens([REWARD_TOKEN], special_tokens=True)  # already an id of the tiny tokenizer
-    network = build_grounding_network(config, processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN))
-    module = GroundingPretrainModule(
-        network,
-        functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=args.weight_decay),
-        functools.partial(warmup_cosine, warmup_steps=args.warmup_steps, total_steps=args.max_steps),
-    )
-    collate = VerificationCollator(processor)
-    stream = VerificationStream(seed=args.seed, batch_size=args.batch_size, curriculum=curriculum, min_objects=2)
-    train = DataLoader(stream, batch_size=args.batch_size, collate_fn=collate, num_workers=args.num_workers)
-    val = DataLoader(validation_examples(args.seed, args.val_size), batch_size=64, collate_fn=collate)
-    out = Path(args.out)
-    trainer = _stage_a_trainer(args, out)
-    trainer.fit(module, train, val)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} | {"global_step": trainer.global_step}
-    path = save_grounded_backbone(network, processor, out / "backbone", metrics=metrics)
-    print(json.dumps({"backbone": str(path), "metrics": metrics}, indent=2))
+    """Stage A of the tiny backbone: `python -m reward_model pretrain --config configs/reward/tiny_stage_a_v<N>.yaml
+    [--init-from DIR]` fits one phase of the shipped recipe (LightningCLI `fit`; any other LightningCLI option
+    works too) and writes its backbone directory (`--backbone.directory`, default <trainer.default_root_dir>/backbone),
+    which stage B's builder loads and the next phase starts from. --init-from DIR: the previous phase's directory
+    (short for --model.network.init_args.init_from)."""
+    words = list(argv)
+    for index, word in enumerate(words):
+        if word == "--init-from":
+            words[index] = INIT_FROM_KEY
+        elif word.startswith("--init-from="):
+            words[index] = INIT_FROM_KEY + word.removeprefix("--init-from")
+    stage_a_cli(["fit", *words])
 
 
 def serve_command(argv: Sequence[str]) -> None:

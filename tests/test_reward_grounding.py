@@ -308,23 +308,3 @@ def test_a_few_steps_move_every_weight_and_the_backbone_reloads(processor, tmp_p
     (directory / HEADS_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="grounding heads"):
         build_pretrained_tiny_spatialscore(backbone_dir=str(directory), head_init="match")
-
-
-def test_pretrain_command_with_the_verification_objective_writes_a_loadable_backbone(tmp_path, capsys):
-    """`python -m reward_model pretrain` (default objective: verify) runs two real steps and writes a backbone dir
-    that stage B's builder loads, position embedding and grounding heads included."""
-    from reward_model.__main__ import main
-    from reward_model.model import build_spatialscore
-
-    out = tmp_path / "stage_a"
-    main(
-        ["pretrain", "--out", str(out), "--max-steps", "2", "--warmup-steps", "1", "--batch-size", "4"]
-        + ["--val-size", "4"]
-    )
-    main_output = capsys.readouterr().out
-    assert '"global_step": 2' in main_output
-    backbone = out / "backbone"
-    assert (backbone / "patch_position_embedding.safetensors").is_file()
-    assert (backbone / "grounding_heads.safetensors").is_file()
-    network = build_spatialscore(backbone, lora_rank=4)
-    assert network.backbone.config.text_config.num_hidden_layers == 4

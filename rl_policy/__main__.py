@@ -3,6 +3,7 @@
     python -m rl_policy pretrain --data data/spatialworld-rl --out runs/rl/generator   # the tiny generator (embedded)
     python -m rl_policy fit --config configs/rl/tiny.yaml                             # GRPO (LightningCLI)
     python -m rl_policy sample --lora runs/rl/tiny-oracle/lora --prompt "..." --seed 0 --out x.png
+    python -m rl_policy draw --pipeline DIR --data data/spatialworld-rl --out data/agreement-test   # judged groups
 
 `fit` is LightningCLI over `rl_policy.training.GRPOTraining` + `rl_policy.data.PromptDataModule`, with
 `ExportPolicy` attached (options under `--export.*`): the run ends with a base-vs-trained evaluation, the LoRA in
@@ -236,6 +237,49 @@ def sample_command(argv: Sequence[str]) -> None:
         print(out)
 
 
+def draw_command(argv: Sequence[str]) -> None:
+    """Draw the agreement set: groups of SDE samples of held-out prompts, judged by the oracle (rl_policy.draw)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rl_policy draw",
+        description=draw_command.__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--pipeline", required=True, help="a diffusers pipeline dir (the base generator)")
+    parser.add_argument("--lora", help="a `lora/` dir of `python -m rl_policy fit` applied to the pipeline")
+    parser.add_argument("--data", required=True, help="a SpatialWorld dataset dir (prompts with scene graphs)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--prompts", type=int, default=32, help="groups: the split's first prompts")
+    parser.add_argument("--per-prompt", type=int, default=24, help="samples per group (GRPO's group size)")
+    parser.add_argument("--resolution", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=6, help="SDE sampler steps (the rollouts')")
+    parser.add_argument("--noise-level", type=float, default=0.8)
+    parser.add_argument("--cfg-scale", type=float, default=3.0, help="true classifier-free guidance")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="output dir (rerun to resume)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    arguments = parser.parse_args(argv)
+    from rl_policy.draw import SAMPLES_FILE, DrawSettings, draw_agreement_set
+
+    settings = DrawSettings(
+        pipeline=arguments.pipeline,
+        data=arguments.data,
+        lora=arguments.lora,
+        split=arguments.split,
+        prompts=arguments.prompts,
+        per_prompt=arguments.per_prompt,
+        resolution=arguments.resolution,
+        num_steps=arguments.steps,
+        noise_level=arguments.noise_level,
+        cfg_scale=arguments.cfg_scale,
+        seed=arguments.seed,
+    )
+    frame = draw_agreement_set(settings, arguments.out, progress=not arguments.quiet)
+    print(
+        f"{len(frame)} samples of {frame['group'].nunique()} prompts -> {arguments.out / SAMPLES_FILE}; "
+        f"oracle relation accuracy {frame['relation_accuracy'].mean():.3f}, all found {frame['all_found'].mean():.3f}"
+    )
+
+
 def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True):
     """LightningCLI over GRPOTraining and PromptDataModule with ExportPolicy attached (rl_policy.training.GRPOCLI)."""
     from jsonargparse import set_parsing_settings
@@ -261,7 +305,7 @@ def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True):
         set_parsing_settings(validate_subclass_spec_in_any=validating)
 
 
-COMMANDS = {"pretrain": pretrain_command, "sample": sample_command}
+COMMANDS = {"pretrain": pretrain_command, "sample": sample_command, "draw": draw_command}
 CLI_COMMANDS = ("fit", "validate", "test")
 
 

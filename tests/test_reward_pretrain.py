@@ -6,6 +6,7 @@ configs chain; the patch position embedding follows the processor's patch order.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import get_vision_positi
 from reward_model.__main__ import main
 from reward_model.model import build_spatialscore
 from reward_model.pretrain import patch_grid_positions
+from reward_model.stage_a.pairs import pair_accuracies, relation_sentence_count
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,9 +64,10 @@ def test_the_configs_chain_the_phases_and_start_with_their_launch_command():
 
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")  # it is called with words, as from the shell
-def test_every_phase_gives_the_losses_of_the_script_that_made_the_shipped_checkpoint(tmp_path):
+def test_every_phase_gives_the_losses_of_the_script_that_made_the_shipped_checkpoint(tmp_path, small_dataset):
     """Each phase as `make pretrain-reward` runs it, with a batch of 4, 3 steps (the learning-rate schedule stays the
-    phase's) and 2 held-out examples (they do not touch training); losses per step from the CSV log."""
+    phase's) and 2 held-out examples (they do not touch training); losses per step from the CSV log. The last phase
+    also scores 4 test pairs zero-shot (the others skip the dataset)."""
     previous = None
     for phase in PHASES:
         root = tmp_path / phase
@@ -82,6 +85,8 @@ def test_every_phase_gives_the_losses_of_the_script_that_made_the_shipped_checkp
             "--data.val_size=2",
             f"--data.easy_val_size={min(2, config(phase)['data']['easy_val_size'])}",
             "--data.num_workers=0",  # the same order as the recipe's 1 worker
+            f"--data.dataset_dir={small_dataset if phase == PHASES[-1] else 'null'}",
+            "--data.eval_pairs=4",
         ]
         init_from = [] if previous is None else ["--init-from", str(previous)]
         main(["pretrain", "--config", str(CONFIG_DIR / f"tiny_stage_a_{phase}.yaml"), *init_from, *overrides])
@@ -91,9 +96,26 @@ def test_every_phase_gives_the_losses_of_the_script_that_made_the_shipped_checkp
         previous = root / "backbone"
         assert (previous / "grounding_heads.safetensors").is_file()
 
+    history = json.loads((previous / "pretrain_metrics.json").read_text())["history"]
+    assert [record["step"] for record in history] == [STEPS]
+    assert {"val/auroc_verdict", "easy/acc_verdict", "pairs/match_acc", "pairs/ver_acc_both"} <= set(history[0])
+    assert history[0]["train/loss"] == pytest.approx(sum(RECORDED_LOSSES[PHASES[-1]]) / STEPS, abs=1e-5)
+
     # The last phase's directory is what stage B loads: its backbone, position embedding attached.
     network = build_spatialscore(previous, lora_rank=4)
     assert hasattr(network.backbone.get_base_model().visual, "patch_position_embedding")
+
+
+def test_zero_shot_pair_accuracies_by_hand():
+    # scores [4, n]: rows (prompt, perfect), (prompt, perturbed), (perturbed prompt, perfect), (perturbed prompt,
+    # perturbed). Pair 0 is right both ways, pair 1 only forward, pair 2 (a tie forward) only reversed.
+    scores = torch.tensor([[2.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 2.0, 1.0]])
+    accuracies = pair_accuracies(scores, num_broken=torch.tensor([1, 2, 3]))
+    assert accuracies["acc"].tolist() == [True, True, False] and accuracies["acc_rev"].tolist() == [True, False, True]
+    assert accuracies["acc_1"].tolist() == [True] and accuracies["acc_23"].tolist() == [True, False]
+    assert accuracies["acc_both"].float().mean() == pytest.approx(4 / 6)
+    prompt = "An image of a red star and a blue circle. The red star is left of the blue circle. There is sky."
+    assert relation_sentence_count(prompt) == 1
 
 
 def test_patch_positions_follow_the_processor_order():

@@ -29,6 +29,7 @@ from reward_model.stage_a.examples import (
     token_colour_targets,
     verification_example,
 )
+from reward_model.stage_a.pairs import PairCollator, TestPair, load_test_pairs
 from reward_model.tokenizer import SpatialScoreProcessor, load_processor
 from shared import stable_seed
 
@@ -282,6 +283,8 @@ class VerificationDataModule(LightningDataModule):
     bind_colour_words: also mark each mention's colour word for the binding loss.
     stated_all_kinds: stated margins of every relation kind (`stated_margin`), not only left/right/above/below.
     val_size / easy_val_size: the held-out sets (`validation_examples`, `easy_validation_examples`; 0: none).
+    dataset_dir / eval_pairs: a SpatialWorld dataset dir whose first `eval_pairs` test pairs are scored zero-shot at
+        every evaluation (`pairs.py`; None: none), in batches of `pair_batch_size` pairs.
     num_workers: DataLoader workers of the training stream; 0 and 1 give the same order (more interleave it).
     seed: every example stream (training, held-out).
     """
@@ -300,6 +303,9 @@ class VerificationDataModule(LightningDataModule):
         resolution: int = 128,
         val_size: int = 256,
         easy_val_size: int = 0,
+        dataset_dir: str | None = None,
+        eval_pairs: int = 200,
+        pair_batch_size: int = 32,
         num_workers: int = 1,
         seed: int = 0,
     ) -> None:
@@ -318,8 +324,10 @@ class VerificationDataModule(LightningDataModule):
         self.curriculum, self.min_objects = curriculum, min_objects
         self.bind_colour_words, self.stated_all_kinds = bind_colour_words, stated_all_kinds
         self.resolution, self.val_size, self.easy_val_size = resolution, val_size, easy_val_size
+        self.dataset_dir, self.eval_pairs, self.pair_batch_size = dataset_dir, eval_pairs, pair_batch_size
         self.num_workers, self.seed = num_workers, seed
         self.held_out: list[list[VerificationExample]] | None = None
+        self.test_pairs: list[TestPair] = []
 
     def setup(self, stage: str | None = None) -> None:
         if self.processor is None:
@@ -335,6 +343,8 @@ class VerificationDataModule(LightningDataModule):
             if self.easy_val_size:
                 easy = easy_validation_examples(self.seed, self.easy_val_size, resolution=self.resolution)
                 self.held_out.append(easy)
+        if self.dataset_dir is not None and not self.test_pairs:
+            self.test_pairs = load_test_pairs(self.dataset_dir, self.eval_pairs)
 
     def collator(self) -> VerificationCollator:
         return VerificationCollator(
@@ -354,8 +364,14 @@ class VerificationDataModule(LightningDataModule):
         return DataLoader(stream, batch_size=self.batch_size, collate_fn=self.collator(), num_workers=self.num_workers)
 
     def val_dataloader(self) -> list[DataLoader]:
-        """The held-out set, then (with easy_val_size) the easy one: dataloader_idx 0 and 1."""
+        """The held-out set, then (with easy_val_size) the easy one, then (with dataset_dir) the test pairs."""
         if self.held_out is None:
             raise RuntimeError("call setup() before asking for the held-out sets")
         collate = self.collator()
-        return [DataLoader(examples, batch_size=self.eval_batch_size, collate_fn=collate) for examples in self.held_out]
+        loaders = [
+            DataLoader(examples, batch_size=self.eval_batch_size, collate_fn=collate) for examples in self.held_out
+        ]
+        if self.test_pairs:
+            pairs = PairCollator(self.processor)
+            loaders.append(DataLoader(self.test_pairs, batch_size=self.pair_batch_size, collate_fn=pairs))
+        return loaders

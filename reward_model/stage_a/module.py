@@ -7,7 +7,8 @@ trainer, and a warm-up + cosine learning-rate schedule over `schedule_steps`, wh
 
 Metrics: `train/loss`, `train/<loss name>` and `train/acc_*` per step; per held-out set (`val`, and `easy` when the
 data module has one) the batch means of the same and `{val,easy}/auroc_verdict`, `{val,easy}/auroc_match`
-(torchmetrics' exact AUROC over the whole set).
+(torchmetrics' exact AUROC over the whole set); with test pairs, `pairs/{match,ver}_{acc,acc_1,acc_23,acc_rev,
+acc_both}`, the zero-shot pairwise accuracies of the matching logit and the verifier score (`pairs.py`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,19 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
 from reward_model.module import OptimizerFactory
 from reward_model.stage_a.data import VerificationBatch
 from reward_model.stage_a.losses import grounding_accuracies, grounding_losses, total_loss
 from reward_model.stage_a.model import GroundingNetwork, GroundingOutput
+from reward_model.stage_a.pairs import TestPairBatch, pair_accuracies, pair_scores
 
-HELD_OUT = ("val", "easy")  # log prefix of each validation dataloader, in the data module's order
+HELD_OUT = ("val", "easy")  # log prefix of each held-out set's dataloader, in the data module's order
+PAIR_METRICS = [
+    f"{score}_{name}" for score in ("match", "ver") for name in ("acc", "acc_1", "acc_23", "acc_rev", "acc_both")
+]
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, floor: float = 0.1):
@@ -83,6 +89,7 @@ class VerificationModule(LightningModule):
         self.auroc = nn.ModuleDict(
             {f"{prefix}_{head}": BinaryAUROC() for prefix in HELD_OUT for head in ("verdict", "match")}
         )
+        self.pair_metrics = nn.ModuleDict({name: MeanMetric() for name in PAIR_METRICS})
 
     def forward(self, batch: VerificationBatch) -> GroundingOutput:
         return self.network(batch.inputs, batch.sentence_ends, batch.mentions)
@@ -101,7 +108,12 @@ class VerificationModule(LightningModule):
             self.log(f"train/{name}", value, on_step=True, prog_bar=name == "loss", batch_size=batch.batch_size)
         return metrics | {"loss": loss}  # the metrics too: `SaveGroundedBackbone` averages them between evaluations
 
-    def validation_step(self, batch: VerificationBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def validation_step(
+        self, batch: VerificationBatch | TestPairBatch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if isinstance(batch, TestPairBatch):
+            self.pair_step(batch)
+            return
         prefix = HELD_OUT[dataloader_idx]
         _, metrics, output = self.step(batch)
         for name, value in metrics.items():
@@ -113,6 +125,16 @@ class VerificationModule(LightningModule):
             metric = self.auroc[f"{prefix}_{head}"]
             metric.update(logits.float(), truth.long())
             self.log(f"{prefix}/auroc_{head}", metric, on_epoch=True, add_dataloader_idx=False)
+
+    def pair_step(self, batch: TestPairBatch) -> None:
+        """Accumulate the zero-shot pairwise accuracies of a batch of test pairs."""
+        output = self.network(batch.inputs, batch.sentence_ends)
+        for score, values in pair_scores(output.sentence_logits, output.match_logits, batch).items():
+            for name, correct in pair_accuracies(values, batch.num_broken).items():
+                if len(correct):  # a batch may hold no pair of a broken-count group
+                    metric = self.pair_metrics[f"{score}_{name}"]
+                    metric.update(correct.float())
+                    self.log(f"pairs/{score}_{name}", metric, on_epoch=True, add_dataloader_idx=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory([p for p in self.network.parameters() if p.requires_grad])

@@ -18,6 +18,14 @@ Implemented:
   embedding and/or true classifier-free guidance), the pipeline's sigma schedule at the image's token count, and
   latents <-> images.
 
+Throughput switches (all off by default, which keeps the computation exactly as it was): `forward_batch_size` caps
+the samples per transformer call (None: the whole batch, e.g. every sample of a group, in one forward; a cap
+splits it where memory does not allow), `grad_attention` / `no_grad_attention` pick the SDPA backend of the passes
+with and without gradients (`attention_backend`: sampling and the reference forward may use one whose backward is
+unusable, e.g. cuDNN's, which failed in the backward on an H100 with torch 2.11), and
+`compile_transformer_blocks` compiles each transformer block on its own (regional torch.compile: one graph per block
+class, reused by every block of it, compiled in seconds instead of the whole model's minutes).
+
 The GRPO sampler calls the transformer through `velocity` step by step (it needs every step's log-prob, which the
 pipelines' `__call__` cannot give); the pipeline object is kept for its prompt encoding, packing, saving and LoRA
 loading. Prompts longer than the text encoders' limit: an error when `strict_prompt_length` (the embedded default,
@@ -50,6 +58,7 @@ from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.pipelines.flux.pipeline_flux_img2img import retrieve_latents
 from diffusers.utils import BaseOutput
 from peft import LoraConfig
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerBase, T5Config, T5EncoderModel
 
 from data_synthesis import build_spatialworld_tokenizer
@@ -247,6 +256,72 @@ def add_lora(
     transformer.add_adapter(config)
 
 
+ATTENTION_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "math": SDPBackend.MATH,
+}
+
+
+def check_attention_backend(name: str | None, field_name: str = "attention backend") -> None:
+    if name is not None and name not in ATTENTION_BACKENDS:
+        raise ValueError(f"{field_name} must be None or one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}")
+
+
+def attention_backend(name: str | None) -> contextlib.AbstractContextManager:
+    """Within the block, scaled_dot_product_attention (diffusers' native attention) runs only with the named SDPA
+    backend (one of `ATTENTION_BACKENDS`); None: PyTorch's own choice, nothing changed."""
+    check_attention_backend(name)
+    return contextlib.nullcontext() if name is None else sdpa_kernel([ATTENTION_BACKENDS[name]])
+
+
+def transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of a Flux (double and single) or Qwen-Image transformer."""
+    blocks = [*getattr(transformer, "transformer_blocks", []), *getattr(transformer, "single_transformer_blocks", [])]
+    if not blocks:
+        raise ValueError(f"{type(transformer).__name__} has no transformer_blocks to compile")
+    return blocks
+
+
+def compile_transformer_blocks(transformer: torch.nn.Module, **options) -> int:
+    """Regional torch.compile: each block's forward compiled in place (`nn.Module.compile`, `options` to
+    torch.compile), the rest of the model eager; blocks of one class share their graphs. The LoRA adapter stays
+    trainable and `reference_policy` still switches it off (a second graph per block class). -> blocks compiled."""
+    blocks = transformer_blocks(transformer)
+    for block in blocks:
+        block.compile(**options)
+    return len(blocks)
+
+
+def _rows(embeddings: PromptEmbeddings | None, rows: slice) -> PromptEmbeddings | None:
+    return None if embeddings is None else PromptEmbeddings(*(None if f is None else f[rows] for f in embeddings))
+
+
+def _switched_velocity(policy: FluxPolicy | QwenImagePolicy, velocity, latents, sigma, prompt, negative, **kwargs):
+    """`velocity(latents, sigma, prompt, negative=..., **kwargs)` under the policy's attention backend for this
+    pass (with or without gradients) and in chunks of at most `forward_batch_size` samples."""
+    backend = policy.grad_attention if torch.is_grad_enabled() else policy.no_grad_attention
+    size = policy.forward_batch_size
+    with attention_backend(backend):
+        if size is None or latents.shape[0] <= size:
+            return velocity(latents, sigma, prompt, negative=negative, **kwargs)
+        parts = []
+        for start in range(0, latents.shape[0], size):
+            rows = slice(start, start + size)
+            parts.append(
+                velocity(latents[rows], sigma[rows], _rows(prompt, rows), negative=_rows(negative, rows), **kwargs)
+            )
+        return torch.cat(parts)
+
+
+def _check_switches(policy: FluxPolicy | QwenImagePolicy) -> None:
+    if policy.forward_batch_size is not None and policy.forward_batch_size < 1:
+        raise ValueError(f"forward_batch_size must be None or positive, got {policy.forward_batch_size}")
+    check_attention_backend(policy.grad_attention, "grad_attention")
+    check_attention_backend(policy.no_grad_attention, "no_grad_attention")
+
+
 @contextlib.contextmanager
 def reference_policy(transformer: ModelMixin) -> Iterator[None]:
     """Within the block the transformer is the reference policy: the base network, LoRA adapter disabled."""
@@ -275,6 +350,12 @@ class FluxPolicy:
     strict_prompt_length: bool = False
     truncated_prompts: int = 0
     _cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+    forward_batch_size: int | None = None  # samples per transformer call (None: the whole batch at once)
+    grad_attention: str | None = None  # SDPA backend of passes with gradients (None: PyTorch's choice)
+    no_grad_attention: str | None = None  # ... and without (sampling, the reference forward)
+
+    def __post_init__(self) -> None:
+        _check_switches(self)
 
     @property
     def transformer(self) -> FluxTransformer2DModel:
@@ -347,8 +428,26 @@ class FluxPolicy:
 
         guidance: FLUX.1-dev's distilled guidance (its embedding; required exactly when the transformer has one).
         negative: embeddings of the negative prompt, for true classifier-free guidance
-        v = v_neg + true_cfg_scale * (v - v_neg); both halves run as one batch of 2B.
+        v = v_neg + true_cfg_scale * (v - v_neg); both halves run as one batch of 2B (of 2 * forward_batch_size at
+        most when that caps the samples per call).
         """
+        return _switched_velocity(
+            self, self._velocity, latents, sigma, prompt, negative, height=height, width=width, guidance=guidance,
+            true_cfg_scale=true_cfg_scale,
+        )  # fmt: skip
+
+    def _velocity(
+        self,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        prompt: PromptEmbeddings,
+        *,
+        negative: PromptEmbeddings | None,
+        height: int,
+        width: int,
+        guidance: float | None,
+        true_cfg_scale: float,
+    ) -> torch.Tensor:
         has_guidance_embedding = self.transformer.config.guidance_embeds
         if has_guidance_embedding != (guidance is not None):
             raise ValueError(f"guidance must be {'given' if has_guidance_embedding else 'None'} for this transformer")
@@ -409,6 +508,12 @@ class QwenImagePolicy:
     strict_prompt_length: bool = False
     truncated_prompts: int = 0
     _cache: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    forward_batch_size: int | None = None  # as FluxPolicy's
+    grad_attention: str | None = None
+    no_grad_attention: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_switches(self)
 
     @property
     def transformer(self) -> QwenImageTransformer2DModel:
@@ -496,6 +601,20 @@ class QwenImagePolicy:
         if guidance is not None:
             raise ValueError("guidance must be None for Qwen-Image (no guidance embedding); use true_cfg_scale")
         grid = self.latent_grid(height, width)
+        return _switched_velocity(
+            self, self._velocity, latents, sigma, prompt, negative, grid=grid, true_cfg_scale=true_cfg_scale
+        )
+
+    def _velocity(
+        self,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        prompt: PromptEmbeddings,
+        *,
+        negative: PromptEmbeddings | None,
+        grid: tuple[int, int],
+        true_cfg_scale: float,
+    ) -> torch.Tensor:
         velocity = self._forward(latents, sigma, prompt, grid)
         if negative is None:
             return velocity
@@ -540,6 +659,10 @@ def build_policy(
     lora_targets: Sequence[str] = FLUX_LORA_TARGETS,
     max_sequence_length: int | None = None,
     strict_prompt_length: bool = False,
+    forward_batch_size: int | None = None,
+    grad_attention: str | None = None,
+    no_grad_attention: str | None = None,
+    compile_blocks: bool = False,
 ) -> Policy:
     """Freeze the pipeline (text encoders, autoencoder, transformer base), add the LoRA adapter to its transformer
     and wrap it as a `FluxPolicy` or `QwenImagePolicy`. Only the LoRA weights are trainable afterwards.
@@ -547,19 +670,28 @@ def build_policy(
     max_sequence_length: text tokens. Flux pads every prompt to it and attends to all of them (it sets the cost of
     each step); default the second tokenizer's model_max_length, at most FluxPipeline's 512 (FLUX.1-dev: 512).
     Qwen-Image: default its pipeline's 1024.
+    forward_batch_size, grad_attention, no_grad_attention: the policy's throughput switches (module docstring);
+    compile_blocks: `compile_transformer_blocks` after the LoRA is added. Their defaults change nothing.
     """
     for name, component in pipeline.components.items():
         if isinstance(component, torch.nn.Module) and name != "transformer":
             component.requires_grad_(False).eval()
+    if not isinstance(pipeline, FluxPipeline | QwenImagePipeline):
+        raise TypeError(f"no policy for {type(pipeline).__name__}; supported: {', '.join(SUPPORTED_PIPELINES)}")
     add_lora(pipeline.transformer, rank=lora_rank, alpha=lora_alpha, target_modules=lora_targets)
+    switches = dict(
+        forward_batch_size=forward_batch_size, grad_attention=grad_attention, no_grad_attention=no_grad_attention
+    )
     if isinstance(pipeline, FluxPipeline):
         if max_sequence_length is None:
             max_sequence_length = min(512, pipeline.tokenizer_2.model_max_length)
-        return FluxPolicy(pipeline, max_sequence_length=max_sequence_length, strict_prompt_length=strict_prompt_length)
-    if isinstance(pipeline, QwenImagePipeline):
+        policy = FluxPolicy(pipeline, max_sequence_length, strict_prompt_length, **switches)
+    else:
         max_sequence_length = pipeline.tokenizer_max_length if max_sequence_length is None else max_sequence_length
-        return QwenImagePolicy(pipeline, max_sequence_length, strict_prompt_length)
-    raise TypeError(f"no policy for {type(pipeline).__name__}; supported: {', '.join(SUPPORTED_PIPELINES)}")
+        policy = QwenImagePolicy(pipeline, max_sequence_length, strict_prompt_length, **switches)
+    if compile_blocks:
+        compile_transformer_blocks(pipeline.transformer)
+    return policy
 
 
 def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

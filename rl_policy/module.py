@@ -20,11 +20,13 @@ Each optimisation step (Lightning manual optimisation), on the prompts of one `P
 Logged: `train/reward_mean`, `train/reward_std`, `train/kept_advantage_abs`, `train/zero_variance_groups`,
 `train/dropped_samples`, `train/trained_pairs`, the objective's terms (GRPO: `train/clip_fraction`,
 `train/ratio_deviation_first`, `train/approx_kl`, `train/kl`; NFT: `train/nft_drift`, `train/nft_drift_first`),
-`train/loss`, `train/grad_norm`, `train/lr`, `train/critic_oracle_agreement` (first step, with an oracle), and a grid
-of the first group every `image_every_n_steps`. Held-out evaluation (`evaluate`, every `eval_every_n_steps`) samples
+`train/loss`, `train/grad_norm`, `train/lr`, with an oracle `train/critic_oracle_agreement` and
+`train/critic_oracle_spearman` (rl_policy.monitor: first, last and evaluation steps), and a grid of the first group
+every `image_every_n_steps`. Held-out evaluation (`evaluate`, at step 0 and every `eval_every_n_steps`) samples
 the data module's evaluation prompts with the ODE sampler from fixed noise (paired seeds across runs) and reports
 the reward and, where prompts carry SpatialWorld metadata, the oracle's relation accuracy, the share of images with
-every object found and the relation accuracy among those, side by side: reward hacking shows as the two diverging.
+every object found and the relation accuracy among those, side by side (one TensorBoard custom-scalars page):
+reward hacking shows as the two diverging, and a warning is printed when they do (`monitor.divergence_warning`).
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 
 from rl_policy.data import PromptBatch, PromptDataModule
-from rl_policy.grpo import GroupSettings, filtered_advantages, within_group_agreement
+from rl_policy.grpo import GroupSettings, filtered_advantages
+from rl_policy.monitor import TENSORBOARD_LAYOUT, divergence_warning, rollout_agreement
 from rl_policy.objectives import ClippedGRPO, Objective, PolicyCall
 from rl_policy.policy import FluxPolicy, reference_policy, trainable_parameters
 from rl_policy.reward import Reward
@@ -117,6 +121,8 @@ class GRPOModule(LightningModule):
         self.optimizer_factory = optimizer
         self.counters = {"dropped_samples": 0, "zero_variance_groups": 0}
         self.last_eval: dict[str, float] = {}
+        self.first_eval: dict[str, float] = {}  # the step-0 evaluation, what the monitor compares with
+        self.agreement_history: list[tuple[int, float]] = []  # (step, critic-oracle Spearman on its rollout)
         self.strict_loading = False  # checkpoints hold the LoRA weights only (on_save_checkpoint)
 
     def on_fit_start(self) -> None:
@@ -126,6 +132,9 @@ class GRPOModule(LightningModule):
         for name, component in self.policy.pipeline.components.items():
             if isinstance(component, torch.nn.Module) and name != "transformer":
                 component.to(self.device)
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_custom_scalars") and self.global_rank == 0:
+            experiment.add_custom_scalars(TENSORBOARD_LAYOUT)
 
     def _generator(self, *parts: object) -> torch.Generator:
         generator = torch.Generator(device=self.transformer.device)
@@ -190,6 +199,8 @@ class GRPOModule(LightningModule):
         )
 
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        if self.global_step == 0 and self.hparams.eval_every_n_steps:
+            self._log_evaluation()  # the policy before any update: what the monitor compares later evaluations with
         trajectory, images, rewards = self.rollout(batch)
         groups = rewards.view(len(batch), self.groups.group_size)  # [P, G]
         result = filtered_advantages(groups, self.groups.keep_per_side, self.groups.filter_order, self.groups.std_scope)
@@ -197,14 +208,13 @@ class GRPOModule(LightningModule):
         trains = (result.keep & ~result.zero_variance[:, None]).flatten()  # [S]
         self.counters["dropped_samples"] += dropped
         self.counters["zero_variance_groups"] += int(result.zero_variance.sum())
-        if self.global_step == 0 and self.oracle is not None and batch.metadata and all(batch.metadata):
+        if self._measures_agreement(batch):
             index = trajectory.prompt_index.tolist()
-            oracle = self.oracle(
-                prompts=[batch.prompts[i] for i in index],
-                images=list(images),
-                metadata=[batch.metadata[i] for i in index],
-            ).float()
-            self.log("train/critic_oracle_agreement", within_group_agreement(trajectory.prompt_index, rewards, oracle))
+            prompts, metadata = [batch.prompts[i] for i in index], [batch.metadata[i] for i in index]
+            measured = rollout_agreement(self.oracle, prompts, metadata, images, rewards, self.groups.group_size)
+            for logger in self.loggers:  # directly, as evaluations: self.log would repeat it at every later step
+                logger.log_metrics({name: float(value) for name, value in measured.items()}, step=self.global_step)
+            self.agreement_history.append((self.global_step, float(measured["train/critic_oracle_spearman"])))
 
         # every (kept sample, second) pair, in an order drawn from (seed, step) so a resumed run repeats it
         second = self.objective.second_axis(trajectory)
@@ -260,8 +270,16 @@ class GRPOModule(LightningModule):
         step, hp = self.global_step, self.hparams
         if hp.image_every_n_steps and step % hp.image_every_n_steps == 0:
             self._log_images("train/group", images[: self.groups.group_size])
-        if hp.eval_every_n_steps and step % hp.eval_every_n_steps == 0 and step > 0:
+        if hp.eval_every_n_steps and step % hp.eval_every_n_steps == 0:
             self._log_evaluation()
+
+    def _measures_agreement(self, batch: PromptBatch) -> bool:
+        """With an oracle and metadata: at the first and last steps and every evaluation step (rl_policy.monitor)."""
+        if self.oracle is None or not batch.metadata or not all(batch.metadata):
+            return False
+        step, every = self.global_step, self.hparams.eval_every_n_steps
+        last = self._trainer is not None and self.trainer.max_steps > 0 and step == self.trainer.max_steps - 1
+        return step == 0 or last or bool(every and step % every == 0)
 
     def _update_plan(self, pairs: torch.Tensor) -> list[tuple[list[torch.Tensor], int]]:
         """This rank's pairs [n, 2] as `updates_per_rollout` optimizer steps, each (micro-batches, pairs in this
@@ -321,6 +339,7 @@ class GRPOModule(LightningModule):
                 found = [ok for verdict in verdicts if verdict.all_found for ok in verdict.confirmed]
                 results |= {
                     "oracle_accuracy": sum(relations) / max(len(relations), 1),
+                    "num_relations": float(len(relations)),
                     "all_found": sum(verdict.all_found for verdict in verdicts) / len(verdicts),
                     "relation_accuracy_all_found": sum(found) / len(found) if found else math.nan,
                 }
@@ -336,6 +355,10 @@ class GRPOModule(LightningModule):
         metadata = [record.metadata for record in records]
         results = self.evaluate([record.prompt for record in records], metadata if any(metadata) else None)
         scalars = {f"eval/{name}": value for name, value in results.items() if not math.isnan(value)}
+        if self.global_step == 0:
+            self.first_eval = dict(results)
+        elif warning := divergence_warning(self.first_eval, results, self.global_step):
+            rank_zero_warn(warning)
         for logger in self.loggers:  # directly: `self.log` in training_step would repeat the values at every later step
             logger.log_metrics(scalars, step=self.global_step)
         self._log_images("eval/samples", self._eval_images[:16])
@@ -356,6 +379,10 @@ class GRPOModule(LightningModule):
         trainable = {f"transformer.{name}" for name in trainable_parameters(self.transformer)}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["grpo_counters"] = dict(self.counters)
+        checkpoint["grpo_monitor"] = {"first_eval": self.first_eval, "agreement": self.agreement_history}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.counters = dict(checkpoint.get("grpo_counters", self.counters))
+        monitor = checkpoint.get("grpo_monitor", {})
+        self.first_eval = dict(monitor.get("first_eval", self.first_eval))
+        self.agreement_history = [tuple(item) for item in monitor.get("agreement", self.agreement_history)]

@@ -9,7 +9,9 @@ and writes into `<default_root_dir>`:
 - `metrics.json` (docs/DESIGN.md, "Default locations"): `reward_source`, `reward_base`, `reward_final`, and where
   the prompts carry SpatialWorld metadata and an oracle is configured `oracle_accuracy_base`,
   `oracle_accuracy_final`, `relation_accuracy_all_found_base`, `relation_accuracy_all_found_final`,
-  `all_found_base`, `all_found_final`; `grpo_seconds`, `num_eval_samples`, `global_step`.
+  `all_found_base`, `all_found_final`; `grpo_seconds`, `num_eval_samples`, `global_step`; with an oracle
+  `critic_oracle_spearman_final` (and its `_step`: the last rollout the monitor measured) and
+  `reward_hacking_warning` (the reward rose while the oracle's accuracy fell, rl_policy.monitor).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft.utils import get_peft_model_state_dict
 
 from rl_policy.module import GRPOModule
+from rl_policy.monitor import divergence_warning
 from rl_policy.policy import FLUX_LORA_TARGETS, build_policy, build_tiny_flux_pipeline, load_pipeline, reference_policy
 from shared import atomic_write_json
 from shared.dtypes import torch_dtype
@@ -138,6 +141,16 @@ class ExportPolicy(Callback):
         for name in ("reward", "oracle_accuracy", "relation_accuracy_all_found", "all_found"):
             if name in final:
                 metrics[f"{name}_base"], metrics[f"{name}_final"] = base[name], final[name]
+        history = getattr(pl_module, "agreement_history", [])
+        if history:  # the critic's within-group Spearman with the oracle on the last measured rollout
+            metrics["critic_oracle_spearman_final"], metrics["critic_oracle_spearman_step"] = (
+                history[-1][1],
+                history[-1][0],
+            )
+        warning = divergence_warning(base, final, trainer.global_step)
+        metrics["reward_hacking_warning"] = warning is not None
+        if warning is not None:
+            rank_zero_warn(f"end of fit, base vs trained on the paired evaluation: {warning}")
         atomic_write_json(out / "metrics.json", metrics)
         rank_zero_info(f"wrote {out / 'lora'} and {out / 'metrics.json'}: {json.dumps(metrics)}")
 

@@ -111,7 +111,9 @@ def test_steps_change_only_lora_weights_and_the_first_update_is_on_policy(small_
     assert metrics["train/ratio_deviation_first"].item() == 0.0
     for name in ("train/reward_mean", "train/kl", "train/clip_fraction", "train/grad_norm", "train/approx_kl"):
         assert torch.isfinite(metrics[name]), name
-    assert "train/critic_oracle_agreement" in metrics  # NaN here: the oracle finds nothing in untrained samples
+    assert (
+        module.agreement_history[0][0] == 0
+    )  # measured on the first rollout (NaN: nothing found in untrained samples)
     results = module.evaluate(["a red circle is left of a blue square."], None)
     assert set(results) == {"reward", "num_eval_samples"}
 
@@ -173,8 +175,13 @@ def test_held_out_evaluation_is_logged_once_per_evaluation(small_dataset, tmp_pa
         module, PromptDataModule(small_dataset, prompts_per_step=2, num_eval_prompts=2)
     )
     rows = logged_rows(tmp_path, "log")
-    assert [int(row["step"]) for row in rows if row.get("eval/reward")] == [2]
+    assert [int(row["step"]) for row in rows if row.get("eval/reward")] == [0, 2]  # step 0: before any update
     assert sum(bool(row.get("train/reward_mean")) for row in rows) == 3
+    # the monitor's agreement on the rollouts of the first, the evaluation and the last steps (here 0 and 2), logged
+    # once each
+    assert [step for step, _ in module.agreement_history] == [0, 2]
+    assert [int(row["step"]) for row in rows if row.get("train/critic_oracle_spearman")] == [0, 2]
+    assert module.first_eval["num_relations"] > 0 and set(module.first_eval) >= {"reward", "oracle_accuracy"}
 
 
 def test_settings_are_checked_with_the_field_named():
@@ -240,6 +247,8 @@ def test_fit_command_trains_exports_lora_and_metrics(small_dataset, tmp_path):
     assert metrics["reward_source"] == "oracle" and metrics["global_step"] == 1 and metrics["num_eval_samples"] == 2
     for key in ("reward", "oracle_accuracy", "all_found"):
         assert 0 <= metrics[f"{key}_base"] <= 1 and 0 <= metrics[f"{key}_final"] <= 1
+    assert metrics["critic_oracle_spearman_step"] == 0 and isinstance(metrics["reward_hacking_warning"], bool)
+    assert "critic_oracle_spearman_final" in metrics
     policy = json.loads((root / "lora" / "policy.json").read_text())
     assert policy["base_pipeline"] == "tiny-random" and policy["pipeline_class"] == "FluxPipeline"
     pipeline = build_tiny_flux_pipeline(max_prompt_tokens=160)

@@ -41,6 +41,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 
 from rl_policy.data import PromptBatch, PromptDataModule
+from rl_policy.evaluation import sample_eval_images, score_eval_images
 from rl_policy.grpo import GroupSettings, filtered_advantages
 from rl_policy.monitor import TENSORBOARD_LAYOUT, divergence_warning, rollout_agreement
 from rl_policy.objectives import ClippedGRPO, Objective, PolicyCall
@@ -50,8 +51,6 @@ from rl_policy.rollout import (
     SamplerSettings,
     Trajectory,
     guidance_inputs,
-    initial_noise,
-    sample_ode,
     sample_trajectories,
     select_embeddings,
 )
@@ -313,42 +312,14 @@ class GRPOModule(LightningModule):
 
     @torch.no_grad()
     def evaluate(self, prompts: Sequence[str], metadata: Sequence[Any] | None, seeds: int = 1) -> dict[str, float]:
-        """ODE samples of `prompts` (`seeds` per prompt, fixed noise: paired across runs and steps) scored by the
-        evaluation reward and, with metadata and an oracle, by the oracle (module docstring)."""
-        sampler, side = self.sampler, self.sampler.resolution
+        """ODE samples of `prompts` (`seeds` per prompt, fixed noise: paired across steps) scored by the evaluation
+        reward and, with metadata and an oracle, by the oracle (rl_policy.evaluation)."""
         prompts = [prompt for prompt in prompts for _ in range(seeds)]
         metadata = None if metadata is None else [meta for meta in metadata for _ in range(seeds)]
-        noise = initial_noise(self.policy, len(prompts), side, side, self._generator("eval"))
-        images = sample_ode(
-            self.policy,
-            prompts,
-            height=side,
-            width=side,
-            num_steps=sampler.eval_num_steps or max(sampler.num_steps, 20),
-            cfg_scale=sampler.cfg_scale,
-            guidance=sampler.guidance,
-            noise=noise,
-        ).cpu()
-        rewards = self.eval_reward(prompts=prompts, images=list(images), metadata=metadata).float()
-        results = {"reward": float(rewards.nanmean()), "num_eval_samples": float(len(prompts))}
-        if self.oracle is not None and metadata is not None and all(meta is not None for meta in metadata):
-            judge = getattr(self.oracle, "judge", None)
-            if judge is not None:
-                verdicts = [judge(image, meta) for image, meta in zip(images, metadata, strict=True)]
-                relations = [ok for verdict in verdicts for ok in verdict.confirmed]
-                found = [ok for verdict in verdicts if verdict.all_found for ok in verdict.confirmed]
-                results |= {
-                    "oracle_accuracy": sum(relations) / max(len(relations), 1),
-                    "num_relations": float(len(relations)),
-                    "all_found": sum(verdict.all_found for verdict in verdicts) / len(verdicts),
-                    "relation_accuracy_all_found": sum(found) / len(found) if found else math.nan,
-                }
-            else:
-                oracle = self.oracle(prompts=prompts, images=list(images), metadata=metadata)
-                results["oracle_reward"] = float(oracle.mean())
-        self.last_eval = results
+        images = sample_eval_images(self.policy, self.sampler, prompts, self._generator("eval"))
+        self.last_eval = score_eval_images(images, prompts, metadata, self.eval_reward, self.oracle)
         self._eval_images = images
-        return results
+        return self.last_eval
 
     def _log_evaluation(self) -> None:
         records = self.trainer.datamodule.eval_records

@@ -1,15 +1,17 @@
 """What `python -m rl_policy fit` trains: `GRPOTraining` (a `GRPOModule` whose policy is described by a `PolicySpec`,
 so that a LightningCLI YAML can name it) and `ExportPolicy`, the end-of-fit evaluation and LoRA export.
 
-`ExportPolicy` evaluates the held-out prompts of the `PromptDataModule` twice with the ODE sampler from the same
-noise (paired seeds): once with the LoRA adapter disabled (the base policy) and once with it (the trained policy),
-and writes into `<default_root_dir>`:
+`ExportPolicy` evaluates the held-out prompts of the `PromptDataModule`'s evaluation split (every one by default:
+398 RL test prompts x 2 seeds) twice with the ODE sampler from the same noise (paired seeds, the same in every run
+whatever its seed): once with the LoRA adapter disabled (the base policy, kept in a cache so it is drawn once per
+generator) and once with it (the trained policy), and writes into `<default_root_dir>`:
 - `lora/`: the adapter in diffusers' format (`FluxPipeline.load_lora_weights(dir)` loads it; safetensors) and
   `lora/policy.json` (the base pipeline it applies to, LoRA settings);
 - `metrics.json` (docs/DESIGN.md, "Default locations"): `reward_source`, `reward_base`, `reward_final`, and where
   the prompts carry SpatialWorld metadata and an oracle is configured `oracle_accuracy_base`,
   `oracle_accuracy_final`, `relation_accuracy_all_found_base`, `relation_accuracy_all_found_final`,
-  `all_found_base`, `all_found_final`; `grpo_seconds`, `num_eval_samples`, `global_step`; with an oracle
+  `all_found_base`, `all_found_final`; `grpo_seconds`, `num_eval_samples`, `num_eval_prompts`, `global_step`; with
+  an oracle
   `critic_oracle_spearman_final` (and its `_step`: the last rollout the monitor measured) and
   `reward_hacking_warning` (the reward rose while the oracle's accuracy fell, rl_policy.monitor).
 """
@@ -22,15 +24,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft.utils import get_peft_model_state_dict
 
+from rl_policy.data import load_prompts
+from rl_policy.evaluation import (
+    BaseImageCache,
+    dequantize,
+    pipeline_identity,
+    sample_eval_images,
+    score_eval_images,
+    to_uint8,
+)
 from rl_policy.module import GRPOModule
 from rl_policy.monitor import divergence_warning
 from rl_policy.policy import FLUX_LORA_TARGETS, build_policy, build_tiny_flux_pipeline, load_pipeline, reference_policy
-from shared import atomic_write_json
+from shared import atomic_write_json, canonical_sha256, stable_seed
 from shared.dtypes import torch_dtype
 
 TINY = "tiny-random"  # PolicySpec.pipeline value: the tiny pipeline with random weights (tests, smoke runs)
@@ -108,12 +120,22 @@ class GRPOTraining(GRPOModule):
 class ExportPolicy(Callback):
     """At the end of `fit`: base vs trained evaluation, `lora/` and `metrics.json` (module docstring).
 
-    seeds: samples per held-out prompt (paired across base and trained)."""
+    seeds: samples per held-out prompt (paired across base and trained, and across runs);
+    num_prompts: the first this many prompts of the data module's evaluation split (None: every one; the RL test
+        split has 398, so 2 seeds give 796 images per side);
+    eval_seed: seeds the evaluation noise, independent of the run's seed, so runs of different seeds are evaluated on
+        the same noise and share the base side;
+    base_cache: a dir where the base policy's images are kept (rl_policy.evaluation.BaseImageCache), so the base
+        side is drawn once per generator, prompt set and sampler; None: drawn every time.
+    """
 
-    def __init__(self, seeds: int = 2) -> None:
-        if seeds < 1:
-            raise ValueError(f"seeds must be positive, got {seeds}")
-        self.seeds = seeds
+    def __init__(
+        self, seeds: int = 2, num_prompts: int | None = None, eval_seed: int = 0, base_cache: str | None = None
+    ) -> None:
+        if seeds < 1 or (num_prompts is not None and num_prompts < 1):
+            raise ValueError(f"seeds and num_prompts must be positive, got {seeds}, {num_prompts}")
+        self.seeds, self.num_prompts, self.eval_seed = seeds, num_prompts, eval_seed
+        self.base_cache = None if base_cache is None else BaseImageCache(base_cache)
         self._started: float | None = None
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -123,13 +145,16 @@ class ExportPolicy(Callback):
         seconds = time.perf_counter() - self._started
         if not trainer.is_global_zero:
             return
-        records = trainer.datamodule.eval_records
-        prompts = [record.prompt for record in records]
-        metadata = [record.metadata for record in records]
+        datamodule = trainer.datamodule
+        split = datamodule.eval_split if datamodule.eval_source.is_dir() else datamodule.train_split
+        records = load_prompts(datamodule.eval_source, split)[: self.num_prompts]
+        prompts = [record.prompt for record in records for _ in range(self.seeds)]
+        metadata = [record.metadata for record in records for _ in range(self.seeds)]
         metadata = metadata if all(meta is not None for meta in metadata) else None
-        with reference_policy(pl_module.transformer):
-            base = pl_module.evaluate(prompts, metadata, seeds=self.seeds)
-        final = pl_module.evaluate(prompts, metadata, seeds=self.seeds)
+        base_images = self._base_images(pl_module, prompts)
+        final_images = dequantize(to_uint8(self._draw(pl_module, prompts)))  # as the cached base: what a PNG holds
+        base = score_eval_images(base_images, prompts, metadata, pl_module.eval_reward, pl_module.oracle)
+        final = score_eval_images(final_images, prompts, metadata, pl_module.eval_reward, pl_module.oracle)
         out = Path(trainer.default_root_dir)
         export_lora(pl_module, out / "lora")
         metrics: dict[str, Any] = {
@@ -137,6 +162,7 @@ class ExportPolicy(Callback):
             "grpo_seconds": seconds,
             "global_step": trainer.global_step,
             "num_eval_samples": int(final["num_eval_samples"]),
+            "num_eval_prompts": len(records),
         }
         for name in ("reward", "oracle_accuracy", "relation_accuracy_all_found", "all_found"):
             if name in final:
@@ -153,6 +179,33 @@ class ExportPolicy(Callback):
             rank_zero_warn(f"end of fit, base vs trained on the paired evaluation: {warning}")
         atomic_write_json(out / "metrics.json", metrics)
         rank_zero_info(f"wrote {out / 'lora'} and {out / 'metrics.json'}: {json.dumps(metrics)}")
+
+    def _draw(self, pl_module: GRPOModule, prompts: list[str]) -> torch.Tensor:
+        generator = torch.Generator(device=pl_module.transformer.device)
+        generator.manual_seed(stable_seed("grpo-export", self.eval_seed) % 2**63)
+        return sample_eval_images(pl_module.policy, pl_module.sampler, prompts, generator)
+
+    def _base_images(self, pl_module: GRPOModule, prompts: list[str]) -> torch.Tensor:
+        """The base policy's images of `prompts`: from the cache when it has them, else drawn (and cached)."""
+        sampler = pl_module.sampler
+        spec = getattr(pl_module, "policy_spec", None)
+        description = {
+            "base": pipeline_identity(spec.pipeline) if spec is not None else repr(type(pl_module.policy.pipeline)),
+            "prompts_sha256": canonical_sha256(prompts),
+            "num_images": len(prompts),
+            "eval_seed": self.eval_seed,
+            "sampler": {name: getattr(sampler, name) for name in ("resolution", "eval_num_steps", "num_steps")}
+            | {"cfg_scale": sampler.cfg_scale, "guidance": sampler.guidance},
+        }
+        key = BaseImageCache.key(**description)
+        if self.base_cache is not None and (cached := self.base_cache.load(key, len(prompts))) is not None:
+            rank_zero_info(f"base evaluation: {len(prompts)} images from the cache {self.base_cache.directory}")
+            return cached
+        with reference_policy(pl_module.transformer):
+            images = self._draw(pl_module, prompts)
+        if self.base_cache is not None:
+            self.base_cache.save(key, images, description)
+        return dequantize(to_uint8(images))
 
 
 def export_lora(module: GRPOModule, directory: str | Path) -> Path:

@@ -203,48 +203,62 @@ def test_fit_command_trains_exports_lora_and_metrics(small_dataset, tmp_path):
     from diffusers import FluxPipeline
 
     from rl_policy.__main__ import main
+    from rl_policy.data import load_prompts
     from rl_policy.policy import build_tiny_flux_pipeline
 
     root = tmp_path / "run"
-    main(
-        [
-            "fit",
-            "--config",
-            "configs/rl/tiny.yaml",
-            "--config",
-            "configs/rl/reward_oracle.yaml",
-            "--trainer.default_root_dir",
-            str(root),
-            "--trainer.max_steps",
-            "1",
-            "--trainer.callbacks",
-            "[]",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--model.policy.pipeline",
-            "tiny-random",
-            "--model.policy.max_sequence_length",
-            "160",
-            "--model.policy.lora_rank",
-            "4",
-            "--model.groups.group_size",
-            "4",
-            "--model.groups.keep_per_side",
-            "1",
-            "--model.sampler.num_steps",
-            "2",
-            "--model.sampler.eval_num_steps",
-            "2",
-            "--data.source",
-            str(small_dataset),
-            "--data.num_eval_prompts",
-            "2",
-            "--export.seeds",
-            "1",
-        ]
-    )
+    argv = [
+        "fit",
+        "--config",
+        "configs/rl/tiny.yaml",
+        "--config",
+        "configs/rl/reward_oracle.yaml",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.max_steps",
+        "1",
+        "--trainer.callbacks",
+        "[]",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--model.policy.pipeline",
+        "tiny-random",
+        "--model.policy.max_sequence_length",
+        "160",
+        "--model.policy.lora_rank",
+        "4",
+        "--model.groups.group_size",
+        "4",
+        "--model.groups.keep_per_side",
+        "1",
+        "--model.sampler.num_steps",
+        "2",
+        "--model.sampler.eval_num_steps",
+        "2",
+        "--data.source",
+        str(small_dataset),
+        "--data.num_eval_prompts",
+        "2",
+        "--export.seeds",
+        "1",
+        "--export.base_cache",
+        str(tmp_path / "cache"),
+    ]
+    assert main(argv) == 0
     metrics = json.loads((root / "metrics.json").read_text())
-    assert metrics["reward_source"] == "oracle" and metrics["global_step"] == 1 and metrics["num_eval_samples"] == 2
+    # every test prompt of the split, 1 seed; the base side was drawn once and cached, and a second run (another
+    # training seed) reads it back: the same base numbers, the same noise
+    num_test = len(load_prompts(small_dataset, "test"))
+    assert metrics["num_eval_prompts"] == num_test and metrics["num_eval_samples"] == num_test
+    (cached,) = (tmp_path / "cache").glob("*.safetensors")
+    written = cached.stat().st_mtime_ns
+    argv[argv.index(str(root))] = str(tmp_path / "again")
+    assert main([*argv, "--seed_everything", "7", "--model.seed", "7"]) == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert [*(tmp_path / "cache").glob("*.safetensors")] == [cached] and cached.stat().st_mtime_ns == written
+    for key in ("reward_base", "oracle_accuracy_base", "all_found_base"):
+        assert again[key] == metrics[key], key
+    assert metrics["reward_source"] == "oracle" and metrics["global_step"] == 1
     for key in ("reward", "oracle_accuracy", "all_found"):
         assert 0 <= metrics[f"{key}_base"] <= 1 and 0 <= metrics[f"{key}_final"] <= 1
     assert metrics["critic_oracle_spearman_step"] == 0 and isinstance(metrics["reward_hacking_warning"], bool)

@@ -412,6 +412,19 @@ class SpatialScore(nn.Module):
         return self.head(reward_hidden)
 
 
+def compile_blocks(network: SpatialScore, *, vision: bool = True, **options) -> int:
+    """Regional torch.compile of the backbone's repeated blocks, in place: each language-model decoder layer and
+    (vision=True) each vision-tower block, the rest eager; blocks of one class share their graphs. `options` go to
+    torch.compile (default dynamic=True: sequence lengths and patch counts change from batch to batch).
+    -> blocks compiled."""
+    backbone = network.backbone
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone  # under peft's wrapper
+    blocks = [*base.language_model.layers, *(base.visual.blocks if vision else [])]
+    for block in blocks:
+        block.compile(**({"dynamic": True} | options))
+    return len(blocks)
+
+
 def _check_processor_matches(processor: SpatialScoreProcessor, config: Qwen2_5_VLConfig) -> None:
     tokenizer, image_processor, vision = processor.tokenizer, processor.image_processor, config.vision_config
     for token, config_id in (

@@ -4,9 +4,15 @@
     mean, std = scorer.score(prompts=["a red circle left of a blue square"], images=["sample.png"])
 
 The network is loaded once and kept in eval mode; `score` runs under `torch.no_grad` in batches of prompts sorted by
-length (so a batch pads little) and returns the results in input order. Images may be PIL images (RGBA composited
-on white, greyscale and palette images converted to RGB), paths, uint8 tensors or arrays [3, H, W] or [H, W, 3]
-(channels-first when both readings fit), or float tensors in [0, 1] of those shapes.
+length (so a batch pads little) and returns the results in input order. With `max_batch_tokens` the batches are
+length buckets under a token budget instead of a fixed count: rows are added (shortest first) while rows x the
+longest row's length stays within the budget (and the count within `batch_size`), so short rows go through in
+larger batches and long ones in smaller, the padded tokens per forward roughly constant. `compile=True` compiles
+the backbone's blocks (`reward_model.model.compile_blocks`) for long scoring runs on a GPU.
+
+Images may be PIL images (RGBA composited on white, greyscale and palette images converted to RGB), paths, uint8
+tensors or arrays [3, H, W] or [H, W, 3] (channels-first when both readings fit), or float tensors in [0, 1] of
+those shapes.
 
 The scorer also satisfies rl_policy's keyword-only `Reward` protocol: `scorer(prompts=..., images=...,
 metadata=None)` returns the means [N] as the reward; the std is what `score` adds.
@@ -43,6 +49,7 @@ from reward_model.model import (
     _add_reward_token,
     _check_processor_matches,
     _load_backbone,
+    compile_blocks,
     encode,
 )
 from reward_model.pretrain import POSITION_EMBEDDING_FILE, attach_pretrained_position_embedding
@@ -215,13 +222,22 @@ class SpatialScorer:
         dtype: str | None = None,
         batch_size: int = 16,
         backbone_path: str | os.PathLike | None = None,
+        max_batch_tokens: int | None = None,
+        compile: bool = False,
     ) -> None:
         """checkpoint_dir: a reward checkpoint dir; device: where to run; dtype: backbone dtype (None: as exported);
-        batch_size: default pairs per forward pass; backbone_path: the pretrained backbone's dir on this machine
-        when it moved since training."""
+        batch_size: default pairs per forward pass (at most, with max_batch_tokens); backbone_path: the pretrained
+        backbone's dir on this machine when it moved since training; max_batch_tokens: a token budget per forward
+        pass (length buckets, module docstring; None: batches of batch_size); compile: compile the backbone's
+        blocks."""
         network, config = load_network(checkpoint_dir, dtype=dtype, backbone_path=backbone_path)
         self._setup(
-            network, device=device, batch_size=batch_size, system_prompt=config["preprocessing"]["system_prompt"]
+            network,
+            device=device,
+            batch_size=batch_size,
+            system_prompt=config["preprocessing"]["system_prompt"],
+            max_batch_tokens=max_batch_tokens,
+            compile=compile,
         )
         self.checkpoint_dir = Path(checkpoint_dir)
         self.config = config
@@ -235,9 +251,19 @@ class SpatialScorer:
         dtype: str | None = None,
         batch_size: int = 16,
         backbone_path: str | os.PathLike | None = None,
+        max_batch_tokens: int | None = None,
+        compile: bool = False,
     ) -> SpatialScorer:
         """Load a reward checkpoint dir (see `__init__`)."""
-        return cls(checkpoint_dir, device=device, dtype=dtype, batch_size=batch_size, backbone_path=backbone_path)
+        return cls(
+            checkpoint_dir,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            backbone_path=backbone_path,
+            max_batch_tokens=max_batch_tokens,
+            compile=compile,
+        )
 
     @classmethod
     def from_network(
@@ -247,22 +273,43 @@ class SpatialScorer:
         device: str | torch.device = "cpu",
         batch_size: int = 16,
         system_prompt: str | None = None,
+        max_batch_tokens: int | None = None,
+        compile: bool = False,
     ) -> SpatialScorer:
         """A scorer around an in-memory network (e.g. during training); it is put in eval mode."""
         scorer = cls.__new__(cls)
-        scorer._setup(network, device=device, batch_size=batch_size, system_prompt=system_prompt)
+        scorer._setup(
+            network,
+            device=device,
+            batch_size=batch_size,
+            system_prompt=system_prompt,
+            max_batch_tokens=max_batch_tokens,
+            compile=compile,
+        )
         scorer.checkpoint_dir, scorer.config = None, None
         return scorer
 
     def _setup(
-        self, network: SpatialScore, *, device: str | torch.device, batch_size: int, system_prompt: str | None
+        self,
+        network: SpatialScore,
+        *,
+        device: str | torch.device,
+        batch_size: int,
+        system_prompt: str | None,
+        max_batch_tokens: int | None = None,
+        compile: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be None or positive, got {max_batch_tokens}")
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.batch_size = batch_size
         self.system_prompt = system_prompt
+        self.max_batch_tokens = max_batch_tokens
+        if compile:
+            compile_blocks(self.network)
 
     def _cost(self, prompt: str, image: Image.Image) -> int:
         """Sequence length a (prompt, image) row will have, roughly: prompt tokens plus image tokens."""
@@ -288,9 +335,9 @@ class SpatialScorer:
         if not prompts:
             return mean, std
         pictures = [to_pil(image) for image in images]
-        order = sorted(range(len(prompts)), key=lambda index: self._cost(prompts[index], pictures[index]))
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        costs = [self._cost(prompt, picture) for prompt, picture in zip(prompts, pictures, strict=True)]
+        order = sorted(range(len(prompts)), key=costs.__getitem__)
+        for rows in self._batches(order, costs, batch_size):
             inputs = encode(
                 self.network.processor,
                 [prompts[row] for row in rows],
@@ -302,6 +349,19 @@ class SpatialScorer:
             index = torch.tensor(rows, device=self.device)
             mean[index], std[index] = batch_mean.float(), batch_std.float()
         return mean, std
+
+    def _batches(self, order: list[int], costs: list[int], batch_size: int) -> list[list[int]]:
+        """The rows in `order` (shortest first) cut into forward passes: `batch_size` each, or, with a token
+        budget, as many as fit rows x longest length <= max_batch_tokens (one row at least) up to `batch_size`."""
+        if self.max_batch_tokens is None:
+            return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        batches: list[list[int]] = [[]]
+        for row in order:
+            current = batches[-1]
+            if current and (len(current) == batch_size or (len(current) + 1) * costs[row] > self.max_batch_tokens):
+                batches.append(current := [])
+            current.append(row)
+        return batches
 
     def __call__(
         self, *, prompts: Sequence[str], images: Sequence[ImageInput], metadata: Sequence[Any] | None = None

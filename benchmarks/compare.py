@@ -7,20 +7,17 @@ accuracy, overall or consistency and whose values lie in [0, 1], one group of ba
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
-
+from benchmarks.charts import bar_chart
 from benchmarks.runner import RUN_FILE, SUMMARY_FILE
 from shared.io import atomic_write_bytes, atomic_write_text
 
 COMPARISON_FILE = "comparison.md"
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 CHARTED_WORDS = ("accuracy", "overall", "consistency")
 
 
@@ -59,41 +56,6 @@ def charted(metrics: dict[str, list[float | int | None]]) -> dict[str, list[floa
         and any(v is not None for v in values)
         and all(v is None or (isinstance(v, float) and 0.0 <= v <= 1.0) for v in values)
     }
-
-
-def bar_chart(title: str, labels: Sequence[str], metrics: dict[str, list[float | None]]) -> bytes:
-    """PNG bytes of grouped bars: one group per metric, one bar per run (value in [0, 1]); None draws no bar."""
-    font = ImageFont.load_default()
-    bar, gap, left, top, plot_height = 14, 18, 48, 40 + 14 * len(labels), 220
-    width = left + len(metrics) * (len(labels) * bar + gap) + gap
-    longest = max((font.getlength(name) for name in metrics), default=0)
-    height = top + plot_height + 16 + int(longest)
-    image = Image.new("RGB", (max(width, 360), height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, 6), title, fill="black", font=font)
-    for i, label in enumerate(labels):  # legend
-        y = 24 + 14 * i
-        draw.rectangle((left, y, left + 10, y + 10), fill=PALETTE[i % len(PALETTE)])
-        draw.text((left + 16, y - 1), label, fill="black", font=font)
-    base = top + plot_height
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = base - tick * plot_height
-        draw.line((left - 4, y, image.width - gap / 2, y), fill=(220, 220, 220))
-        draw.text((4, y - 6), f"{tick:.2f}", fill="black", font=font)
-    x = left + gap
-    for name, values in metrics.items():
-        for i, value in enumerate(values):
-            if value is not None:
-                x0 = x + i * bar
-                draw.rectangle((x0, base - value * plot_height, x0 + bar - 2, base), fill=PALETTE[i % len(PALETTE)])
-        # the metric's name, written downwards under its group
-        text = Image.new("RGB", (int(font.getlength(name)) + 4, 12), "white")
-        ImageDraw.Draw(text).text((0, 0), name, fill="black", font=font)
-        image.paste(text.rotate(-90, expand=True), (int(x), base + 6))
-        x += len(values) * bar + gap
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def compare(out_dirs: Sequence[str | os.PathLike], dest: str | os.PathLike) -> str:

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from shared import atomic_write_text  # noqa: E402
+from benchmarks.charts import line_chart  # noqa: E402
+from shared import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 OVERLAYS = {
     "spatialscore": None,
@@ -176,42 +176,6 @@ def read_curve(run_dir: Path, tag: str = CURVE_TAG) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
-PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
-
-
-def line_chart(curves: Mapping[str, Sequence[tuple[int, float]]], title: str, size=(720, 420)) -> Image.Image:
-    """One line per curve on shared axes (y from 0 to 1), with a legend."""
-    width, height = size
-    left, right, top, bottom = 50, 170, 30, 40
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((left, 8), title, fill="black")
-    steps = [step for points in curves.values() for step, _ in points]
-    max_step = max(steps, default=1) or 1
-
-    def x(step: float) -> float:
-        return left + (width - left - right) * step / max_step
-
-    def y(value: float) -> float:
-        return top + (height - top - bottom) * (1 - value)
-
-    draw.rectangle((left, top, width - right, height - bottom), outline="black")
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        draw.line((left - 4, y(tick), left, y(tick)), fill="black")
-        draw.text((8, y(tick) - 6), f"{tick:.2f}", fill="black")
-    draw.text((left, height - bottom + 8), "0", fill="black")
-    draw.text((width - right - 30, height - bottom + 8), f"{max_step} steps", fill="black")
-    configurations = sorted({name.rsplit("-s", 1)[0] for name in curves})
-    for index, (name, points) in enumerate(sorted(curves.items())):
-        colour = PALETTE[configurations.index(name.rsplit("-s", 1)[0]) % len(PALETTE)]
-        if len(points) > 1:
-            draw.line([(x(s), y(v)) for s, v in points], fill=colour, width=2)
-        for s, v in points:
-            draw.ellipse((x(s) - 2, y(v) - 2, x(s) + 2, y(v) + 2), fill=colour)
-        draw.text((width - right + 10, top + 14 * index), name, fill=colour)
-    return image
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
@@ -242,7 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = summarize(results)
         atomic_write_text(args.out / "comparison.md", comparison_markdown(table, results))
         curves = {name: read_curve(args.out / name) for name in results}
-        line_chart(curves, "held-out oracle relation accuracy").save(args.out / "curves.png")
+        chart = line_chart(
+            curves,
+            "held-out oracle relation accuracy",
+            ylabel="oracle relation accuracy",
+            colour_of={name: name.rsplit("-s", 1)[0] for name in curves},  # the seeds of a configuration
+        )
+        atomic_write_bytes(args.out / "curves.png", chart)
         print((args.out / "comparison.md").read_text())
     if failed:
         print(f"[exp-rl] failed runs (rerun `make exp-rl` to resume them): {', '.join(failed)}", file=sys.stderr)

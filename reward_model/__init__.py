@@ -4,8 +4,8 @@ Bradley-Terry objective on (prompt, perfect image, perturbed image) triplets.
 The network builder (`build_spatialscore`, from a tiny config or a local pretrained directory;
 `build_tiny_spatialscore` for YAML), the image-only processor around the SpatialWorld tokenizer, the pairwise losses
 (`loss.py`), `PairwiseDataModule`, `RewardModule`, the reward checkpoint export and `SpatialScorer`, stage-A
-pretraining of the tiny backbone (`grounding.py`), and the command line (`python -m reward_model fit|validate|test|
-score|export|pretrain`)."""
+pretraining of the tiny backbone (`stage_a/`: `VerificationModule`, `VerificationDataModule`), and the command line
+(`python -m reward_model fit|validate|test|score|export|pretrain|serve`)."""
 
 from reward_model.calibration import expected_calibration_error, win_probability
 from reward_model.callbacks import ExportRewardCheckpoint, evaluate_pairs
@@ -17,6 +17,7 @@ from reward_model.module import AccuracyByBroken, RewardModule, correct_pairs, c
 from reward_model.recipes import build_tiny_spatialscore
 from reward_model.remote import RemoteRewardError, RemoteSpatialScore
 from reward_model.scorer import SpatialScorer, load_network, read_checkpoint_config
+from reward_model.stage_a import VerificationDataModule, VerificationModule, build_verification_network
 from reward_model.tokenizer import SpatialScoreProcessor, build_spatialworld_processor, load_processor
 
 __all__ = [
@@ -24,7 +25,10 @@ __all__ = [
     "RemoteRewardError",
     "RemoteSpatialScore",
     "SpatialScorer",
+    "VerificationDataModule",
+    "VerificationModule",
     "build_tiny_spatialscore",
+    "build_verification_network",
     "evaluate_pairs",
     "expected_calibration_error",
     "export_checkpoint",

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from reward_model.grounding import HEADS_FILE, read_grounding_heads
 from reward_model.model import TEXT_LORA_TARGETS, SpatialScore, build_spatialscore, tiny_backbone_config
 from reward_model.pretrain import attach_pretrained_position_embedding
+from reward_model.stage_a.model import HEADS_FILE, read_grounding_heads
 from reward_model.tokenizer import build_spatialworld_processor
 
 HEAD_INITS = ("random", "match")
@@ -109,8 +109,8 @@ def build_pretrained_tiny_spatialscore(
     min_pixels: int | None = None,
     seed: int = 0,
 ) -> SpatialScore:
-    """The tiny SpatialScore on a stage-A backbone directory (`reward_model.grounding.save_grounded_backbone` or
-    `reward_model.pretrain.save_pretrained_backbone`), with the patch position embedding saved beside it.
+    """The tiny SpatialScore on a stage-A backbone directory (`reward_model.stage_a.save_grounded_backbone`), with
+    the patch position embedding saved beside it.
 
     backbone_dir: the stage-A directory (config.json, model.safetensors, processor files, position embedding).
     lora_rank: LoRA rank on the language model; None fine-tunes the whole language model (vision tower frozen).

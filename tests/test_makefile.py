@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +16,8 @@ DATA = "data_synthesis build --out data/spatialworld "
 RL_DATA = "data_synthesis build --out data/spatialworld-rl "
 REWARD = "reward_model fit --config configs/reward/tiny.yaml"
 RL = "rl_policy fit --config configs/rl/tiny.yaml"
+STAGE_A = "reward_model pretrain --config configs/reward/tiny_stage_a_"
+PHASES = ["v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11", "v12"]
 
 # target (with variables) -> the steps its dry run must name, in order
 NEEDS = {
@@ -22,6 +25,11 @@ NEEDS = {
     "data": [SETUP, DATA, "data_synthesis verify data/spatialworld "],
     "data-rl": [SETUP, RL_DATA],
     "train-reward": [SETUP, DATA, REWARD],
+    "pretrain-reward": [SETUP, DATA, STAGE_A + "v3.yaml "]
+    + [
+        f"{STAGE_A}{phase}.yaml --init-from runs/stage_a/{previous}/backbone"
+        for previous, phase in itertools.pairwise(PHASES)
+    ],
     "train-rl": [SETUP, RL_DATA, DATA, REWARD, RL],
     "train-rl REWARD=oracle": [SETUP, RL_DATA, RL + " --config configs/rl/reward_oracle.yaml"],
     "train-rl REWARD=geneval": [SETUP, RL_DATA, RL + " --config configs/rl/reward_geneval.yaml"],

@@ -176,18 +176,20 @@ def test_win_probability_and_ece_on_hand_computed_values():
 
 @pytest.fixture(scope="module")
 def stage_a_dir(tmp_path_factory):
-    """A tiny stage-A backbone dir with a patch position embedding, written by pretrain's own functions. The
+    """A tiny stage-A backbone dir with a patch position embedding, written by stage A's own functions. The
     embedding is scaled up from its sine-cosine start so that it moves the scores visibly."""
     from reward_model.model import tiny_backbone_config
-    from reward_model.pretrain import build_caption_model, save_pretrained_backbone
-    from reward_model.tokenizer import build_spatialworld_processor
+    from reward_model.stage_a.model import build_grounding_network, save_grounded_backbone
+    from reward_model.tokenizer import REWARD_TOKEN, build_spatialworld_processor
 
     torch.manual_seed(1)
-    caption_model = build_caption_model(tiny_backbone_config(text_hidden_size=64, text_intermediate_size=128))
-    with torch.no_grad():
-        caption_model.model.visual.patch_position_embedding.weight.mul_(4.0)
     processor = build_spatialworld_processor(max_pixels=112 * 112)  # 8 x 8 patches: the embedding's grid
-    return save_pretrained_backbone(caption_model, processor, tmp_path_factory.mktemp("stage_a") / "backbone")
+    config = tiny_backbone_config(text_hidden_size=64, text_intermediate_size=128)
+    reward_token_id = processor.tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
+    network = build_grounding_network(config, reward_token_id, position_grid_size=8)
+    with torch.no_grad():
+        network.backbone.visual.patch_position_embedding.weight.mul_(4.0)
+    return save_grounded_backbone(network, processor, tmp_path_factory.mktemp("stage_a") / "backbone")
 
 
 @pytest.mark.parametrize("training", ["lora", "full_with_vision"])

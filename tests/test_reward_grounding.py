@@ -27,29 +27,33 @@ from data_synthesis import (
 )
 from data_synthesis.perturb import sample_pair
 from data_synthesis.prompts import describe, describe_sentences
-from reward_model.grounding import (
-    HEADS_FILE,
+from reward_model.model import build_spatialscore, tiny_backbone_config
+from reward_model.recipes import build_pretrained_tiny_spatialscore
+from reward_model.stage_a.data import (
     POSITION_BINS,
-    GroundingOutput,
-    GroundingPretrainModule,
     PromptPhase,
     VerificationBatch,
     VerificationCollator,
-    build_grounding_network,
-    grounding_losses,
-    image_token_cells,
-    load_grounding_heads,
     parse_prompt_curriculum,
     phase_at,
-    save_grounded_backbone,
+)
+from reward_model.stage_a.examples import (
+    image_token_cells,
     simple_verification_example,
     stated_margin,
     stated_offset,
     token_colour_targets,
     verification_example,
 )
-from reward_model.model import build_spatialscore, tiny_backbone_config
-from reward_model.recipes import build_pretrained_tiny_spatialscore
+from reward_model.stage_a.losses import grounding_losses
+from reward_model.stage_a.model import (
+    HEADS_FILE,
+    GroundingOutput,
+    build_grounding_network,
+    load_grounding_heads,
+    save_grounded_backbone,
+)
+from reward_model.stage_a.module import VerificationModule
 from reward_model.tokenizer import REWARD_TOKEN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -244,7 +248,7 @@ def tiny_network(processor):
 def test_a_few_steps_move_every_weight_and_the_backbone_reloads(processor, tmp_path):
     torch.manual_seed(0)
     network = tiny_network(processor)
-    module = GroundingPretrainModule(
+    module = VerificationModule(
         network,
         functools.partial(torch.optim.AdamW, lr=1e-3),
         binding_weight=1.0,
@@ -259,7 +263,7 @@ def test_a_few_steps_move_every_weight_and_the_backbone_reloads(processor, tmp_p
     before = {name: value.detach().clone() for name, value in network.named_parameters()}
     losses = []
     for _ in range(4):
-        loss, _ = module.step(batch)
+        loss, _, _ = module.step(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

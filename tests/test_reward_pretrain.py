@@ -27,7 +27,7 @@ PHASES = ("v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11", "v12")
 # float(loss) of the first 3 training steps of each phase, as experiments/reward_tiny/stage_a_verify.py computed it
 # (the script `make pretrain-reward` ran to make the shipped checkpoint), each phase started from the previous one's
 # output as the Makefile chained them, at batch size 4, by experiments/reward_tiny/record_stage_a_losses.py (both
-# files are in the commit that added these numbers; `git log -- experiments/reward_tiny/record_stage_a_losses.py`):
+# scripts are in commit 0757927, removed after; its docstring says how to run it):
 #   cd /tmp/sa && OMP_NUM_THREADS=1 REPO/.venv/bin/python REPO/experiments/reward_tiny/record_stage_a_losses.py \
 #       REPO 4 3 /tmp/sa/runs
 # Phases after the first start from a 3-step phase before them, so loading (`--init-from`) is checked as well.

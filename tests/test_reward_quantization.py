@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from transformers import Qwen2_5_VLModel
 
 from reward_model.export import export_checkpoint
 from reward_model.model import build_spatialscore, tiny_backbone_config
-from reward_model.pretrain import build_caption_model, save_pretrained_backbone
 from reward_model.scorer import SpatialScorer, read_checkpoint_config
 from reward_model.tokenizer import build_spatialworld_processor
 
@@ -25,9 +25,10 @@ def backbone_dir(tmp_path_factory):
     """A tiny Qwen2.5-VL dir (widths >= 64; no position embedding) with its processor."""
     torch.manual_seed(0)
     config = tiny_backbone_config(text_hidden_size=64, text_intermediate_size=128, vision_hidden_size=64)
-    model = build_caption_model(config, position_grid_size=None)
-    processor = build_spatialworld_processor(max_pixels=112 * 112)
-    return save_pretrained_backbone(model, processor, tmp_path_factory.mktemp("quantized") / "backbone")
+    directory = tmp_path_factory.mktemp("quantized") / "backbone"
+    Qwen2_5_VLModel._from_config(config).save_pretrained(directory)
+    build_spatialworld_processor(max_pixels=112 * 112).save_pretrained(directory)
+    return directory
 
 
 def images() -> list[Image.Image]:

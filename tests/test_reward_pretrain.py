@@ -106,6 +106,25 @@ def test_every_phase_gives_the_losses_of_the_script_that_made_the_shipped_checkp
     assert hasattr(network.backbone.get_base_model().visual, "patch_position_embedding")
 
 
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+def test_a_phase_resumed_from_its_lightning_checkpoint_continues_the_same_run(tmp_path):
+    """2 steps, then a resume (`--ckpt_path`) to 3: the third step's loss is the uninterrupted run's (the data
+    stream restarts at the restored step, the optimizer and the schedule are restored)."""
+    words = ["pretrain", "--config", str(CONFIG_DIR / "tiny_stage_a_v3.yaml")]
+    words += ["--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false"]
+    words += ["--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path}"]
+    words += [f"--trainer.default_root_dir={tmp_path}", "--data.dataset_dir=null", "--data.num_workers=0"]
+    words += [f"--data.batch_size={BATCH_SIZE}", "--data.val_size=2"]
+    main([*words, "--trainer.max_steps=2"])
+    (checkpoint,) = (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt")
+    main([*words, "--trainer.max_steps=3", f"--ckpt_path={checkpoint}"])
+    with open(tmp_path / "lightning_logs" / "version_1" / "metrics.csv") as handle:
+        losses = [float(row["train/loss"]) for row in csv.DictReader(handle) if row["train/loss"]]
+    assert losses == pytest.approx(RECORDED_LOSSES["v3"][2:], abs=1e-6, rel=0)
+    history = json.loads((tmp_path / "backbone" / "pretrain_metrics.json").read_text())["history"]
+    assert [record["step"] for record in history] == [2]  # kept across the resume; step 3 ran no evaluation
+
+
 def test_zero_shot_pair_accuracies_by_hand():
     # scores [4, n]: rows (prompt, perfect), (prompt, perturbed), (perturbed prompt, perfect), (perturbed prompt,
     # perturbed). Pair 0 is right both ways, pair 1 only forward, pair 2 (a tie forward) only reversed.

@@ -45,6 +45,13 @@ class SaveGroundedBackbone(Callback):
         if self._saved_step != trainer.global_step:
             self._save(trainer, pl_module)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The learning curve so far, kept in Lightning checkpoints so that a resumed run continues it."""
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict["history"])
+
     def _save(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return

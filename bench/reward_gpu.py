@@ -10,6 +10,15 @@ the reward-token row, a fresh fp32 head), and measures on one GPU:
   `--prompt-words` words, the `gaussian_bt` loss, backward, AdamW step: seconds per step and peak memory;
 - scoring (no gradients, eval mode) at `--score-batch` images per forward pass: images per second.
 
+Switches for before/after comparisons (bench/gpu_check.sh): `--compile` (regional torch.compile of the decoder
+layers and vision blocks, reward_model.model.compile_blocks), `--no-gradient-checkpointing`, larger `--pairs`, and
+`--scorer-rows N`: N rows with prompts of 10 to `--prompt-words` words scored through `SpatialScorer` (preprocessing
+included) at `--score-batch` rows per pass, or in length buckets under `--max-batch-tokens`.
+
+Every timed phase reports its model FLOPs and MFU (bench/flops.py, counted from the config on the unpadded rows:
+scoring one forward; training the forward plus the backward through the language model, counted once more as the
+vision tower has no trainable weights; checkpointing's recomputation not counted) and its peak memory.
+
 It prints one JSON object. Without CUDA it exits with a message saying so. The FSDP run shards the fp32 master
 weights over 8 GPUs instead of holding bf16 weights whole; per-GPU compute at the same micro-batch is what this
 measures, not FSDP's communication. `--size tiny` runs the same path on the tiny embedded model (a quick check).
@@ -21,10 +30,12 @@ measures, not FSDP's communication. `--size tiny` runs the same path on the tiny
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,11 +50,23 @@ from reward_model.model import (
     RewardHead,
     SpatialScore,
     build_spatialscore,
+    compile_blocks,
     qwen2_5_vl_7b_config,
     tiny_backbone_config,
 )
+from reward_model.scorer import SpatialScorer
 
 PROMPT_SENTENCE = "a small red circle is to the left of a large blue square and above the green triangle"
+
+
+def _load_flops():
+    spec = importlib.util.spec_from_file_location("flops", Path(__file__).with_name("flops.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+flops = _load_flops()  # bench/ is not a package
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -67,6 +90,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True, help="as the 7B config"
     )
+    parser.add_argument("--compile", action="store_true", help="regional torch.compile of the backbone's blocks")
+    parser.add_argument("--scorer-rows", type=int, default=0, help="rows of varied length through SpatialScorer")
+    parser.add_argument("--max-batch-tokens", type=int, default=None, help="SpatialScorer's token budget per pass")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for name in ("pairs", "image_pixels", "prompt_words", "train_steps", "score_batch", "score_batches"):
@@ -123,14 +149,33 @@ def materialize(network: SpatialScore, device: torch.device, *, initial_std: flo
     return network
 
 
-def make_inputs(network: SpatialScore, count: int, pixels: int, words: int, seed: int) -> BatchFeature:
-    """`count` (prompt, image) rows: random square RGB images of about `pixels` pixels, prompts of `words` words."""
+def make_rows(count: int, pixels: int, words: int, seed: int, fewest_words: int | None = None):
+    """`count` (prompt, image) rows: random square RGB images of about `pixels` pixels, prompts of `words` words
+    (or a number drawn from fewest_words..words)."""
     rng = np.random.default_rng(seed)
     side = int(round(pixels**0.5))
     images = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(count)]
     vocabulary = PROMPT_SENTENCE.split()
-    prompts = [" ".join(rng.choice(vocabulary, size=words)) for _ in range(count)]
-    return network.encode(prompts, images)
+    lengths = [words if fewest_words is None else int(rng.integers(fewest_words, words + 1)) for _ in range(count)]
+    prompts = [" ".join(rng.choice(vocabulary, size=length)) for length in lengths]
+    return prompts, images
+
+
+def make_inputs(network: SpatialScore, count: int, pixels: int, words: int, seed: int) -> BatchFeature:
+    """The encoded `make_rows`."""
+    return network.encode(*make_rows(count, pixels, words, seed))
+
+
+def forward_flops(network: SpatialScore, inputs: BatchFeature) -> dict[str, int]:
+    """Model FLOPs of one forward of the encoded rows (unpadded lengths), {"vision", "language"}."""
+    config = network.backbone.config
+    lora_rank = 0
+    for module in network.backbone.modules():  # peft's LoRA layers carry their rank per adapter
+        if hasattr(module, "r") and isinstance(module.r, dict) and module.r:
+            lora_rank = next(iter(module.r.values()))
+            break
+    lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    return flops.qwen2_5_vl_forward_flops(config, lengths, inputs["image_grid_thw"].tolist(), lora_rank)
 
 
 def synchronize(device: torch.device) -> None:
@@ -146,6 +191,8 @@ def time_training(network: SpatialScore, args: argparse.Namespace, device: torch
     inputs = make_inputs(network, 2 * args.pairs, args.image_pixels, args.prompt_words, args.seed).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    counted = forward_flops(network, inputs)
+    step_flops = 2 * counted["language"] + counted["vision"]  # forward + the backward through the language model
     durations, losses = [], []
     for step in range(args.warmup_steps + args.train_steps):
         synchronize(device)
@@ -162,6 +209,8 @@ def time_training(network: SpatialScore, args: argparse.Namespace, device: torch
             durations.append(time.perf_counter() - start)
         losses.append(loss.item())
     return {
+        "train_step_flop": step_flops,
+        "train_mfu": flops.mfu(step_flops, float(np.median(durations))),
         "train_step_seconds": float(np.median(durations)),
         "train_step_seconds_all": durations,
         "train_sequence_tokens": int(inputs["input_ids"].shape[1]),
@@ -186,10 +235,48 @@ def time_scoring(network: SpatialScore, args: argparse.Namespace, device: torch.
         assert torch.isfinite(mean).all(), "non-finite scores"
     synchronize(device)
     seconds = time.perf_counter() - start
+    counted = args.score_batches * sum(forward_flops(network, inputs).values())
     return {
+        "score_flop_per_image": counted // (args.score_batches * args.score_batch),
+        "score_mfu": flops.mfu(counted, seconds),
         "score_images_per_second": args.score_batch * args.score_batches / seconds,
         "score_batch": args.score_batch,
         "score_peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+
+
+@torch.no_grad()
+def time_scorer(network: SpatialScore, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """`--scorer-rows` rows of 10 to --prompt-words words through SpatialScorer (preprocessing, sorting, batches
+    of --score-batch or buckets under --max-batch-tokens): images per second, MFU on the unpadded rows."""
+    scorer = SpatialScorer.from_network(
+        network, device=device, batch_size=args.score_batch, max_batch_tokens=args.max_batch_tokens
+    )
+    prompts, images = make_rows(
+        args.scorer_rows, args.image_pixels, args.prompt_words, args.seed + 2, min(10, args.prompt_words)
+    )
+    scorer.score(prompts=prompts[: args.score_batch], images=images[: args.score_batch])  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    synchronize(device)
+    start = time.perf_counter()
+    mean, _ = scorer.score(prompts=prompts, images=images)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    assert torch.isfinite(mean).all(), "non-finite scores"
+    counted = 0
+    for start_row in range(0, len(prompts), 8):  # the FLOPs of every row, encoded in small groups
+        counted += sum(
+            forward_flops(
+                network, network.encode(prompts[start_row : start_row + 8], images[start_row : start_row + 8])
+            ).values()
+        )
+    return {
+        "scorer_rows": args.scorer_rows,
+        "scorer_max_batch_tokens": args.max_batch_tokens,
+        "scorer_images_per_second": args.scorer_rows / seconds,
+        "scorer_mfu": flops.mfu(counted, seconds),
+        "scorer_peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
 
 
@@ -205,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parameters = sum(parameter.numel() for parameter in network.parameters())
     start = time.perf_counter()
     materialize(network, device)
+    if args.compile:
+        compile_blocks(network)
     synchronize(device)
     materialize_seconds = time.perf_counter() - start
     report = {
@@ -217,12 +306,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "prompt_words": args.prompt_words,
         "gradient_checkpointing": args.gradient_checkpointing,
         "attn_implementation": args.attn,
+        "compile": args.compile,
         "build_meta_seconds": meta_seconds,
         "materialize_seconds": materialize_seconds,
         "weights_memory_gib": torch.cuda.memory_allocated(device) / 2**30,
     }
     report |= time_training(network, args, device)
     report |= time_scoring(network, args, device)
+    if args.scorer_rows:
+        report |= time_scorer(network, args, device)
     print(json.dumps(report, indent=2))
     return report
 

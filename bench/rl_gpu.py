@@ -15,7 +15,15 @@ CLIP pooled: 768; the text encoders themselves are not loaded, they run once per
 - the critic (unless `--no-critic`): SpatialScore on Qwen2.5-VL-7B (bench/reward_gpu.py's builder) scoring the G
   images at the 7B config's pixel budget, resident during the whole run so that the peak memory includes it.
 
-It prints one JSON object (seconds, images/s, peak GiB). Without CUDA it exits with a message saying so; `--size
+Throughput switches, each off by default so that a run with and one without it compare (bench/gpu_check.sh runs
+both): `--compile` (regional torch.compile of the blocks, rl_policy.policy.compile_transformer_blocks),
+`--sampling-attention` / `--training-attention` (the SDPA backend of the no-grad and the grad passes),
+`--sample-batch 24` (the whole group per forward), `--beta 0` (no reference forward). One warm-up forward (and
+backward) at each batch size runs before the timers, so compilation and autotuning are not timed.
+
+It prints one JSON object: seconds, images/s, peak GiB per phase, and the model FLOPs and MFU of each phase
+(bench/flops.py: counted from the transformer config, issue 22's convention), plus the end-to-end time of one
+group (sampling + critic scoring + training the kept samples). Without CUDA it exits with a message saying so; `--size
 tiny` runs the same path on the tiny embedded transformer (a quick check, CPU included).
 
     python bench/rl_gpu.py                       # a few minutes on one H100
@@ -38,7 +46,15 @@ from diffusers import FluxTransformer2DModel
 
 from rl_policy.grpo import grpo_clip_loss, kl_to_reference
 from rl_policy.nft import nft_loss, optimality_probability
-from rl_policy.policy import FLUX_LORA_TARGETS, add_lora, reference_policy, trainable_parameters
+from rl_policy.policy import (
+    ATTENTION_BACKENDS,
+    FLUX_LORA_TARGETS,
+    add_lora,
+    attention_backend,
+    compile_transformer_blocks,
+    reference_policy,
+    trainable_parameters,
+)
 from rl_policy.sde import flux_shift_mu, flux_sigmas, noised_latents, sde_step_with_logprob
 
 FLUX_DEV = dict(  # FLUX.1-dev's transformer/config.json
@@ -89,12 +105,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="allow cuDNN's fused attention (its backward failed here on H100 with torch 2.11+cu130; off: flash)",
     )
+    parser.add_argument("--compile", action="store_true", help="regional torch.compile of the transformer blocks")
+    parser.add_argument("--sampling-attention", choices=tuple(ATTENTION_BACKENDS), help="SDPA backend, no-grad passes")
+    parser.add_argument("--training-attention", choices=tuple(ATTENTION_BACKENDS), help="SDPA backend, grad passes")
+    parser.add_argument("--beta", type=float, default=0.01, help="KL weight; 0 skips the reference forward")
+    parser.add_argument("--kl-form", choices=("flow_grpo", "gaussian"), default="flow_grpo")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
     if min(args.group, args.keep_per_side, args.steps, args.sample_batch, args.train_batch, args.nft_draws) < 1:
         parser.error("sizes must be positive")
     if 2 * args.keep_per_side > args.group:
         parser.error(f"--keep-per-side {args.keep_per_side} exceeds half of --group {args.group}")
+    if args.beta < 0:
+        parser.error(f"--beta must be >= 0, got {args.beta}")
     return args
 
 
@@ -124,12 +147,38 @@ def build_transformer(args: argparse.Namespace, device: torch.device) -> FluxTra
     return transformer
 
 
-def load_reward_bench():
-    path = Path(__file__).with_name("reward_gpu.py")
-    spec = importlib.util.spec_from_file_location("reward_gpu", path)
+def load_sibling(name: str):
+    """A script beside this one as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_reward_bench():
+    return load_sibling("reward_gpu")
+
+
+flops = load_sibling("flops")
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def phase_flops(args: argparse.Namespace, config: dict, tokens: int, pairs: int) -> dict[str, int]:
+    """Model FLOPs of the sampling and the training pass (bench/flops.py's convention): sampling G x steps adapted
+    forwards; GRPO training per pair an adapted forward, its backward (once more) and, when beta > 0, the
+    reference (base) forward; NFT per pair the rollout policy's forward, the adapted forward and its backward."""
+    adapted = flops.flux_forward_flops(config, tokens, args.text_tokens, args.lora_rank)
+    base = flops.flux_forward_flops(config, tokens, args.text_tokens)
+    training = 3 * adapted if args.objective == "nft" else 2 * adapted + (base if args.beta > 0 else 0)
+    return {"sampling": args.group * args.steps * adapted, "training": pairs * training}
 
 
 def synchronize(device: torch.device) -> None:
@@ -145,10 +194,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(2)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        torch.backends.cuda.enable_cudnn_sdp(args.cudnn_attention)
+        torch.backends.cuda.enable_cudnn_sdp(
+            args.cudnn_attention or "cudnn" in (args.sampling_attention, args.training_attention)
+        )
     config = FLUX_DEV if args.size == "flux-dev" else TINY
     started = time.perf_counter()
     transformer = build_transformer(args, device)
+    if args.compile:
+        compile_transformer_blocks(transformer)
     critic = None
     if not args.no_critic:
         reward_bench = load_reward_bench()
@@ -167,6 +220,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     def velocity(latents: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         batch = latents.shape[0]
+        backend = args.training_attention if torch.is_grad_enabled() else args.sampling_attention
+        with attention_backend(backend):
+            return _velocity(latents, sigma, batch)
+
+    def _velocity(latents: torch.Tensor, sigma: torch.Tensor, batch: int) -> torch.Tensor:
         return transformer(
             hidden_states=latents,
             timestep=sigma.to(latents.dtype),
@@ -178,9 +236,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
             return_dict=False,
         )[0]
 
+    # --- warm-up: one forward (and backward) at each batch size, so compilation and autotuning are not timed ----
+    warm = torch.randn(args.train_batch, tokens, channels, device=device).to(torch.bfloat16)
+    with torch.no_grad():
+        sizes = {min(args.sample_batch, args.group), args.group % args.sample_batch} - {0}
+        for size in sizes:
+            velocity(warm[:1].expand(size, -1, -1), sigmas[1].expand(size))
+        with reference_policy(transformer):
+            velocity(warm, sigmas[1].expand(args.train_batch))
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        velocity(warm, sigmas[1].expand(args.train_batch)).float().square().mean().backward()
+    transformer.zero_grad(set_to_none=True)
+
     # --- sampling one group --------------------------------------------------------------------------------------
     generator = torch.Generator(device=device).manual_seed(0)
     synchronize(device)
+    reset_peak(device)
     start = time.perf_counter()
     states, log_probs = [], []
     with torch.no_grad():
@@ -205,13 +276,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
             log_probs.append(torch.stack(chain_log_probs, 1))
     synchronize(device)
     sampling_seconds = time.perf_counter() - start
+    sampling_peak = peak_gib(device)
     states, log_probs = torch.cat(states), torch.cat(log_probs)  # [G, T + 1, N, C], [G, T - 1]
     print(f"sampled one group in {sampling_seconds:.3f} s", file=sys.stderr, flush=True)
 
-    scoring_seconds = None
+    scoring_seconds, scoring_flops = None, None
     if critic is not None:
         batch = min(8, args.group)
         inputs = reward_bench.make_inputs(critic, batch, 200_704, 120, 0).to(device)  # 8 images at the 7B budget
+        scoring_flops = -(-args.group // batch) * sum(reward_bench.forward_flops(critic, inputs).values())
         synchronize(device)
         start = time.perf_counter()
         with torch.no_grad():
@@ -228,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     advantages = torch.linspace(-1, 1, kept, device=device)
     synchronize(device)
     print(f"critic scored the group in {scoring_seconds} s", file=sys.stderr, flush=True)
+    reset_peak(device)
     start = time.perf_counter()
     for first in range(0, len(pairs), args.train_batch):
         chunk = pairs[first : first + args.train_batch]
@@ -255,16 +329,19 @@ def main(argv: Sequence[str] | None = None) -> dict:
             step = sde_step_with_logprob(
                 velocity(latents, sigma), latents, sigma, sigma_next, 0.8, prev_sample=following
             )
-            with torch.no_grad(), reference_policy(transformer):
-                reference = sde_step_with_logprob(
-                    velocity(latents, sigma), latents, sigma, sigma_next, 0.8, prev_sample=following
-                )
-        terms = grpo_clip_loss(step.log_prob, log_probs[samples, steps], advantages[samples])
-        loss = terms.loss + 0.01 * kl_to_reference(step, reference.mean).mean()
+            loss = grpo_clip_loss(step.log_prob, log_probs[samples, steps], advantages[samples]).loss
+            if args.beta > 0:
+                with torch.no_grad(), reference_policy(transformer):
+                    reference = sde_step_with_logprob(
+                        velocity(latents, sigma), latents, sigma, sigma_next, 0.8, prev_sample=following
+                    )
+                loss = loss + args.beta * kl_to_reference(step, reference.mean, args.kl_form).mean()
         (loss * len(chunk) / len(pairs)).backward()
     optimizer.step()
     synchronize(device)
     training_seconds = time.perf_counter() - start
+    training_peak = peak_gib(device)
+    counted = phase_flops(args, config, tokens, len(pairs))
 
     result = {
         "size": args.size,
@@ -281,7 +358,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "objective": args.objective,
         "trained_pairs": len(pairs),
         "critic_scoring_seconds_per_group": None if scoring_seconds is None else round(scoring_seconds, 3),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "peak_memory_gib": peak_gib(device) if device.type != "cuda" else max(sampling_peak, training_peak),
+        "sampling_peak_memory_gib": sampling_peak,
+        "training_peak_memory_gib": training_peak,
+        "switches": {
+            name: getattr(args, name)
+            for name in ("compile", "sampling_attention", "training_attention", "sample_batch", "train_batch", "beta")
+        },
+        "sampling_flop": counted["sampling"],
+        "sampling_mfu": flops.mfu(counted["sampling"], sampling_seconds),
+        "training_flop": counted["training"],
+        "training_mfu": flops.mfu(counted["training"], training_seconds),
+        "critic_flop": scoring_flops,
+        "critic_mfu": None if scoring_seconds is None else flops.mfu(scoring_flops, scoring_seconds),
+        "end_to_end_seconds": round(sampling_seconds + (scoring_seconds or 0.0) + training_seconds, 3),
     }
     print(json.dumps(result, indent=2))
     return result

@@ -1,7 +1,9 @@
 """bench/reward_gpu.py, the one-shot GPU check of the 7B reward model: its command line, its clear exit without
 CUDA, and the meta -> device materialisation it relies on, checked on CPU with the tiny model against a model built
-the ordinary way (same buffers, HF-style weights, LoRA B zero, reward-token row from the embedding matrix). The run
-itself needs a GPU (marked `gpu`)."""
+the ordinary way (same buffers, HF-style weights, LoRA B zero, reward-token row from the embedding matrix); the
+model FLOPs it reports (bench/flops.py) against PyTorch's FLOP counter on the tiny model and against hand values at
+full size; its timed loops (training, scoring, SpatialScorer with a token budget, compiled blocks) dry-run on CPU.
+The run itself needs a GPU (marked `gpu`)."""
 
 from __future__ import annotations
 
@@ -96,7 +98,53 @@ def test_materialize_initialises_a_meta_model_like_its_builder(bench):
     training = bench.time_training(network, args, torch.device("cpu"))
     trainable = sum(parameter.numel() for parameter in network.parameters() if parameter.requires_grad)
     assert training["trainable_parameters"] == trainable and len(training["train_step_seconds_all"]) == 1
-    assert bench.time_scoring(network, args, torch.device("cpu"))["score_images_per_second"] > 0
+    assert training["train_mfu"] > 0 and training["train_step_flop"] > 0
+    scoring = bench.time_scoring(network, args, torch.device("cpu"))
+    assert scoring["score_images_per_second"] > 0 and scoring["score_mfu"] > 0
+    for budget in (None, 400):  # the SpatialScorer path, fixed batches and length buckets
+        args.scorer_rows, args.max_batch_tokens = 3, budget
+        scorer = bench.time_scorer(network.float(), args, torch.device("cpu"))
+        assert scorer["scorer_images_per_second"] > 0 and scorer["scorer_max_batch_tokens"] == budget
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_flops_of_the_tiny_model_match_pytorch_s_counter(bench):
+    """Every matmul of a LoRA SpatialScore backbone forward (math attention, so that the counter sees its matmuls)
+    on one row whose image (224 x 168 px: 16 x 12 patches, 8 x 6 merged) has partial attention windows."""
+    from PIL import Image
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    network = bench.build_spatialscore(bench.tiny_backbone_config(), lora_rank=4, lora_dropout=0.0).eval()
+    inputs = network.encode(["a red circle left of a blue square"], [Image.new("RGB", (224, 168), "white")])
+    assert inputs["image_grid_thw"].tolist() == [[1, 12, 16]]
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        network.backbone(**{k: v for k, v in inputs.items()}, use_cache=False)
+    counted = bench.forward_flops(network, inputs)
+    assert sum(counted.values()) == counter.get_total_flops()
+    assert counted["vision"] == sum(counter.get_flop_counts()["PeftModel.base_model.model.visual"].values())
+
+
+def test_flops_of_qwen2_5_vl_7b_by_hand(bench):
+    """One 448 px image (32 x 32 patches, 256 merged tokens) in a 356-token sequence, no LoRA.
+    Language, per token and layer: 2 x (2 x 3584^2 + 2 x 3584 x 512 + 3 x 3584 x 18944) for q, o, k, v and the MLP;
+    attention 4 x 356^2 x 3584 per layer; 28 layers.
+    Vision: patch embedding 2 x 1024 x 1176 x 1280; per patch and block 2 x (4 x 1280^2 + 3 x 1280 x 3420); 32 blocks;
+    attention over all 1024 patches in the 4 full blocks, within 16 windows of 64 patches in the other 28; merger
+    2 x 256 x (5120^2 + 5120 x 3584). About 6.0 TFLOP in all (issue 22)."""
+    flops = bench.flops
+    config = bench.qwen2_5_vl_7b_config()
+    language = 28 * (356 * 2 * (2 * 3584**2 + 2 * 3584 * 512 + 3 * 3584 * 18944) + 4 * 356**2 * 3584)
+    vision = 2 * 1024 * 1176 * 1280 + 32 * 1024 * 2 * (4 * 1280**2 + 3 * 1280 * 3420)
+    vision += 4 * 4 * 1024**2 * 1280 + 28 * 4 * 16 * 64**2 * 1280 + 2 * 256 * (5120**2 + 5120 * 3584)
+    counted = flops.qwen2_5_vl_forward_flops(config, [356], [(1, 32, 32)])
+    assert counted == {"vision": vision, "language": language}
+    assert round(sum(counted.values()) / 1e12, 1) == 6.0
+    with_lora = flops.qwen2_5_vl_forward_flops(config, [356], [(1, 32, 32)], lora_rank=64)
+    lora = 28 * 356 * 2 * 64 * (2 * (3584 + 3584) + 2 * (3584 + 512) + 3 * (3584 + 18944))
+    assert with_lora["language"] - language == lora
+    assert flops.mfu(989e12, 2.0) == 0.5
 
 
 @pytest.mark.gpu

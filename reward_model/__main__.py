@@ -254,7 +254,9 @@ def pretrain_command(argv: Sequence[str]) -> None:
             words[index] = INIT_FROM_KEY
         elif word.startswith("--init-from="):
             words[index] = INIT_FROM_KEY + word.removeprefix("--init-from")
-    stage_a_cli(["fit", *words])
+    with warnings.catch_warnings():  # it warns that sys.argv (this command's words) is not what it parses
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        stage_a_cli(["fit", *words])
 
 
 def serve_command(argv: Sequence[str]) -> None:

@@ -63,7 +63,6 @@ def test_the_configs_chain_the_phases_and_start_with_their_launch_command():
     assert previous["trainer"]["default_root_dir"] == "runs/stage_a/v12"
 
 
-@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")  # it is called with words, as from the shell
 def test_every_phase_gives_the_losses_of_the_script_that_made_the_shipped_checkpoint(tmp_path, small_dataset):
     """Each phase as `make pretrain-reward` runs it, with a batch of 4, 3 steps (the learning-rate schedule stays the
     phase's) and 2 held-out examples (they do not touch training); losses per step from the CSV log. The last phase
@@ -106,7 +105,6 @@ def test_every_phase_gives_the_losses_of_the_script_that_made_the_shipped_checkp
     assert hasattr(network.backbone.get_base_model().visual, "patch_position_embedding")
 
 
-@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 def test_a_phase_resumed_from_its_lightning_checkpoint_continues_the_same_run(tmp_path):
     """2 steps, then a resume (`--ckpt_path`) to 3: the third step's loss is the uninterrupted run's (the data
     stream restarts at the restored step, the optimizer and the schedule are restored)."""

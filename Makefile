@@ -45,17 +45,30 @@ $(DATA_DIR)/verify_report.json: | $(STAMP)
 
 REWARD_CONFIG ?= configs/reward/tiny.yaml
 
-# Stage A of the tiny reward backbone (reward_model/grounding.py) is shipped in checkpoints/reward_tiny_stage_a with
-# its training logs: it takes about 3.5 hours here, beyond the demo budget; `make train-reward` runs stage B only.
-# Stage A of the tiny reward model, as the shipped checkpoint was made (docs/research/2026-11_reward_tiny.md): ten runs,
-# each from the previous one's weights, adding the losses that made the sentence verdict learnable (mention binding,
-# image-token cells, sentence slots, coordinates, stated margins). ~3.5 h wall on this 2-core machine.
-STAGE_A = OMP_NUM_THREADS=1 $(PYTHON) experiments/reward_tiny/stage_a_verify.py
+# Stage A of the tiny reward backbone (reward_model/stage_a/) is shipped in checkpoints/reward_tiny_stage_a with its
+# training logs: it takes about 3.5 hours here, beyond the demo budget; `make train-reward` runs stage B only.
+# As the shipped checkpoint was made (docs/research/2026-11_reward_tiny.md): ten phases, one config each, each from the
+# previous one's weights, adding the losses that made the sentence verdict learnable (mention binding, image-token
+# cells, sentence slots, coordinates, stated margins).
 A = runs/stage_a
-A_NEW = --lr 1e-3 --warmup 30 --eval-every 150 --eval-pairs 200 --val-size 256 --easy-val-size 128 --min-objects 2
-A_BIND = --binding-weight 1 --bind-colour-words --image-cell-weight 1
+# $(call stage_a_phase,PHASE,PREVIOUS): configs/reward/tiny_stage_a_PHASE.yaml into $(A)/PHASE, from PREVIOUS's backbone
+stage_a_phase = OMP_NUM_THREADS=1 $(PYTHON) -m reward_model pretrain --config configs/reward/tiny_stage_a_$(1).yaml \
+	$(if $(2),--init-from $(A)/$(2)/backbone) --data.dataset_dir $(DATA_DIR)
 
 pretrain-reward: $(DATA_DIR)/verify_report.json | $(STAMP) ## reproduce the shipped stage-A backbone (~3.5 h) into runs/stage_a/v12
+	$(call stage_a_phase,v3)
+	$(call stage_a_phase,v4,v3)
+	$(call stage_a_phase,v5,v4)
+	$(call stage_a_phase,v6,v5)
+	$(call stage_a_phase,v7,v6)
+	$(call stage_a_phase,v8,v7)
+	$(call stage_a_phase,v9,v8)
+	$(call stage_a_phase,v10,v9)
+	$(call stage_a_phase,v11,v10)
+	$(call stage_a_phase,v12,v11)
+	@echo "stage A written to $(A)/v12/backbone (the shipped copy is checkpoints/reward_tiny_stage_a; logs beside it)"
+
+train-reward: $(DATA_DIR)/verify_report.json | $(STAMP) ## reproduce the shipped stage-A backbone (~3.5 h) into runs/stage_a/v12
 	$(STAGE_A) --steps 800 --warmup 60 --curriculum 0:3,200:4,400:6 --eval-every 100 --eval-pairs 200 --out $(A)/v3
 	$(STAGE_A) --init-from $(A)/v3 --steps 500 --stop-after 200 --warmup 30 --curriculum 0:6 --min-objects 3 \
 		--eval-every 100 --eval-pairs 200 --out $(A)/v4

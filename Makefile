@@ -68,28 +68,6 @@ pretrain-reward: $(DATA_DIR)/verify_report.json | $(STAMP) ## reproduce the ship
 	$(call stage_a_phase,v12,v11)
 	@echo "stage A written to $(A)/v12/backbone (the shipped copy is checkpoints/reward_tiny_stage_a; logs beside it)"
 
-train-reward: $(DATA_DIR)/verify_report.json | $(STAMP) ## reproduce the shipped stage-A backbone (~3.5 h) into runs/stage_a/v12
-	$(STAGE_A) --steps 800 --warmup 60 --curriculum 0:3,200:4,400:6 --eval-every 100 --eval-pairs 200 --out $(A)/v3
-	$(STAGE_A) --init-from $(A)/v3 --steps 500 --stop-after 200 --warmup 30 --curriculum 0:6 --min-objects 3 \
-		--eval-every 100 --eval-pairs 200 --out $(A)/v4
-	$(STAGE_A) --init-from $(A)/v4 --steps 3000 --stop-after 1400 --lr 2e-3 --warmup 50 --curriculum 0:6 \
-		--min-objects 3 --eval-every 200 --eval-pairs 200 --out $(A)/v5
-	$(STAGE_A) $(A_NEW) --init-from $(A)/v5 --steps 2000 --stop-after 300 --warmup 50 --binding-weight 1 \
-		--prompt-curriculum 0:2:hv,450:4:all,900:8:all --curriculum 0:4,450:6 --out $(A)/v6
-	$(STAGE_A) $(A_NEW) --init-from $(A)/v6 --steps 2000 --stop-after 750 $(A_BIND) \
-		--prompt-curriculum 0:2:hv,300:4:all,600:8:all --curriculum 0:4,300:6 --out $(A)/v7
-	$(STAGE_A) $(A_NEW) --init-from $(A)/v7 --steps 2000 --stop-after 450 $(A_BIND) --slot-weight 1 \
-		--prompt-curriculum 0:2:hv,400:4:all,800:8:all --curriculum 0:4,400:6 --out $(A)/v8
-	$(STAGE_A) $(A_NEW) --init-from $(A)/v8 --steps 2000 --stop-after 300 $(A_BIND) --slot-weight 1 --coord-weight 1 \
-		--prompt-curriculum 0:2:hv,450:4:all,900:8:all --curriculum 0:4,450:6 --out $(A)/v9
-	$(STAGE_A) $(A_NEW) --init-from $(A)/v9 --steps 2000 --stop-after 300 $(A_BIND) --slot-weight 1 --coord-weight 1 \
-		--stated-weight 1 --prompt-curriculum 0:2:hv,450:4:all,900:8:all --curriculum 0:4,450:6 --out $(A)/v10
-	$(STAGE_A) $(A_NEW) --init-from $(A)/v10 --steps 1500 --stop-after 600 $(A_BIND) --slot-weight 1 --coord-weight 1 \
-		--stated-weight 1 --stated-all-kinds --prompt-curriculum 0:4:all,300:8:all --curriculum 0:6 --out $(A)/v11
-	$(STAGE_A) $(A_NEW) --init-from $(A)/v11 --steps 1500 $(A_BIND) --slot-weight 1 --coord-weight 1 \
-		--stated-weight 1 --stated-all-kinds --prompt-curriculum 0:4:all,300:8:all --curriculum 0:6 --out $(A)/v12
-	@echo "stage A written to $(A)/v12 (the shipped copy is checkpoints/reward_tiny_stage_a; logs beside it)"
-
 train-reward: $(DATA_DIR)/verify_report.json | $(STAMP) ## stage B on the shipped stage A; exports runs/reward/tiny/export
 	$(PYTHON) -m reward_model fit --config $(REWARD_CONFIG) --data.dataset_dir $(DATA_DIR)
 

@@ -19,7 +19,7 @@ from rl_policy.grpo import (
     kl_to_reference,
     topk_bottomk,
 )
-from rl_policy.module import GRPOModule, UpdateSettings
+from rl_policy.module import GRPOModule
 from rl_policy.objectives import ClippedGRPO, DiffusionNFT, Objective
 from rl_policy.policy import (
     FLUX_LORA_TARGETS,
@@ -38,6 +38,7 @@ from rl_policy.policy import (
 from rl_policy.reward import Reward, WeightedReward
 from rl_policy.rollout import SamplerSettings
 from rl_policy.sde import SDEStep, flux_shift_mu, flux_sigmas, ode_step, sde_step_with_logprob
+from rl_policy.updates import UpdateSettings
 
 __all__ = [
     "ClippedGRPO",

@@ -15,7 +15,7 @@ Each optimisation step (Lightning manual optimisation), on the prompts of one `P
    first chunk is exactly on-policy (ratio 1). `global_step` counts rollouts: `max_steps` is the GRPO iterations.
    With several processes each rank samples and filters its own prompts' groups; the pair counts are all-reduced so
    every rank runs the same optimizer steps and micro-batches (zero-weight passes where it has fewer pairs) and the
-   gradient is the mean over all ranks' pairs (`_update_plan`).
+   gradient is the mean over all ranks' pairs (`rl_policy.updates`).
 
 Logged: `train/reward_mean`, `train/reward_std`, `train/kept_advantage_abs`, `train/zero_variance_groups`,
 `train/dropped_samples`, `train/trained_pairs`, the objective's terms (GRPO: `train/clip_fraction`,
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -54,23 +54,10 @@ from rl_policy.rollout import (
     sample_trajectories,
     select_embeddings,
 )
+from rl_policy.updates import UpdateSettings, update_plan
 from shared import stable_seed
 
 OptimizerFactory = Callable[[Sequence[torch.nn.Parameter]], torch.optim.Optimizer]
-
-
-@dataclass(frozen=True)
-class UpdateSettings:
-    """updates_per_rollout: optimizer steps per rollout (the kept pairs split into that many chunks);
-    micro_batch_size: pairs per forward/backward; max_grad_norm: gradient-norm clipping."""
-
-    updates_per_rollout: int = 2
-    micro_batch_size: int = 8
-    max_grad_norm: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.updates_per_rollout < 1 or self.micro_batch_size < 1:
-            raise ValueError("updates.updates_per_rollout and updates.micro_batch_size must be positive")
 
 
 class GRPOModule(LightningModule):
@@ -229,7 +216,13 @@ class GRPOModule(LightningModule):
         optimizer = self.optimizers()
         logged: dict[str, list[torch.Tensor]] = {}
         grad_norms = []
-        plan = self._update_plan(pairs)
+        plan = update_plan(
+            pairs,
+            self.updates,
+            lambda counts: self.trainer.strategy.reduce(counts, reduce_op="sum"),
+            self.trainer.world_size,
+            self.device,
+        )
         for chunk_index, (micro_batches, chunk_total) in enumerate(plan):
             optimizer.zero_grad(set_to_none=True)
             for micro in micro_batches:
@@ -279,28 +272,6 @@ class GRPOModule(LightningModule):
         step, every = self.global_step, self.hparams.eval_every_n_steps
         last = self._trainer is not None and self.trainer.max_steps > 0 and step == self.trainer.max_steps - 1
         return step == 0 or last or bool(every and step % every == 0)
-
-    def _update_plan(self, pairs: torch.Tensor) -> list[tuple[list[torch.Tensor], int]]:
-        """This rank's pairs [n, 2] as `updates_per_rollout` optimizer steps, each (micro-batches, pairs in this
-        chunk over all ranks), the same on every rank in what collectives run: every rank takes the steps whose
-        chunk has pairs on some rank, with as many micro-batches as the rank with the most pairs (an empty
-        micro-batch is a zero-weight pass: DDP reduces gradients at every backward, so a rank that skipped one
-        would leave the others waiting). Empty when no rank has anything to train."""
-        micro_batch_size = self.updates.micro_batch_size
-        chunks = list(pairs.tensor_split(self.updates.updates_per_rollout))
-        lengths = torch.tensor([len(chunk) for chunk in chunks], dtype=torch.float64, device=self.device)
-        totals = self.trainer.strategy.reduce(lengths.clone(), reduce_op="sum").long().tolist()
-        most = lengths.clone()
-        if self.trainer.world_size > 1:
-            torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
-        plan = []
-        for chunk, total, longest in zip(chunks, totals, most.long().tolist(), strict=True):
-            if total == 0:
-                continue
-            micro_batches = list(chunk.split(micro_batch_size))
-            micro_batches += [chunk[:0]] * (math.ceil(longest / micro_batch_size) - len(micro_batches))
-            plan.append((micro_batches, total))
-        return plan
 
     def _clip_and_step(self, optimizer, counted: bool) -> torch.Tensor:
         """Clip and step; only the rollout's first update goes through Lightning's optimizer wrapper, so that

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from shared.chat import ChatConfig, ChatError
 from shared.io import atomic_write_json
 
 LLM_CACHE = "~/.cache/spatialscore/llm_chat.sqlite"
+SHIPPED_GENERATOR = Path(__file__).resolve().parents[1] / "checkpoints" / "generator_tiny" / "pipeline"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,10 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     llm.add_argument(
         "--prompt-source",
-        choices=("spatialworld", "llm"),
+        choices=("spatialworld", "llm", "dataset"),
         default="spatialworld",
-        help="where prompts, scenes and relations come from",
+        help="where prompts, scenes and relations come from (dataset: the pairs of --source-split of --source-dir)",
     )
+    llm.add_argument("--source-dir", help="--prompt-source dataset: the dataset dir whose pairs are drawn again")
+    llm.add_argument("--source-split", default="train", help="--prompt-source dataset: the split of --source-dir")
     llm.add_argument(
         "--llm-base-url",
         default=os.environ.get("SPATIALSCORE_LLM_BASE_URL"),
@@ -103,7 +107,32 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME=DIR[:WEIGHT]",
         help="a diffusers pipeline dir (repeat to mix several by weight; the name is stored per pair)",
     )
-    gen.add_argument("--generator-steps", type=int, default=28, help="denoising steps")
+    gen.add_argument("--generator-steps", type=int, default=28, help="denoising steps (without --sampler)")
+    gen.add_argument(
+        "--sampler",
+        action="append",
+        default=[],
+        metavar="ode:STEPS | sde:STEPS:NOISE",
+        help="repeat to mix: each pair draws with one, by hash (ode: the pipeline's own scheduler; sde: the RL "
+        "rollouts' Flow-GRPO SDE with that noise level); the pipeline's own with --generator-steps when not given",
+    )
+    gen.add_argument(
+        "--generator-true-cfg", type=float, help="true classifier-free guidance scale against the empty prompt"
+    )
+    gen.add_argument(
+        "--best-of",
+        type=int,
+        metavar="N",
+        help="draw each image up to N times until the SpatialWorld oracle accepts it; pairs without an accepted "
+        "image are skipped and counted (--num-pairs pairs are tried); the shipped tiny generator when no --generator",
+    )
+    gen.add_argument(
+        "--ranked-fraction",
+        type=float,
+        default=0.0,
+        help="with --best-of: share of the pairs made on-policy ranked pairs (two samples of one prompt, ordered by "
+        "the oracle)",
+    )
     gen.add_argument("--generator-guidance", type=float, help="guidance scale; the pipeline's own when not given")
     gen.add_argument("--generator-batch-size", type=int, default=4, help="images per pipeline call")
     gen.add_argument("--device", help="torch device for the pipelines; cuda if available, else cpu, when not given")
@@ -153,7 +182,25 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--reviewer", help="reviewer name used when the page URL gives none (?reviewer=NAME)")
     r.add_argument("--db", help="decisions database; DIR/review.sqlite when not given")
     r.add_argument("--all-pairs", action="store_true", help="review every pair, not only review_status 'unreviewed'")
+    r.add_argument(
+        "--oracle-accepted",
+        action="store_true",
+        help="review the pairs the SpatialWorld oracle accepted (after `oracle-review`), whatever their status",
+    )
     r.add_argument("--agreement", action="store_true", help="print Cohen's kappa between reviewers and exit")
+
+    o = commands.add_parser(
+        "oracle-review",
+        help="the SpatialWorld oracle reviews every pair, as reviewer 'oracle' in the review decisions",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Accept a pair when every object is found in both images, every stated relation holds in the "
+        "perfect image and exactly the recorded relations are broken in the perturbed one; the decision, with the "
+        "reason of a rejection, goes into the review decisions (reviewer 'oracle'). Pairs already decided by the "
+        "oracle are skipped, so a rerun resumes.",
+    )
+    o.add_argument("dataset", help="dataset dir (its pairs need SpatialWorld scene graphs)")
+    o.add_argument("--db", help="decisions database; DIR/review.sqlite when not given")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = commands.add_parser(
         "export",
@@ -223,7 +270,13 @@ def main(argv: list[str] | None = None) -> int:
                 db_path=args.db,
                 reviewer=args.reviewer,
                 all_pairs=args.all_pairs,
+                oracle_accepted=args.oracle_accepted,
             )
+            return 0
+        if args.command == "oracle-review":
+            from data_synthesis.oracle_review import oracle_review
+
+            print(oracle_review(args.dataset, db_path=args.db, progress=not args.quiet).describe())
             return 0
         if args.command == "export":
             result = export_reviewed(args.dataset, args.out, db_path=args.db, min_reviewers=args.min_reviewers)
@@ -258,17 +311,22 @@ def _label_studio(args: argparse.Namespace) -> int:
 
 
 def _generators(args: argparse.Namespace) -> list[WeightedGenerator] | None:
-    if not args.generator:
+    specs = args.generator or ([f"tiny={SHIPPED_GENERATOR}"] if args.best_of is not None else [])
+    if not specs:
+        if args.sampler or args.generator_true_cfg is not None:
+            raise BuildError("--sampler and --generator-true-cfg need a --generator (or --best-of)")
         return None
-    from data_synthesis.generators import diffusers_generators, parse_generator_spec
+    from data_synthesis.generators import diffusers_generators, parse_generator_spec, parse_sampler_spec
 
     return diffusers_generators(
-        [parse_generator_spec(text) for text in args.generator],
+        [parse_generator_spec(text) for text in specs],
         steps=args.generator_steps,
         guidance_scale=args.generator_guidance,
         batch_size=args.generator_batch_size,
         device=args.device,
         dtype=args.dtype,
+        sampler_specs=tuple(parse_sampler_spec(text) for text in args.sampler),
+        true_cfg_scale=args.generator_true_cfg,
     )
 
 
@@ -298,6 +356,19 @@ def _build(args: argparse.Namespace, config: BuildConfig) -> int:
             )
         )
         source = LLMPromptSource(client, template_version=args.llm_templates)
+    elif args.prompt_source == "dataset":
+        from data_synthesis.dataset_source import DatasetPromptSource
+
+        if not args.source_dir:
+            raise BuildError("--prompt-source dataset needs --source-dir (a dataset dir)")
+        source = DatasetPromptSource(args.source_dir, args.source_split)
+    best_of = None
+    if args.best_of is not None:
+        from data_synthesis.best_of import BestOf
+
+        best_of = BestOf(max_tries=args.best_of, ranked_fraction=args.ranked_fraction)
+    elif args.ranked_fraction:
+        raise BuildError("--ranked-fraction needs --best-of (ranked pairs are drawn until the oracle orders two)")
     try:
         result = build(
             config,
@@ -307,6 +378,7 @@ def _build(args: argparse.Namespace, config: BuildConfig) -> int:
             progress=not args.quiet,
             prompt_source=source,
             generators=generators,
+            best_of=best_of,
         )
     finally:
         if client is not None:
@@ -316,6 +388,12 @@ def _build(args: argparse.Namespace, config: BuildConfig) -> int:
         f"{result.out_dir}: {result.counts['pairs']} pairs{rate}; splits {result.counts['by_split']}; "
         f"skipped {result.counts['skipped']}"
     )
+    if best_of is not None:
+        drawn = json.loads((Path(args.out) / "build_log.json").read_text())["best_of"]
+        print(
+            f"best-of-{best_of.max_tries}: kept {drawn['pairs_kept']} of {drawn['pairs_tried']} pairs; images accepted "
+            f"per try {drawn['image_acceptance_rate']}; skipped {drawn['pairs_skipped']} (details in build_log.json)"
+        )
     if result.usage:
         usage = result.usage
         print(

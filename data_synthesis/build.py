@@ -14,6 +14,12 @@ drawn by the Pillow renderer match their scene graphs exactly and are `verified`
 `unreviewed` (for review with `python -m data_synthesis review`). The default backends run pair by pair in worker
 processes; other backends describe every pair first (an LLM source answers them concurrently), then draw the
 images generator by generator (one pipeline in memory at a time), in batches.
+
+Best-of-N (`best_of.py`): a generator backend draws each image of a pair until the SpatialWorld oracle accepts it,
+or on-policy ranked pairs (two samples of one prompt that the oracle orders); such pairs are `oracle`-reviewed.
+Every row says how its images were made in `kind`: "render" (the Pillow renderer, exact), "generated" (a generator
+drew the perfect and the perturbed prompt), "ranked" (a generator drew the one prompt twice; the oracle prefers
+the `perfect_image` to the `perturbed_image`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import pandas as pd
 from PIL import Image
@@ -44,9 +50,16 @@ from data_synthesis.sampler import WorldConfig
 from data_synthesis.scene import COLOURS, SHAPES, Scene, SceneError, min_resolution
 from shared.io import atomic_write_bytes, atomic_write_json, stable_seed
 
+if TYPE_CHECKING:
+    from data_synthesis.best_of import BestOf
+
 SCHEMA_VERSION = 1
+MIN_DRAWN_RESOLUTION = 16  # images drawn by a generator backend (the renderer needs MIN_RESOLUTION)
 GENERATOR = "spatialworld-pillow"
 SPLITS = ("train", "val", "test")
+KINDS = ("render", "generated", "ranked")  # the `kind` column: how a pair's two images were made (module docstring)
+# Columns added after the first datasets of schema 1 were built; `verify.load_pairs` fills them in for those.
+OPTIONAL_COLUMNS = ("kind", "sampler", "perfect_tries", "perturbed_tries")
 COLUMNS = (
     "pair_id",
     "index",
@@ -69,7 +82,11 @@ COLUMNS = (
     "seed",
     "render_seed",
     "review_status",
+    *OPTIONAL_COLUMNS,
 )
+
+
+BEST_OF_DIR = "best_of"  # the best-of-N drawing's per-block records (resume), in the dataset dir
 
 
 class BuildError(ValueError):
@@ -106,13 +123,10 @@ class BuildConfig:
         except SceneError as error:
             raise BuildError(str(error)) from error
         object.__setattr__(self, "world", world)
-        if not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
-            raise BuildError(f"--resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {self.resolution}")
-        needed = min_resolution(self.max_objects)
-        if self.resolution < needed:
+        if not MIN_DRAWN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
             raise BuildError(
-                f"--resolution {self.resolution} is too small for {self.max_objects} objects: the "
-                f"smallest object would span under the detector's minimum; use at least {needed}"
+                f"--resolution must be in [{MIN_DRAWN_RESOLUTION}, {MAX_RESOLUTION}] (at least {MIN_RESOLUTION} where "
+                f"the Pillow renderer draws), got {self.resolution}"
             )
         if not 1 <= self.max_broken <= 3:
             raise BuildError(f"--max-broken must be 1, 2 or 3, got {self.max_broken}")
@@ -129,6 +143,17 @@ class BuildConfig:
             raise BuildError(f"--jitter must be in [0, 64] colour levels, got {self.jitter}")
         if not 0 <= self.noise <= 64:
             raise BuildError(f"--noise must be in [0, 64] colour levels, got {self.noise}")
+
+    def check_renderable(self) -> None:
+        """The Pillow renderer draws the images: the resolution must suit it and the detector (BuildError)."""
+        if not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
+            raise BuildError(f"--resolution must be in [{MIN_RESOLUTION}, {MAX_RESOLUTION}], got {self.resolution}")
+        needed = min_resolution(self.max_objects)
+        if self.resolution < needed:
+            raise BuildError(
+                f"--resolution {self.resolution} is too small for {self.max_objects} objects: the "
+                f"smallest object would span under the detector's minimum; use at least {needed}"
+            )
 
     def arguments(self) -> dict:
         args = asdict(self)
@@ -174,8 +199,9 @@ class PromptSource(Protocol):
 class ImageRequest(NamedTuple):
     prompt: str
     scene: Scene | None  # the exact scene, when the source has one
-    seed: int  # the pair's render_seed: both images of a pair share it
+    seed: int  # the pair's render_seed: both images of a pair share it (best-of-N: the try's seed)
     resolution: int
+    sampler: str | None = None  # one of the generator's `samplers` by name; None: its default
 
 
 class ImageGenerator(Protocol):
@@ -184,8 +210,13 @@ class ImageGenerator(Protocol):
     name: str  # stored per pair in the `generator` column
     exact: bool  # draws the scene graph itself, so its images match the scenes exactly
     batch_size: int
+    samplers: tuple[str, ...]  # names of the samplers it can draw with (a pair's is chosen by hash); () : one
 
     def arguments(self) -> dict: ...
+
+    def prompt_too_long(self, prompts: Sequence[str]) -> list[bool]:
+        """Per prompt: longer than the generator's text encoder takes (such pairs are skipped and counted)."""
+        ...
 
     def generate(self, requests: Sequence[ImageRequest]) -> list[Image.Image]: ...
 
@@ -222,9 +253,13 @@ class PillowRenderer:
     name: str = GENERATOR
     exact: bool = True
     batch_size: int = 64
+    samplers: tuple[str, ...] = ()
 
     def arguments(self) -> dict:
         return {"name": self.name}  # jitter and noise are BuildConfig fields
+
+    def prompt_too_long(self, prompts: Sequence[str]) -> list[bool]:
+        return [False] * len(prompts)
 
     def generate(self, requests: Sequence[ImageRequest]) -> list[Image.Image]:
         if any(request.scene is None for request in requests):
@@ -322,6 +357,10 @@ def _make_pair(config: BuildConfig, index: int) -> tuple[dict, Scene, Scene] | N
             "seed": pair_seed,
             "render_seed": render_seed,
             "review_status": "verified",  # the perturbation was checked against the exact scene graph
+            "kind": "render",
+            "sampler": "",
+            "perfect_tries": 1,
+            "perturbed_tries": 1,
         },
         scene,
         perturbation.scene,
@@ -384,12 +423,15 @@ def build(
     progress: bool = True,
     prompt_source: PromptSource | None = None,
     generators: Sequence[WeightedGenerator] | None = None,
+    best_of: BestOf | None = None,
 ) -> BuildResult:
     """Build (or finish building) the dataset dir. Raises BuildError before any work if `out_dir` holds a dataset
     built with other arguments, unless `overwrite`, or if a backend cannot be used (`PromptSource.preflight`).
 
     `prompt_source` defaults to SpatialWorld, `generators` to the Pillow renderer alone; `workers` only applies to
-    that default (other backends bring their own concurrency)."""
+    that default (other backends bring their own concurrency). `best_of` (generator backends with a SpatialWorld
+    scene graph only) draws each image until the oracle accepts it (`data_synthesis.best_of`): `num_pairs` pairs
+    are then described and tried, and those without an accepted image are skipped and counted."""
     out_dir = Path(out_dir)
     if workers < 1:
         raise BuildError(f"--workers must be at least 1, got {workers}")
@@ -399,10 +441,19 @@ def build(
         PillowRenderer
     ]
     _check_backends(source, generators)
+    if any(g.generator.exact for g in generators):
+        config.check_renderable()
     arguments = config.arguments()
     if not default_backends:
         arguments["prompt_source"] = source.arguments()
         arguments["generators"] = [{**g.generator.arguments(), "weight": g.weight} for g in generators]
+    if best_of is not None:
+        if any(g.generator.exact for g in generators) or not source.has_geometry:
+            raise BuildError(
+                "best-of-N drawing needs generator backends (--generator) and a prompt source with SpatialWorld scene "
+                "graphs for the oracle to check against"
+            )
+        arguments["best_of"] = best_of.arguments()
     source.preflight(config)
     _claim_output_dir(out_dir, arguments, overwrite)
     if _complete(out_dir):
@@ -413,9 +464,18 @@ def build(
     for stale in [*out_dir.glob(".*.tmp"), *out_dir.glob("images/*/.*.tmp")]:
         stale.unlink()
     existing = sum(1 for _ in out_dir.glob("images/*/*.png"))
+    log_extra: dict = {}
     if default_backends:
         rows, skipped = _collect(config, out_dir, workers, progress)
         _remove_unreferenced_images(out_dir, rows)
+    elif best_of is not None:
+        from data_synthesis.best_of import draw_best_of
+
+        rows, scenes, skipped = _describe_all(config, source, generators, progress)
+        rows, drawn = draw_best_of(config, best_of, out_dir, rows, generators, progress)
+        skipped.update(drawn.skipped)
+        _remove_unreferenced_images(out_dir, rows)
+        log_extra["best_of"] = drawn.log()
     else:
         rows, scenes, skipped = _describe_all(config, source, generators, progress)
         _remove_unreferenced_images(out_dir, rows)
@@ -435,6 +495,7 @@ def build(
             "workers": workers,
             "images_found_on_start": existing,
             **({"prompt_source_usage": usage} if usage else {}),
+            **log_extra,
         },
     )
     generator_names = GENERATOR if default_backends else ",".join(g.generator.name for g in generators)
@@ -502,6 +563,10 @@ def _describe_all(
                     **described.row,
                     "generator": generator.name,
                     "review_status": "verified" if exact else "unreviewed",
+                    "kind": "render" if exact else "generated",
+                    "sampler": "",
+                    "perfect_tries": 1,
+                    "perturbed_tries": 1,
                 }
                 seen_prompts.add(row["prompt"])
                 rows.append(row)
@@ -576,7 +641,7 @@ def _claim_output_dir(out_dir: Path, arguments: dict, overwrite: bool) -> None:
                 )
             if previous is None and not (out_dir / "images").exists():
                 raise BuildError(f"{out_dir} is not a dataset dir; refusing to overwrite it")
-            for name in ("images", "pairs.parquet", "meta.json", "build_log.json", "build_args.json"):
+            for name in ("images", BEST_OF_DIR, "pairs.parquet", "meta.json", "build_log.json", "build_args.json"):
                 target = out_dir / name
                 if target.is_dir():
                     shutil.rmtree(target)
@@ -677,5 +742,6 @@ def _counts(frame: pd.DataFrame, skipped: Counter) -> dict:
         "by_num_broken": {str(k): int((frame["num_broken"] == k).sum()) for k in sorted(frame["num_broken"].unique())},
         "pairs_by_broken_family": dict(sorted(families.items())),
         "stated_by_family": dict(sorted(stated.items())),
+        "by_kind": {kind: int((frame["kind"] == kind).sum()) for kind in KINDS if (frame["kind"] == kind).any()},
         "skipped": dict(sorted(skipped.items())),
     }

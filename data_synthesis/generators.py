@@ -7,6 +7,14 @@ share it, so they differ by their prompts, not by their noise). `--generator NAM
 several by weight; the builder picks one per pair and stores its name in the `generator` column. A directory that
 is not a pipeline fails before any work, with an error naming what is missing (model_index.json, or a component
 folder it lists).
+
+Samplers (`--sampler`, repeatable; each pair's drawn by hash and stored in the `sampler` column): `ode:STEPS`, the
+pipeline's own scheduler (for flow-matching pipelines the Euler ODE the evaluation samples with), and
+`sde:STEPS:NOISE`, the RL rollouts' sampler: Flow-GRPO's SDE (`shared.flow_sde.FlowSDEScheduler`, the step maths that
+`rl_policy.sde` uses) with that noise level on every step but the last, its noise drawn per image from the image's
+seed. Without `--sampler` the pipeline's own scheduler draws with `--generator-steps`. `true_cfg_scale` turns on
+true classifier-free guidance against the empty prompt (the tiny generator has no guidance distillation; RL and its
+evaluation use 3).
 """
 
 from __future__ import annotations
@@ -29,6 +37,35 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 class GeneratorError(ValueError):
     """A generator that cannot be used: a bad --generator value or a directory that is not a diffusers pipeline."""
+
+
+class SamplerSpec(NamedTuple):
+    """How a generator draws: `kind` "ode" (the pipeline's own scheduler) or "sde" (Flow-GRPO's SDE)."""
+
+    kind: str
+    steps: int
+    noise_level: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+
+def parse_sampler_spec(text: str) -> SamplerSpec:
+    """`ode:STEPS` or `sde:STEPS:NOISE_LEVEL`."""
+    parts = text.split(":")
+    try:
+        if parts[0] == "ode" and len(parts) == 2:
+            spec = SamplerSpec("ode", int(parts[1]))
+        elif parts[0] == "sde" and len(parts) == 3:
+            spec = SamplerSpec("sde", int(parts[1]), float(parts[2]))
+        else:
+            raise ValueError
+    except ValueError:
+        raise GeneratorError(f"--sampler must be ode:STEPS or sde:STEPS:NOISE_LEVEL, got {text!r}") from None
+    if spec.steps < 2 or not 0 < spec.noise_level <= 2 and spec.kind == "sde":
+        raise GeneratorError(f"--sampler {text}: at least 2 steps, and an SDE noise level in (0, 2]")
+    return spec
 
 
 class GeneratorSpec(NamedTuple):
@@ -78,6 +115,8 @@ class DiffusersGenerator:
     batch_size: int = 4
     device: str | None = None
     dtype: str | None = None
+    sampler_specs: tuple[SamplerSpec, ...] = ()  # () : the pipeline's own scheduler with `steps`
+    true_cfg_scale: float | None = None
     exact: bool = False  # draws from the prompt: its images may not follow it, hence review
 
     def __post_init__(self) -> None:
@@ -90,17 +129,41 @@ class DiffusersGenerator:
             raise GeneratorError(
                 f"generator {self.name}: dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype}"
             )
+        names = [spec.name for spec in self.sampler_specs]
+        if len(set(names)) != len(names):
+            raise GeneratorError(f"generator {self.name}: one --sampler of each kind, got {names}")
+        if self.true_cfg_scale is not None and not self.true_cfg_scale >= 1:
+            raise GeneratorError(f"generator {self.name}: true CFG scale must be >= 1, got {self.true_cfg_scale}")
         self.pipeline_class = check_pipeline_dir(self.path)["_class_name"]
         self._pipeline = None
 
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.sampler_specs)
+
     def arguments(self) -> dict:
-        return {
+        arguments = {
             "name": self.name,
             "path": str(self.path),
             "pipeline": self.pipeline_class,
             "steps": self.steps,
             "guidance_scale": self.guidance_scale,
         }
+        if self.sampler_specs:  # only then: the arguments of builds made before samplers existed stay as they were
+            arguments["samplers"] = [spec._asdict() for spec in self.sampler_specs]
+        if self.true_cfg_scale is not None:
+            arguments["true_cfg_scale"] = self.true_cfg_scale
+        return arguments
+
+    def prompt_too_long(self, prompts: Sequence[str]) -> list[bool]:
+        """Per prompt: more tokens than the pipeline's text encoder reads (its second tokenizer's length for Flux
+        and SD3, `text_length`; the first tokenizer's for others, whose CLIP-style truncation is not checked)."""
+        pipeline = self._load()
+        limit = text_length(pipeline).get("max_sequence_length")
+        tokenizer = getattr(pipeline, "tokenizer_2", None)
+        if limit is None or tokenizer is None:
+            return [False] * len(prompts)
+        return [len(ids) > limit for ids in tokenizer(list(prompts))["input_ids"]]
 
     def _load(self):
         if self._pipeline is None:
@@ -115,24 +178,61 @@ class DiffusersGenerator:
         return self._pipeline
 
     def generate(self, requests: Sequence[ImageRequest]) -> list[Image.Image]:
+        """One image per request, in order; requests of different samplers are drawn in separate calls."""
+        by_sampler: dict[str | None, list[int]] = {}
+        for position, request in enumerate(requests):
+            by_sampler.setdefault(request.sampler, []).append(position)
+        images: list[Image.Image | None] = [None] * len(requests)
+        for sampler, positions in by_sampler.items():
+            drawn = self._draw([requests[p] for p in positions], self._sampler_spec(sampler))
+            for position, image in zip(positions, drawn, strict=True):
+                images[position] = image
+        return images
+
+    def _sampler_spec(self, name: str | None) -> SamplerSpec | None:
+        if name is None:
+            return None
+        for spec in self.sampler_specs:
+            if spec.name == name:
+                return spec
+        raise GeneratorError(f"generator {self.name} has no sampler {name!r} (it has {list(self.samplers)})")
+
+    def _draw(self, requests: Sequence[ImageRequest], sampler: SamplerSpec | None) -> list[Image.Image]:
         import torch
+
+        from shared.flow_sde import FlowSDEScheduler
+        from shared.io import stable_seed
 
         (resolution,) = {request.resolution for request in requests}
         pipeline = self._load()
         options = {"guidance_scale": self.guidance_scale} if self.guidance_scale is not None else {}
-        with torch.inference_mode():
-            images = pipeline(
-                prompt=[request.prompt for request in requests],
-                height=resolution,
-                width=resolution,
-                num_inference_steps=self.steps,
-                # one generator per image, on the CPU: an image's noise depends on its seed alone, not on the batch
-                # or the device
-                generator=[torch.Generator("cpu").manual_seed(request.seed) for request in requests],
-                output_type="pil",
-                **text_length(pipeline),
-                **options,
-            ).images
+        if self.true_cfg_scale is not None and self.true_cfg_scale > 1:
+            options |= {"true_cfg_scale": self.true_cfg_scale, "negative_prompt": [""] * len(requests)}
+        own_scheduler = pipeline.scheduler
+        if sampler is not None and sampler.kind == "sde":
+            scheduler = FlowSDEScheduler.from_config(own_scheduler.config)
+            # the SDE noise of an image, like its initial noise, depends on its seed alone
+            scheduler.set_sde(
+                sampler.noise_level,
+                [torch.Generator("cpu").manual_seed(stable_seed("sde-noise", r.seed) % 2**63) for r in requests],
+            )
+            pipeline.scheduler = scheduler
+        try:
+            with torch.inference_mode():
+                images = pipeline(
+                    prompt=[request.prompt for request in requests],
+                    height=resolution,
+                    width=resolution,
+                    num_inference_steps=self.steps if sampler is None else sampler.steps,
+                    # one generator per image, on the CPU: an image's noise depends on its seed alone, not on the
+                    # batch or the device
+                    generator=[torch.Generator("cpu").manual_seed(request.seed) for request in requests],
+                    output_type="pil",
+                    **text_length(pipeline),
+                    **options,
+                ).images
+        finally:
+            pipeline.scheduler = own_scheduler
         wrong = [image.size for image in images if image.size != (resolution, resolution)]
         if wrong:
             raise GeneratorError(

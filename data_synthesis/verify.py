@@ -19,7 +19,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from data_synthesis.build import COLUMNS, SCHEMA_VERSION
+from data_synthesis.build import COLUMNS, GENERATOR, OPTIONAL_COLUMNS, SCHEMA_VERSION
 from data_synthesis.detect import detect
 from data_synthesis.relations import Relation, Truth, evaluate
 from data_synthesis.scene import Scene, SceneError
@@ -89,10 +89,23 @@ def load_pairs(dataset_dir: str | os.PathLike) -> tuple[dict, pd.DataFrame]:
         frame = pd.read_parquet(pairs_path)
     except (OSError, ValueError) as error:
         raise DatasetError(f"{pairs_path} cannot be read as Parquet: {error}") from error
-    absent = [c for c in COLUMNS if c not in frame.columns]
+    absent = [c for c in COLUMNS if c not in frame.columns and c not in OPTIONAL_COLUMNS]
     if absent:
         raise DatasetError(f"{pairs_path} lacks columns {absent}")
-    return meta, frame
+    return meta, with_optional_columns(frame)
+
+
+def with_optional_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with the columns added after the first schema-1 datasets filled in where it lacks them: `kind`
+    "render" for the Pillow renderer's pairs and "generated" for the others, no sampler, one try per image."""
+    defaults = {
+        "kind": lambda f: f["generator"].map(lambda g: "render" if g == GENERATOR else "generated"),
+        "sampler": lambda f: "",
+        "perfect_tries": lambda f: 1,
+        "perturbed_tries": lambda f: 1,
+    }
+    missing = {column: make(frame) for column, make in defaults.items() if column not in frame.columns}
+    return frame.assign(**missing) if missing else frame
 
 
 def _load_image(path: Path, resolution: int) -> tuple[Image.Image | None, str | None]:

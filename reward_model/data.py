@@ -8,9 +8,17 @@ one of two orientations, as the paper's Bradley-Terry objective needs a winner a
 - forward: under `prompt` the perfect image wins;
 - reversed: under `perturbed_prompt` the perturbed image wins (a model that ignores the prompt cannot get both).
 
-`orientation="both"` yields every pair twice, forward then reversed. `PairCollator` encodes the B winners and the
-B losers of a batch as 2B sequences of ONE forward pass (winners first), so the module `chunk(2)`s the scores as
-TRL's RewardTrainer does.
+`orientation="both"` yields every pair twice, forward then reversed.
+
+Every row has a `kind` (data_synthesis.build.KINDS), exposed per example and per batch (`PairBatch.kinds`) so
+accuracy can be reported per kind: "render" (SpatialWorld drawn exactly by the Pillow renderer), "generated" (a
+generator drew the perfect and the perturbed prompt; the oracle or people accepted both images), "ranked" (an
+on-policy ranked pair: two samples of ONE prompt, `perfect_image` the one the oracle prefers, `perturbed_image` the
+other, `perturbed_prompt` = `prompt`). A ranked pair has no reversed reading (under its one prompt the rejected
+sample never wins), so "reversed" leaves it out and "both" yields it once, forward.
+
+`PairCollator` encodes the B winners and the B losers of a batch as 2B sequences of ONE forward pass (winners
+first), so the module `chunk(2)`s the scores as TRL's RewardTrainer does.
 
 Bad input: `setup` opens every image of a split once (PIL `verify`, a CRC check of every chunk without decoding the
 pixels); a pair with a missing or corrupt image is skipped and counted (`skipped`, and a log warning), and if more
@@ -163,6 +171,7 @@ class PairRecord(NamedTuple):
     perfect_scene: str | None = None  # Scene JSON, for omission pairs; None where the row has no renderable scene
     perturbed_scene: str | None = None
     render_seed: int | None = None
+    kind: str = "render"  # render | generated | ranked (module docstring)
 
 
 OMISSION_FAMILY = "omission"  # broken_families of an omission pair; its num_broken is 0 (no broken-count group)
@@ -178,6 +187,7 @@ class PairExample(NamedTuple):
     num_broken: int
     broken_families: str
     is_reversed: bool  # True: perturbed prompt, the perturbed image wins
+    kind: str = "render"  # the row's kind; omission pairs keep their source row's
 
 
 class PairBatch(NamedTuple):
@@ -190,6 +200,7 @@ class PairBatch(NamedTuple):
     num_broken: torch.Tensor  # [B] int64
     broken_families: list[str]  # B, comma-separated families
     is_reversed: torch.Tensor  # [B] bool: True where the perturbed prompt is used and the perturbed image wins
+    kinds: list[str]  # B: each pair's kind (render | generated | ranked)
 
     @property
     def num_pairs(self) -> int:
@@ -245,9 +256,9 @@ def render_settings(meta: dict | None) -> RenderSettings | None:
 
 
 class PairwiseDataset(Dataset):
-    """Oriented pairs of `records`: "both" interleaves them, index 2i forward and 2i + 1 reversed; then, with
-    `omission`, round(fraction x that many) omission pairs (`Omission`), which need `render_settings` and records
-    with scenes."""
+    """Oriented pairs of `records`: "both" interleaves them, each record forward then reversed (ranked records
+    forward only: without them, index 2i is forward and 2i + 1 reversed); then, with `omission`, round(fraction x
+    that many) omission pairs (`Omission`), which need `render_settings` and records with scenes."""
 
     def __init__(
         self,
@@ -264,7 +275,14 @@ class PairwiseDataset(Dataset):
         self.degradation = degradation if degradation is not None and degradation.active else None
         self.omission = omission if omission is not None and omission.active else None
         self.render_settings = render_settings
-        self.num_pairs = len(self.records) * (2 if orientation == "both" else 1)
+        readings = {"forward": (False,), "reversed": (True,), "both": (False, True)}[orientation]
+        self.readings = [
+            (i, is_reversed)
+            for i, record in enumerate(self.records)
+            for is_reversed in readings
+            if not (is_reversed and record.kind == "ranked")
+        ]
+        self.num_pairs = len(self.readings)
         self.renderable = [
             i for i, r in enumerate(self.records) if r.perfect_scene and r.perturbed_scene and r.render_seed is not None
         ]
@@ -284,10 +302,8 @@ class PairwiseDataset(Dataset):
     def __getitem__(self, index: int) -> PairExample:
         if index >= self.num_pairs:
             return self._omission_pair(index - self.num_pairs)
-        if self.orientation == "both":
-            record, is_reversed = self.records[index // 2], index % 2 == 1
-        else:
-            record, is_reversed = self.records[index], self.orientation == "reversed"
+        position, is_reversed = self.readings[index]
+        record = self.records[position]
         perfect, perturbed = _open_image(record.perfect_image), _open_image(record.perturbed_image)
         perfect, perturbed = self._degraded(record.pair_id, perfect, perturbed)
         if is_reversed:
@@ -295,7 +311,7 @@ class PairwiseDataset(Dataset):
         else:
             prompt, winner, loser = record.prompt, perfect, perturbed
         return PairExample(
-            record.pair_id, prompt, winner, loser, record.num_broken, record.broken_families, is_reversed
+            record.pair_id, prompt, winner, loser, record.num_broken, record.broken_families, is_reversed, record.kind
         )
 
     def _degraded(self, key: str, first: Image.Image, second: Image.Image) -> tuple[Image.Image, Image.Image]:
@@ -343,7 +359,7 @@ class PairwiseDataset(Dataset):
         winner, loser = self._degraded(f"omission-{number}", winner, loser)
         prompt = record.perturbed_prompt if is_reversed else record.prompt
         return PairExample(
-            f"{record.pair_id}-omission-{number}", prompt, winner, loser, 0, OMISSION_FAMILY, is_reversed
+            f"{record.pair_id}-omission-{number}", prompt, winner, loser, 0, OMISSION_FAMILY, is_reversed, record.kind
         )
 
 
@@ -378,6 +394,7 @@ class PairCollator:
             num_broken=torch.tensor([example.num_broken for example in examples], dtype=torch.long),
             broken_families=[example.broken_families for example in examples],
             is_reversed=torch.tensor([example.is_reversed for example in examples], dtype=torch.bool),
+            kinds=[example.kind for example in examples],
         )
 
 
@@ -394,8 +411,9 @@ class PairwiseDataModule(LightningDataModule):
     omission: optional extra training pairs whose loser misses an object (`Omission`; the train split only). They
         re-render SpatialWorld scenes with the render settings of the dataset's meta.json.
     max_bad_fraction: the largest share of a split's pairs that may have a missing or corrupt image (skipped).
-    review_statuses: keep only rows with one of these `review_status` values ("verified": SpatialWorld's oracle;
-        "reviewed": accepted by people, `python -m data_synthesis export`); None keeps every row.
+    review_statuses: keep only rows with one of these `review_status` values ("verified": SpatialWorld's exact
+        renders; "oracle": generated pairs the oracle accepted while drawing them, best-of-N; "reviewed": accepted by
+        the reviewers, `python -m data_synthesis export`); None keeps every row.
     max_prompt_tokens: prompts longer than this are truncated, keeping the reward token last (`encode`), with a
         warning counting them per split; None takes the network's `max_prompt_tokens` (no limit if it has none).
     seed: shuffling of the training pairs.
@@ -413,7 +431,7 @@ class PairwiseDataModule(LightningDataModule):
         degrade_splits: tuple[str, ...] = ("train",),
         omission: Omission | None = None,
         max_bad_fraction: float = 0.01,
-        review_statuses: tuple[str, ...] | None = ("verified", "reviewed"),
+        review_statuses: tuple[str, ...] | None = ("verified", "oracle", "reviewed"),
         system_prompt: str | None = None,
         max_prompt_tokens: int | None = None,
         num_workers: int = 0,
@@ -505,6 +523,7 @@ class PairwiseDataModule(LightningDataModule):
                 perturbed_image=self.dataset_dir / row.perturbed_image,
                 num_broken=int(row.num_broken),
                 broken_families=str(row.broken_families),
+                kind=str(row.kind),
                 **_scene_fields(row),
             )
             for row in rows.itertuples(index=False)

@@ -37,6 +37,7 @@ from data_synthesis.prompts import SHAPE_WORDS
 from data_synthesis.review.store import (
     CHOICES,
     DB_NAME,
+    ORACLE_REVIEWER,
     SIDES,
     AlreadyDecided,
     Decision,
@@ -85,14 +86,32 @@ def shape_name(colour: str, shape: str, prompt: str) -> str:
     return f"{colour} {max(used, key=len) if used else words[0]}"
 
 
-def load_review_pairs(dataset_dir: str | os.PathLike, *, all_pairs: bool = False) -> list[ReviewPair]:
+def load_review_pairs(
+    dataset_dir: str | os.PathLike,
+    *,
+    all_pairs: bool = False,
+    oracle_accepted: bool = False,
+    db_path: str | os.PathLike | None = None,
+) -> list[ReviewPair]:
     """The pairs to review in the order they are served: those with review_status "unreviewed" (with
-    `all_pairs`, every pair, the unreviewed first), each in dataset order. One clear error if the dir is not a
-    dataset dir (DatasetError), has nothing to review or lacks image files (ReviewError)."""
+    `all_pairs`, every pair, the unreviewed first; with `oracle_accepted`, the pairs the SpatialWorld oracle
+    accepted in the decisions at `db_path`, default DIR/review.sqlite, whatever their status: people review on
+    top of the oracle), each in dataset order. One clear error if the dir is not a dataset dir (DatasetError), has
+    nothing to review or lacks image files (ReviewError)."""
     dataset_dir = Path(dataset_dir)
     _, dataset = load_pairs(dataset_dir)
     unreviewed = dataset["review_status"] == "unreviewed"
-    if all_pairs:
+    if oracle_accepted:
+        path = dataset_dir / DB_NAME if db_path is None else Path(db_path)
+        decisions = ReviewStore(path).decisions(ORACLE_REVIEWER) if path.is_file() else []
+        accepted = {decision.pair_id for decision in decisions if decision.verdict == "perfect"}
+        if not accepted:
+            raise ReviewError(
+                f"{path} holds no pair the oracle accepted ({len(decisions)} oracle decisions); run "
+                f"`python -m data_synthesis oracle-review {dataset_dir}` first"
+            )
+        frame = dataset[dataset["pair_id"].isin(accepted)]
+    elif all_pairs:
         frame = dataset.assign(_later=~unreviewed).sort_values("_later", kind="stable")
     else:
         frame = dataset[unreviewed]
@@ -149,13 +168,14 @@ def create_app(
     db_path: str | os.PathLike | None = None,
     reviewer: str | None = None,
     all_pairs: bool = False,
+    oracle_accepted: bool = False,
     token: str | None = None,
 ) -> Flask:
     """The review app over `dataset_dir`, with decisions in `db_path` (default DIR/review.sqlite). `reviewer` is
     the name used when the page URL gives none (`/?reviewer=NAME`); `token`, when given, is required on every
     request."""
     dataset_dir = Path(dataset_dir)
-    pairs = load_review_pairs(dataset_dir, all_pairs=all_pairs)
+    pairs = load_review_pairs(dataset_dir, all_pairs=all_pairs, oracle_accepted=oracle_accepted, db_path=db_path)
     by_id = {pair.pair_id: pair for pair in pairs}
     default_reviewer = None if reviewer is None else check_reviewer(reviewer)
     store = ReviewStore(dataset_dir / DB_NAME if db_path is None else db_path)
@@ -310,6 +330,7 @@ def serve(
     db_path: str | os.PathLike | None = None,
     reviewer: str | None = None,
     all_pairs: bool = False,
+    oracle_accepted: bool = False,
 ) -> None:
     """Serve the review app until interrupted (threaded: several reviewers at once)."""
     if not 0 <= port <= 65535:
@@ -319,7 +340,14 @@ def serve(
     except (socket.gaierror, UnicodeError) as error:
         raise ReviewError(f"--host {host!r} does not resolve to an address to listen on: {error}") from None
     token, generated = access_token(host, os.environ)
-    app = create_app(dataset_dir, db_path=db_path, reviewer=reviewer, all_pairs=all_pairs, token=token)
+    app = create_app(
+        dataset_dir,
+        db_path=db_path,
+        reviewer=reviewer,
+        all_pairs=all_pairs,
+        oracle_accepted=oracle_accepted,
+        token=token,
+    )
     try:
         server = make_server(host, port, app, threaded=True)
     except OSError as error:

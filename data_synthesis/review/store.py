@@ -5,6 +5,10 @@ Concurrency: every call opens its own connection (safe across threads and forked
 WAL mode (readers never block the one writer), and each write is one statement in its own transaction with a busy
 timeout, so reviewers working at once queue for a few milliseconds instead of losing a decision.
 
+A decision may carry a `reason`: why the reviewer decided so, in a word. The SpatialWorld oracle reviewing as
+`oracle` (`data_synthesis.oracle_review`) records the first check a pair fails there (`None` when it accepts); the
+review app leaves it empty. Databases written before the column existed gain it on first open.
+
 Undo supersedes instead of deleting: the row gets `undone_at`, and only rows without it count. A partial unique
 index allows at most one counting decision per (reviewer, pair); deciding a pair twice is refused.
 """
@@ -25,6 +29,7 @@ CHOICES = ("left", "right", "neither", "both", "flag")  # what the reviewer says
 VERDICTS = ("perfect", "perturbed", "neither", "both", "flag")  # the same, independent of the order shown
 SIDES = ("left", "right")
 DB_NAME = "review.sqlite"  # in the dataset dir, unless told otherwise
+ORACLE_REVIEWER = "oracle"  # the SpatialWorld oracle's name as a reviewer (data_synthesis.oracle_review)
 BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
@@ -36,12 +41,13 @@ CREATE TABLE IF NOT EXISTS decisions (
     perfect_side TEXT NOT NULL CHECK (perfect_side IN ('left', 'right')),
     verdict TEXT NOT NULL CHECK (verdict IN ('perfect', 'perturbed', 'neither', 'both', 'flag')),
     decided_at TEXT NOT NULL,
-    undone_at TEXT
+    undone_at TEXT,
+    reason TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_counting_decision ON decisions (reviewer, pair_id) WHERE undone_at IS NULL;
 CREATE INDEX IF NOT EXISTS by_reviewer ON decisions (reviewer, id);
 """
-_COLUMNS = "id, reviewer, pair_id, choice, perfect_side, verdict, decided_at, undone_at"
+_COLUMNS = "id, reviewer, pair_id, choice, perfect_side, verdict, decided_at, undone_at, reason"
 
 
 class Decision(NamedTuple):
@@ -53,6 +59,7 @@ class Decision(NamedTuple):
     verdict: str  # one of VERDICTS: "perfect" when the reviewer chose the perfect image
     decided_at: str  # ISO 8601, UTC
     undone_at: str | None  # set by undo; such a decision no longer counts
+    reason: str | None = None  # why (the oracle's failed check); None for people
 
 
 class ReviewError(ValueError):
@@ -98,6 +105,9 @@ class ReviewStore:
         with self._connect() as connection:
             connection.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the database file
             connection.executescript(_SCHEMA)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(decisions)")}
+            if "reason" not in columns:  # a database from before the reason column
+                connection.execute("ALTER TABLE decisions ADD COLUMN reason TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -108,17 +118,20 @@ class ReviewStore:
         finally:
             connection.close()
 
-    def decide(self, *, reviewer: str, pair_id: str, choice: str, shown_perfect_side: str) -> Decision:
-        """Record a decision. Raises AlreadyDecided if this reviewer has a counting decision for the pair."""
+    def decide(
+        self, *, reviewer: str, pair_id: str, choice: str, shown_perfect_side: str, reason: str | None = None
+    ) -> Decision:
+        """Record a decision (with an optional `reason`). Raises AlreadyDecided if this reviewer has a counting
+        decision for the pair."""
         if shown_perfect_side not in SIDES:
             raise ValueError(f"perfect side must be left or right; got {shown_perfect_side!r}")
         verdict = verdict_of(choice, shown_perfect_side)
         try:
             with self._connect() as connection:
                 row = connection.execute(
-                    f"INSERT INTO decisions (reviewer, pair_id, choice, perfect_side, verdict, decided_at) "
-                    f"VALUES (?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
-                    (reviewer, pair_id, choice, shown_perfect_side, verdict, _now()),
+                    f"INSERT INTO decisions (reviewer, pair_id, choice, perfect_side, verdict, decided_at, reason) "
+                    f"VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {_COLUMNS}",
+                    (reviewer, pair_id, choice, shown_perfect_side, verdict, _now(), reason),
                 ).fetchone()
         except sqlite3.IntegrityError as error:
             raise AlreadyDecided(f"{reviewer} has already decided pair {pair_id}; undo that decision first") from error

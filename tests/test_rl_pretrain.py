@@ -191,3 +191,65 @@ def test_pretrain_command_warm_starts_from_a_saved_pipeline(small_dataset, tmp_p
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path)])
     assert "is not a saved pipeline" in capsys.readouterr().err
+
+
+def _role_swap_distance(pipeline) -> tuple[float, float]:
+    """Distance between the T5 features of "the A is left of the B" and "the B is left of the A" (the same words, as
+    the transformer reads them: a set, Flux's text tokens have no position), and of a changed relation word."""
+    policy = FluxPolicy(pipeline, max_sequence_length=97)
+    prompts = [
+        "The red circle is to the left of the blue square.",
+        "The blue square is to the left of the red circle.",
+        "The red circle is to the right of the blue square.",
+    ]
+    length = len(pipeline.tokenizer_2(prompts[0]).input_ids)
+    first, swapped, changed = (features[:length] for features in policy.encode_prompts(prompts).prompt_embeds)
+
+    def set_distance(x, y):
+        distances = torch.cdist(x, y)
+        return 0.5 * (distances.min(0).values.mean() + distances.min(1).values.mean()).item()
+
+    return set_distance(first, swapped), set_distance(first, changed)
+
+
+def test_redrawn_text_position_bias_makes_t5_features_carry_word_order():
+    from rl_policy.pretrain import redraw_text_position_bias
+
+    pipeline = build_tiny_flux_pipeline()
+    t5 = pipeline.text_encoder_2
+    bias = t5.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+    others = {name: p.detach().clone() for name, p in t5.named_parameters() if "relative_attention_bias" not in name}
+    assert bias.std().item() < 0.2  # T5's own init: d_model ** -0.5 = .125
+    swapped_before, changed_before = _role_swap_distance(pipeline)
+    redraw_text_position_bias(pipeline, 2.0, seed=5)
+    assert 1.6 < bias.std().item() < 2.4 and bias.shape == (32, 4)
+    assert torch.equal(bias, torch.randn(32, 4, generator=torch.Generator().manual_seed(5)) * 2.0)
+    assert all(torch.equal(p, others[name]) for name, p in t5.named_parameters() if name in others)
+    swapped_after, changed_after = _role_swap_distance(pipeline)
+    # swapped roles: from a small fraction of a changed relation word's distance to a comparable one
+    assert swapped_before < 0.3 * changed_before and swapped_after > 0.6 * changed_after
+    assert swapped_after > 4 * swapped_before
+    with pytest.raises(ValueError, match="std must be positive"):
+        redraw_text_position_bias(pipeline, 0.0)
+
+
+def test_pretrain_command_redraws_the_text_position_bias_and_keeps_it_on_resume(small_dataset, tmp_path, capsys):
+    from rl_policy.__main__ import main
+
+    args = ["pretrain", "--data", str(small_dataset), "--out", str(tmp_path / "gen"), "--steps", "1"]
+    args += ["--batch-size", "4", "--eval-prompts", "1", "--eval-steps", "1", "--max-prompt-tokens", "160"]
+    args += ["--decay-steps", "0", "--warmup-steps", "1", "--text-position-bias-std", "3", "--seed", "2"]
+    expected = torch.randn(32, 4, generator=torch.Generator().manual_seed(2)) * 3.0
+
+    def read_bias() -> torch.Tensor:
+        t5 = load_pipeline(tmp_path / "gen" / "pipeline").text_encoder_2
+        return t5.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+
+    main(args)
+    assert torch.equal(read_bias(), expected)
+    main([*args[:6], "2", *args[7:]])  # resumes last.ckpt (which holds no frozen encoder): the same bias rebuilt
+    assert json.loads((tmp_path / "gen" / "pipeline" / "pretrain_metrics.json").read_text())["steps"] == 2
+    assert torch.equal(read_bias(), expected)
+    with pytest.raises(SystemExit):
+        main([*args, "--init-from", str(tmp_path / "gen" / "pipeline")])
+    assert "cannot be combined with --init-from" in capsys.readouterr().err

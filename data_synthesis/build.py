@@ -461,7 +461,7 @@ def build(
         return BuildResult(out_dir, meta["counts"], 0.0)
 
     start = time.perf_counter()
-    for stale in [*out_dir.glob(".*.tmp"), *out_dir.glob("images/*/.*.tmp")]:
+    for stale in [*out_dir.glob(".*.tmp"), *out_dir.glob("images/*/.*.tmp"), *out_dir.glob(f"{BEST_OF_DIR}/.*.tmp")]:
         stale.unlink()
     existing = sum(1 for _ in out_dir.glob("images/*/*.png"))
     log_extra: dict = {}

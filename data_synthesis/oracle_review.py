@@ -148,17 +148,17 @@ def pair_graph(row: dict) -> PairGraph:
 
 
 def _judge_row(row: dict, dataset_dir: Path, graph: PairGraph) -> PairJudgement:
-    readings = []
+    images = []
     for column in ("perfect_image", "perturbed_image"):
         try:
             with Image.open(dataset_dir / row[column]) as handle:
-                image = handle.convert("RGB")
+                images.append(handle.convert("RGB"))
         except (OSError, SyntaxError, ValueError):
             return PairJudgement(False, "image_unreadable", "flag")
-        try:
-            readings.append(read_image(image, graph.relations, graph.colours))
-        except Exception:  # noqa: BLE001 - any detector failure on one image rejects that pair, never the review
-            return PairJudgement(False, "detector_failed", "flag")
+    try:
+        readings = [read_image(image, graph.relations, graph.colours) for image in images]
+    except Exception:  # noqa: BLE001 - any detector failure on one image rejects that pair, never the review
+        return PairJudgement(False, "detector_failed", "flag")
     return judge_pair(*readings, graph.broken, str(row.get("kind") or "generated"))
 
 

@@ -94,7 +94,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scorer-rows", type=int, default=0, help="rows of varied length through SpatialScorer")
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="SpatialScorer's token budget per pass")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda", help="cuda; cpu only with --size tiny (a dry run)")
     args = parser.parse_args(argv)
+    if args.device != "cuda" and args.size != "tiny":
+        parser.error("--device other than cuda is for a dry run with --size tiny")
     for name in ("pairs", "image_pixels", "prompt_words", "train_steps", "score_batch", "score_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -282,9 +285,9 @@ def time_scorer(network: SpatialScore, args: argparse.Namespace, device: torch.d
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
-    if not torch.cuda.is_available():
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench/reward_gpu.py needs a CUDA GPU: torch.cuda.is_available() is False on this machine")
-    device = torch.device("cuda")
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     network = build_on_meta(args)
@@ -298,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     materialize_seconds = time.perf_counter() - start
     report = {
         "model": "Qwen2.5-VL-7B (random weights)" if args.size == "7b" else "tiny",
-        "device": torch.cuda.get_device_name(device),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "parameters": parameters,
         "lora_rank": args.lora_rank,
         "pairs_per_step": args.pairs,
@@ -309,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "compile": args.compile,
         "build_meta_seconds": meta_seconds,
         "materialize_seconds": materialize_seconds,
-        "weights_memory_gib": torch.cuda.memory_allocated(device) / 2**30,
+        "weights_memory_gib": torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
     report |= time_training(network, args, device)
     report |= time_scoring(network, args, device)

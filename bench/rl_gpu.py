@@ -236,17 +236,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
             return_dict=False,
         )[0]
 
-    # --- warm-up: one forward (and backward) at each batch size, so compilation and autotuning are not timed ----
-    warm = torch.randn(args.train_batch, tokens, channels, device=device).to(torch.bfloat16)
+    # --- warm-up: sampling forwards at each batch size (the training pass warms up below), so that compilation and
+    # autotuning are not timed
     with torch.no_grad():
-        sizes = {min(args.sample_batch, args.group), args.group % args.sample_batch} - {0}
-        for size in sizes:
-            velocity(warm[:1].expand(size, -1, -1), sigmas[1].expand(size))
-        with reference_policy(transformer):
-            velocity(warm, sigmas[1].expand(args.train_batch))
-    with torch.autocast(device.type, dtype=torch.bfloat16):
-        velocity(warm, sigmas[1].expand(args.train_batch)).float().square().mean().backward()
-    transformer.zero_grad(set_to_none=True)
+        for size in {min(args.sample_batch, args.group), args.group % args.sample_batch} - {0}:
+            warm = torch.randn(size, tokens, channels, device=device).to(torch.bfloat16)
+            velocity(warm, sigmas[0].expand(size))
 
     # --- sampling one group --------------------------------------------------------------------------------------
     generator = torch.Generator(device=device).manual_seed(0)
@@ -299,12 +294,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     pairs = [(sample, step) for sample in range(kept) for step in second]
     optimizer = torch.optim.AdamW(list(trainable_parameters(transformer).values()), lr=3e-4)
     advantages = torch.linspace(-1, 1, kept, device=device)
-    synchronize(device)
-    print(f"critic scored the group in {scoring_seconds} s", file=sys.stderr, flush=True)
-    reset_peak(device)
-    start = time.perf_counter()
-    for first in range(0, len(pairs), args.train_batch):
-        chunk = pairs[first : first + args.train_batch]
+
+    def train_chunk(chunk: list[tuple[int, int]]) -> None:
+        """Forward and backward of one micro-batch of (sample, step) pairs, gradients accumulated."""
         samples = torch.tensor([s for s, _ in chunk], device=device)
         steps = torch.tensor([t for _, t in chunk], device=device)
         if args.objective == "nft":  # re-noise the final latents; copy d at the sigma of step d mod (steps - 1)
@@ -322,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     optimality_probability(advantages[samples], 5.0),
                 )
             (5.0 * terms.loss.mean() * len(chunk) / len(pairs)).backward()
-            continue
+            return
         latents, following = states[samples, steps], states[samples, steps + 1]
         sigma, sigma_next = sigmas[steps], sigmas[steps + 1]
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -337,6 +329,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
                     )
                 loss = loss + args.beta * kl_to_reference(step, reference.mean, args.kl_form).mean()
         (loss * len(chunk) / len(pairs)).backward()
+
+    chunks = [pairs[first : first + args.train_batch] for first in range(0, len(pairs), args.train_batch)]
+    for chunk in {len(chunk): chunk for chunk in chunks}.values():  # warm-up at each micro-batch size, untimed
+        train_chunk(chunk)
+    transformer.zero_grad(set_to_none=True)
+    synchronize(device)
+    print(f"critic scored the group in {scoring_seconds} s", file=sys.stderr, flush=True)
+    reset_peak(device)
+    start = time.perf_counter()
+    for chunk in chunks:
+        train_chunk(chunk)
     optimizer.step()
     synchronize(device)
     training_seconds = time.perf_counter() - start

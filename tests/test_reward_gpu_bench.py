@@ -46,7 +46,7 @@ def test_exits_with_a_clear_message_without_cuda(bench):
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_materialize_initialises_a_meta_model_like_its_builder(bench):
+def test_materialize_initialises_a_meta_model_like_its_builder(bench, tmp_path):
     args = bench.parse_args(
         ["--size", "tiny", "--lora-rank", "4", "--image-pixels", "12544", "--prompt-words", "8"]
         + ["--train-steps", "1", "--warmup-steps", "0", "--score-batch", "2", "--score-batches", "1"]
@@ -105,6 +105,19 @@ def test_materialize_initialises_a_meta_model_like_its_builder(bench):
         args.scorer_rows, args.max_batch_tokens = 3, budget
         scorer = bench.time_scorer(network.float(), args, torch.device("cpu"))
         assert scorer["scorer_images_per_second"] > 0 and scorer["scorer_max_batch_tokens"] == budget
+    # bench/gpu_check.sh's table of such a report
+    report = {"device": "cpu", "pairs_per_step": 2, "gradient_checkpointing": True, "prompt_words": 8}
+    report |= training | scoring | scorer
+    (tmp_path / "reward-after.json").write_text(json.dumps(report))
+    spec = importlib.util.spec_from_file_location("gpu_table", SCRIPT.with_name("gpu_table.py"))
+    gpu_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_table)
+    rows = gpu_table.table(tmp_path).splitlines()[2:5]
+    assert [row.split(" | ")[1] for row in rows] == [
+        "SpatialScore 7B training, 2 pairs per step, checkpointing",
+        "SpatialScore 7B scoring, batch 2",
+        "SpatialScorer, 3 rows of 10-8 words, buckets of <= 400 tokens",
+    ]
 
 
 @pytest.mark.usefixtures("one_thread")

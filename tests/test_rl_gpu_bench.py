@@ -6,6 +6,7 @@ on the tiny transformer and against hand values for FLUX.1-dev. The full-size ru
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_arguments_and_errors(bench, capsys):
         ("grpo", 2, ["--training-attention", "flash", "--sampling-attention", "flash", "--train-batch", "1"]),
     ],
 )
-def test_tiny_path_on_cpu(bench, objective, pairs, switches):
+def test_tiny_path_on_cpu(bench, objective, pairs, switches, tmp_path):
     # GRPO: 2 kept samples x 1 SDE step; NFT: 2 kept samples x 3 noised copies
     result = bench.main(
         ["--size", "tiny", "--no-critic", "--device", "cpu", "--resolution", "32", "--group", "2"]
@@ -57,6 +58,13 @@ def test_tiny_path_on_cpu(bench, objective, pairs, switches):
     per_pair = 3 * adapted if objective == "nft" else 2 * adapted + (base if "--beta" not in switches else 0)
     assert result["training_flop"] == pairs * per_pair
     assert result["end_to_end_seconds"] >= result["sampling_seconds_per_group"]
+    # bench/gpu_check.sh's table of this run, beside a run that left only a log
+    (tmp_path / "policy-after.json").write_text(json.dumps(result))
+    (tmp_path / "policy-compiled.log").write_text("Traceback ...\ntorch.OutOfMemoryError: CUDA out of memory\n")
+    table = bench.load_sibling("gpu_table").table(tmp_path).splitlines()
+    assert len(table) == 2 + 2 + 1 + 2 and table[-1].startswith("Device: cpu")
+    assert table[2].startswith("| policy-after | GRPO sampling, group 2 x 2 steps") and table[3].endswith("% |  |")
+    assert table[4] == "| policy-compiled | no result: torch.OutOfMemoryError: CUDA out of memory | | | | |"
 
 
 @pytest.mark.slow  # inductor compiles the two block classes

@@ -1,10 +1,12 @@
 """Reward-model speed on this machine: scoring throughput batched vs one pair at a time, and training step time.
 
-Run with `make bench` (or `python bench/reward_speed.py --help`). The network is the one a config names
-(default `configs/reward/tiny.yaml`, built exactly as `fit` builds it), scored through `SpatialScorer` (the path
-the RL critic and the benchmarks use) on SpatialWorld pairs: the test split of `--dataset` when it exists, otherwise
-a small dataset built into a temporary directory. Prints one line per measurement and the batched / one-at-a-time
-ratio. Timings come from one run each, after a warm-up: read them as rough numbers.
+Run with `make bench` (or `python bench/reward_speed.py --help`). The network is the one a config names (default
+`configs/reward/tiny.yaml`, built exactly as `fit` builds it), scored through `SpatialScorer` (the path the RL critic
+and the benchmarks use) on SpatialWorld pairs: the test split of `--dataset` when it exists, otherwise a small dataset
+built into a temporary directory. Prints one line per measurement and the batched / one-at-a-time ratio, and the ratio
+of length buckets under a token budget (`SpatialScorer(max_batch_tokens=...)`, default budget batch size x the median
+row length, so batches hold the same tokens on average) to fixed batches. Timings come from one run each, after a
+warm-up: read them as rough numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import yaml
 from data_synthesis.build import BuildConfig, build
 from reward_model.data import PairCollator, PairwiseDataModule
 from reward_model.module import RewardModule
-from reward_model.scorer import SpatialScorer
+from reward_model.scorer import SpatialScorer, to_pil
 
 
 def instantiate(spec: dict[str, Any]) -> Any:
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=Path("data/spatialworld"), help="a SpatialWorld dataset dir")
     parser.add_argument("--rows", type=int, default=256, help="(prompt, image) rows to score")
     parser.add_argument("--batch-size", type=int, default=32, help="rows per forward pass when batched")
+    parser.add_argument("--max-batch-tokens", type=int, default=None, help="token budget (default: see above)")
     parser.add_argument("--train-pairs", type=int, default=8, help="pairs per training step")
     parser.add_argument("--train-steps", type=int, default=10, help="timed training steps")
     args = parser.parse_args()
@@ -103,6 +106,16 @@ def main() -> None:
         print(f"  scoring, batch {args.batch_size:3d}: {batched:8.1f} images/s")
         print(f"  scoring, batch   1: {single:8.1f} images/s")
         print(f"  batched / one at a time: {batched / single:.2f}x")
+        if args.max_batch_tokens is None:
+            costs = [scorer._cost(prompt, to_pil(image)) for prompt, image in zip(prompts, images, strict=True)]
+            args.max_batch_tokens = args.batch_size * int(statistics.median(costs))
+        bucketed_scorer = SpatialScorer.from_network(network, max_batch_tokens=args.max_batch_tokens)
+        bucketed = time_scoring(bucketed_scorer, prompts, images, 4 * args.batch_size)
+        print(
+            f"  scoring, buckets of <= {args.max_batch_tokens} tokens (<= {4 * args.batch_size} rows): "
+            f"{bucketed:8.1f} images/s"
+        )
+        print(f"  token-budget buckets / batches of {args.batch_size}: {bucketed / batched:.2f}x")
 
         datamodule = PairwiseDataModule(directory, network.processor, batch_size=args.train_pairs, orientation="both")
         datamodule.setup("test" if (frame["split"] == "test").any() else None)

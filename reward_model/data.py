@@ -417,6 +417,9 @@ class PairwiseDataModule(LightningDataModule):
     max_prompt_tokens: prompts longer than this are truncated, keeping the reward token last (`encode`), with a
         warning counting them per split; None takes the network's `max_prompt_tokens` (no limit if it has none).
     seed: shuffling of the training pairs.
+    extra_dataset_dirs: more dataset dirs whose pairs join each split of `dataset_dir`'s (e.g. the generated pairs
+        of `make data-generated` beside the renders), each row keeping its `kind`. Omission pairs re-render only
+        `dataset_dir`'s rows, with its meta.json's render settings. Pair ids must be unique across the dirs.
     """
 
     def __init__(
@@ -436,6 +439,7 @@ class PairwiseDataModule(LightningDataModule):
         max_prompt_tokens: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        extra_dataset_dirs: Sequence[str | os.PathLike] = (),
     ) -> None:
         super().__init__()
         if orientation not in ORIENTATIONS:
@@ -448,6 +452,7 @@ class PairwiseDataModule(LightningDataModule):
         if unknown:
             raise ValueError(f"degrade_splits {unknown} are not splits; splits are {SPLITS}")
         self.dataset_dir = Path(dataset_dir)
+        self.extra_dataset_dirs = tuple(Path(directory) for directory in extra_dataset_dirs)
         self.processor = load_processor(processor) if isinstance(processor, str | os.PathLike) else processor
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -474,6 +479,16 @@ class PairwiseDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._frame is None:
             self.meta, frame = load_pairs(self.dataset_dir)
+            frame = frame.assign(source_dir=str(self.dataset_dir))
+            if self.extra_dataset_dirs:
+                frames = [frame] + [load_pairs(d)[1].assign(source_dir=str(d)) for d in self.extra_dataset_dirs]
+                frame = pd.concat(frames, ignore_index=True)
+                repeated = frame["pair_id"][frame["pair_id"].duplicated()]
+                if not repeated.empty:
+                    raise DatasetError(
+                        f"pair id {repeated.iloc[0]!r} appears in more than one of the dataset dirs "
+                        f"{[str(self.dataset_dir), *map(str, self.extra_dataset_dirs)]}"
+                    )
             if self.review_statuses is not None:
                 frame = frame[frame["review_status"].isin(self.review_statuses)]
             self._frame = frame
@@ -519,12 +534,12 @@ class PairwiseDataModule(LightningDataModule):
                 pair_id=str(row.pair_id),
                 prompt=str(row.prompt),
                 perturbed_prompt=str(row.perturbed_prompt),
-                perfect_image=self.dataset_dir / row.perfect_image,
-                perturbed_image=self.dataset_dir / row.perturbed_image,
+                perfect_image=Path(row.source_dir) / row.perfect_image,
+                perturbed_image=Path(row.source_dir) / row.perturbed_image,
                 num_broken=int(row.num_broken),
                 broken_families=str(row.broken_families),
                 kind=str(row.kind),
-                **_scene_fields(row),
+                **(_scene_fields(row) if row.source_dir == str(self.dataset_dir) else {}),
             )
             for row in rows.itertuples(index=False)
         ]

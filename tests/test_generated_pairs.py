@@ -9,6 +9,7 @@ is not a pipeline, and a build where nothing is accepted."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from data_synthesis.dataset_source import DatasetPromptSource
 from data_synthesis.generators import DiffusersGenerator, SamplerSpec
 from data_synthesis.oracle_review import oracle_review, pair_graph, prefers, read_image
 from data_synthesis.render import render
-from data_synthesis.verify import load_pairs
-from reward_model.data import PairRecord, PairwiseDataset
+from data_synthesis.verify import DatasetError, load_pairs
+from reward_model.data import PairCollator, PairRecord, PairwiseDataModule, PairwiseDataset
 from rl_policy import build_tiny_flux_pipeline
 from rl_policy.policy import FluxPolicy
 from rl_policy.rollout import initial_noise, sample_ode, sample_trajectories
@@ -179,6 +180,33 @@ def test_ranked_pairs_put_the_preferred_sample_first(tmp_path, one_thread):
     assert {both[i].kind for i in range(len(both))} == {"ranked"} and len(PairwiseDataset(records, "reversed")) == 0
     skipped = json.loads((out / "meta.json").read_text())["counts"]["skipped"]
     assert len(frame) + skipped.get("no_ordered_samples", 0) == CONFIG.num_pairs
+
+
+def test_the_critics_loader_reads_renders_and_generated_pairs_with_their_kind(
+    small_dataset, processor, tmp_path, one_thread
+):
+    generated = tmp_path / "generated"
+    all_train = BuildConfig(num_pairs=12, seed=2, min_objects=3, max_objects=3, max_broken=1, split_fractions=(1, 0, 0))
+    _build(generated, best_of=BestOf(max_tries=4, ranked_fraction=0.5), config=all_train)
+    _, renders = load_pairs(small_dataset)
+    _, drawn = load_pairs(generated)
+    assert set(drawn["kind"]) == {"generated", "ranked"}  # review_status "oracle": loaded by default
+    module = PairwiseDataModule(small_dataset, processor, orientation="both", extra_dataset_dirs=[generated])
+    module.setup("fit")
+    train = module.records["train"]
+    expected = Counter(renders.loc[renders["split"] == "train", "kind"])
+    expected.update(drawn.loc[drawn["split"] == "train", "kind"])
+    assert Counter(record.kind for record in train) == expected and expected["ranked"] > 0
+    assert all(r.perfect_image.parent.parent.parent == generated for r in train if r.kind != "render")
+    assert all(r.perfect_scene is None for r in train if r.kind != "render")  # omission re-renders renders only
+    dataset = module.dataset("train")
+    assert len(dataset) == 2 * len(train) - expected["ranked"]  # ranked pairs: forward only
+    examples = [dataset[i] for i in range(len(dataset))]
+    assert not any(e.is_reversed for e in examples if e.kind == "ranked")
+    batch = PairCollator(processor)(examples[-6:])
+    assert batch.kinds == [e.kind for e in examples[-6:]] and batch.num_pairs == 6
+    with pytest.raises(DatasetError, match="appears in more than one of the dataset dirs"):
+        PairwiseDataModule(small_dataset, processor, extra_dataset_dirs=[small_dataset]).setup("fit")
 
 
 def test_kinds_are_drawn_by_hash_at_the_requested_fraction():

@@ -15,7 +15,10 @@ scene's prompt, the perturbed image must win) and writes `export_checkpoint(...)
   test ECE at it;
 - `std_error_auroc`, `num_misordered`: how well V = std_w^2 + std_l^2 flags the misordered pairs (AUROC) among those
   same pairs, and how many there are;
-- `train_seconds` (fit start to fit end, before this pass), `num_test_pairs`.
+- `train_seconds` (fit start to fit end, before this pass), `num_test_pairs`;
+- `pairwise_accuracy_by_kind`, `num_test_pairs_by_kind` (render, generated, ranked) and, where the split has the
+  generator's own images, `generated_pairwise_accuracy` (forward readings of every non-render pair);
+- with `agreement_set`: the critic-oracle agreement on the generator's own samples (reward_model.agreement).
  The pass runs on rank 0 with the plain network, so it
 suits single-process and DDP training; under FSDP (a sharded network) it is skipped with a message saying how to
 export the last full checkpoint with `python -m reward_model export`.
@@ -42,17 +45,20 @@ from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 
+from reward_model.agreement import agreement_metrics, load_agreement_set
 from reward_model.calibration import expected_calibration_error, fit_temperature, std_error_auroc, win_probability
 from reward_model.data import PairCollator, PairRecord, PairwiseDataModule, PairwiseDataset
 from reward_model.export import export_checkpoint
 from reward_model.model import SpatialScore
 from reward_model.module import BROKEN_GROUPS, correct_pairs, counts_by_broken
+from reward_model.scorer import SpatialScorer
 from reward_model.tokenizer import SpatialScoreProcessor
 from shared import stable_seed
 
 
 class PairScores(NamedTuple):
-    """Scores of pairs in both orientations, index 2i forward and 2i + 1 reversed; every field has 2P rows."""
+    """Scores of pairs in both orientations where they have two (a ranked pair has only its forward reading); every
+    field has one row per reading."""
 
     mean_w: torch.Tensor
     std_w: torch.Tensor
@@ -61,12 +67,18 @@ class PairScores(NamedTuple):
     is_reversed: torch.Tensor  # bool
     num_broken: torch.Tensor  # long
     pair_ids: list[str]
+    kinds: list[str]  # render | generated | ranked, per reading
 
     def one_orientation(self, seed: int) -> torch.Tensor:
-        """[2P] bool: one orientation per pair, drawn from its id, so that calibration sees both readings without
-        counting a pair twice."""
-        drawn = torch.tensor([stable_seed("ece", seed, pair_id) % 2 == 1 for pair_id in self.pair_ids])
-        return drawn == self.is_reversed
+        """[R] bool: one reading per pair, the orientation drawn from its id where it has both, so that calibration
+        sees both readings without counting a pair twice."""
+        two = {pair_id for pair_id, flag in zip(self.pair_ids, self.is_reversed.tolist(), strict=True) if flag}
+        return torch.tensor(
+            [
+                pair_id not in two or (stable_seed("ece", seed, pair_id) % 2 == 1) == flag
+                for pair_id, flag in zip(self.pair_ids, self.is_reversed.tolist(), strict=True)
+            ]
+        )
 
     def select(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.mean_w[rows], self.std_w[rows], self.mean_l[rows], self.std_l[rows]
@@ -86,14 +98,14 @@ def score_pairs(
     if not records:
         raise ValueError("no pairs to evaluate: the split is empty")
     loader = DataLoader(
-        PairwiseDataset(records, "both"),  # index 2i forward, 2i + 1 reversed
+        PairwiseDataset(records, "both"),  # each pair forward, then reversed where it has that reading
         batch_size=2 * batch_size,
         collate_fn=PairCollator(processor, system_prompt, getattr(network, "max_prompt_tokens", None)),
     )
     device = next(network.parameters()).device
     was_training = network.training
     network.eval()
-    scores, reversed_flags, num_broken, pair_ids = [], [], [], []
+    scores, reversed_flags, num_broken, pair_ids, kinds = [], [], [], [], []
     try:
         for batch in loader:
             mean, std = network(**{name: tensor.to(device) for name, tensor in batch.inputs.items()})  # [2B], [2B]
@@ -103,10 +115,11 @@ def score_pairs(
             reversed_flags.append(batch.is_reversed)
             num_broken.append(batch.num_broken)
             pair_ids += batch.pair_ids
+            kinds += batch.kinds
     finally:
         network.train(was_training)
     mean_w, std_w, mean_l, std_l = torch.cat(scores, dim=1)  # each [2P]
-    return PairScores(mean_w, std_w, mean_l, std_l, torch.cat(reversed_flags), torch.cat(num_broken), pair_ids)
+    return PairScores(mean_w, std_w, mean_l, std_l, torch.cat(reversed_flags), torch.cat(num_broken), pair_ids, kinds)
 
 
 def pair_metrics(
@@ -129,8 +142,14 @@ def pair_metrics(
     }
     chosen = scores.one_orientation(seed)  # [2P], P of them true
     auroc, errors = std_error_auroc(*scores.select(chosen))
+    kinds = np.array(scores.kinds)
+    by_kind = {
+        kind: correct[forward & torch.from_numpy(kinds == kind)].float().mean().item() for kind in sorted(set(kinds))
+    }
     metrics = {
         "pairwise_accuracy": correct[forward].float().mean().item(),
+        "pairwise_accuracy_by_kind": by_kind,
+        "num_test_pairs_by_kind": {kind: int((forward & torch.from_numpy(kinds == kind)).sum()) for kind in by_kind},
         "pairwise_accuracy_by_broken": by_broken,
         "pairwise_accuracy_reversed": correct[scores.is_reversed].float().mean().item(),
         "ece": expected_calibration_error(win_probability(*scores.select(chosen), loss), num_bins),
@@ -138,8 +157,11 @@ def pair_metrics(
         "probability_model": loss,
         "std_error_auroc": auroc,
         "num_misordered": errors,
-        "num_test_pairs": len(scores.pair_ids) // 2,
+        "num_test_pairs": int(forward.sum()),
     }
+    generated = forward & torch.from_numpy(kinds != "render")
+    if generated.any():  # the generator's own images (best-of-N pairs and ranked pairs), issue 18
+        metrics["generated_pairwise_accuracy"] = correct[generated].float().mean().item()
     if calibration_scores is not None:
         temperature = fit_temperature(*calibration_scores.select(calibration_scores.one_orientation(seed)), loss)
         probability = win_probability(*scores.select(chosen), loss, temperature=temperature)
@@ -177,6 +199,10 @@ class ExportRewardCheckpoint(Callback):
     ece_bins: confidence bins of the ECE.
     seed: draws each pair's orientation for the ECE.
     calibration_split: the split the temperature is fitted on (None: no temperature); must differ from `split`.
+    agreement_set: an agreement set dir (`python -m rl_policy draw`: groups of the generator's samples of held-out
+        prompts with the oracle's labels); its critic-oracle agreement metrics (reward_model.agreement) join
+        metrics.json. Checked when the fit starts, so a bad path fails before training.
+    agreement_top_k: k of the top-k vs bottom-k agreement (GRPO's filter: 6 of 24).
     """
 
     def __init__(
@@ -188,7 +214,11 @@ class ExportRewardCheckpoint(Callback):
         ece_bins: int = 10,
         seed: int = 0,
         calibration_split: str | None = "val",
+        agreement_set: str | None = None,
+        agreement_top_k: int = 6,
     ) -> None:
+        if agreement_top_k < 1:
+            raise ValueError(f"agreement_top_k must be positive, got {agreement_top_k}")
         if max_pairs is not None and max_pairs < 1:
             raise ValueError(f"max_pairs must be positive or None, got {max_pairs}")
         if calibration_split is not None and calibration_split == split:
@@ -200,6 +230,7 @@ class ExportRewardCheckpoint(Callback):
         self.ece_bins = ece_bins
         self.seed = seed
         self.calibration_split = calibration_split
+        self.agreement_set, self.agreement_top_k = agreement_set, agreement_top_k
         self.resolved_config: dict[str, Any] | None = None  # set by the CLI: kept in the export's config.json
         self.exported_to: Path | None = None
         self._fit_started: float | None = None
@@ -209,6 +240,8 @@ class ExportRewardCheckpoint(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fit_started = time.perf_counter()
+        if self.agreement_set is not None:
+            load_agreement_set(self.agreement_set)  # a missing or malformed set fails now, not after training
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         train_seconds = time.perf_counter() - self._fit_started
@@ -241,6 +274,15 @@ class ExportRewardCheckpoint(Callback):
                 calibration_records=calibration,
             )
             metrics |= {"train_seconds": train_seconds, "split": self.split, "global_step": trainer.global_step}
+            if self.agreement_set is not None:
+                scorer = SpatialScorer.from_network(
+                    pl_module.network,
+                    device=next(pl_module.network.parameters()).device,
+                    batch_size=self.batch_size,
+                    system_prompt=datamodule.system_prompt,
+                )
+                metrics |= agreement_metrics(scorer, load_agreement_set(self.agreement_set), top_k=self.agreement_top_k)
+                metrics["agreement_set"] = str(self.agreement_set)
             self.exported_to = export_checkpoint(
                 pl_module.network,
                 self.export_dir(trainer),

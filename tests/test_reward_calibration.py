@@ -70,6 +70,7 @@ def test_pair_metrics_counts_accuracy_by_orientation_and_fits_on_the_calibration
         is_reversed=torch.tensor([False, True, False, True]),
         num_broken=torch.tensor([1, 1, 2, 2]),
         pair_ids=["a", "a", "b", "b"],
+        kinds=["render"] * 4,
     )
     metrics = pair_metrics(scores, loss="bradley_terry", calibration_scores=scores)
     assert metrics["pairwise_accuracy"] == 1.0 and metrics["pairwise_accuracy_reversed"] == 0.5
@@ -79,6 +80,31 @@ def test_pair_metrics_counts_accuracy_by_orientation_and_fits_on_the_calibration
     assert chosen.sum() == 2 and chosen[0] != chosen[1] and chosen[2] != chosen[3]
     expected = fit_temperature(*scores.select(chosen), "bradley_terry")
     assert metrics["temperature"] == expected
+    assert "generated_pairwise_accuracy" not in metrics and metrics["pairwise_accuracy_by_kind"] == {"render": 1.0}
+
+
+def test_pair_metrics_reports_each_kind_and_ranked_pairs_have_one_reading():
+    """A render pair (both readings), a generated pair (both) and a ranked pair (forward only): accuracy per kind
+    from the forward rows, generated_pairwise_accuracy over the non-render ones, and the ranked pair's one reading
+    always chosen for calibration."""
+    scores = PairScores(
+        mean_w=torch.tensor([2.0, 1.0, 0.0, 1.0, 3.0]),
+        std_w=torch.full((5,), 0.1),
+        mean_l=torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0]),
+        std_l=torch.full((5,), 0.1),
+        is_reversed=torch.tensor([False, True, False, True, False]),
+        num_broken=torch.tensor([1, 1, 1, 1, 0]),
+        pair_ids=["r", "r", "g", "g", "k"],
+        kinds=["render", "render", "generated", "generated", "ranked"],
+    )
+    metrics = pair_metrics(scores, loss="bradley_terry")
+    assert metrics["pairwise_accuracy_by_kind"] == {"generated": 0.0, "ranked": 1.0, "render": 1.0}
+    assert metrics["num_test_pairs_by_kind"] == {"generated": 1, "ranked": 1, "render": 1}
+    assert metrics["generated_pairwise_accuracy"] == 0.5 and metrics["num_test_pairs"] == 3
+    assert metrics["pairwise_accuracy"] == pytest.approx(2 / 3) and metrics["pairwise_accuracy_reversed"] == 1.0
+    for seed in range(8):
+        chosen = scores.one_orientation(seed)
+        assert chosen[4] and chosen[0] != chosen[1] and chosen[2] != chosen[3] and int(chosen.sum()) == 3
 
 
 @pytest.mark.usefixtures("one_thread")

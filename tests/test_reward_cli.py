@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from data_synthesis import load_pairs
 from reward_model.__main__ import lightning_cli, main
+from reward_model.agreement import load_agreement_set
 from reward_model.scorer import SpatialScorer
+from shared.agreement import top_bottom_agreement, within_group_spearman
 
 REPO = Path(__file__).resolve().parents[1]
 REWARD_CONFIGS = sorted((REPO / "configs" / "reward").glob("*.yaml"))
@@ -30,7 +33,37 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def fitted(small_dataset, tmp_path_factory):
+def agreement_set(small_dataset, tmp_path_factory):
+    """3 groups x 4 samples (the first 3 test prompts, each with 2 perfect and 2 perturbed images of test rows), with
+    oracle labels set by hand; group 2's relation accuracy is constant (skipped), its all_found is not."""
+    _, frame = load_pairs(small_dataset)
+    rows = frame[frame["split"] == "test"].head(3).reset_index(drop=True)
+    directory = tmp_path_factory.mktemp("agreement")
+    records = []
+    for group, row in rows.iterrows():
+        images = [row["perfect_image"], row["perturbed_image"]] * 2
+        accuracy = [[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.5], [0.5, 0.5, 0.5, 0.5]][group]
+        found = [[True, False, True, True], [True, True, False, False], [True, False, False, True]][group]
+        for sample, image in enumerate(images):
+            name = f"images/g{group}_s{sample}.png"
+            (directory / "images").mkdir(exist_ok=True)
+            (directory / name).write_bytes((small_dataset / image).read_bytes())
+            records.append(
+                {
+                    "group": group,
+                    "sample": sample,
+                    "prompt": row["prompt"],
+                    "image": name,
+                    "relation_accuracy": accuracy[sample],
+                    "all_found": found[sample],
+                }
+            )
+    pd.DataFrame(records).to_parquet(directory / "samples.parquet")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def fitted(small_dataset, agreement_set, tmp_path_factory):
     """`fit` of configs/reward/tiny.yaml for 2 steps on the small dataset -> (cli, run dir, test prompts, paths)."""
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
@@ -45,6 +78,8 @@ def fitted(small_dataset, tmp_path_factory):
             "--trainer.val_check_interval=2",
             "--trainer.limit_val_batches=1",
             "--data.batch_size=2",
+            f"--export.agreement_set={agreement_set}",
+            "--export.agreement_top_k=2",
         ]
     )
     _, frame = load_pairs(small_dataset)
@@ -61,8 +96,9 @@ def test_reward_configs_exist_and_start_with_their_launch_command():
 
 @pytest.mark.parametrize("path", REWARD_CONFIGS, ids=lambda path: path.name)
 def test_every_reward_yaml_parses(path, capsys):
-    with pytest.raises(SystemExit) as exited:
-        main(["fit", "--config", str(path), "--print_config"])
+    command = "pretrain" if path.read_text().startswith("# python -m reward_model pretrain ") else "fit"
+    with pytest.raises(SystemExit) as exited:  # stage A's phases are `pretrain` configs, the others `fit` configs
+        main([command, "--config", str(path), "--print_config"])
     assert exited.value.code == 0
     assert "class_path: reward_model." in capsys.readouterr().out
 
@@ -145,3 +181,39 @@ def test_score_checks_the_images_before_loading_the_model(tmp_path, capsys, smal
     assert "reward checkpoint dir" not in err[0]  # the model (missing here) was never loaded
     assert main([*argv, good]) == 1
     assert "make train-reward" in capsys.readouterr().err
+
+
+def test_fit_reports_critic_oracle_agreement_on_the_agreement_set(fitted, agreement_set):
+    """metrics.json holds the agreement of the trained critic (the exported one scores identically) with the hand
+    labels, grouped as the set says: group 2's constant relation accuracy skipped, every all_found group used."""
+    _, run_dir, _, _ = fitted
+    metrics = json.loads((run_dir / "export" / "metrics.json").read_text())
+    frame = load_agreement_set(agreement_set)
+    mean, _ = SpatialScorer.from_pretrained(run_dir / "export").score(
+        prompts=list(frame["prompt"]), images=list(frame["image"])
+    )
+    scores = mean.view(3, 4)
+    accuracy = torch.tensor(frame["relation_accuracy"].to_numpy()).view(3, 4)
+    found = torch.tensor(frame["all_found"].to_numpy(dtype="float64")).view(3, 4)
+    assert metrics["agreement_spearman"] == pytest.approx(within_group_spearman(scores, accuracy).value, abs=1e-5)
+    assert metrics["agreement_spearman_found"] == pytest.approx(within_group_spearman(scores, found).value, abs=1e-5)
+    assert metrics["agreement_top2_bottom2"] == pytest.approx(top_bottom_agreement(scores, accuracy, 2).value)
+    assert (metrics["agreement_groups_used"], metrics["agreement_groups_skipped"]) == (2, 1)
+    assert (metrics["agreement_found_groups_used"], metrics["agreement_found_groups_skipped"]) == (3, 0)
+    assert (metrics["agreement_prompts"], metrics["agreement_samples_per_prompt"]) == (3, 4)
+    assert metrics["pairwise_accuracy_by_kind"].keys() == {"render"} and "generated_pairwise_accuracy" not in metrics
+
+
+def test_a_bad_agreement_set_is_one_clear_error(agreement_set, tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m rl_policy draw"):
+        load_agreement_set(tmp_path)
+    frame = pd.read_parquet(agreement_set / "samples.parquet")
+    frame.iloc[:-1].to_parquet(tmp_path / "samples.parquet")
+    with pytest.raises(ValueError, match="same number"):
+        load_agreement_set(tmp_path)
+    frame.drop(columns="all_found").to_parquet(tmp_path / "samples.parquet")
+    with pytest.raises(ValueError, match="all_found"):
+        load_agreement_set(tmp_path)
+    frame.to_parquet(tmp_path / "samples.parquet")
+    with pytest.raises(FileNotFoundError, match="12 image files are missing"):
+        load_agreement_set(tmp_path)

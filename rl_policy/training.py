@@ -108,7 +108,8 @@ class GRPOTraining(GRPOModule):
             if type(value).__name__ == "NestedArg":  # jsonargparse's leftover of `--model.reward.init_args.x=...`
                 raise ValueError(
                     f"model.{name}: command-line overrides of its init_args are not supported (it is typed Any); "
-                    f"give the whole `model.{name}` (class_path and init_args) in a YAML passed with another --config"
+                    f"give it whole, --model.{name} '{{\"class_path\": ..., \"init_args\": {{...}}}}', or in a YAML "
+                    "passed with another --config"
                 )
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be a Reward (callable with prompts, images, metadata), got {value!r}")

@@ -18,12 +18,12 @@
 #                    checkpointing), scoring 32 per pass, 64 rows of 10-120 words through SpatialScorer in batches of 32
 #   reward-after     4 pairs without checkpointing; 64 per scoring pass; SpatialScorer in length buckets
 #                    (--max-batch-tokens 24576)
-#   reward-compiled  reward-after with the blocks compiled (--compile), fixed-length rows only
 #   policy-before    FLUX.1-dev + LoRA 32 as measured before: 8 images per sampling forward, 2 pairs per training
 #                    forward, PyTorch's attention choice with cuDNN off (flash), eager, no critic
 #   policy-after     the whole group (24) per sampling forward with cuDNN attention there (no-grad only), flash in the
 #                    training pass, 4 pairs per training forward (cuDNN falls back to flash if it fails)
 #   policy-compiled  policy-after with the blocks compiled, the 7B critic resident: the end-to-end group time and peak
+#   reward-compiled  reward-after with the blocks compiled (--compile), fixed-length rows only; last, as it may not fit
 set -u
 out=${1:-reports/gpu}
 mkdir -p "$out"
@@ -59,10 +59,6 @@ scorer=(--scorer-rows 64 --train-steps 3 --warmup-steps 1 --score-batches 2)
 run reward-before 100 bench/reward_gpu.py "${scorer[@]}"
 run reward-after 100 bench/reward_gpu.py "${scorer[@]}" --no-gradient-checkpointing --pairs 4 --score-batch 64 \
     --max-batch-tokens 24576
-# no SpatialScorer rows here: each new sequence length would recompile (measured on CPU: 1.3 images/s)
-run reward-compiled 130 bench/reward_gpu.py --train-steps 3 --warmup-steps 2 --score-batches 2 \
-    --no-gradient-checkpointing --pairs 4 --score-batch 64 --compile
-
 run policy-before 80 bench/rl_gpu.py --no-critic
 sampling=cudnn
 if ! run policy-after 80 bench/rl_gpu.py --no-critic --sample-batch 24 --train-batch 4 \
@@ -73,6 +69,11 @@ if ! run policy-after 80 bench/rl_gpu.py --no-critic --sample-batch 24 --train-b
 fi
 run policy-compiled 150 bench/rl_gpu.py --compile --sample-batch 24 --train-batch 4 \
     --sampling-attention "$sampling" --training-attention flash
+
+# last: it gets what is left of the deadline (the policy's end-to-end check comes first). No SpatialScorer rows
+# here: each new sequence length would recompile (measured on CPU: 1.3 images/s)
+run reward-compiled 130 bench/reward_gpu.py --train-steps 3 --warmup-steps 2 --score-batches 2 \
+    --no-gradient-checkpointing --pairs 4 --score-batch 64 --compile
 
 "$python" bench/gpu_table.py "$out" | tee "$out/table.md"
 echo "total ${SECONDS}s"

@@ -114,7 +114,9 @@ class GRPOModule(LightningModule):
     def on_fit_start(self) -> None:
         """Lightning placed the transformer; the frozen pipeline parts (text encoders, autoencoder) follow it."""
         if self.device.type == "cuda":
-            torch.backends.cuda.enable_cudnn_sdp(self.hparams.cudnn_attention)
+            # cuDNN attention where asked for: globally, or for the no-grad passes only (policy.no_grad_attention)
+            wanted = self.hparams.cudnn_attention or getattr(self.policy, "no_grad_attention", None) == "cudnn"
+            torch.backends.cuda.enable_cudnn_sdp(wanted)
         for name, component in self.policy.pipeline.components.items():
             if isinstance(component, torch.nn.Module) and name != "transformer":
                 component.to(self.device)

@@ -53,7 +53,9 @@ class PolicySpec:
     """The policy to train. pipeline: a local diffusers directory (FLUX.1-dev, Qwen-Image, or the pretrained tiny
     generator of `python -m rl_policy pretrain`), or "tiny-random" (random tiny weights, for smoke tests);
     lora_*: the adapter (paper: rank 32); max_sequence_length / strict_prompt_length: text length and whether a
-    longer prompt is an error (the embedded default) or truncated with a counted warning; dtype of the pipeline."""
+    longer prompt is an error (the embedded default) or truncated with a counted warning; dtype of the pipeline;
+    forward_batch_size, grad_attention, no_grad_attention, compile_blocks: the GPU throughput switches of
+    `policy.build_policy` (None / False: the default computation)."""
 
     pipeline: str = TINY
     lora_rank: int = 32
@@ -62,6 +64,10 @@ class PolicySpec:
     max_sequence_length: int | None = None
     strict_prompt_length: bool = False
     dtype: str = "float32"
+    forward_batch_size: int | None = None
+    grad_attention: str | None = None
+    no_grad_attention: str | None = None
+    compile_blocks: bool = False
 
     def build(self):
         dtype = torch_dtype(self.dtype, "PolicySpec.dtype")
@@ -82,6 +88,10 @@ class PolicySpec:
             # the tiny tokenizers' own limit (max_prompt_tokens + 1, see spatialworld_text_tokenizer) when not given
             max_sequence_length=None if self.pipeline == TINY else self.max_sequence_length,
             strict_prompt_length=self.strict_prompt_length,
+            forward_batch_size=self.forward_batch_size,
+            grad_attention=self.grad_attention,
+            no_grad_attention=self.no_grad_attention,
+            compile_blocks=self.compile_blocks,
         )
 
 
@@ -108,7 +118,7 @@ class GRPOTraining(GRPOModule):
             if type(value).__name__ == "NestedArg":  # jsonargparse's leftover of `--model.reward.init_args.x=...`
                 raise ValueError(
                     f"model.{name}: command-line overrides of its init_args are not supported (it is typed Any); "
-                    f"give it whole, --model.{name} '{{\"class_path\": ..., \"init_args\": {{...}}}}', or in a YAML "
+                    f'give it whole, --model.{name} \'{{"class_path": ..., "init_args": {{...}}}}\', or in a YAML '
                     "passed with another --config"
                 )
             if value is not None and not callable(value):

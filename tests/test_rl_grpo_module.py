@@ -269,3 +269,13 @@ def test_fit_command_trains_exports_lora_and_metrics(small_dataset, tmp_path):
     assert isinstance(pipeline, FluxPipeline)
     pipeline.load_lora_weights(root / "lora")
     assert any("lora" in name for name, _ in pipeline.transformer.named_parameters())
+
+
+def test_policy_spec_passes_the_throughput_switches_to_the_policy():
+    from rl_policy.training import PolicySpec
+
+    policy = PolicySpec(
+        lora_rank=4, forward_batch_size=3, grad_attention="flash", no_grad_attention="math", max_sequence_length=160
+    ).build()
+    assert (policy.forward_batch_size, policy.grad_attention, policy.no_grad_attention) == (3, "flash", "math")
+    assert PolicySpec(lora_rank=4, max_sequence_length=160).build().forward_batch_size is None

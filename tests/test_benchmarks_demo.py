@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from benchmarks.cache import ImageCache
-from benchmarks.demo import Stage, draw_samples, run_stages, sample_grid, write_report
+from benchmarks.demo import (
+    DEMO_AGREEMENT,
+    DEMO_DATA,
+    DEMO_GENERATED,
+    DEMO_REWARD,
+    DEMO_RL,
+    DemoSize,
+    Stage,
+    default_stages,
+    draw_samples,
+    main,
+    run_stages,
+    sample_grid,
+    write_report,
+)
 from benchmarks.images import SamplerSettings
 
 
@@ -46,52 +62,173 @@ def test_stages_run_once_record_times_and_stop_at_a_failure(tmp_path, monkeypatc
     assert run_stages(failing, out)[0]["error"] == "exit status 3"
 
 
-def test_report_holds_the_stage_table_and_the_measured_numbers(tmp_path):
-    (tmp_path / "runs/reward/tiny/export").mkdir(parents=True)
-    (tmp_path / "runs/reward/tiny/export/metrics.json").write_text(
-        json.dumps(
-            {
-                "pairwise_accuracy": 0.589,
-                "pairwise_accuracy_by_broken": {"1": 0.577, "2-3": 0.595},
-                "pairwise_accuracy_reversed": 0.5834,
-                "num_test_pairs": 2397,
-                "ece": 0.0281,
-                "ece_calibrated": 0.0226,
-                "std_error_auroc": 0.491,
-            }
-        )
+SMALL = DemoSize(
+    data_pairs=1300,
+    generated_pairs=7,
+    agreement_prompts=5,
+    reward_steps=11,
+    rl_steps=3,
+    rl_eval_prompts=9,
+    eval_limit=4,
+)
+SMALL_VARIABLES = {
+    "DATA_DIR=data/demo/spatialworld",
+    "DATA_PAIRS=1300",
+    "GEN_DATA_DIR=data/demo/spatialworld-generated",
+    "GEN_DATA_PAIRS=7",
+    "AGREEMENT_DIR=data/demo/agreement-test",
+    "AGREEMENT_PROMPTS=5",
+    "REWARD_RUN_DIR=runs/demo/reward/tiny",
+    "REWARD_STEPS=11",
+    "RL_RUNS_DIR=runs/demo/rl",
+    "RL_STEPS=3",
+    "RL_EVAL_PROMPTS=9",
+    "EVAL_OUT=reports/demo",
+    "EVAL_LIMIT=4",
+}
+
+
+def test_every_stage_is_its_make_target_with_the_demo_sizes_and_dirs():
+    stages = default_stages(SMALL, Path("reports/demo"), "gmake", "gen/pipeline", targets={"data-generated", "data"})
+    names = ["data", "data-rl", "pretrain-generator", "data-generated", "agreement-set", "train-reward"]
+    assert [stage.name for stage in stages] == names + ["train-rl-oracle", "train-rl", "eval-benchmarks"]
+    for stage in stages:
+        assert set(stage.command[-len(SMALL_VARIABLES) :]) == SMALL_VARIABLES, stage.name
+    targets = {stage.name: stage.command[1 : -len(SMALL_VARIABLES)] for stage in stages}
+    assert targets["train-rl-oracle"] == ("train-rl", "REWARD=oracle") and targets["train-rl"] == ("train-rl",)
+    assert all(stage.command[0] == "gmake" for stage in stages)
+    done = {stage.name: stage.done for stage in stages}
+    assert (
+        done["data"] == f"{DEMO_DATA}/verify_report.json"
+        and done["data-rl"] == "data/spatialworld-rl/verify_report.json"
     )
-    (tmp_path / "runs/rl/tiny-oracle").mkdir(parents=True)
-    (tmp_path / "runs/rl/tiny-oracle/metrics.json").write_text(
-        json.dumps(
-            {
-                "reward_source": "oracle",
-                "oracle_accuracy_base": 0.25,
-                "oracle_accuracy_final": 0.4375,
-                "all_found_base": 0.5,
-                "all_found_final": 0.625,
-                "global_step": 120,
-                "grpo_seconds": 1130.4,
-            }
-        )
+    assert done["pretrain-generator"] == "gen/pipeline/model_index.json"
+    assert done["data-generated"] == f"{DEMO_GENERATED}/meta.json"
+    assert done["agreement-set"] == f"{DEMO_AGREEMENT}/samples.parquet"
+    assert done["train-reward"] == f"{DEMO_REWARD}/export/metrics.json"
+    assert done["train-rl-oracle"] == f"{DEMO_RL}/tiny-oracle/metrics.json" and done["eval-benchmarks"] is None
+    # the generated pairs are a stage only where the Makefile has their target
+    assert "data-generated" not in [stage.name for stage in default_stages(SMALL, Path("reports/demo"))]
+
+
+def test_dry_run_prints_the_commands_with_the_sizes_given(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Makefile").write_text("data:\n\ttrue\ndata-generated: x\n\ttrue\nEVAL_OUT := y\n")
+    sizes = ["--data-pairs", "1300", "--generated-pairs", "7", "--agreement-prompts", "5", "--reward-steps", "11"]
+    sizes += ["--rl-steps", "3", "--rl-eval-prompts", "9", "--eval-limit", "4"]
+    assert main(["--dry-run", "--make", "mk", "--out", "reports", *sizes]) == 0
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert [command[1] for command in commands] == [
+        "data", "data-rl", "pretrain-generator", "data-generated", "agreement-set", "train-reward", "train-rl",
+        "train-rl", "eval-benchmarks",
+    ]  # fmt: skip
+    assert all(set(command) >= SMALL_VARIABLES for command in commands)
+    assert not (tmp_path / "reports").exists()  # nothing ran
+    with pytest.raises(SystemExit):
+        main(["--dry-run", "--rl-steps", "0"])
+    assert "every size must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--dry-run", "--data-pairs", "999"])
+    assert "--data-pairs 999: at least 1000" in capsys.readouterr().err
+
+
+def write_json(path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+
+
+def fake_finished_demo(root) -> None:
+    """The files the demo's stages write, with hand-picked numbers."""
+    write_json(
+        root / DEMO_REWARD / "export/metrics.json",
+        {
+            "pairwise_accuracy": 0.971,
+            "pairwise_accuracy_by_broken": {"1": 0.944, "2-3": 0.985},
+            "pairwise_accuracy_reversed": 0.969,
+            "num_test_pairs": 401,
+            "ece": 0.0281,
+            "ece_calibrated": 0.0226,
+            "std_error_auroc": 0.791,
+            "agreement_spearman": 0.2125,
+            "agreement_prompts": 16,
+            "agreement_samples_per_prompt": 24,
+        },
     )
+    rl = {"global_step": 24, "num_eval_samples": 128, "grpo_seconds": 300.4}
+    write_json(
+        root / DEMO_RL / "tiny-oracle/metrics.json",
+        rl | {"reward_source": "oracle", "oracle_accuracy_base": 0.38, "oracle_accuracy_final": 0.43},
+    )
+    write_json(
+        root / DEMO_RL / "tiny/metrics.json",
+        rl | {"reward_source": "spatialscore", "oracle_accuracy_base": 0.38, "oracle_accuracy_final": 0.355},
+    )
+    write_json(
+        root / "reports/demo/summary.json",
+        {
+            "spatialworld-oracle": {
+                "base": {"relation_accuracy": 0.48},
+                "tiny": {"relation_accuracy": 0.4},
+                "tiny-oracle": {"relation_accuracy": 0.52},
+            },
+            "geneval": {"base": {"overall": 0.25, "corrected": {"overall": 0.3}}, "tiny-oracle": {"overall": 0.3125}},
+            "spatialscore-pairs": {"spatialscore": {"scorer": {"pairwise_accuracy": 0.97}}},
+        },
+    )
+
+
+def test_report_opens_with_the_three_numbers_and_the_grid_marked_demo_size(tmp_path):
+    fake_finished_demo(tmp_path)
     out = tmp_path / "reports"
-    out.mkdir()
-    (out / "benchmarks.md").write_text("| task | base |\n|---|---|\n| geneval | 0.5 |\n![geneval](geneval.png)\n")
     records = [
-        {"name": "data", "what": "pairs", "command": "make data", "status": "present", "seconds": 361.0},
+        {
+            "name": "data",
+            "what": "pairs",
+            "command": "make data DATA_PAIRS=2000",
+            "status": "present",
+            "seconds": 361.0,
+        },
         {"name": "train-rl", "what": "GRPO", "command": "make train-rl", "status": "ran", "seconds": 1200.0},
         {"name": "eval", "what": "b", "command": "make eval-benchmarks", "status": "ran", "seconds": 60.0},
     ]
     samples = ("demo_samples.png", ["the red star .", "a cat ."])
-    text = write_report(out, records, root=tmp_path, samples=samples).read_text()
-    assert "| data | pairs | `make data` | present | 361 |" in text
+    text = write_report(out, records, DemoSize(), root=tmp_path, samples=samples).read_text()
+    lines = text.splitlines()
+    assert lines[0] == "# SpatialScore demo (DEMO SIZE)"
+    assert lines[2].startswith("**Demo size: every number here comes from the small runs of `make demo`")
+    assert lines[4] == "## The three numbers"
+    # 1. the critic; 2. the RL gain with each reward, in points of oracle relation accuracy; 3. the benchmark table
+    assert lines[6].startswith(
+        "1. **Critic pairwise accuracy** (tiny SpatialScore, 401 held-out test pairs): **97.1%**"
+    )
+    assert "one broken relation 94.4%, 2-3 broken 98.5%" in lines[6]
+    assert "| oracle | 38.0% | 43.0% | **+5.0 points** | 24 | 128 |" in lines
+    assert "| critic (tiny SpatialScore) | 38.0% | 35.5% | **-2.5 points** | 24 | 128 |" in lines
+    benchmarks = lines.index("| task | metric | base | tiny | tiny-oracle |")
+    assert "the first 16 prompts of each task" in lines[benchmarks - 2]
+    assert (
+        lines[benchmarks + 2] == "| spatialworld-oracle | relation accuracy (pixel detector) | 0.480 | 0.400 | 0.520 |"
+    )
+    assert lines[benchmarks + 3] == "| geneval | overall | 0.250 |  | 0.312 |"
+    grid = lines.index("![samples](demo_samples.png)")
+    assert benchmarks < grid < lines.index("## Stage times") < lines.index("## Sizes")
+    assert lines[grid + 2 : grid + 4] == ["1. the red star .", "2. a cat ."]
+    # then the stage times, the sizes (demo against full) and the details
+    assert "| data | pairs | present | 361 | `make data DATA_PAIRS=2000` |" in lines
     assert "Wall time of the stages run this time: 21.0 min." in text  # (1200 + 60) / 60; present stages not counted
-    assert "| overall | 58.9% | 95.8% |" in text and "| 1 broken relation | 57.7% | 93.9% |" in text
-    assert "| reversed pairs | 58.3% |" in text and "2397 test pairs" in text
-    assert "| tiny-oracle | oracle | 25.0% -> 43.8% | n/a -> n/a | 50.0% -> 62.5% | 120 | 1130 |" in text
-    assert "| geneval | 0.5 |" in text and "![geneval](./geneval.png)" in text
-    assert "1. the red star .\n2. a cat ." in text
+    assert "| SpatialWorld pairs for the critic | `DATA_PAIRS` | 2000 | 12,000 |" in lines
+    assert "| GRPO iterations per RL run | `RL_STEPS` | 24 | 115 (oracle), 120 (critic) |" in lines
+    assert "| reversed pairs | 96.9% |" in text and "critic's within-group Spearman" in text
+    assert "| tiny-oracle | oracle | 38.0% -> 43.0% | n/a -> n/a | n/a -> n/a | 24 | 300 |" in lines
+
+
+def test_report_of_an_unfinished_demo_says_what_is_missing(tmp_path):
+    records = [{"name": "data", "what": "p", "command": "make data", "status": "failed", "seconds": 3.0, "error": "x"}]
+    text = write_report(tmp_path / "reports", records, DemoSize(), root=tmp_path).read_text()
+    assert text.startswith("# SpatialScore demo (DEMO SIZE)\n")
+    assert "1. **Critic**: no reward checkpoint yet." in text and "| oracle | not run |" in text
+    assert "No benchmark summary yet" in text and "Not drawn (the chain did not finish)." in text
+    assert "| data | p | failed (x) | 3 | `make data` |" in text
 
 
 def test_sample_grid_places_each_image_in_its_cell():

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.demo import DemoSize, default_stages
+
 REPO = Path(__file__).resolve().parents[1]
 SETUP = "python3 -m venv .venv"
 DATA = "data_synthesis build --out data/spatialworld "
@@ -65,3 +67,74 @@ def test_make_target_builds_what_it_reads_from_a_fresh_clone(fresh_clone, target
         found = result.stdout.find(step, position)
         assert found >= 0, f"`make -n {target}` does not run {step!r} (after position {position}):\n{result.stdout}"
         position = found + len(step)
+
+
+def dry_run(clone: Path, *arguments: str) -> str:
+    """`make -n` output with line continuations joined and whitespace collapsed."""
+    result = subprocess.run(["make", "-n", *arguments], cwd=clone, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return " ".join(result.stdout.replace("\\\n", " ").split())
+
+
+def test_demo_sizes_reach_every_stage_command_and_the_defaults_stay_full_size(fresh_clone):
+    """What `make demo` runs (benchmarks/demo.py's stage commands, with sizes of its own) names those sizes and the
+    demo's dirs in the commands the Makefile would run; the same targets without the variables keep the full size."""
+    size = DemoSize(
+        data_pairs=1300,
+        generated_pairs=7,
+        agreement_prompts=5,
+        reward_steps=11,
+        rl_steps=3,
+        rl_eval_prompts=9,
+        eval_limit=4,
+    )
+    stages = default_stages(size, Path("reports/demo"), targets={"data-generated"})
+    demo_reward = "reward_model fit --config configs/reward/tiny.yaml --data.dataset_dir data/demo/spatialworld"
+    demo_reward += " --export.agreement_set data/demo/agreement-test --trainer.default_root_dir runs/demo/reward/tiny"
+    demo_reward += " --trainer.max_steps 11"
+    rl_sizes = "--trainer.max_steps 3 --export.num_prompts 9"
+    needs = {
+        "data": ["data_synthesis build --out data/demo/spatialworld --num-pairs 1300 --seed 0 "],
+        "data-rl": [RL_DATA + "--num-pairs 8000 "],
+        "pretrain-generator": ["rl_policy pretrain"],
+        "data-generated": ["data_synthesis build --out data/demo/spatialworld-generated --num-pairs 7 "],
+        "agreement-set": ["rl_policy draw", "--prompts 5 --per-prompt 24 --out data/demo/agreement-test"],
+        "train-reward": ["--prompts 5 ", demo_reward],
+        "train-rl-oracle": [
+            RL + " --config configs/rl/reward_oracle.yaml",
+            "--trainer.default_root_dir runs/demo/rl/tiny-oracle --trainer.callbacks.init_args.dirpath "
+            "runs/demo/rl/tiny-oracle/checkpoints --export.base_cache runs/demo/rl/base_eval_cache " + rl_sizes,
+        ],
+        "train-rl": [
+            demo_reward,
+            RL,
+            '"checkpoint_dir": "runs/demo/reward/tiny/export"',
+            "--trainer.default_root_dir runs/demo/rl/tiny --trainer.callbacks.init_args.dirpath "
+            "runs/demo/rl/tiny/checkpoints --export.base_cache runs/demo/rl/base_eval_cache " + rl_sizes,
+        ],
+        "eval-benchmarks": [
+            demo_reward,
+            "benchmarks suite --out reports/demo --reward-data data/demo/spatialworld --scorer "
+            "runs/demo/reward/tiny/export",
+            "--limit 4",
+        ],
+    }
+    assert sorted(needs) == sorted(stage.name for stage in stages)
+    for stage in stages:
+        output, position = dry_run(fresh_clone, *stage.command[1:]), 0
+        for step in needs[stage.name]:
+            found = output.find(step, position)
+            assert found >= 0, f"`make -n` of demo stage {stage.name} does not run {step!r}:\n{output}"
+            position = found + len(step)
+
+    # the targets' own defaults: the full size, the full-size dirs
+    assert "--num-pairs 12000 " in dry_run(fresh_clone, "data")
+    assert "--prompts 64 --per-prompt 24 --out data/agreement-test" in dry_run(fresh_clone, "agreement-set")
+    assert "--num-pairs 2000 " in dry_run(fresh_clone, "data-generated")
+    reward = dry_run(fresh_clone, "train-reward")
+    assert "--trainer.default_root_dir runs/reward/tiny" in reward and "--trainer.max_steps" not in reward
+    for rl in (dry_run(fresh_clone, "train-rl"), dry_run(fresh_clone, "train-rl", "REWARD=oracle")):
+        assert all(flag not in rl for flag in ("--trainer.max_steps", "--export.num_prompts", "--model.reward", "demo"))
+    benchmarks = dry_run(fresh_clone, "eval-benchmarks")
+    assert "--out reports --reward-data data/spatialworld --scorer runs/reward/tiny/export" in benchmarks
+    assert "--limit" not in benchmarks

@@ -297,8 +297,10 @@ def image_paths(index: int) -> tuple[str, str]:
     return f"{stem}_perfect.png", f"{stem}_perturbed.png"
 
 
-def split_of(prompt: str, fractions: tuple[float, float, float]) -> str:
-    u = stable_seed("split", prompt) / 2**63
+def split_of(prompt: str, fractions: tuple[float, float, float], salt: str | None = None) -> str:
+    """The split of a prompt, from a hash of it (with `salt`, a hash independent of the unsalted one: prompts that
+    one split put in "train" are spread over every split again)."""
+    u = (stable_seed("split", prompt) if salt is None else stable_seed("split", salt, prompt)) / 2**63
     if u < fractions[0]:
         return "train"
     return "val" if u < fractions[0] + fractions[1] else "test"

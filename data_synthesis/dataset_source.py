@@ -4,8 +4,9 @@
 critic learns from the generator's own images of prompts RL trains on while the RL test prompts stay unseen. Pair
 `index` of the new dataset is row `index` of the source split (in the source's order); it keeps the source row's
 prompts, scenes and relations, and gets its own pair id, render seed (from the new dataset's seed) and image paths.
-Its split is drawn again from its prompt (`split_fractions`), so the new dataset has its own train/val/test, all of
-the source's split.
+Its split is drawn again from a salted hash of its prompt (`split_fractions`; the unsalted hash drew the source's
+splits, so it would put every source train prompt in train again), so the new dataset has its own train/val/test,
+all of the source's split.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class DatasetPromptSource:
         row |= {
             "pair_id": f"{self.name}-{config.seed}-{index:07d}",
             "index": index,
-            "split": split_of(row["prompt"], config.split_fractions),
+            # salted: the source's own split came from the unsalted hash, so all its train prompts have low values
+            "split": split_of(row["prompt"], config.split_fractions, salt=f"{self.name}-{config.seed}"),
             "perfect_image": perfect_image,
             "perturbed_image": perturbed_image,
             "seed": pair_seed,

@@ -20,7 +20,7 @@ from PIL import Image
 
 from data_synthesis.__main__ import main
 from data_synthesis.best_of import BestOf, pair_kind, try_seed
-from data_synthesis.build import BuildConfig, BuildError, ImageRequest, WeightedGenerator, build
+from data_synthesis.build import BuildConfig, BuildError, ImageRequest, WeightedGenerator, build, split_of
 from data_synthesis.dataset_source import DatasetPromptSource
 from data_synthesis.generators import DiffusersGenerator, SamplerSpec
 from data_synthesis.oracle_review import oracle_review, pair_graph, prefers, read_image
@@ -207,6 +207,14 @@ def test_the_critics_loader_reads_renders_and_generated_pairs_with_their_kind(
     assert batch.kinds == [e.kind for e in examples[-6:]] and batch.num_pairs == 6
     with pytest.raises(DatasetError, match="appears in more than one of the dataset dirs"):
         PairwiseDataModule(small_dataset, processor, extra_dataset_dirs=[small_dataset]).setup("fit")
+
+
+def test_a_redrawn_split_spreads_the_source_train_prompts_over_every_split():
+    prompts = [f"a red circle left of a blue square, number {i}" for i in range(3000)]
+    train = [prompt for prompt in prompts if split_of(prompt, (0.9, 0.05, 0.05)) == "train"]
+    assert not any(split_of(prompt, (0.8, 0.1, 0.1)) == "test" for prompt in train)  # the unsalted hash: never
+    salted = Counter(split_of(prompt, (0.8, 0.1, 0.1), salt="dataset-0") for prompt in train)
+    assert abs(salted["test"] / len(train) - 0.1) < 0.03 and abs(salted["val"] / len(train) - 0.1) < 0.03
 
 
 def test_kinds_are_drawn_by_hash_at_the_requested_fraction():

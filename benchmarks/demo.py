@@ -43,7 +43,10 @@ that target. Measured with: (a) `data_synthesis build` + `verify` of 200 pairs (
 18.0 s of training, 33 s and 37 s in all); (e) `rl_policy fit --trainer.max_steps 3` with each reward (oracle: 37 s
 of GRPO, 72 s in all with 8 evaluation prompts; critic: 57 s, 130 s with 24); (f) `benchmarks suite --limit 8` with
 one generator (34 images, 42 s); (g) `make data-generated`'s build with `--num-pairs 16` (12 kept, 100 images drawn,
-33 s; 44 s in all) and its `oracle-review` (8 s).
+33 s; 44 s in all) and its `oracle-review` (8 s). The whole chain was run once end to end at a micro size (1,000
+pairs, 4 generated, 2 agreement prompts, 3 critic steps, 2 GRPO iterations, 4 evaluation prompts, EVAL_LIMIT 2) in a
+copy of the tree: 4.2 min of stages (data 61 s, data-generated 25, agreement-set 15, train-reward 30, oracle RL 53,
+critic RL 51, benchmarks 15), the report and the grid as described.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ DEMO_GENERATED = "data/demo/spatialworld-generated"
 DEMO_REWARD = "runs/demo/reward/tiny"
 DEMO_RL = "runs/demo/rl"
 RL_RUNS = (("tiny-oracle", "oracle"), ("tiny", "critic (tiny SpatialScore)"))  # run dir name, the reward it used
+COLUMNS = {"base": "base", "tiny-oracle": "RL: oracle", "tiny": "RL: critic"}  # generator label -> column heading
 # 75% train split, both orientations, batches of 8: 1,000 pairs give ~185 batches per epoch (Lightning refuses a
 # val_check_interval longer than an epoch)
 MIN_DATA_PAIRS = 1000
@@ -291,8 +295,10 @@ def benchmark_table(summary: dict[str, Any] | None) -> list[str]:
     labels: list[str] = []
     for task, _, _ in HEADLINES:
         labels += [label for label in summary.get(task, {}) if label not in labels]
-    labels.sort(key=lambda label: label != "base")
-    lines = ["| task | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    order = list(COLUMNS)
+    labels.sort(key=lambda label: order.index(label) if label in order else len(order))
+    headings = [COLUMNS.get(label, label) for label in labels]
+    lines = ["| task | metric | " + " | ".join(headings) + " |", "|---|---|" + "---|" * len(labels)]
     for task, metric, name in HEADLINES:
         if task not in summary:
             continue
@@ -449,14 +455,23 @@ def draw_samples(
     return [p.prompt for p in prompts]
 
 
-def stage_table(records: Sequence[dict[str, Any]]) -> list[str]:
+def stage_table(records: Sequence[dict[str, Any]], variables: str) -> list[str]:
+    """The stages' status and seconds; `variables` (the size variables every command ends with) is written once."""
     total = sum(record["seconds"] or 0 for record in records if record["status"] == "ran")
+    chain = sum(record["seconds"] or 0 for record in records if record["status"] in ("ran", "present"))
     lines = ["| stage | what | status | seconds | command |", "|---|---|---|---|---|"]
     for record in records:
         seconds = "" if record["seconds"] is None else f"{record['seconds']:.0f}"
         status = record["status"] + (f" ({record['error']})" if "error" in record else "")
-        lines.append(f"| {record['name']} | {record['what']} | {status} | {seconds} | `{record['command']}` |")
-    return lines + ["", f"Wall time of the stages run this time: {total / 60:.1f} min."]
+        command = record["command"].replace(f" {variables}", " $SIZES") if variables else record["command"]
+        lines.append(f"| {record['name']} | {record['what']} | {status} | {seconds} | `{command}` |")
+    return lines + [
+        "",
+        f"`$SIZES`: `{variables}`",
+        "",
+        f"Wall time of the stages run this time: {total / 60:.1f} min; of the whole chain, as measured by this run "
+        f"and earlier ones: {chain / 60:.1f} min.",
+    ]
 
 
 def write_report(
@@ -497,7 +512,7 @@ def write_report(
         "rerun a stage with its command.",
         "",
     ]
-    lines += stage_table(records)
+    lines += stage_table(records, shlex.join(size.make_variables(eval_out)))
     lines += [
         "",
         "## Sizes",
@@ -576,9 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     samples = None
     base = args.generator
     if failed is None and (base / "model_index.json").is_file():
-        generators = [("base", base)] + [
-            (run, Path(DEMO_RL) / run) for run, _ in RL_RUNS if (Path(DEMO_RL) / run / "lora" / "policy.json").is_file()
-        ]
+        trained = [run for run, _ in RL_RUNS if (Path(DEMO_RL) / run / "lora" / "policy.json").is_file()]
+        generators = [("base", base)] + [(COLUMNS[run], Path(DEMO_RL) / run) for run in trained]
         settings = SamplerSettings(args.steps, args.guidance, args.height, args.width, args.true_cfg)
         image = args.out / "demo_samples.png"
         prompts = draw_samples(

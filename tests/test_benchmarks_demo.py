@@ -180,14 +180,9 @@ def fake_finished_demo(root) -> None:
 def test_report_opens_with_the_three_numbers_and_the_grid_marked_demo_size(tmp_path):
     fake_finished_demo(tmp_path)
     out = tmp_path / "reports"
+    data_command = shlex.join(("make", "data", *DemoSize().make_variables(out / "demo")))
     records = [
-        {
-            "name": "data",
-            "what": "pairs",
-            "command": "make data DATA_PAIRS=2000",
-            "status": "present",
-            "seconds": 361.0,
-        },
+        {"name": "data", "what": "pairs", "command": data_command, "status": "present", "seconds": 361.0},
         {"name": "train-rl", "what": "GRPO", "command": "make train-rl", "status": "ran", "seconds": 1200.0},
         {"name": "eval", "what": "b", "command": "make eval-benchmarks", "status": "ran", "seconds": 60.0},
     ]
@@ -204,18 +199,21 @@ def test_report_opens_with_the_three_numbers_and_the_grid_marked_demo_size(tmp_p
     assert "one broken relation 94.4%, 2-3 broken 98.5%" in lines[6]
     assert "| oracle | 38.0% | 43.0% | **+5.0 points** | 24 | 128 |" in lines
     assert "| critic (tiny SpatialScore) | 38.0% | 35.5% | **-2.5 points** | 24 | 128 |" in lines
-    benchmarks = lines.index("| task | metric | base | tiny | tiny-oracle |")
+    benchmarks = lines.index("| task | metric | base | RL: oracle | RL: critic |")
     assert "the first 16 prompts of each task" in lines[benchmarks - 2]
     assert (
-        lines[benchmarks + 2] == "| spatialworld-oracle | relation accuracy (pixel detector) | 0.480 | 0.400 | 0.520 |"
+        lines[benchmarks + 2] == "| spatialworld-oracle | relation accuracy (pixel detector) | 0.480 | 0.520 | 0.400 |"
     )
-    assert lines[benchmarks + 3] == "| geneval | overall | 0.250 |  | 0.312 |"
+    assert lines[benchmarks + 3] == "| geneval | overall | 0.250 | 0.312 |  |"
     grid = lines.index("![samples](demo_samples.png)")
     assert benchmarks < grid < lines.index("## Stage times") < lines.index("## Sizes")
     assert lines[grid + 2 : grid + 4] == ["1. the red star .", "2. a cat ."]
     # then the stage times, the sizes (demo against full) and the details
-    assert "| data | pairs | present | 361 | `make data DATA_PAIRS=2000` |" in lines
-    assert "Wall time of the stages run this time: 21.0 min." in text  # (1200 + 60) / 60; present stages not counted
+    assert "| data | pairs | present | 361 | `make data $SIZES` |" in lines  # the sizes written once:
+    sizes = data_command.removeprefix("make data ")
+    assert sizes.startswith("DATA_DIR=data/demo/spatialworld DATA_PAIRS=2000 ") and f"`$SIZES`: `{sizes}`" in lines
+    assert "Wall time of the stages run this time: 21.0 min;" in text  # (1200 + 60) / 60: present stages not counted
+    assert "of the whole chain, as measured by this run and earlier ones: 27.0 min." in text  # (361 + 1200 + 60) / 60
     assert "| SpatialWorld pairs for the critic | `DATA_PAIRS` | 2000 | 12,000 |" in lines
     assert "| GRPO iterations per RL run | `RL_STEPS` | 24 | 115 (oracle), 120 (critic) |" in lines
     assert "| reversed pairs | 96.9% |" in text and "critic's within-group Spearman" in text

@@ -10,10 +10,11 @@ TORCH_PIN := $(shell grep -m1 '^torch==' requirements.txt)
 TORCH_INDEX = $(if $(TORCH_CPU),--index-url https://download.pytorch.org/whl/cpu,)
 
 DATA_DIR ?= data/spatialworld
-DATA_ARGS ?= --num-pairs 12000 --seed 0 --resolution 128 --min-objects 3 --max-objects 6 --max-broken 3 \
+DATA_PAIRS ?= 12000
+DATA_ARGS ?= --num-pairs $(DATA_PAIRS) --seed 0 --resolution 128 --min-objects 3 --max-objects 6 --max-broken 3 \
 	--split-fractions 0.75 0.05 0.20
 
-.PHONY: help setup test test-slow lint data data-rl pretrain-reward train-reward pretrain-generator train-rl exp-rl eval-benchmarks demo bench clean
+.PHONY: help setup test test-slow lint data data-rl data-generated agreement-set pretrain-reward train-reward pretrain-generator train-rl exp-rl eval-benchmarks demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +45,8 @@ $(DATA_DIR)/verify_report.json: | $(STAMP)
 	$(PYTHON) -m data_synthesis verify $(DATA_DIR) --report $@.tmp && mv $@.tmp $@
 
 REWARD_CONFIG ?= configs/reward/tiny.yaml
+comma := ,
+space := $(subst ,, )
 
 # Stage A of the tiny reward backbone (reward_model/stage_a/) is shipped in checkpoints/reward_tiny_stage_a with its
 # training logs: it takes about 3.5 hours here, beyond the demo budget; `make train-reward` runs stage B only.
@@ -68,8 +71,23 @@ pretrain-reward: $(DATA_DIR)/verify_report.json | $(STAMP) ## reproduce the ship
 	$(call stage_a_phase,v12,v11)
 	@echo "stage A written to $(A)/v12/backbone (the shipped copy is checkpoints/reward_tiny_stage_a; logs beside it)"
 
-train-reward: $(DATA_DIR)/verify_report.json | $(STAMP) ## stage B on the shipped stage A; exports runs/reward/tiny/export
-	$(PYTHON) -m reward_model fit --config $(REWARD_CONFIG) --data.dataset_dir $(DATA_DIR)
+# The critic's agreement with the oracle where GRPO uses it: 64 RL test prompts x 24 samples of the generator, drawn
+# with the rollouts' SDE sampler and labelled by the oracle (rl_policy draw); scored at the end of train-reward.
+AGREEMENT_DIR ?= data/agreement-test
+AGREEMENT_PROMPTS ?= 64
+# Where stage B writes (the export the RL critic and the benchmarks read is $(REWARD_EXPORT)); REWARD_STEPS=n: n
+# optimizer steps instead of the config's. `make demo` sets both (a small critic in runs/demo, apart from this one).
+REWARD_RUN_DIR ?= runs/reward/tiny
+REWARD_EXPORT = $(REWARD_RUN_DIR)/export
+REWARD_STEPS ?=
+# REWARD_EXTRA_DATA=DIR: more dataset dirs whose pairs join the renders' (e.g. $(GEN_DATA_DIR), the generator's own
+# images from `make data-generated`; accuracy is then reported per kind). Empty by default: see the README's results.
+REWARD_EXTRA_DATA ?=
+train-reward: $(DATA_DIR)/verify_report.json $(AGREEMENT_DIR)/samples.parquet $(addsuffix /meta.json,$(REWARD_EXTRA_DATA)) | $(STAMP) ## stage B on the shipped stage A; exports runs/reward/tiny/export
+	$(PYTHON) -m reward_model fit --config $(REWARD_CONFIG) --data.dataset_dir $(DATA_DIR) \
+		--export.agreement_set $(AGREEMENT_DIR) --trainer.default_root_dir $(REWARD_RUN_DIR) \
+		$(if $(REWARD_STEPS),--trainer.max_steps $(REWARD_STEPS),) \
+		$(if $(REWARD_EXTRA_DATA),--data.extra_dataset_dirs '[$(subst $(space),$(comma),$(strip $(REWARD_EXTRA_DATA)))]',)
 
 # The RL testbed: 2-object SpatialWorld scenes (every relation family but `between`, which needs 3), prompts of at
 # most 84 tokens, drawn by the tiny generator at 32 px.
@@ -83,11 +101,34 @@ SHIPPED_GENERATOR = checkpoints/generator_tiny/pipeline
 GENERATOR ?= $(if $(wildcard $(SHIPPED_GENERATOR)/model_index.json),$(SHIPPED_GENERATOR),$(GENERATOR_DIR)/pipeline)
 REWARD ?= spatialscore
 
+agreement-set: $(AGREEMENT_DIR)/samples.parquet ## the generator's own samples of RL test prompts, oracle-labelled
+
+$(AGREEMENT_DIR)/samples.parquet: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json | $(STAMP)
+	$(PYTHON) -m rl_policy draw --pipeline $(GENERATOR) --data $(RL_DATA_DIR) --split test \
+		--prompts $(AGREEMENT_PROMPTS) --per-prompt 24 --out $(AGREEMENT_DIR)
+
 data-rl: $(RL_DATA_DIR)/verify_report.json ## build and verify the RL prompt set in data/spatialworld-rl
 
 $(RL_DATA_DIR)/verify_report.json: | $(STAMP)
 	$(PYTHON) -m data_synthesis build --out $(RL_DATA_DIR) $(RL_DATA_ARGS) --workers $$(nproc)
 	$(PYTHON) -m data_synthesis verify $(RL_DATA_DIR) --report $@.tmp && mv $@.tmp $@
+
+# The generator's own images for the critic (issue 18): the RL prompt set's train split only (its test prompts stay
+# unseen), drawn by the generator at 32 px with the evaluation's sampler (ODE, 20 steps) and the rollouts' (SDE, 6
+# steps, noise 0.8), true CFG 3; each image drawn up to 8 times until the SpatialWorld oracle accepts it, half the
+# pairs on-policy ranked pairs (two samples of one prompt the oracle orders). Then the oracle's decisions go into the
+# review store (review --oracle-accepted shows them to people). Measured: 120 pairs tried in 191 s (98 s of CPU) on
+# one thread of the busy 2-core machine, 82 kept (38% of generated, 100% of ranked): 2,000 tried take 30-55 min.
+GEN_DATA_DIR ?= data/spatialworld-generated
+GEN_DATA_PAIRS ?= 2000
+GEN_DATA_ARGS ?= --num-pairs $(GEN_DATA_PAIRS) --seed 0 --resolution 32 --split-fractions 0.8 0.1 0.1 --best-of 8 \
+	--ranked-fraction 0.5 --sampler ode:20 --sampler sde:6:0.8 --generator-true-cfg 3 --generator-batch-size 16
+data-generated: $(GEN_DATA_DIR)/meta.json ## generated pairs of the RL train prompts, oracle-reviewed (best-of-8)
+
+$(GEN_DATA_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json | $(STAMP)
+	$(PYTHON) -m data_synthesis build --out $(GEN_DATA_DIR) $(GEN_DATA_ARGS) --prompt-source dataset \
+		--source-dir $(RL_DATA_DIR) --source-split train --generator tiny=$(GENERATOR)
+	$(PYTHON) -m data_synthesis oracle-review $(GEN_DATA_DIR) --quiet
 
 pretrain-generator: $(GENERATOR_DIR)/pipeline/model_index.json ## pretrain the tiny generator (rectified flow)
 
@@ -101,19 +142,32 @@ ifeq ($(filter $(REWARD),$(RL_REWARDS)),)
 $(error REWARD=$(REWARD) is not one of: $(RL_REWARDS))
 endif
 RL_REWARD_CONFIG = $(if $(filter spatialscore,$(REWARD)),,--config configs/rl/reward_$(REWARD).yaml)
-RL_REWARD_DEPS = $(if $(filter spatialscore,$(REWARD)),runs/reward/tiny/export/metrics.json,)
-RL_RUN_DIR = runs/rl/tiny$(if $(filter spatialscore,$(REWARD)),,-$(REWARD))
+RL_REWARD_DEPS = $(if $(filter spatialscore,$(REWARD)),$(REWARD_EXPORT)/metrics.json,)
+# The critic is the config's runs/reward/tiny/export unless REWARD_RUN_DIR says otherwise (given whole, as JSON: a
+# protocol-typed argument is not overridden field by field)
+RL_CRITIC_ARGS = $(if $(and $(filter spatialscore,$(REWARD)),$(filter-out runs/reward/tiny/export,$(REWARD_EXPORT))),\
+	--model.reward '{"class_path": "reward_model.SpatialScorer"$(comma) "init_args": {"checkpoint_dir": "$(REWARD_EXPORT)"}}',)
+# RL_RUNS_DIR: where the runs go (runs/rl/tiny[-REWARD]); another dir moves the run, its checkpoints and the base
+# evaluation cache there (`make demo`: runs/demo/rl). RL_STEPS=n: n GRPO iterations instead of the config's;
+# RL_EVAL_PROMPTS=n: the end-of-fit evaluation on the first n test prompts (x 2 seeds) instead of all of them.
+RL_RUNS_DIR ?= runs/rl
+RL_RUN_DIR = $(RL_RUNS_DIR)/tiny$(if $(filter spatialscore,$(REWARD)),,-$(REWARD))
+RL_STEPS ?=
+RL_EVAL_PROMPTS ?=
+RL_SIZE_ARGS = $(if $(filter-out runs/rl,$(RL_RUNS_DIR)),--trainer.default_root_dir $(RL_RUN_DIR) \
+	--trainer.callbacks.init_args.dirpath $(RL_RUN_DIR)/checkpoints --export.base_cache $(RL_RUNS_DIR)/base_eval_cache,) \
+	$(if $(RL_STEPS),--trainer.max_steps $(RL_STEPS),) $(if $(RL_EVAL_PROMPTS),--export.num_prompts $(RL_EVAL_PROMPTS),)
 # a killed run resumes from its last checkpoint (LoRA, optimizer, EMA, data position and RNG)
 # SEED=n: the run's seed (LoRA init, rollout noise, prompt order)
 RL_SEED = $(if $(SEED),--seed_everything $(SEED) --data.seed $(SEED) --model.seed $(SEED),)
 RL_RESUME = $(if $(wildcard $(RL_RUN_DIR)/checkpoints/last.ckpt),--ckpt_path $(RL_RUN_DIR)/checkpoints/last.ckpt,)
 
-runs/reward/tiny/export/metrics.json:
+$(REWARD_EXPORT)/metrics.json:
 	$(MAKE) train-reward
 
 train-rl: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json $(RL_REWARD_DEPS) | $(STAMP) ## Flow-GRPO of the tiny generator (REWARD=oracle|geneval too)
 	$(PYTHON) -m rl_policy fit --config configs/rl/tiny.yaml $(RL_REWARD_CONFIG) --data.source $(RL_DATA_DIR) \
-		--model.policy.pipeline $(GENERATOR) $(RL_SEED) $(RL_RESUME)
+		--model.policy.pipeline $(GENERATOR) $(RL_CRITIC_ARGS) $(RL_SIZE_ARGS) $(RL_SEED) $(RL_RESUME)
 
 # The RL comparison (not in CI; about 20 CPU-minutes per run, 9 runs): 3 seeds of the paper's recipe, the same
 # without top-k filtering, and the GenEval-rule reward; runs/exp-rl/comparison.md and curves.png. Resumable.
@@ -124,22 +178,26 @@ exp-rl: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json runs/rew
 
 # Every benchmark for the tiny reward model and for each generator that exists (the pretrained base, the RL runs);
 # cached and resumable: a rerun makes no judge call and gives a byte-identical reports/summary.json.
-RL_RUNS = $(foreach run,tiny tiny-oracle tiny-geneval,$(if $(wildcard runs/rl/$(run)/lora/policy.json),--generator $(run)=runs/rl/$(run)))
+RL_RUNS = $(foreach run,tiny tiny-oracle tiny-geneval,$(if $(wildcard $(RL_RUNS_DIR)/$(run)/lora/policy.json),\
+	--generator $(run)=$(RL_RUNS_DIR)/$(run)))
 
 EVAL_SAMPLER_ARGS = --steps 20 --height 32 --width 32 --true-cfg 3
 # EVAL_LIMIT=40: only the first 40 prompts (pairs) of each task, for a quick look. The full suite draws 796 images per
 # generator for the tasks that share the SpatialWorld prompt text and more for TIIF's long versions, 8 per pipeline
 # call (--batch-size); spatialworld-oracle took 185 s for 588 of them on a loaded 2-core machine.
 EVAL_LIMIT ?=
+EVAL_OUT ?= reports
 
-eval-benchmarks: $(RL_DATA_DIR)/verify_report.json runs/reward/tiny/export/metrics.json $(GENERATOR)/model_index.json | $(STAMP) ## all benchmarks -> reports/
-	$(PYTHON) -m benchmarks suite --out reports --reward-data $(DATA_DIR) --scorer runs/reward/tiny/export \
+eval-benchmarks: $(RL_DATA_DIR)/verify_report.json $(REWARD_EXPORT)/metrics.json $(GENERATOR)/model_index.json | $(STAMP) ## all benchmarks -> reports/
+	$(PYTHON) -m benchmarks suite --out $(EVAL_OUT) --reward-data $(DATA_DIR) --scorer $(REWARD_EXPORT) \
 		--prompt-data $(RL_DATA_DIR) --generator base=$(GENERATOR) $(RL_RUNS) \
 		$(EVAL_SAMPLER_ARGS) --images-per-prompt 2 $(if $(EVAL_LIMIT),--limit $(EVAL_LIMIT),)
 
-# The whole chain from nothing (each stage only when its output is missing), timed, with base-vs-RL samples drawn
-# with the benchmarks' sampler settings: reports/demo.md.
-demo: $(STAMP) ## data, reward model, generator, GRPO (oracle and critic), benchmarks -> reports/demo.md
+# The whole chain from nothing at demo size (each stage only when its output is missing), timed, with base-vs-RL
+# samples drawn with the benchmarks' sampler settings: reports/demo.md. benchmarks/demo.py holds the demo's sizes and
+# their time budget (45 minutes on 2 cores) and passes them to every stage target; the demo's data, runs and
+# benchmark reports go to data/demo, runs/demo and reports/demo, so no full-size target reads them.
+demo: $(STAMP) ## the whole chain at demo size (~45 min): data, critic, GRPO (oracle and critic), benchmarks -> reports/demo.md
 	$(PYTHON) -m benchmarks.demo --out reports --prompt-data $(RL_DATA_DIR) --generator $(GENERATOR) $(EVAL_SAMPLER_ARGS)
 
 bench: $(STAMP) ## speed benchmarks (prints ratios against the targets)

@@ -82,13 +82,6 @@ def pretrain_command(argv: Sequence[str]) -> None:
     parser.add_argument("--max-prompt-tokens", type=int, default=96, help="text encoder length (longer: error)")
     parser.add_argument("--num-layers", type=int, default=1, help="double-stream blocks")
     parser.add_argument("--num-single-layers", type=int, default=2, help="single-stream blocks")
-    parser.add_argument(
-        "--text-position-bias-std",
-        type=float,
-        default=None,
-        help="redraw the T5 encoder's relative-position bias from N(0, std^2) before training (default: T5's own "
-        "init, std .125), so that its token features carry word order (rl_policy.pretrain.redraw_text_position_bias)",
-    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     arguments = parser.parse_args(argv)
@@ -98,10 +91,6 @@ def pretrain_command(argv: Sequence[str]) -> None:
         parser.error(f"--decay-steps {arguments.decay_steps} exceeds --steps {arguments.steps}")
     if arguments.init_from is not None and not (arguments.init_from / "model_index.json").is_file():
         parser.error(f"--init-from {arguments.init_from} is not a saved pipeline (no model_index.json)")
-    if arguments.init_from is not None and arguments.text_position_bias_std is not None:
-        parser.error("--text-position-bias-std builds new text encoders; it cannot be combined with --init-from")
-    if arguments.text_position_bias_std is not None and not arguments.text_position_bias_std > 0:
-        parser.error(f"--text-position-bias-std must be positive, got {arguments.text_position_bias_std}")
 
     import torch
     from lightning.pytorch import Trainer, seed_everything
@@ -109,12 +98,7 @@ def pretrain_command(argv: Sequence[str]) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from rl_policy.policy import FluxPolicy, build_tiny_flux_pipeline, load_pipeline
-    from rl_policy.pretrain import (
-        GeneratorPretrainDataModule,
-        GeneratorPretrainModule,
-        redraw_text_position_bias,
-        save_generator,
-    )
+    from rl_policy.pretrain import GeneratorPretrainDataModule, GeneratorPretrainModule, save_generator
 
     if arguments.threads is not None:
         torch.set_num_threads(arguments.threads)
@@ -128,8 +112,6 @@ def pretrain_command(argv: Sequence[str]) -> None:
             max_prompt_tokens=arguments.max_prompt_tokens,
             seed=arguments.seed,
         )
-        if arguments.text_position_bias_std is not None:
-            redraw_text_position_bias(pipeline, arguments.text_position_bias_std, seed=arguments.seed)
     policy = FluxPolicy(pipeline, max_sequence_length=arguments.max_prompt_tokens + 1, strict_prompt_length=True)
     module = GeneratorPretrainModule(
         policy,

@@ -164,25 +164,6 @@ def training_sigmas(
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
-def redraw_text_position_bias(pipeline, std: float, seed: int = 0) -> None:
-    """Redraw the T5 encoder's relative-position bias (one [buckets, heads] table, in its first layer, that every
-    layer adds to its attention logits) from N(0, std^2), generator seeded by `seed`; nothing else changes.
-
-    Why: Flux gives text tokens no position in joint attention (txt_ids are 0), so word order reaches the transformer
-    only through the T5 features. T5's initialisation (std d_model^-1/2 = .125 for the tiny width 64) leaves the
-    attention content-driven: the features of "the A is left of the B" and "the B is left of the A" (same words) are
-    8% as far apart as those of a changed relation word; at std 2 as far apart (runs/issue19/order_probe)."""
-    if not std > 0:
-        raise ValueError(f"text position bias std must be positive, got {std}")
-    attention = pipeline.text_encoder_2.encoder.block[0].layer[0].SelfAttention
-    if not getattr(attention, "has_relative_attention_bias", False):
-        raise ValueError("the pipeline's text_encoder_2 has no T5 relative-position bias to redraw")
-    generator = torch.Generator().manual_seed(seed)
-    weight = attention.relative_attention_bias.weight
-    with torch.no_grad():
-        weight.copy_(torch.randn(weight.shape, generator=generator) * std)
-
-
 def oracle_metrics(verdicts: list) -> dict[str, float]:
     """Held-out numbers from `SpatialWorldOracle.judge` verdicts: all_found (share of images), relation_accuracy (over
     every stated relation), relation_accuracy_all_found (over images with every object found), and per relation

@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from textwrap import shorten
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import yaml
@@ -39,7 +39,6 @@ from PIL import Image
 from reward_model.callbacks import ExportRewardCheckpoint, PairGridLogger, evaluate_pairs, json_safe
 from reward_model.data import PairwiseDataModule
 from reward_model.export import export_checkpoint
-from reward_model.model import encode, truncate_prompt
 from reward_model.module import RewardModule
 
 EXPORT_KEY = "export"  # config key of the ExportRewardCheckpoint options
@@ -95,7 +94,7 @@ def score_command(argv: Sequence[str]) -> None:
     scorer = SpatialScorer.from_pretrained(
         arguments.checkpoint, device=arguments.device, dtype=arguments.dtype, batch_size=arguments.batch_size
     )
-    prompt, cut = fit_prompt(scorer, arguments.prompt, images)
+    prompt, cut = scorer.fit_prompt(arguments.prompt, images)
     if cut is not None:
         print(
             f"warning: the prompt has {cut.tokens} tokens and this model reads {cut.budget} ({cut.reason}); "
@@ -127,35 +126,6 @@ def read_images(paths: Sequence[str]) -> list[Image.Image]:
     if problems:
         raise ValueError(f"{len(problems)} of {len(paths)} images cannot be scored: " + "; ".join(problems))
     return images
-
-
-class PromptCut(NamedTuple):
-    tokens: int  # the prompt's length in the model's tokens
-    budget: int  # how many the model reads
-    reason: str  # where the budget comes from
-    dropped: str  # the text that is not scored
-
-
-def fit_prompt(scorer, prompt: str, images: Sequence[Image.Image]) -> tuple[str, PromptCut | None]:
-    """The prompt as the model reads it, and what was cut (None: nothing). The budget is the checkpoint's
-    `max_prompt_tokens` where it has one, else the positions the language model has (max_position_embeddings) less
-    the chat template and the largest image's tokens."""
-    network = scorer.network
-    tokenizer = network.processor.tokenizer
-    tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    if getattr(network, "max_prompt_tokens", None):
-        budget, reason = network.max_prompt_tokens, "the checkpoint's max_prompt_tokens"
-    else:
-        positions = network.backbone.config.get_text_config().max_position_embeddings
-        overhead = max(
-            encode(network.processor, [""], [image], system_prompt=scorer.system_prompt)["input_ids"].shape[1]
-            for image in images
-        )
-        budget, reason = positions - overhead, f"{positions} positions less {overhead} for the template and image"
-    if tokens <= budget:
-        return prompt, None
-    kept, _ = truncate_prompt(tokenizer, prompt, max(budget, 1))
-    return kept, PromptCut(tokens, budget, reason, prompt[len(kept) :])
 
 
 def find_run_config(ckpt: Path) -> Path:

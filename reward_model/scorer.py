@@ -25,7 +25,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from reward_model.model import (
     _load_backbone,
     compile_blocks,
     encode,
+    truncate_prompt,
 )
 from reward_model.pretrain import POSITION_EMBEDDING_FILE, attach_pretrained_position_embedding
 from reward_model.tokenizer import load_processor
@@ -208,6 +209,15 @@ def _array_to_pil(array: torch.Tensor | np.ndarray) -> Image.Image:
     return Image.fromarray(pixels.contiguous().numpy(), mode="RGB")
 
 
+class PromptCut(NamedTuple):
+    """What `SpatialScorer.fit_prompt` cut from a prompt longer than the model reads."""
+
+    tokens: int  # the prompt's length in the model's tokens
+    budget: int  # how many the model reads
+    reason: str  # where the budget comes from
+    dropped: str  # the text that is not scored
+
+
 class SpatialScorer:
     """A loaded reward checkpoint: `score(*, prompts, images)` -> (mean [N], std [N]); `__call__` -> mean [N].
 
@@ -319,6 +329,27 @@ class SpatialScorer:
         return len(self.network.processor.tokenizer(prompt)["input_ids"]) + pixels // token_pixels
 
     @torch.no_grad()
+    def fit_prompt(self, prompt: str, images: Sequence[ImageInput]) -> tuple[str, PromptCut | None]:
+        """The prompt as the model reads it, and what was cut (None: nothing). The budget is the checkpoint's
+        `max_prompt_tokens` where it has one, else the positions the language model has (max_position_embeddings)
+        less the chat template and the largest image's tokens."""
+        network = self.network
+        tokenizer = network.processor.tokenizer
+        tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if getattr(network, "max_prompt_tokens", None):
+            budget, reason = network.max_prompt_tokens, "the checkpoint's max_prompt_tokens"
+        else:
+            positions = network.backbone.config.get_text_config().max_position_embeddings
+            overhead = max(
+                encode(network.processor, [""], [to_pil(image)], system_prompt=self.system_prompt)["input_ids"].shape[1]
+                for image in images
+            )
+            budget, reason = positions - overhead, f"{positions} positions less {overhead} for the template and image"
+        if tokens <= budget:
+            return prompt, None
+        kept, _ = truncate_prompt(tokenizer, prompt, max(budget, 1))
+        return kept, PromptCut(tokens, budget, reason, prompt[len(kept) :])
+
     def score(
         self, *, prompts: Sequence[str], images: Sequence[ImageInput], batch_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -328,7 +328,6 @@ class SpatialScorer:
         pixels = min(image.width * image.height, image_processor.size["longest_edge"])
         return len(self.network.processor.tokenizer(prompt)["input_ids"]) + pixels // token_pixels
 
-    @torch.no_grad()
     def fit_prompt(self, prompt: str, images: Sequence[ImageInput]) -> tuple[str, PromptCut | None]:
         """The prompt as the model reads it, and what was cut (None: nothing). The budget is the checkpoint's
         `max_prompt_tokens` where it has one, else the positions the language model has (max_position_embeddings)
@@ -350,6 +349,7 @@ class SpatialScorer:
         kept, _ = truncate_prompt(tokenizer, prompt, max(budget, 1))
         return kept, PromptCut(tokens, budget, reason, prompt[len(kept) :])
 
+    @torch.no_grad()
     def score(
         self, *, prompts: Sequence[str], images: Sequence[ImageInput], batch_size: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -83,6 +83,7 @@ def test_reload_gives_identical_scores(trained):
     torch.testing.assert_close(std, expected_std, atol=1e-6, rtol=0)
     assert mean.std() > 0  # input-dependent, so equality says something
     assert not any(parameter.requires_grad for parameter in reloaded.network.parameters())
+    assert expected_mean.grad_fn is None  # score builds no graph, even on a network that still trains
     torch.testing.assert_close(reloaded(prompts=prompts, images=paths, metadata=[{}] * len(prompts)), mean)
 
 

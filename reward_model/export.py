@@ -13,8 +13,8 @@ Layout, all safetensors and JSON (never pickle):
     head.safetensors     the (mean, std) head's weights (`layers.*`) and `reward_token_embedding` [H], the row the
                          reward token is embedded with
     patch_position_embedding.safetensors
-                         the stage-A vision position embedding (`reward_model.pretrain.PatchPositionEmbedding`, same
-                         file format as in a stage-A backbone dir), when the network has one; never inside backbone/
+                         the stage-A vision position embedding (`reward_model.position_embedding`, same file
+                         format as in a stage-A backbone dir), when the network has one; never inside backbone/
     metrics.json         when given
 
 The backbone reference is either `{"source": "embedded", "path": "backbone", "config": {...}}` or, for LoRA on a
@@ -41,7 +41,7 @@ from torch import nn
 from transformers import Qwen2_5_VLModel
 
 from reward_model.model import SpatialScore
-from reward_model.pretrain import POSITION_EMBEDDING_FILE, PatchPositionEmbedding, save_position_embedding
+from reward_model.position_embedding import POSITION_EMBEDDING_FILE, PatchPositionEmbedding, save_position_embedding
 from reward_model.tokenizer import REWARD_TOKEN
 from shared import atomic_write_json
 from shared.io import atomic_directory

@@ -17,7 +17,7 @@ Training choices, all arguments of `build_spatialscore`:
 - `quantization="4bit"` (NF4, double quantization) or `"8bit"` (LLM.int8) loads a pretrained directory's language
   model through bitsandbytes for QLoRA on one small GPU; the vision tower stays in `dtype` (it is 0.67B of 8.3B
   parameters at 7B and frozen by default). LoRA is required then.
-- A backbone directory written by stage A (`reward_model.pretrain.save_pretrained_backbone`) may hold a learned
+- A backbone directory written by stage A (`reward_model.stage_a.model.save_grounded_backbone`) may hold a learned
   patch position embedding (`patch_position_embedding.safetensors`); it is attached to the vision tower and trains
   exactly when the vision tower's own weights do (full fine-tune with `train_vision`; frozen under LoRA).
 
@@ -44,7 +44,7 @@ from PIL import Image
 from torch import nn
 from transformers import BatchFeature, BitsAndBytesConfig, Qwen2_5_VLConfig, Qwen2_5_VLModel
 
-from reward_model.pretrain import attach_pretrained_position_embedding
+from reward_model.position_embedding import attach_pretrained_position_embedding
 from reward_model.tokenizer import (
     IMAGE_TOKEN,
     PAD_TOKEN,

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from reward_model.model import TEXT_LORA_TARGETS, SpatialScore, build_spatialscore, tiny_backbone_config
-from reward_model.pretrain import attach_pretrained_position_embedding
+from reward_model.position_embedding import attach_pretrained_position_embedding
 from reward_model.stage_a.model import HEADS_FILE, read_grounding_heads
 from reward_model.tokenizer import build_spatialworld_processor
 

@@ -53,7 +53,7 @@ from reward_model.model import (
     encode,
     truncate_prompt,
 )
-from reward_model.pretrain import POSITION_EMBEDDING_FILE, attach_pretrained_position_embedding
+from reward_model.position_embedding import POSITION_EMBEDDING_FILE, attach_pretrained_position_embedding
 from reward_model.tokenizer import load_processor
 from shared.dtypes import check_dtype_name, torch_dtype
 

@@ -202,7 +202,7 @@ def test_stage_a_position_embedding_is_exported_and_reloads_to_identical_scores(
     then stale)."""
     from reward_model.export import patch_position_embedding
     from reward_model.model import build_spatialscore
-    from reward_model.pretrain import POSITION_EMBEDDING_FILE
+    from reward_model.position_embedding import POSITION_EMBEDDING_FILE
 
     _, _, prompts, paths = trained
     options = {"lora_rank": 4} if training == "lora" else {"lora_rank": None, "train_vision": True}

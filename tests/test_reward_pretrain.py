@@ -16,7 +16,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import get_vision_positi
 
 from reward_model.__main__ import main
 from reward_model.model import build_spatialscore
-from reward_model.pretrain import patch_grid_positions
+from reward_model.position_embedding import patch_grid_positions
 from reward_model.stage_a.pairs import pair_accuracies, relation_sentence_count
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,5 +1,5 @@
 """Stage A's network: a `Qwen2_5_VLModel` (no LM head, as stage B) from `tiny_backbone_config` with the patch
-position embedding of `reward_model.pretrain` on its vision patches, every parameter trained, and small linear
+position embedding of `reward_model.position_embedding` on its vision patches, every parameter trained, and small linear
 heads that read the hidden states the losses supervise (`losses.py`): the verdict of each relation sentence at its
 final "." (decoder layer `verdict_layer`), the image-text match at `<|reward|>` (final layer), the colours under each
 image token (the vision tower's output), each mention's object cell and position (layer `binding_layer`), and each
@@ -24,7 +24,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
 from data_synthesis import COLOURS
 from data_synthesis.relations import KINDS
 from reward_model.model import build_spatialscore, reward_token_positions, tiny_backbone_config
-from reward_model.pretrain import POSITION_EMBEDDING_FILE, PatchPositionEmbedding, save_position_embedding
+from reward_model.position_embedding import POSITION_EMBEDDING_FILE, PatchPositionEmbedding, save_position_embedding
 from reward_model.stage_a.data import POSITION_BINS
 from reward_model.tokenizer import REWARD_TOKEN, SpatialScoreProcessor, build_spatialworld_processor
 from shared.io import atomic_directory

@@ -40,20 +40,14 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 
+from rl_policy import monitor
 from rl_policy.data import PromptBatch, PromptDataModule
 from rl_policy.evaluation import sample_eval_images, score_eval_images
 from rl_policy.grpo import GroupSettings, filtered_advantages
-from rl_policy.monitor import TENSORBOARD_LAYOUT, divergence_warning, rollout_agreement
 from rl_policy.objectives import ClippedGRPO, Objective, PolicyCall
 from rl_policy.policy import FluxPolicy, reference_policy, trainable_parameters
 from rl_policy.reward import Reward
-from rl_policy.rollout import (
-    SamplerSettings,
-    Trajectory,
-    guidance_inputs,
-    sample_trajectories,
-    select_embeddings,
-)
+from rl_policy.rollout import SamplerSettings, Trajectory, guidance_inputs, sample_trajectories, select_embeddings
 from rl_policy.updates import UpdateSettings, update_plan
 from shared import stable_seed
 
@@ -122,7 +116,7 @@ class GRPOModule(LightningModule):
                 component.to(self.device)
         experiment = getattr(self.logger, "experiment", None)
         if hasattr(experiment, "add_custom_scalars") and self.global_rank == 0:
-            experiment.add_custom_scalars(TENSORBOARD_LAYOUT)
+            experiment.add_custom_scalars(monitor.TENSORBOARD_LAYOUT)
 
     def _generator(self, *parts: object) -> torch.Generator:
         generator = torch.Generator(device=self.transformer.device)
@@ -199,7 +193,9 @@ class GRPOModule(LightningModule):
         if self._measures_agreement(batch):
             index = trajectory.prompt_index.tolist()
             prompts, metadata = [batch.prompts[i] for i in index], [batch.metadata[i] for i in index]
-            measured = rollout_agreement(self.oracle, prompts, metadata, images, rewards, self.groups.group_size)
+            measured = monitor.rollout_agreement(
+                self.oracle, prompts, metadata, images, rewards, self.groups.group_size
+            )
             for logger in self.loggers:  # directly, as evaluations: self.log would repeat it at every later step
                 logger.log_metrics({name: float(value) for name, value in measured.items()}, step=self.global_step)
             self.agreement_history.append((self.global_step, float(measured["train/critic_oracle_spearman"])))
@@ -246,16 +242,10 @@ class GRPOModule(LightningModule):
         if isinstance(datamodule, PromptDataModule):
             datamodule.mark_served(batch)
 
-        valid = rewards[torch.isfinite(rewards)]
-        metrics = {
-            "train/reward_mean": valid.mean() if len(valid) else torch.tensor(math.nan),
-            "train/reward_std": valid.std(correction=0) if len(valid) else torch.tensor(math.nan),
-            "train/kept_advantage_abs": advantages[trains].abs().mean() if trains.any() else torch.tensor(0.0),
-            "train/zero_variance_groups": result.zero_variance.float().mean(),
-            "train/dropped_samples": torch.tensor(float(dropped)),
-            "train/trained_pairs": torch.tensor(float(len(pairs) if plan else 0)),
-            "train/lr": torch.tensor(float(optimizer.optimizer.param_groups[0]["lr"])),
-        }
+        metrics = monitor.rollout_metrics(
+            rewards, advantages, trains, result.zero_variance, dropped, len(pairs) * bool(plan)
+        )
+        metrics["train/lr"] = torch.tensor(float(optimizer.optimizer.param_groups[0]["lr"]))
         metrics |= {f"train/{name}": torch.stack(values).mean() for name, values in logged.items()}
         if grad_norms:
             metrics["train/grad_norm"] = torch.stack(grad_norms).mean()
@@ -268,12 +258,11 @@ class GRPOModule(LightningModule):
             self._log_evaluation()
 
     def _measures_agreement(self, batch: PromptBatch) -> bool:
-        """With an oracle and metadata: at the first and last steps and every evaluation step (rl_policy.monitor)."""
+        """With an oracle and metadata, at the steps `monitor.agreement_step` names."""
         if self.oracle is None or not batch.metadata or not all(batch.metadata):
             return False
-        step, every = self.global_step, self.hparams.eval_every_n_steps
-        last = self._trainer is not None and self.trainer.max_steps > 0 and step == self.trainer.max_steps - 1
-        return step == 0 or last or bool(every and step % every == 0)
+        max_steps = self.trainer.max_steps if self._trainer is not None else -1
+        return monitor.agreement_step(self.global_step, self.hparams.eval_every_n_steps, max_steps)
 
     def _clip_and_step(self, optimizer, counted: bool) -> torch.Tensor:
         """Clip and step; only the rollout's first update goes through Lightning's optimizer wrapper, so that
@@ -301,7 +290,7 @@ class GRPOModule(LightningModule):
         scalars = {f"eval/{name}": value for name, value in results.items() if not math.isnan(value)}
         if self.global_step == 0:
             self.first_eval = dict(results)
-        elif warning := divergence_warning(self.first_eval, results, self.global_step):
+        elif warning := monitor.divergence_warning(self.first_eval, results, self.global_step):
             rank_zero_warn(warning)
         for logger in self.loggers:  # directly: `self.log` in training_step would repeat the values at every later step
             logger.log_metrics(scalars, step=self.global_step)
@@ -327,6 +316,6 @@ class GRPOModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.counters = dict(checkpoint.get("grpo_counters", self.counters))
-        monitor = checkpoint.get("grpo_monitor", {})
-        self.first_eval = dict(monitor.get("first_eval", self.first_eval))
-        self.agreement_history = [tuple(item) for item in monitor.get("agreement", self.agreement_history)]
+        saved = checkpoint.get("grpo_monitor", {})
+        self.first_eval = dict(saved.get("first_eval", self.first_eval))
+        self.agreement_history = [tuple(item) for item in saved.get("agreement", self.agreement_history)]

@@ -56,6 +56,34 @@ def rollout_agreement(
     return metrics
 
 
+def agreement_step(step: int, eval_every: int | None, max_steps: int) -> bool:
+    """Whether step `step` measures the critic's agreement with the oracle: the first, the last (when `max_steps` is
+    positive) and every evaluation step."""
+    last = max_steps > 0 and step == max_steps - 1
+    return step == 0 or last or bool(eval_every and step % eval_every == 0)
+
+
+def rollout_metrics(
+    rewards: torch.Tensor,
+    advantages: torch.Tensor,
+    kept: torch.Tensor,
+    zero_variance: torch.Tensor,
+    dropped: int,
+    trained_pairs: int,
+) -> dict[str, torch.Tensor]:
+    """One rollout's scalars: rewards [S] (non-finite = dropped), advantages [S], kept [S] bool (trains),
+    zero_variance [P] bool. An empty reward set gives NaN mean and std; no kept sample, advantage 0."""
+    valid = rewards[torch.isfinite(rewards)]
+    return {
+        "train/reward_mean": valid.mean() if len(valid) else torch.tensor(math.nan),
+        "train/reward_std": valid.std(correction=0) if len(valid) else torch.tensor(math.nan),
+        "train/kept_advantage_abs": advantages[kept].abs().mean() if kept.any() else torch.tensor(0.0),
+        "train/zero_variance_groups": zero_variance.float().mean(),
+        "train/dropped_samples": torch.tensor(float(dropped)),
+        "train/trained_pairs": torch.tensor(float(trained_pairs)),
+    }
+
+
 def divergence_warning(first: dict[str, float], now: dict[str, float], step: int) -> str | None:
     """A warning text when the held-out reward rose since `first` while the oracle's relation accuracy fell by more
     than one standard error (binomial, over the stated relations of both evaluations); None otherwise."""

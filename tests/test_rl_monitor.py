@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from data_synthesis import SpatialWorldOracle, load_pairs, oracle_metadata
-from rl_policy.monitor import divergence_warning, rollout_agreement
+from rl_policy.monitor import agreement_step, divergence_warning, rollout_agreement, rollout_metrics
 
 
 def test_divergence_warning_needs_reward_up_and_oracle_down_beyond_its_standard_error():
@@ -58,3 +58,30 @@ def test_rollout_agreement_reads_the_oracle_inside_each_group(small_dataset):
     assert against["train/critic_oracle_spearman"].item() == pytest.approx(-1.0, abs=1e-5)
     broken = rollout_agreement(oracle, prompts, metadata, images, torch.tensor([math.nan, 1, 0, 1] * 2), 4)
     assert math.isnan(broken["train/critic_oracle_spearman"].item())
+
+
+def test_rollout_metrics_by_hand():
+    rewards = torch.tensor([1.0, 3.0, math.nan, 2.0])  # sample 2 dropped
+    advantages = torch.tensor([-1.5, 0.5, 0.0, 2.0])
+    kept = torch.tensor([True, False, False, True])
+    metrics = rollout_metrics(rewards, advantages, kept, torch.tensor([False, True]), dropped=1, trained_pairs=6)
+    assert metrics["train/reward_mean"].item() == pytest.approx(2.0)
+    assert metrics["train/reward_std"].item() == pytest.approx(math.sqrt(2 / 3))  # population std of 1, 3, 2
+    assert metrics["train/kept_advantage_abs"].item() == pytest.approx(1.75)  # |-1.5| and |2.0|
+    assert metrics["train/zero_variance_groups"].item() == 0.5
+    assert metrics["train/dropped_samples"].item() == 1 and metrics["train/trained_pairs"].item() == 6
+    empty = rollout_metrics(
+        torch.full((2,), math.nan),
+        torch.zeros(2),
+        torch.zeros(2, dtype=torch.bool),
+        torch.tensor([True]),
+        dropped=2,
+        trained_pairs=0,
+    )
+    assert math.isnan(empty["train/reward_mean"]) and empty["train/kept_advantage_abs"].item() == 0.0
+
+
+def test_agreement_is_measured_at_the_first_last_and_evaluation_steps():
+    measured = [step for step in range(12) if agreement_step(step, eval_every=5, max_steps=12)]
+    assert measured == [0, 5, 10, 11]
+    assert [step for step in range(4) if agreement_step(step, eval_every=0, max_steps=-1)] == [0]

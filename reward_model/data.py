@@ -56,6 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data_synthesis import DatasetError, load_pairs
 from data_synthesis.build import GENERATOR as SPATIALWORLD_GENERATOR
+from data_synthesis.build import KINDS
 from data_synthesis.render import render
 from data_synthesis.scene import Scene, SceneError
 from reward_model.model import encode
@@ -420,6 +421,8 @@ class PairwiseDataModule(LightningDataModule):
     extra_dataset_dirs: more dataset dirs whose pairs join each split of `dataset_dir`'s (e.g. the generated pairs
         of `make data-generated` beside the renders), each row keeping its `kind`. Omission pairs re-render only
         `dataset_dir`'s rows, with its meta.json's render settings. Pair ids must be unique across the dirs.
+    train_repeats: kind -> how many times each training pair of that kind is read per epoch (default 1), e.g.
+        {"generated": 8, "ranked": 8} so that a few hundred generated pairs are not lost among thousands of renders.
     """
 
     def __init__(
@@ -440,8 +443,13 @@ class PairwiseDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         extra_dataset_dirs: Sequence[str | os.PathLike] = (),
+        train_repeats: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
+        unknown_kinds = sorted(set(train_repeats or {}) - set(KINDS))
+        if unknown_kinds or any(not isinstance(n, int) or n < 1 for n in (train_repeats or {}).values()):
+            raise ValueError(f"train_repeats maps kinds {list(KINDS)} to whole numbers >= 1, got {train_repeats!r}")
+        self.train_repeats = dict(train_repeats or {})
         if orientation not in ORIENTATIONS:
             raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -570,7 +578,10 @@ class PairwiseDataModule(LightningDataModule):
             raise RuntimeError(f"split {split!r} is not set up: call setup() with a stage that needs it first")
         degradation = self.degradation if split in self.degrade_splits else None
         omission = self.omission if split == "train" else None
-        return PairwiseDataset(self.records[split], self.orientation, degradation, omission, render_settings(self.meta))
+        records = self.records[split]
+        if split == "train" and self.train_repeats:
+            records = [record for record in records for _ in range(self.train_repeats.get(record.kind, 1))]
+        return PairwiseDataset(records, self.orientation, degradation, omission, render_settings(self.meta))
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None

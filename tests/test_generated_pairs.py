@@ -208,6 +208,23 @@ def test_the_critics_loader_reads_renders_and_generated_pairs_with_their_kind(
     with pytest.raises(DatasetError, match="appears in more than one of the dataset dirs"):
         PairwiseDataModule(small_dataset, processor, extra_dataset_dirs=[small_dataset]).setup("fit")
 
+    repeats = {"generated": 3, "ranked": 2}  # oversampled kinds, in the train split only
+    repeated = PairwiseDataModule(
+        small_dataset, processor, orientation="both", extra_dataset_dirs=[generated], train_repeats=repeats
+    )
+    repeated.setup("fit")
+    oversampled = repeated.dataset("train")
+    counts = Counter(oversampled[i].kind for i in range(len(oversampled)))
+    assert counts == {
+        "render": 2 * expected["render"],
+        "generated": 6 * expected["generated"],
+        "ranked": 2 * expected["ranked"],
+    }
+    assert len(repeated.dataset("val")) == len(module.dataset("val"))
+    for wrong in ({"drawn": 2}, {"generated": 0}, {"ranked": 1.5}):
+        with pytest.raises(ValueError, match="train_repeats maps kinds"):
+            PairwiseDataModule(small_dataset, processor, train_repeats=wrong)
+
 
 def test_a_redrawn_split_spreads_the_source_train_prompts_over_every_split():
     prompts = [f"a red circle left of a blue square, number {i}" for i in range(3000)]

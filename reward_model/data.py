@@ -446,10 +446,10 @@ class PairwiseDataModule(LightningDataModule):
         train_repeats: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
-        unknown_kinds = sorted(set(train_repeats or {}) - set(KINDS))
-        if unknown_kinds or any(not isinstance(n, int) or n < 1 for n in (train_repeats or {}).values()):
-            raise ValueError(f"train_repeats maps kinds {list(KINDS)} to whole numbers >= 1, got {train_repeats!r}")
         self.train_repeats = dict(train_repeats or {})
+        repeats = self.train_repeats
+        if set(repeats) - set(KINDS) or any(not isinstance(n, int) or n < 1 for n in repeats.values()):
+            raise ValueError(f"train_repeats maps kinds {list(KINDS)} to whole numbers >= 1, got {train_repeats!r}")
         if orientation not in ORIENTATIONS:
             raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):

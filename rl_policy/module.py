@@ -242,9 +242,8 @@ class GRPOModule(LightningModule):
         if isinstance(datamodule, PromptDataModule):
             datamodule.mark_served(batch)
 
-        metrics = monitor.rollout_metrics(
-            rewards, advantages, trains, result.zero_variance, dropped, len(pairs) * bool(plan)
-        )
+        trained_pairs = len(pairs) if plan else 0
+        metrics = monitor.rollout_metrics(rewards, advantages, trains, result.zero_variance, dropped, trained_pairs)
         metrics["train/lr"] = torch.tensor(float(optimizer.optimizer.param_groups[0]["lr"]))
         metrics |= {f"train/{name}": torch.stack(values).mean() for name, values in logged.items()}
         if grad_norms:

@@ -13,14 +13,19 @@ follow the official `evaluation/evaluate_images.py` and `summary_scores.py`:
       revised = max(|offset| - 0.1 * (dim_A + dim_B), 0) * sign(offset)     # [2], dim = (width, height)
       no relation if every |revised| < 1e-3, else (dx, dy) = revised / |offset|
       left of: dx < -0.5, right of: dx > 0.5, above: dy < -0.5, below: dy > 0.5 (several can hold)
-- summary (`summary_scores.py`): accuracy per tag over images; overall = mean of the tag accuracies; also the fraction
-  of correct images and of prompts with at least one correct image. The official script groups images into prompts
-  by their metadata (`df.groupby('metadata')`), so prompts whose metadata are identical count as one; the
-  `official_compatible` variant does the same, the `corrected` one counts prompts by their index (`summarize`).
-- class names: GenEval's 80 (`CLASS_NAMES`, its `evaluation/object_names.txt`) are COCO's, except three it spells
-  out ("computer mouse", "tv remote", "computer keyboard" for COCO's "mouse", "remote", "keyboard"). mmdetection's
-  detector is indexed by position, so the official script never sees the difference; a detector that names its
-  classes (`config.id2label` of a transformers COCO checkpoint) is asked for `coco_label(name)`.
+- summary (`summary_scores.py`): accuracy per tag over images; overall = mean of the (unrounded) tag accuracies;
+  also the fraction of correct images and of prompts with at least one correct image. The official script groups
+  images into prompts by their metadata (`df.groupby('metadata')`), so prompts whose metadata are identical count
+  as one: their images are pooled, one correct image makes them all count, and the prompt count shrinks. The
+  `official_compatible` variant does the same (the number to report beside published scores); the `corrected` one
+  counts prompts by their index, each with its own images, which is what "% correct prompts" means
+  (`summarize_variants`; `merged_prompts` counts the prompts the official grouping folds into another). The
+  official 553 prompts are all distinct, so there the two agree; the tag accuracies and overall always agree.
+- class names: GenEval's 80 (`CLASS_NAMES`, its `object_names.txt`, in order) are COCO's, except three it spells
+  out ("computer mouse", "tv remote", "computer keyboard" for COCO's "mouse", "remote", "keyboard"; 33 of the 553
+  prompts name one of them). mmdetection's detector is indexed by position, so the official script never sees the
+  difference; a detector that names its classes (`config.id2label` of a transformers COCO checkpoint) is asked for
+  `coco_label(name)`, and the CLIP colour prompts use `geneval_name(label)`, as the official ones say the class.
 
 The official colour check classifies each detection's masked crop with CLIP; here the `Detector` gives a colour per
 detection: the SpatialWorld detector reads it from the pixels, and a transformers detector gets GenEval's CLIP
@@ -227,17 +232,17 @@ def summarize(records: list[dict[str, Any]], *, group_prompts_by: str = "prompt_
     prompts with a correct image, prompts being the distinct values of `group_prompts_by` ("prompt_id", or
     "metadata" as the official `summary_scores.py` groups them)."""
     tags = sorted({r["tag"] for r in records})
-    by_tag = {}
+    by_tag = {}  # unrounded: the official overall is the mean of the exact tag accuracies
     for tag in tags:
         scored = [r["correct"] for r in records if r["tag"] == tag]
-        by_tag[tag] = round(sum(scored) / len(scored), 6)
+        by_tag[tag] = sum(scored) / len(scored)
     correct_by_prompt: dict[str, bool] = {}
     for record in records:
         key = record[group_prompts_by]
         correct_by_prompt[key] = correct_by_prompt.get(key, False) or bool(record["correct"])
     return {
         "overall": round(sum(by_tag.values()) / len(by_tag), 6) if by_tag else None,
-        "accuracy_by_tag": by_tag,
+        "accuracy_by_tag": {tag: round(accuracy, 6) for tag, accuracy in by_tag.items()},
         "correct_images": round(sum(r["correct"] for r in records) / len(records), 6) if records else None,
         "correct_prompts": (
             round(sum(correct_by_prompt.values()) / len(correct_by_prompt), 6) if correct_by_prompt else None

@@ -158,8 +158,6 @@ def test_dpg_prompts_dir_and_bad_answers(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        (["a,t,k,1,2,e,w,t,q?", "a,t,k,2,1,e,w,t,q?"], "cycle"),
-        (["a,t,k,1,0,e,w,t,q?", "a,t,k,1,0,e,w,t,q?"], "repeats a proposition_id"),
         (["a,t,k,1,0,e,w,t,q?", "b,t,k,1,0,e,w,t,q?", "a,t,k,2,0,e,w,t,q?"], "not contiguous"),
         (["a,t,k,one,0,e,w,t,q?"], "proposition_id 'one'"),
     ],

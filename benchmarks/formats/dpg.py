@@ -21,10 +21,16 @@ of 4 images per prompt (tiled 2 x 2) and scores:
   3. its categories use the *last* image's answers *before* the parent rule, named by the `tuple` column up to
      "(" with only its ends stripped ("relation - spatial"; internal spaces kept as written), the broad category
      up to the first "-".
-A question that depends on a proposition its item does not have makes the script's parent lookup raise (when it
-gets that far: an earlier parent scoring 0 stops the lookup) and drop that item only; the official-compatible
-variant does the same, the corrected one always drops it; both list it in `failed_items` (counted in summary.json)
-and score the rest.
+An item whose question graph is malformed is dropped by itself, never the whole CSV; each variant lists what it
+dropped in `failed_items` (counted in summary.json) and scores the rest:
+  - a question depends on a proposition its item does not have: the script's parent lookup raises (when it gets
+    that far: an earlier parent scoring 0 stops the lookup) and it drops that item ("Failed filename"); the
+    official-compatible variant does the same, the corrected one always drops it;
+  - a proposition id is repeated, or the dependencies form a cycle: the script scores the item as its dicts hold it
+    (a repeated id keeps the first row's place and the last row's question and parents; the in-place rule never
+    loops), and so does the official-compatible variant; the corrected one drops it (no well-defined ancestors);
+  - the first item has no question besides the skipped first row: the script finds no questions for it and drops
+    it; so does the official-compatible variant.
 The `corrected` variant uses every row, the parent rule to any depth (a question scores 1 only if it and all its
 ancestors are answered "yes", whatever the row order), every image's post-rule scores, and the category_broad /
 category_detailed columns (detailed keys read "relation - spatial", as the official ones).
@@ -150,29 +156,6 @@ def _parse_ids(text: str, what: str, where: str) -> tuple[int, ...]:
         raise BenchmarkFormatError(f"{where}: {what} {text!r} is not a comma-separated list of integers") from error
 
 
-def _check_graph(item_id: str, questions: list[DpgQuestion], where: Path) -> None:
-    """Proposition ids unique within the item, no dependency cycles. A parent the item lacks is not an error here:
-    scoring drops that item (`missing_parents`), as the official script does."""
-    ids = [q.proposition_id for q in questions]
-    if len(set(ids)) != len(ids):
-        raise BenchmarkFormatError(f"{where}: item {item_id} repeats a proposition_id ({ids})")
-    parents = {q.proposition_id: tuple(p for p in q.parents if p in ids) for q in questions}
-    state: dict[int, str] = {}  # "open" while on the DFS stack, "done" after
-
-    def visit(node: int) -> None:
-        state[node] = "open"
-        for parent in parents[node]:
-            if state.get(parent) == "open":
-                raise BenchmarkFormatError(f"{where}: item {item_id} has a dependency cycle through {parent}")
-            if parent not in state:
-                visit(parent)
-        state[node] = "done"
-
-    for node in parents:
-        if node not in state:
-            visit(node)
-
-
 def load_dpg(csv_path: str | os.PathLike, prompts_dir: str | os.PathLike | None = None) -> list[DpgItem]:
     """The items of `dpg_bench.csv` in file order. Prompts come from `prompts_dir/<item_id>.txt` when given (each
     item needs its file), else from the CSV's `text` column."""
@@ -208,7 +191,6 @@ def load_dpg(csv_path: str | os.PathLike, prompts_dir: str | os.PathLike | None 
         texts.setdefault(item_id, row["text"])
     items = []
     for item_id, questions in grouped.items():
-        _check_graph(item_id, questions, csv_path)
         if prompt_files is None:
             prompt = texts[item_id].strip()
         elif item_id in prompt_files:
@@ -229,6 +211,35 @@ def missing_parents(item: DpgItem) -> str | None:
                 f"proposition {question.proposition_id} (CSV row {question.row}) depends on {dangling}, which the "
                 "item does not have"
             )
+    return None
+
+
+def graph_problem(item: DpgItem) -> str | None:
+    """Why the corrected variant cannot score the item's question graph, else None: a parent the item lacks
+    (`missing_parents`), a repeated proposition id, or a dependency cycle (module docstring)."""
+    if (reason := missing_parents(item)) is not None:
+        return reason
+    ids = [q.proposition_id for q in item.questions]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        rows = [q.row for q in item.questions if q.proposition_id in repeated]
+        return f"proposition ids {repeated} are repeated (CSV rows {rows})"
+    parents = {q.proposition_id: q.parents for q in item.questions}
+    state: dict[int, str] = {}  # "open" while on the DFS stack, "done" after
+
+    def cycle_through(node: int) -> int | None:
+        state[node] = "open"
+        for parent in parents[node]:
+            if state.get(parent) == "open":
+                return parent
+            if parent not in state and (found := cycle_through(parent)) is not None:
+                return found
+        state[node] = "done"
+        return None
+
+    for node in parents:
+        if node not in state and (found := cycle_through(node)) is not None:
+            return f"its dependencies form a cycle through proposition {found}"
     return None
 
 
@@ -288,8 +299,12 @@ def _score_official(items: Sequence[DpgItem], answers: Answers) -> DpgScores:
     for item in items:
         if item.item_id not in answers:
             continue
-        questions = [q for q in item.questions if q.row != 1]  # the script skips the CSV's first data row
+        # the script skips the CSV's first data row; its dicts keep a repeated id's first place and last row
+        questions = list({q.proposition_id: q for q in item.questions if q.row != 1}.values())
         images = _image_answers(answers, item)
+        if not questions:
+            failed[item.item_id] = "its only question is the CSV's first data row, which the official script skips"
+            continue
         image_scores = [_official_image(questions, per_question) for per_question in images.values()]
         if None in image_scores:
             failed[item.item_id] = missing_parents(item) or (
@@ -320,7 +335,7 @@ def _score_official(items: Sequence[DpgItem], answers: Answers) -> DpgScores:
 
 
 def _parent_rule(item: DpgItem, per_question: Mapping[int, str | None]) -> dict[int, float]:
-    """score(q) = 1 iff q and every ancestor of q are answered "yes" (the graph is acyclic: checked at load)."""
+    """score(q) = 1 iff q and every ancestor of q are answered "yes" (for an item without a `graph_problem`)."""
     parents = {q.proposition_id: q.parents for q in item.questions}
     scores: dict[int, float] = {}
 
@@ -339,7 +354,7 @@ def _score_corrected(items: Sequence[DpgItem], answers: Answers) -> DpgScores:
     for item in items:
         if item.item_id not in answers:
             continue
-        if (reason := missing_parents(item)) is not None:
+        if (reason := graph_problem(item)) is not None:
             failed[item.item_id] = reason
             continue
         image_scores = []

@@ -9,8 +9,9 @@ own and the per-image scores are averaged, which is what the tiling approximates
 scores 1 only on "yes" and 0 whenever a parent was answered "no"; per image, then item, x 100; the
 official-compatible variant (first CSV row skipped, categories from the last image's answers before the parent
 rule) and the corrected one, both reported and labelled (`official_compatible/*`, `corrected/*` in summary.json,
-each with `failed_items`: items it dropped, e.g. for a dependency on a proposition the item lacks). Missing or
-unreadable images are counted and left out.
+each with `failed_items`: how many items it dropped, never the whole CSV: a dependency on a proposition the item
+lacks, and in the corrected variant a repeated proposition id or a dependency cycle; `formats.dpg` says which the
+official script drops). Missing or unreadable images are counted and left out.
 """
 
 from __future__ import annotations

@@ -7,9 +7,11 @@ filed back under GenEval's names.
 
 summary.json holds both variants (`geneval.summarize_variants`): `official_compatible/*` (prompts grouped by
 identical metadata, as `summary_scores.py`; the number to put beside published GenEval scores) and `corrected/*`
-(prompts counted by index), `merged_prompts` (prompts the official grouping folds into another), and the image
-counts. The top-level `overall`, `accuracy_by_tag`, `correct_images`, `correct_prompts`, `num_prompts` repeat the
-official-compatible numbers.
+(prompts counted by index, each with its own images: stricter where metadata repeat), and what was left out or
+merged: `merged_prompts` (prompts the official grouping folds into another), `missing_images`,
+`unreadable_images`, `colour_unread_images` (a colour clause the detector read no colours for; counted wrong). The
+top-level `overall`, `accuracy_by_tag`, `correct_images`, `correct_prompts` repeat the official-compatible
+numbers; the top-level `num_prompts` counts prompts by index (as `corrected/num_prompts`).
 """
 
 from __future__ import annotations

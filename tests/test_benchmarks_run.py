@@ -280,12 +280,13 @@ def test_unigenbench_on_exported_spatialworld_prompts(small_dataset, images, tmp
     args = ["run", "--task", "unigenbench", "--data", str(csv_path), "--images", str(folders), "--out", str(out)]
     assert main([*args, "--images-per-prompt", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["layout_2d"] == 100.0 and summary["overall"] == 100.0 and summary["num_images"] == len(test)
+    assert summary["layout_2d"] == 100.0 and summary["corrected"]["overall"] == 100.0
+    assert summary["num_images"] == len(test)
     assert summary["malformed_rows"] == 1 and summary["malformed"][0]["index"] == "999"
     assert "Malformed rows (skipped)" in (out / "report.md").read_text()
     both = tmp_path / "unigen2"
     assert main([*args[:-1], str(both), "--images-per-prompt", "2"]) == 0
-    assert json.loads((both / "summary.json").read_text())["overall"] < 100.0
+    assert json.loads((both / "summary.json").read_text())["corrected"]["overall"] < 100.0
 
 
 def test_dpg_bench_on_exported_spatialworld_prompts(small_dataset, images, tmp_path):

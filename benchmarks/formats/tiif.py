@@ -4,14 +4,17 @@ Official files (https://github.com/A113N-W3I/TIIF-Bench, `data/`): prompts direc
 `testmini_prompts/`) of `.jsonl` files, one per dimension, each line {"type", "short_description",
 "long_description"}; evaluation-prompts directories (`test_eval_prompts/`, `testmini_eval_prompts/`) whose lines
 {"type", "yn_question_list", "yn_answer_list"} hold the yes/no questions and their expected answers, line for line
-with the prompts of the same type; and `testmini_sample_idx.json`, the testmini subset as line numbers of the test
-files. A prompt's key is "<type>/<line>", its images `<line>.png`, and the official judge outputs' `line_idx` is
-that line.
+with the prompts of the same type; and `testmini_sample_idx.json`, {type: line numbers of the test files}, the
+testmini subset. A prompt's key is "<type>/<line>", its images `<line>.png`, and the official judge outputs'
+`line_idx` is that line.
 
 testmini: the official evaluation runs it as the *test* files filtered by `sample_idx_file`, so its line numbers
-(image names, judge outputs' `line_idx`: "real_world/27") count lines of the test files. Load it the same way:
-`load_tiif(test_prompts, test_eval_prompts, sample_index=testmini_sample_idx.json)`. Loading the `testmini_*`
-folders directly numbers prompts by their line in the testmini files instead, which matches neither.
+(image names, judge outputs' `line_idx`: "real_world/27") count lines of the test files. `load_tiif(..., sample_index=
+testmini_sample_idx.json)` numbers prompts that way from either pair of folders: from the test folders it keeps the
+lines the index lists; from the testmini folders (a type's file then holds exactly as many lines as the index lists
+for it) line i is test line `index[type][i]`. That pairing assumes the testmini files list their prompts in the
+index's order (not checked against the official data). Without the index, prompts are numbered by their
+line in the files read, which for the testmini folders matches no official image name or judge output.
 
 Scoring, as `eval/summary_results.py` and `eval/summary_dimension_results.py`:
 
@@ -22,11 +25,13 @@ Scoring, as `eval/summary_results.py` and `eval/summary_dimension_results.py`:
 with the official groups in `GROUPS`; the paper's Basic Relation (BR), Attribute+Relation (AR) and
 Relation+Reasoning (RR) are the groups "Relation", "Attribute+Relation" and "Relation+Reasoning" (`PAPER_GROUPS`).
 Two variants (`score_tiif`): `official_compatible` rounds each accuracy, as a fraction, to 4 decimals before the
-means (as summary_results.py) and skips an answer list that does not give one yes/no per question with a warning
-(a malformed judge output line there); `corrected` keeps full precision and counts every question of a malformed
-answer list wrong. Both count malformed lists (`num_malformed`). An unparseable judge answer (None) counts as wrong
-and is counted. Our judge is deterministic (temperature 0, one fixed template); the official `eval/eval_with_vlm.py`
-samples one of three templates at random for every call, at temperature 1, so its numbers vary from run to run.
+means (as summary_results.py) and skips an answer list that does not give one yes/no per question, with a warning (a
+malformed judge output line there); `corrected` keeps full precision and counts every question of a malformed
+answer list wrong, the rule it applies to an unparseable answer (None) too: every question asked stays in the
+denominator, so an image that breaks the judge cannot raise a score by leaving it. Both count malformed lists
+(`num_malformed`) and what they skipped (`skipped_answer_lists`). Our judge is deterministic (temperature 0, one
+fixed template); the official `eval/eval_with_vlm.py` samples one of three templates at random for every call, at
+temperature 1, so its numbers vary from run to run.
 """
 
 from __future__ import annotations
@@ -129,9 +134,10 @@ class TiifScores:
     overall: dict[str, float]  # length -> mean of the groups
     num_questions: int  # answers read, all images and lengths
     num_unparseable: int  # answers the judge could not parse: counted wrong
-    num_malformed: int = 0  # answer lists without one yes/no/None per question: skipped or counted wrong
+    num_malformed: int = 0  # answer lists without one yes/no/None per question
     unanswered: tuple[str, ...] = ()  # prompt keys with no answers at all
     ungrouped: tuple[str, ...] = ()  # evaluated dimensions that no official group lists
+    skipped_answer_lists: int = 0  # malformed lists left out (official-compatible); corrected counts them wrong
     judge_note: str = JUDGE_NOTE
     paper_groups: dict[str, dict[str, float]] = field(init=False)  # "BR" | "AR" | "RR" -> length -> group score
 
@@ -148,6 +154,7 @@ class TiifScores:
             "num_questions": self.num_questions,
             "num_unparseable": self.num_unparseable,
             "num_malformed": self.num_malformed,
+            "skipped_answer_lists": self.skipped_answer_lists,
             "unanswered": list(self.unanswered),
             "ungrouped": list(self.ungrouped),
             "judge_note": self.judge_note,
@@ -195,17 +202,21 @@ def _read_jsonl_dir(directory: Path, fields: tuple[str, ...]) -> dict[str, list[
 
 def load_sample_index(path: str | os.PathLike) -> dict[str, list[int]]:
     """{type: line numbers} of a sample index file (`testmini_sample_idx.json`): a JSON object from a dimension
-    (its type, or its file name with or without `.jsonl`) to a list of 0-based line numbers of its test files."""
+    (its type, or its file name with or without `.jsonl`) to a list of distinct 0-based line numbers of its test
+    file."""
     path = require_path(path, "a TIIF-Bench sample index (JSON: type -> line numbers)", OFFICIAL_REPO, "data/")
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise BenchmarkFormatError(f"{path} is not JSON: {error}") from error
     if not isinstance(index, dict) or not all(
-        isinstance(lines, list) and all(isinstance(n, int) and not isinstance(n, bool) for n in lines)
+        isinstance(lines, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in lines)
         for lines in index.values()
     ):
-        raise BenchmarkFormatError(f"{path}: expected a JSON object of type -> list of line numbers")
+        raise BenchmarkFormatError(f"{path}: expected a JSON object of type -> list of line numbers (0 or more)")
+    repeated = [key for key, lines in index.items() if len(set(lines)) != len(lines)]
+    if repeated:
+        raise BenchmarkFormatError(f"{path}: {repeated[:5]} list a line number twice")
     return {Path(str(key)).name.removesuffix(".jsonl"): lines for key, lines in index.items()}
 
 
@@ -219,14 +230,30 @@ def _subset_type(name: str, types: set[str], where: Path) -> str:
     return matches[0]
 
 
+def _test_line_numbers(dimension: str, num_lines: int, listed: list[int], where: str) -> dict[int, int]:
+    """{line of the file read: its line number in the test file} for the lines a sample index keeps: the test file
+    keeps the listed lines under their own numbers; the testmini file, which holds exactly the listed lines, gives
+    its line i the number listed[i]. (When the test file holds exactly the listed lines, in order, both agree.)"""
+    if num_lines == len(listed):
+        return dict(enumerate(listed))
+    beyond = sorted(n for n in listed if n >= num_lines)
+    if beyond:
+        raise BenchmarkFormatError(
+            f"{where}: type {dimension!r} lists lines {beyond[:5]} beyond its {num_lines} prompts, and its "
+            f"{len(listed)} line numbers are not one per prompt either: these prompts are neither the test file "
+            "the index numbers nor its testmini subset"
+        )
+    return {number: number for number in sorted(listed)}
+
+
 def load_tiif(
     prompts_dir: str | os.PathLike,
     eval_prompts_dir: str | os.PathLike,
     sample_index: str | os.PathLike | None = None,
 ) -> list[TiifPrompt]:
-    """The prompts of every dimension in `eval_prompts_dir`, each with its descriptions from `prompts_dir`; with
-    `sample_index` (testmini: `testmini_sample_idx.json` over the test dirs), only the lines it lists, each keeping
-    its line number in the test files (module docstring)."""
+    """The prompts of every dimension in `eval_prompts_dir`, each with its descriptions from `prompts_dir`. With
+    `sample_index` (`testmini_sample_idx.json`), only the dimensions and lines it lists, numbered by their line in
+    the test files whether the dirs are the test or the testmini ones (module docstring)."""
     prompts_dir = require_path(
         prompts_dir,
         "TIIF-Bench's prompts directory (<dimension>.jsonl with short_description and long_description)",
@@ -246,7 +273,7 @@ def load_tiif(
     subset = None
     if sample_index is not None:
         by_key = load_sample_index(sample_index)
-        subset = {_subset_type(key, set(evaluations), Path(sample_index)): set(lines) for key, lines in by_key.items()}
+        subset = {_subset_type(key, set(evaluations), Path(sample_index)): lines for key, lines in by_key.items()}
     prompts = []
     for dimension, lines in evaluations.items():
         if subset is not None and dimension not in subset:
@@ -256,24 +283,23 @@ def load_tiif(
                 f"type {dimension!r}: {len(lines)} evaluation lines in {eval_prompts_dir} but "
                 f"{len(descriptions.get(dimension, ()))} prompts in {prompts_dir}; they pair line for line"
             )
-        if subset is not None and (beyond := sorted(n for n in subset[dimension] if not 0 <= n < len(lines))):
-            raise BenchmarkFormatError(
-                f"{sample_index}: type {dimension!r} lists lines {beyond[:5]} beyond its {len(lines)} prompts"
-            )
-        for index, (line, description) in enumerate(zip(lines, descriptions[dimension], strict=True)):
-            if subset is not None and index not in subset[dimension]:
-                continue
-            questions = tuple(str(q).strip() for q in line["yn_question_list"])
-            expected = tuple(str(a).strip().lower() for a in line["yn_answer_list"])
+        if subset is None:
+            numbers = {line: line for line in range(len(lines))}
+        else:
+            numbers = _test_line_numbers(dimension, len(lines), subset[dimension], str(sample_index))
+        for line, number in numbers.items():
+            evaluation, description = lines[line], descriptions[dimension][line]
+            questions = tuple(str(q).strip() for q in evaluation["yn_question_list"])
+            expected = tuple(str(a).strip().lower() for a in evaluation["yn_answer_list"])
             if len(questions) != len(expected) or not set(expected) <= {"yes", "no"}:
                 raise BenchmarkFormatError(
-                    f"type {dimension!r} line {index + 1}: needs one 'yes'/'no' answer per question, got "
-                    f"{len(questions)} questions and answers {list(expected)}"
+                    f"type {dimension!r} line {line + 1} of {eval_prompts_dir}: needs one 'yes'/'no' answer per "
+                    f"question, got {len(questions)} questions and answers {list(expected)}"
                 )
             prompts.append(
                 TiifPrompt(
                     dimension,
-                    index,
+                    number,
                     str(description["short_description"]),
                     str(description["long_description"]),
                     questions,
@@ -315,7 +341,7 @@ def _score_variant(prompts: Sequence[TiifPrompt], answers: Answers, variant: str
     by_key = {prompt.key: prompt for prompt in prompts}
     correct: dict[tuple[str, str], int] = defaultdict(int)
     total: dict[tuple[str, str], int] = defaultdict(int)
-    unparseable = malformed = 0
+    unparseable = malformed = skipped = 0
     for key, per_length in answers.items():
         prompt = by_key[key]
         for length, images in per_length.items():
@@ -323,6 +349,7 @@ def _score_variant(prompts: Sequence[TiifPrompt], answers: Answers, variant: str
                 if _malformed(given, prompt):
                     malformed += 1
                     if variant == "official_compatible":
+                        skipped += 1
                         warnings.warn(
                             f"TIIF-Bench prompt {key} {length} image {image}: {list(given)} is not one 'yes'/'no' "
                             f"per question ({len(prompt.questions)}); skipped, as the official summary does",
@@ -351,6 +378,7 @@ def _score_variant(prompts: Sequence[TiifPrompt], answers: Answers, variant: str
         malformed,
         tuple(prompt.key for prompt in prompts if prompt.key not in answers),
         tuple(d for d in dimensions if d not in grouped),
+        skipped_answer_lists=skipped,
     )
 
 
@@ -362,7 +390,7 @@ def score_tiif(prompts: Sequence[TiifPrompt], answers: Answers) -> TiifResult:
     if unknown:
         raise ValueError(
             f"answers for prompts the benchmark does not have: {unknown[:5]} (testmini keys count lines of the test "
-            "files: load the test dirs with sample_index=testmini_sample_idx.json)"
+            "files: load the test or testmini dirs with sample_index=testmini_sample_idx.json)"
         )
     for key, per_length in answers.items():
         for length in per_length:

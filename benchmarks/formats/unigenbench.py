@@ -4,20 +4,24 @@ Official files (https://github.com/CodeGoat24/UniGenBench, `data/`): `test_promp
 `test_prompts_en_long.csv`, ...) with columns index, prompt_en, sub_dims_en; sub_dims_en is a JSON object whose
 "Testpoints" list names the sub-dimensions tested ("Entity Layout - Two-Dimensional Space") and whose "Testpoint
 Description" list says, testpoint by testpoint, what in the prompt is tested. The judge gives one 0/1 per testpoint
-for each of 4 images per prompt. Scoring, as the score block of the official evaluation scripts (`eval/*_eval.py`,
-e.g. `eval/gemini_en_eval.py`; the local-judge script's name has changed across versions of the repository) and
-`eval/calculate_score.py`:
+for each of 4 images per prompt. Scoring, as the official `calculate_scores` (in `eval/src/eval_common.py` in
+recent versions of the repository; earlier ones compute the same at the end of `eval/gemini_en_eval.py` and
+`eval/qwenvl_72b_en_eval.py`):
 
     main(t) = the testpoint up to its first "-" ("Entity Layout"); a testpoint without "-" is its own main dimension
     acc(sub dimension s)  = 100 * #(score == 1) / #(testpoint s judged)         (pooled over prompts and images)
     acc(main dimension m) = 100 * #(score == 1) / #(testpoints of m judged)     (pooled, not a mean of subs)
-    overall = mean of acc(m) over the main dimensions judged    (ours: NOT an official UniGenBench number; the
-                                                                 official scripts print main and sub dimensions)
 
-Layout 2D and 3D are the sub-dimensions `LAYOUT_2D` and `LAYOUT_3D`. Two variants (`score_unigenbench`): the
-official script writes no result row for an image whose judgement failed, so its testpoints leave the denominator;
-`official_compatible` does the same with every image that has an unparseable judgement (None) and counts them in
-`skipped_images`; `corrected` scores each None 0 and keeps it in the denominator (counted in `num_unparseable`).
+The official scripts report main and sub dimensions only; `overall`, the mean of acc(m) over the main dimensions
+judged, is ours and not an official UniGenBench number (summary.json carries it under `corrected/` only).
+Layout 2D and 3D are the sub-dimensions `LAYOUT_2D` and `LAYOUT_3D`.
+
+When it cannot parse the judge's reply, the official script asks again (up to `max_retries`, 10, in recent versions;
+without limit in the first ones) and then writes the image's row without scores, which its score computation skips:
+that image's testpoints leave the denominator. Two variants (`score_unigenbench`): `official_compatible` leaves out
+every image with an unparseable judgement (None), its parseable testpoints too, and counts them in
+`skipped_images`; `corrected` scores each None 0 and keeps the image (counted in `num_unparseable`), so that an image
+that breaks the judge cannot raise a score by leaving it.
 A row that cannot be read (bad JSON, lists of different lengths, a testpoint the official judge
 has no definition for, ...) is listed in `malformed` with its row number and reason and skipped.
 """
@@ -76,6 +80,7 @@ SUB_DIMENSIONS = (
 
 VARIANTS = ("official_compatible", "corrected")
 OVERALL_NOTE = "mean of the main dimensions: not an official UniGenBench number (the official scripts report none)"
+UNOFFICIAL = ("overall", "overall_note")  # keys of UniGenScores.to_dict() left out of the official-compatible variant
 
 Answers = Mapping[int, Mapping[int, Sequence[int | None]]]  # prompt index -> image -> one 0/1/None per testpoint
 
@@ -146,7 +151,12 @@ class UniGenResult:
     corrected: UniGenScores
 
     def to_dict(self) -> dict:
-        return {variant: getattr(self, variant).to_dict() for variant in VARIANTS}
+        """Both variants; `overall` (not an official number) under `corrected` only."""
+        official = self.official_compatible.to_dict()
+        return {
+            "official_compatible": {key: value for key, value in official.items() if key not in UNOFFICIAL},
+            "corrected": self.corrected.to_dict(),
+        }
 
 
 # --- loading ----------------------------------------------------------------------------------------------------

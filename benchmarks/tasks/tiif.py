@@ -2,17 +2,18 @@
 paper reports Basic Relation, BR).
 
 `--data` is a dir holding TIIF-Bench's `prompts/` and `eval_prompts/` dirs (`<dimension>.jsonl`: the official
-`test_prompts` / `test_eval_prompts` renamed or linked) and, for testmini, the official `testmini_sample_idx.json`
-beside them (prompts keep their line numbers in the test files, as the official images and judge outputs do; see
-`benchmarks.formats.tiif`), or SpatialWorld prompts written in that layout by `python -m benchmarks export-prompts
---format tiif`. Every prompt is drawn twice, from its short and from its long
-description (image folder `<dimension>/<index>/<short|long>/<seed>.png`; default 1 seed), and a `YesNoVQA` (by
-default the SpatialWorld pixel detector; `--judge vlm` for a VLM) answers its questions for each image. Scores
-(`score_tiif`): accuracy per dimension and length, the official nine groups, the paper's BR / AR / RR, overall per
-length, in percent, in both variants: `official_compatible/*` (each accuracy rounded to 4 decimals as a fraction;
-the top-level numbers repeat it) and `corrected/*` (full precision); unparseable answers count as wrong and are
-counted. Our judge is deterministic; the official
-one samples a random template at temperature 1 (said in the report). Missing or unreadable images are counted.
+`test_prompts/` and `test_eval_prompts/`, or `testmini_prompts/` and `testmini_eval_prompts/`, renamed or linked)
+and, for testmini, the official `testmini_sample_idx.json` beside them (with either pair, prompts are numbered by
+their line in the test files, as the official images and judge outputs are; see `benchmarks.formats.tiif`), or
+SpatialWorld prompts written in that layout by `python -m benchmarks export-prompts --format tiif`. Every prompt is
+drawn twice, from its short and from its long description (image folder `<dimension>/<index>/<short|long>/<seed>.png`;
+default 1 seed), and a `YesNoVQA` (by default the SpatialWorld pixel detector; `--judge vlm` for a VLM) answers its
+questions for each image. Scores (`score_tiif`): accuracy per dimension and length, the official nine groups, the
+paper's BR / AR / RR, overall per length, in percent, in both variants: `official_compatible/*` (each accuracy
+rounded to 4 decimals as a fraction, malformed answer lists skipped and counted in `skipped_answer_lists`; the
+top-level numbers repeat it) and `corrected/*` (full precision, malformed lists counted wrong); unparseable answers
+count as wrong and are counted. Our judge is deterministic; the official one samples a random template at
+temperature 1 (said in the report). Missing or unreadable images are counted.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class TiifBench:
         ]
         counts = [["questions", summary["num_questions"]], ["unparseable answers", summary["num_unparseable"]]]
         counts.append(["malformed answer lists (official: skipped; corrected: wrong)", summary["num_malformed"]])
+        counts.append(["answer lists skipped (official-compatible)", summary["skipped_answer_lists"]])
         counts += [["images", summary["num_images"]], ["missing images", summary["missing_images"]]]
         note = (
             "Our judge is deterministic (one fixed template, temperature 0); TIIF-Bench's official judge samples one "

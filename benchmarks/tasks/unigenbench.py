@@ -4,11 +4,11 @@ The prompts are a UniGenBench CSV (`benchmarks.formats.unigenbench`: the officia
 SpatialWorld prompts written in that format by `python -m benchmarks export-prompts --format unigenbench`). Each
 image (seeds 0..N-1, default 4 per prompt; prompt id = the row's index) is judged by a `TestpointJudge` in one call
 giving 0/1 per testpoint (by default the SpatialWorld pixel detector reading each testpoint's description; `--judge
-vlm` asks a VLM, as UniGenBench's own judge does). Scores (`score_unigenbench`): accuracy per sub and main dimension,
-Layout 2D / 3D, overall = mean of the main dimensions (not an official UniGenBench number), in percent, in both
-variants: `official_compatible/*` (an image with an unreadable judgement is left out, as the official script has no
-row for it; counted in `skipped_images`; the top-level numbers repeat it) and `corrected/*` (unreadable answers
-count as 0 and stay in the denominator; counted).
+vlm` asks a VLM, as UniGenBench's own judge does). Scores (`score_unigenbench`): accuracy per sub and main dimension
+and Layout 2D / 3D, in percent, in both variants: `official_compatible/*` (an image with an unreadable judgement is
+left out, as the official script has no scores for it; counted in `skipped_images`; the top-level numbers repeat
+it) and `corrected/*` (unreadable answers count as 0 and stay in the denominator; counted). `corrected/overall`, the
+mean of the main dimensions, is not an official UniGenBench number (the official scripts report none).
 Malformed CSV rows are listed in the report (one extra sample, `malformed-rows`, carries them), never dropped
 silently; missing or unreadable images are counted and left out.
 """
@@ -104,12 +104,12 @@ class UniGenBenchTask:
             answers.setdefault(record["index"], {})[record["seed"]] = record["scores"]
         variants = score_unigenbench(UniGenBench(Path(), tuple(prompts.values()), ()), answers).to_dict()
         for scores in variants.values():
-            for key in ("unanswered", "malformed", "overall_note"):
+            for key in ("unanswered", "malformed"):
                 scores.pop(key)
             scores["main"], scores["sub"] = dict(sorted(scores["main"].items())), dict(sorted(scores["sub"].items()))
         official = variants["official_compatible"]
         return {
-            **{key: official[key] for key in ("overall", "layout_2d", "layout_3d", "main", "sub", "skipped_images")},
+            **{key: official[key] for key in ("layout_2d", "layout_3d", "main", "sub", "skipped_images")},
             **variants,
             "num_images": len(images),
             **image_status_counts(images),
@@ -121,12 +121,11 @@ class UniGenBenchTask:
     def report(self, summary: dict[str, Any]) -> str:
         corrected = summary["corrected"]
         rows = [
-            ["overall (mean of main dimensions; not an official UniGenBench number)", summary["overall"]],
             ["layout_2d", summary["layout_2d"]],
             ["layout_3d", summary["layout_3d"]],
-            ["overall, corrected (unreadable answers count 0)", corrected["overall"]],
-            ["layout_2d, corrected", corrected["layout_2d"]],
+            ["layout_2d, corrected (unreadable answers count 0)", corrected["layout_2d"]],
             ["layout_3d, corrected", corrected["layout_3d"]],
+            ["overall, corrected (mean of main dimensions; not an official UniGenBench number)", corrected["overall"]],
         ]
         keys = ["num_images", "missing_images", "unreadable_images", "unreadable_answers", "skipped_images"]
         keys += ["malformed_rows"]

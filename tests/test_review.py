@@ -4,6 +4,7 @@ HTTP API through Flask's test client, the access token off loopback, and the exp
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +23,7 @@ import pandas as pd
 import pytest
 
 from data_synthesis.__main__ import main
+from data_synthesis.prompts import SHAPE_WORDS
 from data_synthesis.review import (
     AlreadyDecided,
     ReviewError,
@@ -36,12 +39,15 @@ from data_synthesis.review import (
 from data_synthesis.review.app import (
     MAX_ID_CHARS,
     MIN_DISPLAY_MS,
+    SIDE_KEY,
     TOKEN_ENV,
     access_token,
     relation_text,
     serve,
     shape_name,
+    shown_perfect_side,
 )
+from data_synthesis.scene import COLOURS
 from data_synthesis.verify import DatasetError, load_pairs
 
 NUM_UNREVIEWED = 40
@@ -181,7 +187,7 @@ def test_unreviewed_pairs_are_served_first_and_others_only_on_request(reviewable
 
 def test_api_decide_undo_progress_and_images(reviewable, tmp_path):
     db_path = tmp_path / "review.sqlite"
-    client = create_app(reviewable, db_path=db_path, reviewer="alice").test_client()
+    client = create_app(reviewable, db_path=db_path, reviewer="alice", min_display_ms=0).test_client()
     page = client.get("/")
     assert page.status_code == 200 and b'data-reviewer="alice"' in page.data
     state = client.get("/api/state").get_json()
@@ -191,7 +197,7 @@ def test_api_decide_undo_progress_and_images(reviewable, tmp_path):
 
     # images are served by side; the perfect one on this reviewer's side for the pair
     pair = {p.pair_id: p for p in load_review_pairs(reviewable)}[first["pair_id"]]
-    side = perfect_side(first["pair_id"], "alice")
+    side = shown_perfect_side(ReviewStore(db_path).secret(SIDE_KEY), first["pair_id"], "alice")
     other = "right" if side == "left" else "left"
     assert client.get(first["images"][side]).data == pair.perfect_image.read_bytes()
     assert client.get(first["images"][other]).data == pair.perturbed_image.read_bytes()
@@ -296,11 +302,13 @@ def test_export_writes_exactly_the_accepted_pairs_in_the_dataset_format(reviewab
     """Decisions through the API: alice picks the perfect image on pairs 0-4 and 9, the perturbed one on 5, neither
     on 6, both on 7, flags 8; bob agrees on 0-2, and picks the perturbed image on 9."""
     db_path = tmp_path / "review.sqlite"
-    client = create_app(reviewable, db_path=db_path).test_client()
+    client = create_app(reviewable, db_path=db_path, min_display_ms=0).test_client()
     ids = [p.pair_id for p in load_review_pairs(reviewable)]
 
+    side_key = ReviewStore(db_path).secret(SIDE_KEY)
+
     def decide(reviewer: str, index: int, verdict: str) -> None:
-        side = perfect_side(ids[index], reviewer)
+        side = shown_perfect_side(side_key, ids[index], reviewer)
         choice = {"perfect": side, "perturbed": "right" if side == "left" else "left"}.get(verdict, verdict)
         response = client.post("/api/decide", json={"reviewer": reviewer, "pair_id": ids[index], "choice": choice})
         assert response.status_code == 200
@@ -375,6 +383,63 @@ def test_image_responses_carry_nothing_that_tells_perfect_from_perturbed(reviewa
     assert client.get("/image/" + "0" * 32 + "?reviewer=alice").status_code == 404
 
 
+def _served_perfect_sides(app) -> list[str]:
+    """The side on which `app` shows alice the perfect image of each pair, read from the bytes it serves, deciding
+    "flag" on each pair in turn to reach the next."""
+    client, by_id, sides = app.test_client(), {p.pair_id: p for p in app.config["REVIEW_PAIRS"]}, []
+    pair = client.get("/api/state").get_json()["pair"]
+    while pair is not None:
+        perfect = by_id[pair["pair_id"]].perfect_image.read_bytes()
+        (side,) = [side for side, url in pair["images"].items() if client.get(url).data == perfect]
+        sides.append(side)
+        pair = client.post("/api/decide", json={"pair_id": pair["pair_id"], "choice": "flag"}).get_json()["pair"]
+    return sides
+
+
+def test_which_side_shows_the_perfect_image_needs_the_databases_secret_key(reviewable, tmp_path):
+    """The page shows the pair id and the reviewer's name; if the side were a function of those alone (as the
+    key-less `perfect_side` is), script on the page could work out the answer. The app's sides for 40 pairs differ
+    from `perfect_side`'s and between two fresh databases (each a 2**-40 chance to be equal by luck), and stay the
+    same when the app starts again over the same database (a page left open across a restart stays right)."""
+
+    def sides(db_path: Path) -> list[str]:
+        return _served_perfect_sides(create_app(reviewable, db_path=db_path, reviewer="alice", min_display_ms=0))
+
+    ids, first_db = [pair.pair_id for pair in load_review_pairs(reviewable)], tmp_path / "first.sqlite"
+    first = sides(first_db)
+    assert len(first) == NUM_UNREVIEWED and set(first) == {"left", "right"}
+    assert first != [perfect_side(pair_id, "alice") for pair_id in ids]
+    assert first != sides(tmp_path / "second.sqlite")
+    store = ReviewStore(first_db)
+    for _ in ids:
+        store.undo("alice")
+    assert sides(first_db) == first  # the app started again over the same database
+    key = store.secret(SIDE_KEY)
+    assert first == [shown_perfect_side(key, pair_id, "alice") for pair_id in ids]
+    assert [decision.perfect_side for decision in store.decisions()] == first
+
+
+def test_the_server_refuses_a_decision_on_a_pair_served_less_than_min_display_ms_ago(reviewable, tmp_path):
+    """Whatever the page's script does: a pair served 0 ms ago gets 429 and no decision; 0.3 s later the same
+    decision counts; the next pair, served by that response, is again too new, and so is a pair an undo brings
+    back. A pair this server never served (a script's decision, a page from before a restart) is not held back."""
+    db_path = tmp_path / "review.sqlite"
+    client = create_app(reviewable, db_path=db_path, reviewer="alice", min_display_ms=300).test_client()
+    first = client.get("/api/state").get_json()["pair"]["pair_id"]
+    refused = client.post("/api/decide", json={"pair_id": first, "choice": "left"})
+    assert refused.status_code == 429 and "a decision needs 300 ms on screen" in refused.get_json()["error"]
+    assert ReviewStore(db_path).decisions() == []
+    time.sleep(0.3)
+    state = client.post("/api/decide", json={"pair_id": first, "choice": "left"}).get_json()
+    second = state["pair"]["pair_id"]
+    assert client.post("/api/decide", json={"pair_id": second, "choice": "flag"}).status_code == 429
+    assert client.post("/api/undo", json={}).get_json()["pair"]["pair_id"] == first
+    assert client.post("/api/decide", json={"pair_id": first, "choice": "right"}).status_code == 429
+    never_served = load_review_pairs(reviewable)[-1].pair_id
+    assert client.post("/api/decide", json={"pair_id": never_served, "choice": "both"}).status_code == 200
+    assert [(d.pair_id, d.choice) for d in ReviewStore(db_path).decisions()] == [(never_served, "both")]
+
+
 def test_request_bodies_and_ids_have_a_size_limit(reviewable, tmp_path):
     """A body over MAX_BODY_BYTES gets 413; an id or name over MAX_ID_CHARS gets 400 and is not echoed back."""
     client = create_app(reviewable, db_path=tmp_path / "review.sqlite", reviewer="alice").test_client()
@@ -411,11 +476,18 @@ def test_the_relation_list_names_shapes_as_the_prompt_does():
 
 
 def test_the_served_relations_use_the_prompts_shape_words(reviewable):
-    """Every object named in a served relation line appears with that name in the pair's prompt."""
-    for pair in load_review_pairs(reviewable)[:20]:
+    """In every served relation line, each object ("red plus sign") is named with the words the pair's prompt uses
+    for it: the longest shape word that follows the colour in the line also follows it in the prompt."""
+    shape_words = sorted({word for words in SHAPE_WORDS.values() for word in words}, key=len, reverse=True)
+    named = 0
+    for pair in load_review_pairs(reviewable, all_pairs=True):
         prompt = pair.prompt.lower()
-        scene_words = [w for line in pair.relations for w in re.findall(r"(?:plus sign|disc|cross|circle)", line)]
-        assert all(word in prompt for word in scene_words), (pair.prompt, pair.relations)
+        for line, colour in itertools.product(pair.relations, COLOURS):
+            word = next((word for word in shape_words if f"{colour} {word}" in line), None)
+            if word is not None:
+                assert f"{colour} {word}" in prompt, (pair.prompt, line)
+                named += 1
+    assert named >= 60  # every pair states at least one relation between named objects
 
 
 @pytest.mark.parametrize(

@@ -5,10 +5,14 @@ Manager never runs (the `no_selenium_manager` fixture makes sure). Without the b
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from flask import Flask, request
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -27,16 +31,25 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """`app` served on a free loopback port in a thread; its URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
+        thread.join()
+
+
 @pytest.fixture
 def review_server(small_dataset, tmp_path):
     """The review app over the small dataset (every pair), served on a free loopback port in a thread."""
     db_path = tmp_path / "review.sqlite"
-    server = make_server("127.0.0.1", 0, create_app(small_dataset, db_path=db_path, all_pairs=True), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.port}", db_path
-    server.shutdown()
-    thread.join()
+    with serving(create_app(small_dataset, db_path=db_path, all_pairs=True)) as url:
+        yield url, db_path
 
 
 @pytest.fixture
@@ -199,3 +212,35 @@ def test_the_page_fits_1366_by_768_with_a_long_prompt(review_server, no_selenium
         page.driver.quit()
     assert fits["outside"] == [] and not fits["scrolls"]
     assert fits["image"] >= 220  # the images still get a useful size
+
+
+def test_a_pair_cannot_be_decided_before_its_images_have_loaded(small_dataset, tmp_path, no_selenium_manager):
+    """Images that take 1.5 s to arrive: a key pressed 0.7 s in (past the minimum display time counted from the
+    pair's text) decides nothing, and the page turns ready only once both images have loaded."""
+    db_path = tmp_path / "review.sqlite"
+    app = create_app(small_dataset, db_path=db_path, all_pairs=True)
+
+    @app.after_request
+    def slow_images(response):
+        if request.path.startswith("/image/"):
+            time.sleep(1.5)
+        return response
+
+    with serving(app) as url:
+        page = ReviewPage(f"{url}/?reviewer=alice")
+        try:
+            loaded_when_ready = page.driver.execute_async_script(
+                """const done = arguments[arguments.length - 1];
+                const root = document.getElementById('review');
+                const images = [...document.querySelectorAll('#pair img')];
+                const loaded = () => images.map((image) => image.complete && image.naturalWidth > 0);
+                setTimeout(() => document.body.dispatchEvent(
+                  new KeyboardEvent('keydown', {key: 'ArrowLeft', bubbles: true})), 700);
+                const timer = setInterval(() => { if (root.dataset.state === 'ready') {
+                  clearInterval(timer); done(loaded()); } }, 10);"""
+            )
+            assert page.progress() == "0 / 60"
+        finally:
+            page.driver.quit()
+    assert loaded_when_ready == [True, True]
+    assert ReviewStore(db_path).decisions() == []

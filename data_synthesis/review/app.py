@@ -1,12 +1,17 @@
 """`python -m data_synthesis review DIR`: a small Flask app in which people judge the pairs of a dataset dir.
 
-The page shows the prompt, its stated relations and the two images side by side, the perfect one on a side that
-looks random but is fixed per (pair, reviewer) (`store.perfect_side`). Nothing tells the images apart but their
-pixels: each is served under an opaque id (a keyed hash of pair and side, new at every start), without a file
-name, modification date or mtime-based ETag (the ETag is a hash of the bytes). The reviewer says which image follows
-the prompt (left/right), neither, both, or flags the pair; keyboard shortcuts, progress and undo of the last decision
-are in `static/review.js`, which ignores auto-repeated keys and any decision within `MIN_DISPLAY_MS` of a pair
-appearing (one pair per keypress). Request bodies over `MAX_BODY_BYTES` get 413, ids over `MAX_ID_CHARS` 400.
+The page shows the prompt, its stated relations and the two images side by side, the perfect one on a side fixed
+per (pair, reviewer) by a secret key kept in the decisions database (`shown_perfect_side`), so that neither the
+page's script nor a reviewer with this source can work it out from the pair id and reviewer name (the key-less
+`store.perfect_side` could be). Nothing else tells the images apart but their pixels: each is served under an opaque
+id (a keyed hash of pair and side, new at every start), without a file name, modification date or mtime-based ETag
+(the ETag is a hash of the bytes). The reviewer says which image follows the prompt (left/right), neither, both, or
+flags the pair; keyboard shortcuts, progress and undo of the last decision are in `static/review.js`.
+
+One pair per keypress: the page ignores auto-repeated keys and any decision until both images have loaded and
+`min_display_ms` has passed; the server refuses (429) a decision on a pair it served to that reviewer less than
+`min_display_ms` ago, which a page that waited can never send. Request bodies over `MAX_BODY_BYTES` get 413, ids
+over `MAX_ID_CHARS` 400, neither echoed back.
 
 Security: on a loopback address anyone on the machine may review. Bound to any other address, every request needs
 the access token (from $SPATIALSCORE_REVIEW_TOKEN, or generated and printed once at start): typed into a login
@@ -20,10 +25,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 import re
 import secrets
 import socket
+import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,7 +50,6 @@ from data_synthesis.review.store import (
     Decision,
     ReviewError,
     ReviewStore,
-    perfect_side,
 )
 from data_synthesis.scene import Scene, SceneError
 from data_synthesis.verify import load_pairs
@@ -55,7 +61,8 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 REVIEWER_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 MAX_BODY_BYTES = 16 * 1024  # a decision is a few hundred bytes
 MAX_ID_CHARS = 256  # pair ids, image ids and reviewer names longer than this are refused unread
-MIN_DISPLAY_MS = 400  # review.js ignores decisions on a pair shown for less (passed to the page)
+MIN_DISPLAY_MS = 400  # a pair must be on screen this long before it may be decided (page and server)
+SIDE_KEY = "review-side"  # the name of the side key in the decisions database's secrets
 
 
 class ReviewPair(NamedTuple):
@@ -64,6 +71,13 @@ class ReviewPair(NamedTuple):
     relations: list[str]  # the stated relations, one readable line each
     perfect_image: Path
     perturbed_image: Path
+
+
+def shown_perfect_side(side_key: bytes, pair_id: str, reviewer: str) -> str:
+    """The side the review app shows the perfect image on: a keyed hash of pair and reviewer, so fixed per (pair,
+    reviewer) for a given database but unknowable without `side_key` (`ReviewStore.secret(SIDE_KEY)`)."""
+    digest = hmac.new(side_key, f"{pair_id}\0{reviewer}".encode(), hashlib.sha256).digest()
+    return SIDES[digest[0] % 2]
 
 
 def relation_text(relation: dict, names: dict[str, str]) -> str:
@@ -170,15 +184,18 @@ def create_app(
     all_pairs: bool = False,
     oracle_accepted: bool = False,
     token: str | None = None,
+    min_display_ms: int = MIN_DISPLAY_MS,
 ) -> Flask:
     """The review app over `dataset_dir`, with decisions in `db_path` (default DIR/review.sqlite). `reviewer` is
     the name used when the page URL gives none (`/?reviewer=NAME`); `token`, when given, is required on every
-    request."""
+    request; a pair may be decided `min_display_ms` after it was served, not before."""
     dataset_dir = Path(dataset_dir)
     pairs = load_review_pairs(dataset_dir, all_pairs=all_pairs, oracle_accepted=oracle_accepted, db_path=db_path)
     by_id = {pair.pair_id: pair for pair in pairs}
     default_reviewer = None if reviewer is None else check_reviewer(reviewer)
     store = ReviewStore(dataset_dir / DB_NAME if db_path is None else db_path)
+    side_key = store.secret(SIDE_KEY)
+    served_at: dict[tuple[str, str], float] = {}  # (reviewer, pair id) -> time.monotonic() it was last served
     app = Flask(__name__)
     app.config.update(REVIEW_STORE=store, REVIEW_PAIRS=pairs, MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     image_key = secrets.token_bytes(32)  # image ids change at every start: nothing to learn across sessions
@@ -256,6 +273,8 @@ def create_app(
         decided = store.decided_pairs(name)
         undecided = (pair for pair in pairs if pair.pair_id not in decided and pair.pair_id != show)
         current = by_id[show] if show is not None else next(undecided, None)
+        if current is not None:
+            served_at[name, current.pair_id] = time.monotonic()
         upcoming = next(undecided, None)
         reviewed = sum(pair.pair_id in decided for pair in pairs)
         return {
@@ -276,7 +295,7 @@ def create_app(
     def page():
         name = request.args.get("reviewer") or default_reviewer
         reviewer = None if name is None else check_reviewer(name)
-        return render_template("review.html", reviewer=reviewer, total=len(pairs), min_display_ms=MIN_DISPLAY_MS)
+        return render_template("review.html", reviewer=reviewer, total=len(pairs), min_display_ms=min_display_ms)
 
     @app.get("/api/state")
     def current_state():
@@ -292,8 +311,16 @@ def create_app(
             return jsonify(error=f"unknown pair {pair_id!r}: not among the pairs under review"), 404
         if choice not in CHOICES:
             raise ReviewError(f"choice must be one of {', '.join(CHOICES)}; got {choice!r}")
+        # a pair this server never served (a script, or a page from before a restart) has no time to check against
+        shown_ms = 1000 * (time.monotonic() - served_at.get((name, pair_id), -math.inf))
+        if shown_ms < min_display_ms:
+            return jsonify(
+                error=f"pair {pair_id} was shown {shown_ms:.0f} ms ago; a decision needs {min_display_ms} ms on "
+                "screen (a held or doubled key?)"
+            ), 429
+        side = shown_perfect_side(side_key, pair_id, name)
         try:
-            store.decide(reviewer=name, pair_id=pair_id, choice=choice, shown_perfect_side=perfect_side(pair_id, name))
+            store.decide(reviewer=name, pair_id=pair_id, choice=choice, shown_perfect_side=side)
         except AlreadyDecided as error:
             return jsonify(error=str(error)), 409
         return jsonify(state(name))
@@ -311,7 +338,7 @@ def create_app(
         if image_id not in image_ids:
             return jsonify(error="no such image"), 404
         pair, side = image_ids[image_id]
-        path = pair.perfect_image if side == perfect_side(pair.pair_id, name) else pair.perturbed_image
+        path = pair.perfect_image if side == shown_perfect_side(side_key, pair.pair_id, name) else pair.perturbed_image
         data = path.read_bytes()
         # no file name, no Last-Modified, no mtime in the ETag: the perfect image is always written first
         response = Response(data, mimetype="image/png")

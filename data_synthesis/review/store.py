@@ -11,11 +11,14 @@ review app leaves it empty. Databases written before the column existed gain it 
 
 Undo supersedes instead of deleting: the row gets `undone_at`, and only rows without it count. A partial unique
 index allows at most one counting decision per (reviewer, pair); deciding a pair twice is refused.
+
+A `secrets` table keeps random keys across starts: the review app's key for which side shows the perfect image.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +49,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_counting_decision ON decisions (reviewer, pair_id) WHERE undone_at IS NULL;
 CREATE INDEX IF NOT EXISTS by_reviewer ON decisions (reviewer, id);
+CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 _COLUMNS = "id, reviewer, pair_id, choice, perfect_side, verdict, decided_at, undone_at, reason"
 
@@ -168,6 +172,16 @@ class ReviewStore:
                 (reviewer,),
             ).fetchone()
         return None if row is None else Decision(*row)
+
+    def secret(self, name: str) -> bytes:
+        """A random 32-byte key kept in the database under `name`: made on first use, the same for every process
+        and start after that (the first writer wins a race)."""
+        with self._connect() as connection:
+            connection.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)", (name, secrets.token_bytes(32))
+            )
+            (value,) = connection.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+        return value
 
     def decided_pairs(self, reviewer: str) -> set[str]:
         """Pairs the reviewer has a counting decision for."""

@@ -1,7 +1,8 @@
 // The review page: show a pair, send the reviewer's decision, undo. One pair per keypress: keys pressed while a
-// request is in flight, auto-repeated keys of a held key (event.repeat) and decisions within MIN_DISPLAY_MS of a
-// pair appearing are ignored, so neither a held nor a doubled key decides a pair nobody saw. data-state is "ready"
-// only once a pair may be decided.
+// request is in flight, auto-repeated keys of a held key (event.repeat) and decisions before both images of a new
+// pair have loaded and then stayed on screen for MIN_DISPLAY_MS are ignored, so neither a held nor a doubled key
+// decides a pair nobody saw (the server refuses such decisions too). data-state is "ready" only once a pair may be
+// decided.
 "use strict";
 
 const root = document.getElementById("review");
@@ -9,7 +10,7 @@ const reviewer = root.dataset.reviewer;
 const KEYS = { ArrowLeft: "left", 1: "left", ArrowRight: "right", 2: "right", n: "neither", b: "both", f: "flag" };
 const MIN_DISPLAY_MS = Number(root.dataset.minDisplayMs);
 let busy = false;
-let decidableAt = 0; // performance.now() from which the pair on screen may be decided
+let decidableAt = 0; // performance.now() from which the pair on screen may be decided; Infinity while loading
 let readyTimer = null;
 
 function element(id) {
@@ -35,12 +36,22 @@ function show(state) {
         return item;
       }),
     );
-    if (root.dataset.pairId !== element("image-left").dataset.pairId) {
-      element("image-left").dataset.pairId = root.dataset.pairId;
-      decidableAt = performance.now() + MIN_DISPLAY_MS;
+    const images = [element("image-left"), element("image-right")];
+    images[0].src = pair.images.left;
+    images[1].src = pair.images.right;
+    if (pair.pair_id !== images[0].dataset.pairId) {
+      images[0].dataset.pairId = pair.pair_id;
+      decidableAt = Infinity;
+      // a broken image counts as shown: the reviewer can still flag the pair
+      Promise.all(images.map((image) => image.decode().catch(() => null))).then(() => {
+        if (root.dataset.pairId !== pair.pair_id) return;
+        decidableAt = performance.now() + MIN_DISPLAY_MS;
+        markReady();
+      });
     }
-    element("image-left").src = pair.images.left;
-    element("image-right").src = pair.images.right;
+  } else {
+    element("image-left").dataset.pairId = ""; // a pair an undo brings back is new on screen
+    decidableAt = 0;
   }
   if (state.upcoming) {
     for (const url of Object.values(state.upcoming)) new Image().src = url; // preload the next pair
@@ -67,11 +78,16 @@ async function request(method, url, body) {
     say(`request failed: ${error.message}`);
   } finally {
     busy = false;
-    clearTimeout(readyTimer);
-    readyTimer = setTimeout(() => {
-      if (!busy) root.dataset.state = "ready";
-    }, Math.max(0, decidableAt - performance.now()));
+    markReady();
   }
+}
+
+function markReady() {
+  clearTimeout(readyTimer);
+  if (busy || decidableAt === Infinity) return;
+  readyTimer = setTimeout(() => {
+    if (!busy) root.dataset.state = "ready";
+  }, Math.max(0, decidableAt - performance.now()));
 }
 
 function refresh() {

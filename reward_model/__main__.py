@@ -40,6 +40,7 @@ from reward_model.callbacks import ExportRewardCheckpoint, PairGridLogger, evalu
 from reward_model.data import PairwiseDataModule
 from reward_model.export import export_checkpoint
 from reward_model.module import RewardModule
+from shared.cli import TRACEBACK_HELP, lightning_help_kwargs
 
 EXPORT_KEY = "export"  # config key of the ExportRewardCheckpoint options
 GRID_KEY = "pair_grid"  # config key of the PairGridLogger options
@@ -72,12 +73,16 @@ def lightning_cli(args: Sequence[str] | dict[str, Any] | None = None, *, run: bo
         run=run,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs=lightning_help_kwargs(LightningCLI.subcommands()),
     )
 
 
 def score_command(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m reward_model score", description="Score images against one prompt; prints JSON."
+        prog="python -m reward_model score",
+        description="Score images against one prompt; prints JSON. A prompt longer than the model reads is scored "
+        "without its end, with a warning on stderr saying how many tokens and words were cut.",
+        epilog=TRACEBACK_HELP,
     )
     parser.add_argument("--checkpoint", required=True, help="a reward checkpoint dir (e.g. runs/reward/tiny/export)")
     parser.add_argument("--prompt", required=True, help="the prompt every image is scored against")
@@ -95,10 +100,11 @@ def score_command(argv: Sequence[str]) -> None:
         arguments.checkpoint, device=arguments.device, dtype=arguments.dtype, batch_size=arguments.batch_size
     )
     prompt, cut = scorer.fit_prompt(arguments.prompt, images)
-    if cut is not None:
+    if cut is not None:  # a word the cut goes through counts among the words cut
         print(
-            f"warning: the prompt has {cut.tokens} tokens and this model reads {cut.budget} ({cut.reason}); "
-            f"scored without its last {cut.tokens - cut.budget}: {shorten(cut.dropped, 160)!r}",
+            f"warning: the prompt has {cut.tokens} tokens ({len(arguments.prompt.split())} words) and this model "
+            f"reads {cut.budget} ({cut.reason}); scored without its last {cut.tokens - cut.budget} tokens "
+            f"({len(cut.dropped.split())} words): {shorten(cut.dropped, 160)!r}",
             file=sys.stderr,
         )
     mean, std = scorer.score(prompts=[prompt] * len(images), images=images)
@@ -140,7 +146,9 @@ def find_run_config(ckpt: Path) -> Path:
 
 def export_command(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m reward_model export", description="Write a reward checkpoint dir from a Lightning checkpoint."
+        prog="python -m reward_model export",
+        description="Write a reward checkpoint dir from a Lightning checkpoint.",
+        epilog=TRACEBACK_HELP,
     )
     parser.add_argument("--ckpt", required=True, type=Path, help="a Lightning checkpoint of `fit`")
     parser.add_argument("--out", required=True, type=Path, help="the reward checkpoint dir to write")
@@ -209,6 +217,7 @@ def stage_a_cli(args: Sequence[str] | dict[str, Any] | None = None, *, run: bool
         run=run,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs=lightning_help_kwargs(LightningCLI.subcommands()),
     )
 
 
@@ -243,7 +252,9 @@ def dispatch(argv: list[str]) -> None:
     if argv and argv[0] in COMMANDS:
         COMMANDS[argv[0]](argv[1:])
     else:
-        lightning_cli(argv)
+        with warnings.catch_warnings():  # it warns that sys.argv (this command's words) is not what it parses
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            lightning_cli(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,8 +26,18 @@ import io
 import json
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+from jsonargparse import Namespace, set_parsing_settings
+from jsonargparse._common import get_parsing_setting
+
+from rl_policy.data import PromptDataModule
+from rl_policy.training import GRPOCLI, GRPOTraining
+from shared.cli import TRACEBACK_HELP, lightning_help_kwargs
+
+SCORER_CLASS_PATHS = ("reward_model.SpatialScorer", "reward_model.scorer.SpatialScorer")
 
 
 def pretrain_command(argv: Sequence[str]) -> None:
@@ -35,6 +45,7 @@ def pretrain_command(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m rl_policy pretrain",
         description=pretrain_command.__doc__,
+        epilog=TRACEBACK_HELP,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--data", type=Path, required=True, help="a SpatialWorld dataset dir (train and val splits)")
@@ -166,6 +177,7 @@ def sample_command(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m rl_policy sample",
         description=sample_command.__doc__,
+        epilog=TRACEBACK_HELP,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--pipeline", type=Path, help="a diffusers pipeline dir (default: the LoRA's base pipeline)")
@@ -242,6 +254,7 @@ def draw_command(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m rl_policy draw",
         description=draw_command.__doc__,
+        epilog=TRACEBACK_HELP,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--pipeline", required=True, help="a diffusers pipeline dir (the base generator)")
@@ -280,26 +293,51 @@ def draw_command(argv: Sequence[str]) -> None:
     )
 
 
-def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True):
-    """LightningCLI over GRPOTraining and PromptDataModule with ExportPolicy attached (rl_policy.training.GRPOCLI)."""
-    from jsonargparse import set_parsing_settings
-    from jsonargparse._common import get_parsing_setting
+def check_reward_checkpoints(model: Namespace) -> None:
+    """A `reward_model.SpatialScorer` as `model.reward` or `model.eval_reward` (the parsed `model` section) whose
+    checkpoint dir does not exist: one error naming the option, the dir, the command that writes it and the oracle
+    reward that needs none (the scorer's own error, raised later while building, knows nothing of the RL stage)."""
+    for name in ("reward", "eval_reward"):
+        spec = getattr(model, name, None)
+        if getattr(spec, "class_path", None) not in SCORER_CLASS_PATHS:
+            continue
+        directory = getattr(getattr(spec, "init_args", None), "checkpoint_dir", None)
+        if directory is not None and not Path(directory).is_dir():
+            raise FileNotFoundError(
+                f"model.{name}: the reward checkpoint dir {directory} does not exist; `make train-reward` writes "
+                "runs/reward/tiny/export (with REWARD_RUN_DIR=DIR: DIR/export), or train against the SpatialWorld "
+                "oracle instead: `make train-rl REWARD=oracle` (here: add --config configs/rl/reward_oracle.yaml)"
+            )
 
-    from rl_policy.data import PromptDataModule
-    from rl_policy.training import GRPOCLI, GRPOTraining
 
+class CheckedGRPOCLI(GRPOCLI):
+    """`GRPOCLI` that checks the reward checkpoints as soon as the config is parsed, before the seed is set and any
+    class is built."""
+
+    def parse_arguments(self, parser, args) -> None:
+        with warnings.catch_warnings():  # it warns that sys.argv (this command's words) is not what it parses
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        check_reward_checkpoints((self.config[subcommand] if subcommand else self.config).model)
+
+
+def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True) -> CheckedGRPOCLI:
+    """LightningCLI over GRPOTraining and PromptDataModule with ExportPolicy attached (rl_policy.training.GRPOCLI),
+    the reward checkpoints checked once the config is parsed."""
     # reward, eval_reward and oracle are typed Any (training.GRPOTraining): by default jsonargparse drops such a
     # value whose class fails to build (a missing reward checkpoint) and then reports a missing argument instead
     validating = get_parsing_setting("validate_subclass_spec_in_any")
     set_parsing_settings(validate_subclass_spec_in_any=True)
     try:
-        return GRPOCLI(
+        return CheckedGRPOCLI(
             GRPOTraining,
             PromptDataModule,
             args=args,
             run=run,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs=lightning_help_kwargs(GRPOCLI.subcommands()),
         )
     finally:
         set_parsing_settings(validate_subclass_spec_in_any=validating)

@@ -2,17 +2,25 @@
 traceback only when asked for (`--verbose` anywhere on the command line, or SPATIALSCORE_TRACEBACK=1).
 
 Usage errors (argparse's and LightningCLI's) keep their own usage message and exit status 2; any other exception
-becomes `<prog>: error: <message>` on stderr and exit status 1; Ctrl-C exits 130 with one line.
+becomes `<prog>: error: <message>` on stderr (`error_message`: a likely bug keeps its type name) and exit status 1;
+Ctrl-C exits 130 with one line. Every parser of the two command lines carries `TRACEBACK_HELP` as its `--help`
+epilog (`lightning_help_kwargs` gives it to LightningCLI's).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 VERBOSE_FLAG = "--verbose"
 TRACEBACK_ENV = "SPATIALSCORE_TRACEBACK"
+OWN_PACKAGES = ("benchmarks", "data_synthesis", "experiments", "reward_model", "rl_policy", "shared")
+TRACEBACK_HELP = (
+    f"A failure prints one line (exit status 1); {VERBOSE_FLAG} anywhere on the command line, or {TRACEBACK_ENV}=1 "
+    "in the environment, prints the full traceback instead."
+)
 
 
 def wants_traceback(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -23,16 +31,26 @@ def wants_traceback(argv: Sequence[str]) -> tuple[list[str], bool]:
     return rest, len(rest) != len(argv) or from_env
 
 
+def lightning_help_kwargs(subcommands: Iterable[str]) -> dict[str, Any]:
+    """LightningCLI's `parser_kwargs` that put `TRACEBACK_HELP` under the `--help` of the main parser and of each of
+    `subcommands` (LightningCLI gives the main parser's keys to the main parser only)."""
+    return {"epilog": TRACEBACK_HELP} | {name: {"epilog": TRACEBACK_HELP} for name in subcommands}
+
+
 def error_message(error: BaseException) -> str:
     """The message of `error` on one line. A wrapper that only repeats its cause (jsonargparse reports a class that
-    failed to build as "Invalid subclass spec ...: <cause>") gives way to the cause; an empty message to the type."""
+    failed to build as "Invalid subclass spec ...: <cause>") gives way to the cause. The errors a user causes are
+    raised as ValueError, OSError (FileNotFoundError, ...) or one of this repository's exceptions and read as their
+    message alone; any other (an AssertionError, AttributeError, ... : most likely a bug) keeps its type name in
+    front, so it cannot pass for a user's mistake."""
     cause = error.__cause__
     while cause is not None and str(cause) and str(cause) in str(error):
         error, cause = cause, cause.__cause__
     text = " ".join(str(error).split())
-    if not text or isinstance(error, KeyError):
-        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return text
+    own = type(error).__module__.split(".")[0] in OWN_PACKAGES
+    if text and (isinstance(error, (ValueError, OSError)) or own):
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def run_command(prog: str, command: Callable[[list[str]], int | None], argv: Sequence[str]) -> int:

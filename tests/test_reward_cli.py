@@ -10,10 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from data_synthesis import load_pairs
 from reward_model.__main__ import lightning_cli, main
 from reward_model.agreement import load_agreement_set
+from reward_model.model import encode
 from reward_model.scorer import SpatialScorer
 from shared.agreement import top_bottom_agreement, within_group_spearman
 
@@ -149,23 +151,32 @@ def test_score_prints_json(fitted, capsys):
     assert all(isinstance(row["mean"], float) and row["std"] > 0 for row in printed["scores"])
 
 
-def test_score_warns_about_a_prompt_beyond_the_text_budget_and_says_what_was_cut(fitted, capsys):
+def test_score_warns_about_a_prompt_beyond_the_text_budget_and_says_what_was_cut(fitted, capfd):
+    """A 5,000-word prompt, one token per word (the tiny model's word-level tokenizer). The tiny backbone has 4,096
+    positions; the chat template and the image take `overhead` of them (the encoded empty prompt), so the first
+    4,096 - overhead words are scored and the other 5,000 - (4,096 - overhead) are cut, tokens and words alike."""
     _, run_dir, prompts, paths = fitted
-    long_prompt = " ".join([prompts[0]] * 200)  # about 6,000 tokens; the tiny model has 4,096 positions
+    long_prompt = " ".join(["a red disc left of a blue square"] * 625)
+    scorer = SpatialScorer.from_pretrained(run_dir / "export")
+    image = Image.open(paths[0]).convert("RGB")
+    overhead = encode(scorer.network.processor, [""], [image], system_prompt=scorer.system_prompt)["input_ids"].shape[1]
+    budget = 4_096 - overhead
     assert main(["score", "--checkpoint", str(run_dir / "export"), "--prompt", long_prompt, paths[0]]) == 0
-    captured = capsys.readouterr()
-    warning = [line for line in captured.err.splitlines() if line.startswith("warning: the prompt has")]
-    assert len(warning) == 1 and "this model reads" in warning[0] and "4096 positions" in warning[0]
+    captured = capfd.readouterr()
+    warning = [line for line in captured.err.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1, captured.err
+    assert warning[0].startswith(
+        f"warning: the prompt has 5000 tokens (5000 words) and this model reads {budget} "
+        f"(4096 positions less {overhead} for the template and image); "
+        f"scored without its last {5_000 - budget} tokens ({5_000 - budget} words): "
+    )
     printed = json.loads(captured.out)
     scored = printed["prompt_scored"]
-    assert long_prompt.startswith(scored) and len(scored) < len(long_prompt)
-    scorer = SpatialScorer.from_pretrained(run_dir / "export")
-    tokens = len(scorer.network.processor.tokenizer(scored, add_special_tokens=False)["input_ids"])
-    assert 3_900 < tokens < 4_096
+    assert long_prompt.startswith(scored) and len(scored.split()) == budget
     expected, _ = scorer.score(prompts=[scored], images=[paths[0]])
     assert printed["scores"][0]["mean"] == pytest.approx(expected.item(), abs=1e-6)
     main(["score", "--checkpoint", str(run_dir / "export"), "--prompt", prompts[0], paths[0]])
-    assert "warning" not in capsys.readouterr().err
+    assert "warning" not in capfd.readouterr().err
 
 
 def test_score_checks_the_images_before_loading_the_model(tmp_path, capsys, small_dataset):

@@ -226,7 +226,11 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--out", help="tasks: the dir for tasks.json, labeling_config.xml and images/")
     ls.add_argument("--url-prefix", default="/data/local-files/?d=", help="tasks: prefix of the image URLs")
     ls.add_argument("--all-pairs", action="store_true", help="tasks: every pair, not only review_status 'unreviewed'")
-    ls.add_argument("--db", help="import: decisions database; DIR/review.sqlite when not given")
+    ls.add_argument(
+        "--db",
+        help="tasks and import: the decisions database, whose secret key orders the images and which import "
+        "writes into (give both the same); DIR/review.sqlite when not given",
+    )
     return parser
 
 
@@ -299,7 +303,9 @@ def _label_studio(args: argparse.Namespace) -> int:
     if args.action == "tasks":
         if not args.out:
             raise ValueError("label-studio tasks needs --out DIR")
-        count = write_tasks(args.dataset, args.out, url_prefix=args.url_prefix, all_pairs=args.all_pairs)
+        count = write_tasks(
+            args.dataset, args.out, db_path=args.db, url_prefix=args.url_prefix, all_pairs=args.all_pairs
+        )
         print(f"{args.out}: {count} tasks (tasks.json), labeling_config.xml and images/")
         return 0
     if not args.export_file:

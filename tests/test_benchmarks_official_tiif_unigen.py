@@ -214,7 +214,8 @@ def test_unigenbench_failed_judgements_leave_the_official_denominator_and_score_
     and prompt 1 image 1 are left out whole (skipped_images 2), the latter's readable 3D score 1 with them:
       Layout 2D: prompt 0 images 0, 1, 3: 1, 0, 1; prompt 1 images 0, 2, 3: 1, 1, 0 -> 4/6 = 66.67
       Layout 3D: prompt 1 images 0, 2, 3: 1, 0, 0 -> 1/3 = 33.33;  Color: 1, 1, 0 -> 2/3 = 66.67
-      Entity Layout (pooled) (4 + 1) / 9 = 55.56;  Attribute 66.67;  12 testpoints read, none unparseable.
+      Entity Layout (pooled) (4 + 1) / 9 = 55.56;  Attribute 66.67;  12 testpoints read, none unparseable;
+      each rounded as the official fraction to 4 decimals (4/6 = 0.6667 -> 66.67, not 66.666...).
     corrected (None scores 0 and stays): Layout 2D (1+0+0+1) + (1+0+1+0) = 4/8 = 50;  Layout 3D 1,1,0,0 = 2/4 = 50;
       Color 1,1,0,0 = 2/4 = 50;  Entity Layout 6/12 = 50;  Attribute 50;  16 testpoints, 3 unparseable, 0 skipped;
       overall (mean of main dimensions, not an official number) (50 + 50) / 2 = 50.
@@ -222,9 +223,9 @@ def test_unigenbench_failed_judgements_leave_the_official_denominator_and_score_
     benchmark = load_unigenbench(unigen_csv(tmp_path / "test_prompts_en.csv"))
     result = score_unigenbench(benchmark, UNIGEN_ANSWERS)
     official, corrected = result.official_compatible, result.corrected
-    assert official.sub == pytest.approx({LAYOUT_2D: 200 / 3, LAYOUT_3D: 100 / 3, "Attribute - Color": 200 / 3})
-    assert official.main == pytest.approx({"Entity Layout": 500 / 9, "Attribute": 200 / 3})
-    assert (official.layout_2d, official.layout_3d) == pytest.approx((200 / 3, 100 / 3))
+    assert official.sub == {LAYOUT_2D: 66.67, LAYOUT_3D: 33.33, "Attribute - Color": 66.67}
+    assert official.main == {"Entity Layout": 55.56, "Attribute": 66.67}
+    assert (official.layout_2d, official.layout_3d) == (66.67, 33.33)
     assert (official.num_testpoints, official.num_unparseable, official.skipped_images) == (12, 0, 2)
     assert corrected.sub == {LAYOUT_2D: 50.0, LAYOUT_3D: 50.0, "Attribute - Color": 50.0}
     assert corrected.main == {"Entity Layout": 50.0, "Attribute": 50.0} and corrected.overall == 50.0
@@ -233,6 +234,42 @@ def test_unigenbench_failed_judgements_leave_the_official_denominator_and_score_
     variants = result.to_dict()
     assert "overall" not in variants["official_compatible"] and variants["official_compatible"]["skipped_images"] == 2
     assert variants["corrected"]["overall"] == 50.0 and "not an official" in variants["corrected"]["overall_note"]
+
+
+def test_unigenbench_official_rounds_each_fraction_to_4_decimals_as_calculate_scores(tmp_path):
+    """8 prompts x 4 images, each prompt testing Layout 2D, Layout 3D and Color; image k (0-31, prompt k // 4)
+    passes 2D only for k = 0, 3D for k = 1..5, Color for k < 21. The official calculate_scores keeps round(acc, 4)
+    of each fraction (Python's round: an exact binary tie goes to the even digit) and prints {acc:.2%}:
+      Layout 2D 1/32 = 0.03125 -> 0.0312 -> 3.12 (corrected 3.125);  Layout 3D 5/32 = 0.15625 -> 0.1562 -> 15.62
+      Color 21/32 = 0.65625 -> 0.6562 -> 65.62;  Entity Layout (1 + 5) / 64 = 0.09375 -> 0.0938 -> 9.38 (up: 8 even)
+      Attribute 65.62 (corrected 65.625).  No judgement failed, so only the rounding separates the variants."""
+    lines = ["index,prompt_en,sub_dims_en"]
+    sub_dims = {"Testpoints": [LAYOUT_2D, LAYOUT_3D, "Attribute - Color"], "Testpoint Description": ["a", "b", "c"]}
+    for index in range(8):
+        lines.append(f'{index},"Prompt {index}.","{json.dumps(sub_dims).replace(chr(34), chr(34) * 2)}"')
+    (tmp_path / "test_prompts_en.csv").write_text("\n".join(lines) + "\n")
+    benchmark = load_unigenbench(tmp_path / "test_prompts_en.csv")
+    answers = {
+        index: {
+            image: [int(k == 0), int(1 <= k <= 5), int(k < 21)]
+            for image, k in enumerate(range(4 * index, 4 * index + 4))
+        }
+        for index in range(8)
+    }
+    result = score_unigenbench(benchmark, answers)
+    official, corrected = result.official_compatible, result.corrected
+    assert official.sub == {LAYOUT_2D: 3.12, LAYOUT_3D: 15.62, "Attribute - Color": 65.62}
+    assert official.main == {"Entity Layout": 9.38, "Attribute": 65.62}
+    assert (official.layout_2d, official.layout_3d, official.skipped_images) == (3.12, 15.62, 0)
+    assert corrected.sub == {LAYOUT_2D: 3.125, LAYOUT_3D: 15.625, "Attribute - Color": 65.625}
+    assert corrected.main == {"Entity Layout": 9.375, "Attribute": 65.625}
+    assert [f"{fraction:.2%}" for fraction in (1 / 32, 5 / 32, 21 / 32, 6 / 64)] == [
+        "3.12%",
+        "15.62%",
+        "65.62%",
+        "9.38%",
+    ]
+    assert result.to_dict()["official_compatible"]["sub"][LAYOUT_2D] == 3.12
 
 
 def test_unigenbench_summary_keeps_overall_out_of_the_official_numbers(tmp_path):
@@ -255,7 +292,7 @@ def test_unigenbench_summary_keeps_overall_out_of_the_official_numbers(tmp_path)
         for seed, scores in UNIGEN_ANSWERS[prompt.index].items()
     ]
     summary = task.summarize([*records, {"malformed": []}])
-    assert summary["layout_2d"] == pytest.approx(200 / 3) and summary["layout_3d"] == pytest.approx(100 / 3)
+    assert (summary["layout_2d"], summary["layout_3d"]) == (66.67, 33.33)
     assert summary["skipped_images"] == summary["official_compatible"]["skipped_images"] == 2
     assert summary["corrected"]["skipped_images"] == 0 and summary["unreadable_answers"] == 3
     assert "overall" not in summary and "overall" not in summary["official_compatible"]

@@ -12,6 +12,11 @@ recent versions of the repository; earlier ones compute the same at the end of `
     acc(sub dimension s)  = 100 * #(score == 1) / #(testpoint s judged)         (pooled over prompts and images)
     acc(main dimension m) = 100 * #(score == 1) / #(testpoints of m judged)     (pooled, not a mean of subs)
 
+`calculate_scores` keeps each accuracy as a fraction rounded to 4 decimals (`round(acc, 4)` in its JSON summary) and
+prints it as a percent to 2 places (`{acc:.2%}`, the same digits; the earlier scripts only print): 1 of 3 is 0.3333,
+33.33%. `official_compatible` reports that number, 100 * round(acc, 4) (33.33); `corrected` keeps full precision
+(33.333...).
+
 The official scripts report main and sub dimensions only; `overall`, the mean of acc(m) over the main dimensions
 judged, is ours and not an official UniGenBench number (summary.json carries it under `corrected/` only).
 Layout 2D and 3D are the sub-dimensions `LAYOUT_2D` and `LAYOUT_3D`.
@@ -116,7 +121,7 @@ class UniGenBench:
 
 @dataclass(frozen=True)
 class UniGenScores:
-    """Every number is a percentage."""
+    """Every number is a percentage (official_compatible's rounded to 2 places as the official script rounds)."""
 
     overall: float | None  # mean of the main dimensions (not an official number); None when nothing was judged
     main: dict[str, float]
@@ -221,6 +226,14 @@ def load_unigenbench(csv_path: str | os.PathLike) -> UniGenBench:
 
 
 # --- scoring ----------------------------------------------------------------------------------------------------
+def _accuracy(passed: int, judged: int, variant: str) -> float:
+    """Percent of `judged` testpoints passed; official_compatible rounded where calculate_scores rounds: the
+    fraction to 4 decimals (module docstring)."""
+    if variant == "official_compatible":
+        return round(100.0 * round(passed / judged, 4), 2)  # round(, 2) only drops the float noise of * 100
+    return 100.0 * passed / judged
+
+
 def _score_variant(benchmark: UniGenBench, answers: Answers, variant: str) -> UniGenScores:
     by_index = {prompt.index: prompt for prompt in benchmark.prompts}
     passed = {"main": defaultdict(int), "sub": defaultdict(int)}  # level -> dimension -> testpoints scored 1
@@ -238,7 +251,7 @@ def _score_variant(benchmark: UniGenBench, answers: Answers, variant: str) -> Un
                     passed[level][dimension] += score == 1
                 unparseable += score is None
     main, sub = (
-        {name: 100.0 * passed[level][name] / count for name, count in sorted(judged[level].items())}
+        {name: _accuracy(passed[level][name], count, variant) for name, count in sorted(judged[level].items())}
         for level in ("main", "sub")
     )
     return UniGenScores(

@@ -119,3 +119,20 @@ def test_the_layering_check_sees_imports_inside_functions(tmp_path):
     lines = ["import torch", "", "def f():", "    from reward_model.scorer import Scorer", "    import benchmarks"]
     source.write_text("\n".join(lines) + "\n")
     assert stage_imports(source) == {("reward_model", 4), ("benchmarks", 5)}
+
+
+MAX_FILE_BYTES = 16 * 1024 * 1024  # the repository's limit per committed file (checkpoints included)
+
+
+def test_every_committed_file_is_under_the_size_limit():
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    paths = [REPO / name for name in listed.decode().split("\0") if name]
+    too_big = [
+        (str(p.relative_to(REPO)), p.stat().st_size) for p in paths if p.is_file() and p.stat().st_size > MAX_FILE_BYTES
+    ]
+    assert not too_big, f"files over {MAX_FILE_BYTES} bytes: {too_big}"

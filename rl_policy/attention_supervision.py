@@ -88,6 +88,45 @@ def attention_localisation_loss(
     return losses[valid].mean()
 
 
+def region_centres(masks: torch.Tensor) -> torch.Tensor:
+    """Coverage-weighted centre (x, y) of each region, as fractions of the image side: masks [B, K, R, R] -> [B, K, 2]
+    (0 for an empty region). For a bounding square inside the image it is the object's centre."""
+    rows, columns = masks.shape[-2:]
+    y = (torch.arange(rows, dtype=masks.dtype, device=masks.device) + 0.5) / rows
+    x = (torch.arange(columns, dtype=masks.dtype, device=masks.device) + 0.5) / columns
+    total = masks.sum(dim=(-2, -1)).clamp(min=1e-8)  # [B, K]
+    centre_x = (masks.sum(dim=-2) * x).sum(dim=-1) / total
+    centre_y = (masks.sum(dim=-1) * y).sum(dim=-1) / total
+    return torch.stack([centre_x, centre_y], dim=-1)
+
+
+def attention_centre_loss(
+    probabilities: torch.Tensor, owners: torch.Tensor, centres: torch.Tensor, grid: tuple[int, int], eps: float = 1e-8
+) -> torch.Tensor:
+    """Mean over object tokens of the squared distance between the centre of mass of the token's attention map and
+    its object's centre (image-side fractions).
+
+    probabilities [B, H, N, T], owners [B, T]: as `attention_localisation_loss`; centres [B, K, 2]: (x, y) per object
+    (`region_centres`); grid: (rows, columns) of the N image tokens, row-major, token n at its cell's middle.
+
+    Why beside TokenCompose's term: SpatialWorld objects cover 1-4 of the 8 x 8 tokens, so at high noise, where only
+    the prompt tells where an object goes, knowing "the right half" raises the inside share from about 2/64 to 2/32:
+    that loss is almost flat there (measured .75-.82 at sigma .9-.99 against .12 at sigma .1-.3). The centre's
+    optimum at high noise is the object's expected position given the prompt, which moves with every relation.
+    """
+    rows, columns = grid
+    y = ((torch.arange(rows, device=probabilities.device) + 0.5) / rows).repeat_interleave(columns)  # [N]
+    x = ((torch.arange(columns, device=probabilities.device) + 0.5) / columns).repeat(rows)  # [N]
+    maps = probabilities.mean(dim=1)  # [B, N, T]
+    total = maps.sum(dim=1) + eps  # [B, T]
+    predicted = torch.stack([(maps * x[:, None]).sum(1) / total, (maps * y[:, None]).sum(1) / total], -1)  # [B, T, 2]
+    valid = owners >= 0
+    target = torch.gather(centres, 1, owners.clamp(min=0)[:, :, None].expand(-1, -1, 2))  # [B, T, 2]
+    if not valid.any():
+        return maps.sum() * 0
+    return (predicted - target).square().sum(-1)[valid].mean()
+
+
 class RecordingFluxAttnProcessor(FluxAttnProcessor):
     """Flux's joint attention computed explicitly (softmax(q k^T / sqrt(d)) v, the same maths as the default processor)
     that, while `records` is a list, appends the image-to-text attention probabilities [B, H, N_image, T] of each call.

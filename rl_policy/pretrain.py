@@ -47,9 +47,11 @@ from torch.utils.data import DataLoader, Dataset
 from data_synthesis import FAMILIES, KINDS, DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
 from data_synthesis.scene import COLOURS, Scene
 from rl_policy.attention_supervision import (
+    attention_centre_loss,
     attention_localisation_loss,
     install_recorders,
     object_region_masks,
+    region_centres,
     token_grid_masks,
     token_objects,
 )
@@ -153,6 +155,9 @@ class GeneratorPretrainDataModule(LightningDataModule):
         return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator)
 
 
+ATTENTION_TARGETS = ("inside", "centre")
+
+
 def rectified_flow_loss(velocity: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the predicted velocity against eps - x_0.  All [B, N, C] -> scalar."""
     return F.mse_loss(velocity.float(), (noise - clean).float())
@@ -225,10 +230,11 @@ class GeneratorPretrainModule(LightningModule):
     probability of training on the empty prompt. warmup_steps / decay_steps / total_steps: the learning-rate schedule
     (`shared.schedules.lr_factor`). ema_decay: EMA of the transformer weights. sigma_distribution /
     sigma_shift: the training noise levels (`training_sigmas`). train_text_encoders: the CLIP and T5 encoders train
-    too, at the same learning rate (kept in eval mode: no dropout). attention_loss_weight: weight of TokenCompose's
-    attention localisation term (`rl_policy.attention_supervision`) beside the rectified-flow loss; 0 leaves the
-    attention as it is (no recorder installed). eval_*: the ODE sampler of the evaluation (steps,
-    true classifier-free guidance scale, seed).
+    too, at the same learning rate (kept in eval mode: no dropout). attention_loss_weight: weight of the attention
+    term (`rl_policy.attention_supervision`) beside the rectified-flow loss; 0 leaves the attention as it is (no
+    recorder installed). attention_target: "inside" (TokenCompose's share of an object word's attention inside the
+    object's region) or "centre" (the attention's centre of mass against the object's centre). eval_*: the ODE
+    sampler of the evaluation (steps, true classifier-free guidance scale, seed).
     """
 
     def __init__(
@@ -246,6 +252,7 @@ class GeneratorPretrainModule(LightningModule):
         sigma_shift: float = 1.0,
         train_text_encoders: bool = False,
         attention_loss_weight: float = 0.0,
+        attention_target: str = "inside",
         eval_steps: int = 20,
         eval_cfg_scale: float = 3.0,
         eval_seed: int = 0,
@@ -256,6 +263,8 @@ class GeneratorPretrainModule(LightningModule):
         check_sigma_settings(sigma_distribution, sigma_shift)
         if not attention_loss_weight >= 0:
             raise ValueError(f"attention_loss_weight must be >= 0, got {attention_loss_weight}")
+        if attention_target not in ATTENTION_TARGETS:
+            raise ValueError(f"attention_target must be one of {ATTENTION_TARGETS}, got {attention_target!r}")
         if decay_steps < 0 or (decay_steps and (total_steps is None or total_steps < decay_steps)):
             raise ValueError(f"decay_steps ({decay_steps}) needs total_steps >= it, got total_steps={total_steps}")
         self.save_hyperparameters(ignore=["policy"])
@@ -353,8 +362,8 @@ class GeneratorPretrainModule(LightningModule):
         height: int,
         width: int,
     ) -> torch.Tensor:
-        """`attention_localisation_loss` averaged over the recorded blocks. records: [B, H, N, T] per block; regions
-        [B, K, R, R]; colours [B, K] (`ImagePromptDataset`)."""
+        """The attention term (`attention_localisation_loss` or `attention_centre_loss`) averaged over the recorded
+        blocks. records: [B, H, N, T] per block; regions [B, K, R, R]; colours [B, K] (`ImagePromptDataset`)."""
         tokenizer = self.policy.pipeline.tokenizer_2  # the T5 side: its tokens are the joint attention's text tokens
         token_ids = tokenizer(
             prompts, padding="max_length", max_length=records[0].shape[-1], truncation=True, return_tensors="pt"
@@ -362,8 +371,13 @@ class GeneratorPretrainModule(LightningModule):
         word_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(COLOURS)), device=self.device)
         object_word_ids = torch.where(colours >= 0, word_ids[colours.clamp(min=0)], -1)  # [B, K]
         owners = token_objects(token_ids, object_word_ids)  # [B, T]
-        masks = token_grid_masks(regions.to(self.device), self.policy.latent_grid(height, width))  # [B, K, N]
-        losses = [attention_localisation_loss(probabilities, owners, masks) for probabilities in records]
+        grid = self.policy.latent_grid(height, width)
+        if self.hparams.attention_target == "centre":
+            centres = region_centres(regions.to(self.device))  # [B, K, 2]
+            losses = [attention_centre_loss(probabilities, owners, centres, grid) for probabilities in records]
+        else:
+            masks = token_grid_masks(regions.to(self.device), grid)  # [B, K, N]
+            losses = [attention_localisation_loss(probabilities, owners, masks) for probabilities in records]
         return torch.stack(losses).mean()
 
     @torch.no_grad()

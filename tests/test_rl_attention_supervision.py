@@ -9,9 +9,11 @@ import torch
 from lightning.pytorch import Trainer
 
 from rl_policy.attention_supervision import (
+    attention_centre_loss,
     attention_localisation_loss,
     install_recorders,
     object_region_masks,
+    region_centres,
     token_grid_masks,
     token_objects,
 )
@@ -77,6 +79,33 @@ def test_attention_localisation_loss_matches_hand_values():
     assert nobody.item() == 0 and nobody.requires_grad
 
 
+def test_region_centres_are_the_squares_centres():
+    masks = object_region_masks([(0.5, 0.25, 0.125), (0.375, 0.625, 0.125)], 8, max_objects=3)[None]
+    centres = region_centres(masks)
+    assert torch.allclose(centres[0, :2], torch.tensor([[0.5, 0.25], [0.375, 0.625]]))
+    assert torch.equal(centres[0, 2], torch.zeros(2))  # empty region
+
+
+def test_attention_centre_loss_matches_hand_values():
+    """2 x 2 token grid, token centres (.25, .25), (.75, .25), (.25, .75), (.75, .75). One head.
+    Token 0 (object 0, centre (.25, .25)) attends (.3, .1, 0, 0): centre of mass (.375, .25) -> squared distance
+    .125^2 = .015625. Token 1 (object 1, centre (.75, .75)) attends (0, 0, 0, .2): exactly there -> 0.
+    Token 2 names nothing. Mean over named tokens: .0078125."""
+    probabilities = torch.zeros(1, 1, 4, 3)
+    probabilities[0, 0, :, 0] = torch.tensor([0.3, 0.1, 0.0, 0.0])
+    probabilities[0, 0, 3, 1] = 0.2
+    probabilities[0, 0, :, 2] = 0.25
+    owners = torch.tensor([[0, 1, -1]])
+    centres = torch.tensor([[[0.25, 0.25], [0.75, 0.75]]])
+    loss = attention_centre_loss(probabilities, owners, centres, (2, 2))
+    assert loss.item() == pytest.approx(0.0078125, rel=1e-5)
+    # rows and columns are not swapped: attention at token (row 0, column 1) is centre (x .75, y .25)
+    probabilities = torch.zeros(1, 1, 4, 1)
+    probabilities[0, 0, 1, 0] = 1.0
+    at_top_right = attention_centre_loss(probabilities, torch.tensor([[0]]), torch.tensor([[[0.75, 0.25]]]), (2, 2))
+    assert at_top_right.item() == pytest.approx(0.0, abs=1e-7)
+
+
 def test_recording_processor_gives_diffusers_output_and_records_image_to_text_attention():
     pipeline = build_tiny_flux_pipeline(max_prompt_tokens=40)
     policy = FluxPolicy(pipeline, max_sequence_length=41)
@@ -99,13 +128,16 @@ def test_recording_processor_gives_diffusers_output_and_records_image_to_text_at
         assert probabilities.min() >= 0 and (probabilities.sum(-1) <= 1 + 1e-6).all()
 
 
-def test_pretraining_with_the_attention_term_lowers_it_and_moves_the_transformer(small_dataset):
+@pytest.mark.parametrize("target", ["inside", "centre"])
+def test_pretraining_with_the_attention_term_lowers_it_and_moves_the_transformer(small_dataset, target):
     """Real pairs from the session dataset: the term is positive, the module logs it beside the flow loss, and 30
     steps with only the attention term (prompt dropout off) lower it on a fixed batch."""
     torch.manual_seed(0)
     pipeline = build_tiny_flux_pipeline(max_prompt_tokens=160)
     policy = FluxPolicy(pipeline, max_sequence_length=161, strict_prompt_length=True)
-    module = GeneratorPretrainModule(policy, attention_loss_weight=1.0, prompt_dropout=0.0, lr=3e-3, warmup_steps=1)
+    module = GeneratorPretrainModule(
+        policy, attention_loss_weight=1.0, attention_target=target, prompt_dropout=0.0, lr=3e-3, warmup_steps=1
+    )
     datamodule = GeneratorPretrainDataModule(small_dataset, resolution=32, batch_size=8, num_eval_prompts=2)
     datamodule.setup()
     images, prompts, regions, colours = next(iter(datamodule.train_dataloader()))
@@ -152,3 +184,5 @@ def test_pretraining_with_the_attention_term_lowers_it_and_moves_the_transformer
     )
     with pytest.raises(ValueError, match="attention_loss_weight"):
         GeneratorPretrainModule(policy, attention_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="attention_target"):
+        GeneratorPretrainModule(policy, attention_loss_weight=1.0, attention_target="middle")

@@ -24,7 +24,6 @@ import argparse
 import inspect
 import json
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from textwrap import shorten
@@ -40,7 +39,7 @@ from reward_model.callbacks import ExportRewardCheckpoint, PairGridLogger, evalu
 from reward_model.data import PairwiseDataModule
 from reward_model.export import export_checkpoint
 from reward_model.module import RewardModule
-from shared.cli import TRACEBACK_HELP, lightning_help_kwargs
+from shared.cli import TRACEBACK_HELP, explicit_args, lightning_help_kwargs
 
 EXPORT_KEY = "export"  # config key of the ExportRewardCheckpoint options
 GRID_KEY = "pair_grid"  # config key of the PairGridLogger options
@@ -66,15 +65,16 @@ class RewardCLI(LightningCLI):
 
 def lightning_cli(args: Sequence[str] | dict[str, Any] | None = None, *, run: bool = True) -> RewardCLI:
     """`RewardCLI` over `RewardModule` and `PairwiseDataModule` (`args`: command-line words or a config dict)."""
-    return RewardCLI(
-        RewardModule,
-        PairwiseDataModule,
-        args=args,
-        run=run,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs=lightning_help_kwargs(LightningCLI.subcommands()),
-    )
+    with explicit_args():
+        return RewardCLI(
+            RewardModule,
+            PairwiseDataModule,
+            args=args,
+            run=run,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs=lightning_help_kwargs(LightningCLI.subcommands()),
+        )
 
 
 def score_command(argv: Sequence[str]) -> None:
@@ -164,9 +164,7 @@ def export_command(argv: Sequence[str]) -> None:
     for fit_option in set(inspect.signature(Trainer.fit).parameters) - {"self", "model"}:
         config.pop(fit_option, None)  # ckpt_path and the like belong to `fit`, not to the run=False parser
     config["trainer"] = {**(config.get("trainer") or {}), "logger": False}  # build the module, log nothing
-    with warnings.catch_warnings():  # it warns that sys.argv (this command's words) is not what it parses
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = lightning_cli(config, run=False)
+    cli = lightning_cli(config, run=False)
     checkpoint = torch.load(arguments.ckpt, map_location="cpu", weights_only=True)
     if "state_dict" not in checkpoint:
         raise ValueError(f"{arguments.ckpt} is not a Lightning checkpoint: it has no state_dict")
@@ -210,15 +208,16 @@ def stage_a_cli(args: Sequence[str] | dict[str, Any] | None = None, *, run: bool
     """`StageACLI` over `VerificationModule` and `VerificationDataModule` (`args`: command-line words or a dict)."""
     from reward_model.stage_a import VerificationDataModule, VerificationModule
 
-    return StageACLI(
-        VerificationModule,
-        VerificationDataModule,
-        args=args,
-        run=run,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs=lightning_help_kwargs(LightningCLI.subcommands()),
-    )
+    with explicit_args():
+        return StageACLI(
+            VerificationModule,
+            VerificationDataModule,
+            args=args,
+            run=run,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs=lightning_help_kwargs(LightningCLI.subcommands()),
+        )
 
 
 def pretrain_command(argv: Sequence[str]) -> None:
@@ -233,9 +232,7 @@ def pretrain_command(argv: Sequence[str]) -> None:
             words[index] = INIT_FROM_KEY
         elif word.startswith("--init-from="):
             words[index] = INIT_FROM_KEY + word.removeprefix("--init-from")
-    with warnings.catch_warnings():  # it warns that sys.argv (this command's words) is not what it parses
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        stage_a_cli(["fit", *words])
+    stage_a_cli(["fit", *words])
 
 
 def serve_command(argv: Sequence[str]) -> None:
@@ -252,9 +249,7 @@ def dispatch(argv: list[str]) -> None:
     if argv and argv[0] in COMMANDS:
         COMMANDS[argv[0]](argv[1:])
     else:
-        with warnings.catch_warnings():  # it warns that sys.argv (this command's words) is not what it parses
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            lightning_cli(argv)
+        lightning_cli(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

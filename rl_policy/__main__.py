@@ -26,7 +26,6 @@ import io
 import json
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from jsonargparse._common import get_parsing_setting
 
 from rl_policy.data import PromptDataModule
 from rl_policy.training import GRPOCLI, GRPOTraining
-from shared.cli import TRACEBACK_HELP, lightning_help_kwargs
+from shared.cli import TRACEBACK_HELP, explicit_args, lightning_help_kwargs
 
 SCORER_CLASS_PATHS = ("reward_model.SpatialScorer", "reward_model.scorer.SpatialScorer")
 
@@ -315,9 +314,7 @@ class CheckedGRPOCLI(GRPOCLI):
     class is built."""
 
     def parse_arguments(self, parser, args) -> None:
-        with warnings.catch_warnings():  # it warns that sys.argv (this command's words) is not what it parses
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            super().parse_arguments(parser, args)
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         check_reward_checkpoints((self.config[subcommand] if subcommand else self.config).model)
 
@@ -330,15 +327,16 @@ def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True) -> Che
     validating = get_parsing_setting("validate_subclass_spec_in_any")
     set_parsing_settings(validate_subclass_spec_in_any=True)
     try:
-        return CheckedGRPOCLI(
-            GRPOTraining,
-            PromptDataModule,
-            args=args,
-            run=run,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs=lightning_help_kwargs(GRPOCLI.subcommands()),
-        )
+        with explicit_args():
+            return CheckedGRPOCLI(
+                GRPOTraining,
+                PromptDataModule,
+                args=args,
+                run=run,
+                seed_everything_default=0,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs=lightning_help_kwargs(GRPOCLI.subcommands()),
+            )
     finally:
         set_parsing_settings(validate_subclass_spec_in_any=validating)
 

@@ -9,9 +9,11 @@ epilog (`lightning_help_kwargs` gives it to LightningCLI's).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 VERBOSE_FLAG = "--verbose"
@@ -35,6 +37,15 @@ def lightning_help_kwargs(subcommands: Iterable[str]) -> dict[str, Any]:
     """LightningCLI's `parser_kwargs` that put `TRACEBACK_HELP` under the `--help` of the main parser and of each of
     `subcommands` (LightningCLI gives the main parser's keys to the main parser only)."""
     return {"epilog": TRACEBACK_HELP} | {name: {"epilog": TRACEBACK_HELP} for name in subcommands}
+
+
+@contextlib.contextmanager
+def explicit_args() -> Iterator[None]:
+    """Around a LightningCLI built with `args=`: silences its warning that sys.argv (the command's own words) is not
+    what it parses, which would otherwise precede every command's output and its one-line error."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        yield
 
 
 def error_message(error: BaseException) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,8 +126,6 @@ MAX_FILE_BYTES = 16 * 1024 * 1024  # the repository's limit per committed file (
 
 
 def test_every_committed_file_is_under_the_size_limit():
-    import subprocess
-
     try:
         listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):

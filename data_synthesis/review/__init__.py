@@ -15,6 +15,7 @@ from data_synthesis.review.store import (
     ReviewStore,
     existing_db,
     perfect_side,
+    shown_perfect_side,
     verdict_of,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "perfect_side",
     "review_outcome",
     "serve",
+    "shown_perfect_side",
     "verdict_of",
 ]

@@ -1,7 +1,7 @@
 """`python -m data_synthesis review DIR`: a small Flask app in which people judge the pairs of a dataset dir.
 
 The page shows the prompt, its stated relations and the two images side by side, the perfect one on a side fixed
-per (pair, reviewer) by a secret key kept in the decisions database (`shown_perfect_side`), so that neither the
+per (pair, reviewer) by a secret key kept in the decisions database (`store.shown_perfect_side`), so that neither the
 page's script nor a reviewer with this source can work it out from the pair id and reviewer name (the key-less
 `store.perfect_side` could be). Nothing else tells the images apart but their pixels: each is served under an opaque
 id (a keyed hash of pair and side, new at every start), without a file name, modification date or mtime-based ETag
@@ -45,11 +45,13 @@ from data_synthesis.review.store import (
     CHOICES,
     DB_NAME,
     ORACLE_REVIEWER,
+    SIDE_KEY,
     SIDES,
     AlreadyDecided,
     Decision,
     ReviewError,
     ReviewStore,
+    shown_perfect_side,
 )
 from data_synthesis.scene import Scene, SceneError
 from data_synthesis.verify import load_pairs
@@ -62,7 +64,6 @@ REVIEWER_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 MAX_BODY_BYTES = 16 * 1024  # a decision is a few hundred bytes
 MAX_ID_CHARS = 256  # pair ids, image ids and reviewer names longer than this are refused unread
 MIN_DISPLAY_MS = 400  # a pair must be on screen this long before it may be decided (page and server)
-SIDE_KEY = "review-side"  # the name of the side key in the decisions database's secrets
 
 
 class ReviewPair(NamedTuple):
@@ -71,13 +72,6 @@ class ReviewPair(NamedTuple):
     relations: list[str]  # the stated relations, one readable line each
     perfect_image: Path
     perturbed_image: Path
-
-
-def shown_perfect_side(side_key: bytes, pair_id: str, reviewer: str) -> str:
-    """The side the review app shows the perfect image on: a keyed hash of pair and reviewer, so fixed per (pair,
-    reviewer) for a given database but unknowable without `side_key` (`ReviewStore.secret(SIDE_KEY)`)."""
-    digest = hmac.new(side_key, f"{pair_id}\0{reviewer}".encode(), hashlib.sha256).digest()
-    return SIDES[digest[0] % 2]
 
 
 def relation_text(relation: dict, names: dict[str, str]) -> str:

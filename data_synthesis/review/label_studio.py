@@ -41,8 +41,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from data_synthesis.review.app import REVIEWER_PATTERN, SIDE_KEY, ReviewPair, load_review_pairs, shown_perfect_side
-from data_synthesis.review.store import CHOICES, DB_NAME, AlreadyDecided, ReviewError, ReviewStore
+from data_synthesis.review.app import REVIEWER_PATTERN, ReviewPair, load_review_pairs
+from data_synthesis.review.store import (
+    CHOICES,
+    DB_NAME,
+    SIDE_KEY,
+    AlreadyDecided,
+    ReviewError,
+    ReviewStore,
+    shown_perfect_side,
+)
 from shared.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 ORDER_KEY = "label-studio"  # the "reviewer" whose keyed order the tasks show

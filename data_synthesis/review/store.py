@@ -17,6 +17,8 @@ A `secrets` table keeps random keys across starts: the review app's key for whic
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 import sqlite3
@@ -76,8 +78,20 @@ class AlreadyDecided(ValueError):
 
 
 def perfect_side(pair_id: str, reviewer: str) -> str:
-    """The side the perfect image is shown on: random-looking, fixed per (pair, reviewer)."""
+    """The side the perfect image is shown on: random-looking, fixed per (pair, reviewer), and computable by anyone
+    who knows both (the oracle's reviews use it; people get `shown_perfect_side`)."""
     return SIDES[stable_seed("review-side", pair_id, reviewer) % 2]
+
+
+SIDE_KEY = "review-side"  # the name of the side key among the database's secrets (`ReviewStore.secret`)
+
+
+def shown_perfect_side(side_key: bytes, pair_id: str, reviewer: str) -> str:
+    """The side the review app and the Label Studio tasks show the perfect image on: a keyed hash of pair and
+    reviewer, so fixed per (pair, reviewer) for a given database but unknowable without `side_key`
+    (`ReviewStore.secret(SIDE_KEY)`)."""
+    digest = hmac.new(side_key, f"{pair_id}\0{reviewer}".encode(), hashlib.sha256).digest()
+    return SIDES[digest[0] % 2]
 
 
 def verdict_of(choice: str, shown_perfect_side: str) -> str:

@@ -6,7 +6,7 @@ tokens to A's and B's colour words at sigma .95 (mean over 4 noise seeds, the he
 two maps' centres of mass are ordered as stated (chance .5). At sigma .95 the image says nothing, so what the attention
 shows there is the layout the model reads from the prompt.
 
-    python docs/research/generator_probes/attention_layout_probe.py PIPELINE_DIR [--data data/spatialworld-rl]
+    python docs/research/generator_probes/attention_layout_probe.py PIPELINE_DIR [--data DIR] [--distance]
 
 The recorder below is the one of commit 640898b (rl_policy/attention_supervision.py), which measured no gain as a
 training term and left the product.
@@ -91,6 +91,12 @@ def main() -> None:
     parser.add_argument("pipeline")
     parser.add_argument("--data", default="data/spatialworld-rl")
     parser.add_argument("--sigma", type=float, default=0.95)
+    parser.add_argument(
+        "--distance",
+        action="store_true",
+        help="report the mean distance (in tokens) between the two words' attention centres along the relation's "
+        "axis instead of the share ordered right",
+    )
     arguments = parser.parse_args()
     pipeline = load_pipeline(arguments.pipeline, torch_dtype=torch.float32)
     policy = FluxPolicy(pipeline, max_sequence_length=161)
@@ -131,8 +137,11 @@ def main() -> None:
                     centres.append(((weights * x).sum().item(), (weights * y).sum().item()))
                 (ax, ay), (bx, by) = centres
                 kind = relation["kind"]
-                right = {"left_of": ax < bx, "right_of": ax > bx, "above": ay < by, "below": ay > by}[kind]
-                ordered[RELATIONS[kind]].append(right)
+                if arguments.distance:
+                    ordered[RELATIONS[kind]].append(abs(ax - bx) if RELATIONS[kind] == "horizontal" else abs(ay - by))
+                else:
+                    right = {"left_of": ax < bx, "right_of": ax > bx, "above": ay < by, "below": ay > by}[kind]
+                    ordered[RELATIONS[kind]].append(right)
     print(arguments.pipeline, {family: (round(sum(h) / len(h), 3), len(h)) for family, h in ordered.items()})
 
 

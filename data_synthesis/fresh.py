@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +149,14 @@ class FreshScenes:
     def arguments_for(dataset_dir: str | os.PathLike, count: int, *, seed: int, resolution: int) -> dict:
         build_args = json.loads((Path(dataset_dir) / "build_args.json").read_text())
         return {"schema": SCHEMA, "dataset": build_args, "count": count, "seed": seed, "resolution": resolution}
+
+    def subset(self, keep: Sequence[bool]) -> FreshScenes:
+        """The pairs where `keep` is true, in order (same arguments: a subset is not saved)."""
+        rows = [i for i, kept in enumerate(keep) if kept]
+        pick = lambda items: [items[i] for i in rows]  # noqa: E731
+        return FreshScenes(
+            pick(self.prompts), pick(self.scenes), pick(self.relations), self.images[rows], self.arguments
+        )
 
     def save(self, path: str | os.PathLike) -> None:
         """`path` (.safetensors: the images) and `path` with .json (the text and arguments), each written atomically;

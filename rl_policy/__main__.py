@@ -95,10 +95,16 @@ def pretrain_command(argv: Sequence[str]) -> None:
         "--fresh-scenes",
         type=int,
         default=0,
-        help="also train on N fresh pairs drawn with --data's settings and --fresh-seed (train prompts only; kept in "
-        "<out>/fresh_scenes.safetensors for a resumed run)",
+        help="also train on N fresh pairs drawn with --data's settings and --fresh-seed (train prompts only; kept at "
+        "--fresh-path for a resumed run); prompts over the text encoders' limit are skipped and counted",
     )
     parser.add_argument("--fresh-seed", type=int, default=1000, help="seed of the fresh pairs (not --data's own)")
+    parser.add_argument(
+        "--fresh-path",
+        type=Path,
+        default=None,
+        help="where the fresh pairs are kept (default <out>/fresh_scenes.safetensors; `pretrain-text` can share it)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes that draw the fresh pairs")
     parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts sampled at each epoch end")
     parser.add_argument("--eval-steps", type=int, default=20, help="ODE steps of the evaluation sampler")
@@ -160,8 +166,9 @@ def pretrain_command(argv: Sequence[str]) -> None:
         seed=arguments.seed,
         fresh_scenes=arguments.fresh_scenes,
         fresh_seed=arguments.fresh_seed,
-        fresh_path=arguments.out / "fresh_scenes.safetensors",
+        fresh_path=arguments.fresh_path or arguments.out / "fresh_scenes.safetensors",
         workers=arguments.workers,
+        prompt_fits=lambda prompt: policy.prompt_overflow(prompt) is None,
     )
     logs = arguments.out / "logs"
     # No version counter: last.ckpt is always the newest, also when <out> was copied from another run's dir (the
@@ -183,6 +190,7 @@ def pretrain_command(argv: Sequence[str]) -> None:
     metrics = module.evaluate_held_out(datamodule)[0] | {
         "steps": trainer.global_step,
         "resolution": arguments.resolution,
+        "fresh_prompts_skipped": datamodule.skipped_fresh,
         "seconds_this_run": time.perf_counter() - started,
     }
     out = save_generator(module, arguments.out / "pipeline", metrics)
@@ -297,6 +305,7 @@ def pretrain_text_command(argv: Sequence[str]) -> None:
         "history_this_run": module.history,
         "steps": trainer.global_step,
         "fresh_prompts": len(datamodule.train),
+        "fresh_prompts_skipped": datamodule.skipped,
         "seconds_this_run": time.perf_counter() - started,
     }
     pipeline.text_encoder_2 = module.encoder.requires_grad_(False).eval()

@@ -32,7 +32,7 @@ import copy
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -97,12 +97,14 @@ class GeneratorPretrainDataModule(LightningDataModule):
         fresh_seed: int = 1000,
         fresh_path: str | os.PathLike | None = None,
         workers: int = 1,
+        prompt_fits: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__()
         if fresh_scenes < 0 or (fresh_scenes and fresh_path is None):
             raise ValueError(f"fresh_scenes must be >= 0 and needs fresh_path, got {fresh_scenes}, {fresh_path}")
         self.fresh_scenes, self.fresh_seed, self.fresh_path = fresh_scenes, fresh_seed, fresh_path
-        self.workers = workers
+        self.workers, self.prompt_fits = workers, prompt_fits
+        self.skipped_fresh = 0  # fresh prompts over the text encoders' limit
         if resolution < 8 or batch_size < 1 or num_eval_prompts < 1:
             raise ValueError(
                 f"need resolution >= 8 and positive sizes, got {resolution}, {batch_size}, {num_eval_prompts}"
@@ -132,6 +134,10 @@ class GeneratorPretrainDataModule(LightningDataModule):
                 resolution=self.resolution,
                 workers=self.workers,
             )
+            if self.prompt_fits is not None:
+                fresh, total = fresh.subset([self.prompt_fits(prompt) for prompt in fresh.prompts]), len(fresh)
+                self.skipped_fresh = total - len(fresh)
+                print(f"fresh scenes: {self.skipped_fresh} of {total} prompts over the text encoders' limit skipped")
             images = torch.cat([images, torch.from_numpy(fresh.images).permute(0, 3, 1, 2).contiguous()])
             prompts += fresh.prompts
         self.train = ImagePromptDataset(images, prompts)

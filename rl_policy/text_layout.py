@@ -107,6 +107,7 @@ class TextLayoutDataModule(LightningDataModule):
         self.resolution, self.batch_size, self.workers, self.seed = resolution, batch_size, workers, seed
         self.train: Dataset | None = None
         self.val: tuple | None = None
+        self.skipped = 0  # fresh prompts longer than `length` tokens
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -123,6 +124,10 @@ class TextLayoutDataModule(LightningDataModule):
             resolution=self.resolution,
             workers=self.workers,
         )
+        lengths = [len(tokens) for tokens in self.tokenizer(fresh.prompts).input_ids]
+        fresh, total = fresh.subset([length <= self.length for length in lengths]), len(fresh)
+        self.skipped = total - len(fresh)
+        print(f"fresh scenes: {self.skipped} of {total} prompts over {self.length} tokens skipped")
         ids, occurrences, centres, mask, _ = layout_targets(
             self.tokenizer, fresh.prompts, fresh.scenes, fresh.relations, length=self.length
         )

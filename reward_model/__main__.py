@@ -39,7 +39,7 @@ from reward_model.callbacks import ExportRewardCheckpoint, PairGridLogger, evalu
 from reward_model.data import PairwiseDataModule
 from reward_model.export import export_checkpoint
 from reward_model.module import RewardModule
-from shared.cli import TRACEBACK_HELP, explicit_args, lightning_help_kwargs
+from shared.cli import TRACEBACK_HELP, build_lightning_cli
 
 EXPORT_KEY = "export"  # config key of the ExportRewardCheckpoint options
 GRID_KEY = "pair_grid"  # config key of the PairGridLogger options
@@ -65,16 +65,7 @@ class RewardCLI(LightningCLI):
 
 def lightning_cli(args: Sequence[str] | dict[str, Any] | None = None, *, run: bool = True) -> RewardCLI:
     """`RewardCLI` over `RewardModule` and `PairwiseDataModule` (`args`: command-line words or a config dict)."""
-    with explicit_args():
-        return RewardCLI(
-            RewardModule,
-            PairwiseDataModule,
-            args=args,
-            run=run,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs=lightning_help_kwargs(LightningCLI.subcommands()),
-        )
+    return build_lightning_cli(RewardCLI, RewardModule, PairwiseDataModule, args, run=run)
 
 
 def score_command(argv: Sequence[str]) -> None:
@@ -208,16 +199,7 @@ def stage_a_cli(args: Sequence[str] | dict[str, Any] | None = None, *, run: bool
     """`StageACLI` over `VerificationModule` and `VerificationDataModule` (`args`: command-line words or a dict)."""
     from reward_model.stage_a import VerificationDataModule, VerificationModule
 
-    with explicit_args():
-        return StageACLI(
-            VerificationModule,
-            VerificationDataModule,
-            args=args,
-            run=run,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs=lightning_help_kwargs(LightningCLI.subcommands()),
-        )
+    return build_lightning_cli(StageACLI, VerificationModule, VerificationDataModule, args, run=run)
 
 
 def pretrain_command(argv: Sequence[str]) -> None:

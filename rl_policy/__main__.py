@@ -34,7 +34,7 @@ from jsonargparse._common import get_parsing_setting
 
 from rl_policy.data import PromptDataModule
 from rl_policy.training import GRPOCLI, GRPOTraining
-from shared.cli import TRACEBACK_HELP, explicit_args, lightning_help_kwargs
+from shared.cli import TRACEBACK_HELP, build_lightning_cli
 
 SCORER_CLASS_PATHS = ("reward_model.SpatialScorer", "reward_model.scorer.SpatialScorer")
 
@@ -327,16 +327,7 @@ def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True) -> Che
     validating = get_parsing_setting("validate_subclass_spec_in_any")
     set_parsing_settings(validate_subclass_spec_in_any=True)
     try:
-        with explicit_args():
-            return CheckedGRPOCLI(
-                GRPOTraining,
-                PromptDataModule,
-                args=args,
-                run=run,
-                seed_everything_default=0,
-                save_config_kwargs={"overwrite": True},
-                parser_kwargs=lightning_help_kwargs(GRPOCLI.subcommands()),
-            )
+        return build_lightning_cli(CheckedGRPOCLI, GRPOTraining, PromptDataModule, args, run=run)
     finally:
         set_parsing_settings(validate_subclass_spec_in_any=validating)
 

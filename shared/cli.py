@@ -4,16 +4,15 @@ traceback only when asked for (`--verbose` anywhere on the command line, or SPAT
 Usage errors (argparse's and LightningCLI's) keep their own usage message and exit status 2; any other exception
 becomes `<prog>: error: <message>` on stderr (`error_message`: a likely bug keeps its type name) and exit status 1;
 Ctrl-C exits 130 with one line. Every parser of the two command lines carries `TRACEBACK_HELP` as its `--help`
-epilog (`lightning_help_kwargs` gives it to LightningCLI's).
+epilog (`build_lightning_cli` gives it to LightningCLI's).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 VERBOSE_FLAG = "--verbose"
@@ -39,13 +38,22 @@ def lightning_help_kwargs(subcommands: Iterable[str]) -> dict[str, Any]:
     return {"epilog": TRACEBACK_HELP} | {name: {"epilog": TRACEBACK_HELP} for name in subcommands}
 
 
-@contextlib.contextmanager
-def explicit_args() -> Iterator[None]:
-    """Around a LightningCLI built with `args=`: silences its warning that sys.argv (the command's own words) is not
-    what it parses, which would otherwise precede every command's output and its one-line error."""
+def build_lightning_cli(cli_class: type, model_class: type, datamodule_class: type, args: Any, *, run: bool) -> Any:
+    """`cli_class` (a LightningCLI subclass) over a module and a data module as every stage builds it: `args` are the
+    command's words or a config dict, seed 0 by default, the saved config overwritten on a rerun, `TRACEBACK_HELP`
+    under every `--help`, and without LightningCLI's warning that sys.argv (the command's own words) is not what it
+    parses, which would otherwise precede every command's output and its one-line error."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        yield
+        return cli_class(
+            model_class,
+            datamodule_class,
+            args=args,
+            run=run,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs=lightning_help_kwargs(cli_class.subcommands()),
+        )
 
 
 def error_message(error: BaseException) -> str:

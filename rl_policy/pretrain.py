@@ -19,8 +19,10 @@ random weights, so it first learns to draw SpatialWorld scenes here, the way FLU
 Output: `save_generator` writes the pipeline (EMA weights) as a diffusers directory (safetensors), which
 `rl_policy.policy.load_pipeline` loads, plus `pretrain_metrics.json`.
 
-Simplified: images come from a SpatialWorld dataset dir's perfect images (resized to `resolution`), not rendered on
-the fly; one guidance scale for evaluation.
+Training images are a SpatialWorld dataset dir's perfect images (resized to `resolution`) and, with `fresh_scenes`
+N, N more pairs drawn with the dataset's settings and another seed (`data_synthesis.fresh`; train prompts only, kept
+beside the run so that a resumed run reuses them): the RL set's 7,175 prompts teach a tiny model those prompts, not
+the rule that places "A left of B" (docs/research/generator.md, 2026-12-06). One guidance scale for evaluation.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import copy
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from data_synthesis import FAMILIES, KINDS, DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
+from data_synthesis.fresh import FreshScenes
 from rl_policy.policy import FluxPolicy, PromptEmbeddings
 from rl_policy.rollout import sample_ode
 from rl_policy.sde import noised_latents
@@ -90,8 +93,18 @@ class GeneratorPretrainDataModule(LightningDataModule):
         eval_split: str = "val",
         num_eval_prompts: int = 32,
         seed: int = 0,
+        fresh_scenes: int = 0,
+        fresh_seed: int = 1000,
+        fresh_path: str | os.PathLike | None = None,
+        workers: int = 1,
+        prompt_fits: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__()
+        if fresh_scenes < 0 or (fresh_scenes and fresh_path is None):
+            raise ValueError(f"fresh_scenes must be >= 0 and needs fresh_path, got {fresh_scenes}, {fresh_path}")
+        self.fresh_scenes, self.fresh_seed, self.fresh_path = fresh_scenes, fresh_seed, fresh_path
+        self.workers, self.prompt_fits = workers, prompt_fits
+        self.skipped_fresh = 0  # fresh prompts over the text encoders' limit
         if resolution < 8 or batch_size < 1 or num_eval_prompts < 1:
             raise ValueError(
                 f"need resolution >= 8 and positive sizes, got {resolution}, {batch_size}, {num_eval_prompts}"
@@ -111,9 +124,23 @@ class GeneratorPretrainDataModule(LightningDataModule):
         held_out = frame[frame["split"] == self.eval_split].head(self.num_eval_prompts)
         if train.empty or held_out.empty:
             raise DatasetError(f"{self.dataset_dir} needs train and {self.eval_split!r} pairs to pretrain a generator")
-        self.train = ImagePromptDataset(
-            load_split_images(self.dataset_dir, train, self.resolution), list(train["prompt"])
-        )
+        images, prompts = load_split_images(self.dataset_dir, train, self.resolution), list(train["prompt"])
+        if self.fresh_scenes:
+            fresh = FreshScenes.load_or_draw(
+                self.fresh_path,
+                self.dataset_dir,
+                self.fresh_scenes,
+                seed=self.fresh_seed,
+                resolution=self.resolution,
+                workers=self.workers,
+            )
+            if self.prompt_fits is not None:
+                fresh, total = fresh.subset([self.prompt_fits(prompt) for prompt in fresh.prompts]), len(fresh)
+                self.skipped_fresh = total - len(fresh)
+                print(f"fresh scenes: {self.skipped_fresh} of {total} prompts over the text encoders' limit skipped")
+            images = torch.cat([images, torch.from_numpy(fresh.images).permute(0, 3, 1, 2).contiguous()])
+            prompts += fresh.prompts
+        self.train = ImagePromptDataset(images, prompts)
         self.eval_prompts = list(held_out["prompt"])
         self.eval_metadata = [oracle_metadata(row) for _, row in held_out.iterrows()]
 

@@ -191,3 +191,37 @@ def test_pretrain_command_warm_starts_from_a_saved_pipeline(small_dataset, tmp_p
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path)])
     assert "is not a saved pipeline" in capsys.readouterr().err
+
+
+def test_pretrain_datamodule_adds_the_fresh_scenes_to_the_train_split(small_dataset, tmp_path):
+    from data_synthesis.fresh import FreshScenes
+
+    plain = GeneratorPretrainDataModule(small_dataset, resolution=32, num_eval_prompts=2)
+    plain.setup()
+    fresh_path = tmp_path / "fresh.safetensors"
+    mixed = GeneratorPretrainDataModule(
+        small_dataset, resolution=32, num_eval_prompts=2, fresh_scenes=20, fresh_seed=77, fresh_path=fresh_path
+    )
+    mixed.setup()
+    fresh = FreshScenes.load(fresh_path)
+    assert len(mixed.train) == len(plain.train) + 20
+    assert mixed.train.prompts[len(plain.train) :] == fresh.prompts
+    image, prompt = mixed.train[len(plain.train) + 3]
+    assert prompt == fresh.prompts[3]
+    assert torch.equal((image * 255).round().to(torch.uint8), torch.from_numpy(fresh.images[3]).permute(2, 0, 1))
+    assert mixed.eval_prompts == plain.eval_prompts
+    short = GeneratorPretrainDataModule(
+        small_dataset,
+        resolution=32,
+        num_eval_prompts=2,
+        fresh_scenes=20,
+        fresh_seed=77,
+        fresh_path=fresh_path,
+        prompt_fits=lambda prompt: len(prompt) < 400,
+    )
+    short.setup()
+    kept = [prompt for prompt in fresh.prompts if len(prompt) < 400]
+    assert 0 < len(kept) < 20, "the fixture's 3-6 object prompts straddle 400 characters"
+    assert short.skipped_fresh == 20 - len(kept) and short.train.prompts[len(plain.train) :] == kept
+    with pytest.raises(ValueError, match="fresh_path"):
+        GeneratorPretrainDataModule(small_dataset, fresh_scenes=5)

@@ -85,6 +85,20 @@ def pretrain_command(argv: Sequence[str]) -> None:
         help="train the CLIP and T5 text encoders with the transformer (default: frozen at their random weights)",
     )
     parser.add_argument(
+        "--attention-loss-weight",
+        type=float,
+        default=0.0,
+        help="weight of the attention localisation loss (TokenCompose's token term: each object's colour word "
+        "attends from the object's bounding square; rl_policy/attention_supervision.py); 0 = off",
+    )
+    parser.add_argument(
+        "--attention-target",
+        choices=("inside", "centre"),
+        default="inside",
+        help="what the attention term asks of an object word's attention map: its share inside the object's square "
+        "(TokenCompose) or its centre of mass at the object's centre",
+    )
+    parser.add_argument(
         "--init-from",
         type=Path,
         default=None,
@@ -154,6 +168,8 @@ def pretrain_command(argv: Sequence[str]) -> None:
         sigma_distribution=arguments.sigma_distribution,
         sigma_shift=arguments.sigma_shift,
         train_text_encoders=arguments.train_text_encoders,
+        attention_loss_weight=arguments.attention_loss_weight,
+        attention_target=arguments.attention_target,
         eval_steps=arguments.eval_steps,
         eval_cfg_scale=arguments.eval_cfg_scale,
         eval_seed=arguments.seed,

@@ -48,6 +48,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from data_synthesis import FAMILIES, KINDS, DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
 from data_synthesis.fresh import FreshScenes
+from data_synthesis.scene import COLOURS, Scene
+from rl_policy.attention_supervision import (
+    attention_centre_loss,
+    attention_localisation_loss,
+    install_recorders,
+    object_region_masks,
+    region_centres,
+    token_grid_masks,
+    token_objects,
+)
 from rl_policy.policy import FluxPolicy, PromptEmbeddings
 from rl_policy.rollout import sample_ode
 from rl_policy.sde import noised_latents
@@ -56,16 +66,24 @@ from shared.schedules import lr_factor
 
 
 class ImagePromptDataset(Dataset):
-    """(image [3, R, R] float in [0, 1], prompt) pairs held in memory as uint8."""
+    """(image [3, R, R] float in [0, 1], prompt, object regions [K, R, R] float in [0, 1], object colours [K] long)
+    held in memory as uint8. Object k's region is the coverage of its bounding square
+    (`attention_supervision.object_region_masks`) and its colour its index in `data_synthesis.COLOURS` (-1 where a
+    scene has fewer than K objects): what the attention supervision needs, unused otherwise."""
 
-    def __init__(self, images: torch.Tensor, prompts: list[str]) -> None:
-        self.images, self.prompts = images, prompts
+    def __init__(self, images: torch.Tensor, prompts: list[str], regions: torch.Tensor, colours: torch.Tensor) -> None:
+        self.images, self.prompts, self.regions, self.colours = images, prompts, regions, colours
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        return self.images[index].float() / 255, self.prompts[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, torch.Tensor, torch.Tensor]:
+        return (
+            self.images[index].float() / 255,
+            self.prompts[index],
+            self.regions[index].float() / 255,
+            self.colours[index],
+        )
 
 
 def load_split_images(dataset_dir: Path, frame: pd.DataFrame, resolution: int) -> torch.Tensor:
@@ -78,6 +96,22 @@ def load_split_images(dataset_dir: Path, frame: pd.DataFrame, resolution: int) -
         except OSError as error:
             raise DatasetError(f"cannot read image {dataset_dir / path}: {error}") from None
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def load_split_objects(scene_texts: list[str], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The perfect scenes' objects of `frame`'s rows: bounding-square coverage [N, K, R, R] uint8 (255 = covered) and
+    colour indices into `data_synthesis.COLOURS` [N, K] long (-1 past a scene's objects), K the most objects of a
+    scene."""
+    scenes = [Scene.from_json(text) for text in scene_texts]
+    most = max(len(scene.objects) for scene in scenes)
+    colour_index = {colour: index for index, colour in enumerate(COLOURS)}
+    regions = torch.zeros(len(scenes), most, resolution, resolution, dtype=torch.uint8)
+    colours = torch.full((len(scenes), most), -1, dtype=torch.long)
+    for row, scene in enumerate(scenes):
+        boxes = [(item.x, item.y, item.radius) for item in scene.objects]
+        regions[row] = (object_region_masks(boxes, resolution, most) * 255).round().to(torch.uint8)
+        colours[row, : len(boxes)] = torch.tensor([colour_index[item.colour] for item in scene.objects])
+    return regions, colours
 
 
 class GeneratorPretrainDataModule(LightningDataModule):
@@ -125,6 +159,7 @@ class GeneratorPretrainDataModule(LightningDataModule):
         if train.empty or held_out.empty:
             raise DatasetError(f"{self.dataset_dir} needs train and {self.eval_split!r} pairs to pretrain a generator")
         images, prompts = load_split_images(self.dataset_dir, train, self.resolution), list(train["prompt"])
+        scenes = list(train["perfect_scene"])
         if self.fresh_scenes:
             fresh = FreshScenes.load_or_draw(
                 self.fresh_path,
@@ -140,13 +175,17 @@ class GeneratorPretrainDataModule(LightningDataModule):
                 print(f"fresh scenes: {self.skipped_fresh} of {total} prompts over the text encoders' limit skipped")
             images = torch.cat([images, torch.from_numpy(fresh.images).permute(0, 3, 1, 2).contiguous()])
             prompts += fresh.prompts
-        self.train = ImagePromptDataset(images, prompts)
+            scenes += fresh.scenes
+        self.train = ImagePromptDataset(images, prompts, *load_split_objects(scenes, self.resolution))
         self.eval_prompts = list(held_out["prompt"])
         self.eval_metadata = [oracle_metadata(row) for _, row in held_out.iterrows()]
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator)
+
+
+ATTENTION_TARGETS = ("inside", "centre")
 
 
 def rectified_flow_loss(velocity: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -221,8 +260,11 @@ class GeneratorPretrainModule(LightningModule):
     probability of training on the empty prompt. warmup_steps / decay_steps / total_steps: the learning-rate schedule
     (`shared.schedules.lr_factor`). ema_decay: EMA of the transformer weights. sigma_distribution /
     sigma_shift: the training noise levels (`training_sigmas`). train_text_encoders: the CLIP and T5 encoders train
-    too, at the same learning rate (kept in eval mode: no dropout). eval_*: the ODE sampler of the evaluation (steps,
-    true classifier-free guidance scale, seed).
+    too, at the same learning rate (kept in eval mode: no dropout). attention_loss_weight: weight of the attention
+    term (`rl_policy.attention_supervision`) beside the rectified-flow loss; 0 leaves the attention as it is (no
+    recorder installed). attention_target: "inside" (TokenCompose's share of an object word's attention inside the
+    object's region) or "centre" (the attention's centre of mass against the object's centre). eval_*: the ODE
+    sampler of the evaluation (steps, true classifier-free guidance scale, seed).
     """
 
     def __init__(
@@ -239,6 +281,8 @@ class GeneratorPretrainModule(LightningModule):
         sigma_distribution: str = "logit_normal",
         sigma_shift: float = 1.0,
         train_text_encoders: bool = False,
+        attention_loss_weight: float = 0.0,
+        attention_target: str = "inside",
         eval_steps: int = 20,
         eval_cfg_scale: float = 3.0,
         eval_seed: int = 0,
@@ -247,6 +291,10 @@ class GeneratorPretrainModule(LightningModule):
         if not 0 <= prompt_dropout < 1 or not 0 <= ema_decay < 1:
             raise ValueError(f"prompt_dropout and ema_decay must lie in [0, 1), got {prompt_dropout}, {ema_decay}")
         check_sigma_settings(sigma_distribution, sigma_shift)
+        if not attention_loss_weight >= 0:
+            raise ValueError(f"attention_loss_weight must be >= 0, got {attention_loss_weight}")
+        if attention_target not in ATTENTION_TARGETS:
+            raise ValueError(f"attention_target must be one of {ATTENTION_TARGETS}, got {attention_target!r}")
         if decay_steps < 0 or (decay_steps and (total_steps is None or total_steps < decay_steps)):
             raise ValueError(f"decay_steps ({decay_steps}) needs total_steps >= it, got total_steps={total_steps}")
         self.save_hyperparameters(ignore=["policy"])
@@ -255,6 +303,8 @@ class GeneratorPretrainModule(LightningModule):
         for component in (pipeline.text_encoder, pipeline.text_encoder_2, pipeline.vae):
             component.requires_grad_(False).eval()
         self.transformer = policy.transformer.requires_grad_(True)
+        # installed before the EMA copy is made: the copy gets recorders of its own, which stay inactive
+        self.recorders = install_recorders(self.transformer) if attention_loss_weight > 0 else []
         self.ema = copy.deepcopy(self.transformer).requires_grad_(False).eval()
         if train_text_encoders:
             # registered only when they train, so a frozen-encoder run's checkpoints keep their keys
@@ -304,8 +354,8 @@ class GeneratorPretrainModule(LightningModule):
                 setattr(pipeline, name, module)
             self.policy._cache.clear()
 
-    def training_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> torch.Tensor:
-        images, prompts = batch
+    def training_step(self, batch: tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor], batch_idx: int):
+        images, prompts, regions, colours = batch
         height, width = images.shape[-2:]
         dropped = torch.rand(len(prompts)) < self.hparams.prompt_dropout
         prompts = ["" if drop else prompt for prompt, drop in zip(prompts, dropped.tolist(), strict=True)]
@@ -315,10 +365,50 @@ class GeneratorPretrainModule(LightningModule):
             len(prompts), self.hparams.sigma_distribution, self.hparams.sigma_shift, device=self.device
         )  # [B]
         noisy = noised_latents(clean, noise, sigma)
-        velocity = self.policy.velocity(noisy, sigma, self.encode_prompts(prompts), height, width)
-        loss = rectified_flow_loss(velocity, noise, clean)
+        embeddings = self.encode_prompts(prompts)
+        for recorder in self.recorders:
+            recorder.records, recorder.text_length = [], embeddings.prompt_embeds.shape[1]
+        try:
+            velocity = self.policy.velocity(noisy, sigma, embeddings, height, width)
+            records = [probabilities for recorder in self.recorders for probabilities in recorder.records]
+        finally:
+            for recorder in self.recorders:
+                recorder.records = None
+        loss = flow_loss = rectified_flow_loss(velocity, noise, clean)
+        if self.recorders:
+            attention_loss = self.attention_loss(records, prompts, regions, colours, height, width)
+            loss = flow_loss + self.hparams.attention_loss_weight * attention_loss
+            self.log("train/attention_loss", attention_loss, batch_size=len(prompts))
+            self.log("train/flow_loss", flow_loss, batch_size=len(prompts))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
         return loss
+
+    def attention_loss(
+        self,
+        records: list[torch.Tensor],
+        prompts: list[str],
+        regions: torch.Tensor,
+        colours: torch.Tensor,
+        height: int,
+        width: int,
+    ) -> torch.Tensor:
+        """The attention term (`attention_localisation_loss` or `attention_centre_loss`) averaged over the recorded
+        blocks. records: [B, H, N, T] per block; regions [B, K, R, R]; colours [B, K] (`ImagePromptDataset`)."""
+        tokenizer = self.policy.pipeline.tokenizer_2  # the T5 side: its tokens are the joint attention's text tokens
+        token_ids = tokenizer(
+            prompts, padding="max_length", max_length=records[0].shape[-1], truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)  # [B, T]
+        word_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(COLOURS)), device=self.device)
+        object_word_ids = torch.where(colours >= 0, word_ids[colours.clamp(min=0)], -1)  # [B, K]
+        owners = token_objects(token_ids, object_word_ids)  # [B, T]
+        grid = self.policy.latent_grid(height, width)
+        if self.hparams.attention_target == "centre":
+            centres = region_centres(regions.to(self.device))  # [B, K, 2]
+            losses = [attention_centre_loss(probabilities, owners, centres, grid) for probabilities in records]
+        else:
+            masks = token_grid_masks(regions.to(self.device), grid)  # [B, K, N]
+            losses = [attention_localisation_loss(probabilities, owners, masks) for probabilities in records]
+        return torch.stack(losses).mean()
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

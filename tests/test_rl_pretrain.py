@@ -206,7 +206,7 @@ def test_pretrain_datamodule_adds_the_fresh_scenes_to_the_train_split(small_data
     fresh = FreshScenes.load(fresh_path)
     assert len(mixed.train) == len(plain.train) + 20
     assert mixed.train.prompts[len(plain.train) :] == fresh.prompts
-    image, prompt = mixed.train[len(plain.train) + 3]
+    image, prompt, _, _ = mixed.train[len(plain.train) + 3]
     assert prompt == fresh.prompts[3]
     assert torch.equal((image * 255).round().to(torch.uint8), torch.from_numpy(fresh.images[3]).permute(2, 0, 1))
     assert mixed.eval_prompts == plain.eval_prompts

@@ -99,6 +99,14 @@ def pretrain_command(argv: Sequence[str]) -> None:
         "(TokenCompose) or its centre of mass at the object's centre",
     )
     parser.add_argument(
+        "--contrast-weight",
+        type=float,
+        default=0.0,
+        help="train on the dataset's pairs: both sides under their own prompts, plus this weight x a loss that asks "
+        "each image's flow error to be lower under its own prompt than under the other side's (0: off)",
+    )
+    parser.add_argument("--contrast-beta", type=float, default=1000.0, help="scale of the error margin in that loss")
+    parser.add_argument(
         "--init-from",
         type=Path,
         default=None,
@@ -170,6 +178,8 @@ def pretrain_command(argv: Sequence[str]) -> None:
         train_text_encoders=arguments.train_text_encoders,
         attention_loss_weight=arguments.attention_loss_weight,
         attention_target=arguments.attention_target,
+        contrast_weight=arguments.contrast_weight,
+        contrast_beta=arguments.contrast_beta,
         eval_steps=arguments.eval_steps,
         eval_cfg_scale=arguments.eval_cfg_scale,
         eval_seed=arguments.seed,
@@ -185,6 +195,7 @@ def pretrain_command(argv: Sequence[str]) -> None:
         fresh_path=arguments.fresh_path or arguments.out / "fresh_scenes.safetensors",
         workers=arguments.workers,
         prompt_fits=lambda prompt: policy.prompt_overflow(prompt) is None,
+        prompt_contrast=arguments.contrast_weight > 0,
     )
     logs = arguments.out / "logs"
     # No version counter: last.ckpt is always the newest, also when <out> was copied from another run's dir (the

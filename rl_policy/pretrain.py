@@ -86,10 +86,33 @@ class ImagePromptDataset(Dataset):
         )
 
 
-def load_split_images(dataset_dir: Path, frame: pd.DataFrame, resolution: int) -> torch.Tensor:
-    """The perfect images of `frame`'s rows, resized to resolution x resolution (area filter), as uint8 [N, 3, R, R]."""
+class PromptContrastDataset(Dataset):
+    """(perfect image, prompt, perturbed image, perturbed prompt) of the pairs whose perturbed prompt differs from the
+    prompt: two images and two prompts that differ only in the broken relations, each image matching its own prompt
+    and not the other's. Images [3, R, R] float in [0, 1], held in memory as uint8."""
+
+    def __init__(self, perfect: torch.Tensor, prompts: list[str], perturbed: torch.Tensor, swapped: list[str]) -> None:
+        self.perfect, self.prompts, self.perturbed, self.swapped = perfect, prompts, perturbed, swapped
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, torch.Tensor, str]:
+        return (
+            self.perfect[index].float() / 255,
+            self.prompts[index],
+            self.perturbed[index].float() / 255,
+            self.swapped[index],
+        )
+
+
+def load_split_images(
+    dataset_dir: Path, frame: pd.DataFrame, resolution: int, column: str = "perfect_image"
+) -> torch.Tensor:
+    """The images of `frame`'s rows (`column`: perfect_image or perturbed_image), resized to resolution x resolution
+    (area filter), as uint8 [N, 3, R, R]."""
     images = np.empty((len(frame), resolution, resolution, 3), dtype=np.uint8)
-    for row, path in enumerate(frame["perfect_image"]):
+    for row, path in enumerate(frame[column]):
         try:
             with Image.open(dataset_dir / path) as image:
                 images[row] = np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.BOX))
@@ -132,8 +155,12 @@ class GeneratorPretrainDataModule(LightningDataModule):
         fresh_path: str | os.PathLike | None = None,
         workers: int = 1,
         prompt_fits: Callable[[str], bool] | None = None,
+        prompt_contrast: bool = False,
     ) -> None:
         super().__init__()
+        if prompt_contrast and fresh_scenes:
+            raise ValueError("prompt_contrast trains on the dataset's pairs; fresh scenes have no perturbed side")
+        self.prompt_contrast = prompt_contrast
         if fresh_scenes < 0 or (fresh_scenes and fresh_path is None):
             raise ValueError(f"fresh_scenes must be >= 0 and needs fresh_path, got {fresh_scenes}, {fresh_path}")
         self.fresh_scenes, self.fresh_seed, self.fresh_path = fresh_scenes, fresh_seed, fresh_path
@@ -158,6 +185,17 @@ class GeneratorPretrainDataModule(LightningDataModule):
         held_out = frame[frame["split"] == self.eval_split].head(self.num_eval_prompts)
         if train.empty or held_out.empty:
             raise DatasetError(f"{self.dataset_dir} needs train and {self.eval_split!r} pairs to pretrain a generator")
+        self.eval_prompts = list(held_out["prompt"])
+        self.eval_metadata = [oracle_metadata(row) for _, row in held_out.iterrows()]
+        if self.prompt_contrast:
+            train = train[train["perturbed_prompt"] != train["prompt"]]
+            self.train = PromptContrastDataset(
+                load_split_images(self.dataset_dir, train, self.resolution),
+                list(train["prompt"]),
+                load_split_images(self.dataset_dir, train, self.resolution, "perturbed_image"),
+                list(train["perturbed_prompt"]),
+            )
+            return
         images, prompts = load_split_images(self.dataset_dir, train, self.resolution), list(train["prompt"])
         scenes = list(train["perfect_scene"])
         if self.fresh_scenes:
@@ -177,8 +215,6 @@ class GeneratorPretrainDataModule(LightningDataModule):
             prompts += fresh.prompts
             scenes += fresh.scenes
         self.train = ImagePromptDataset(images, prompts, *load_split_objects(scenes, self.resolution))
-        self.eval_prompts = list(held_out["prompt"])
-        self.eval_metadata = [oracle_metadata(row) for _, row in held_out.iterrows()]
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
@@ -191,6 +227,20 @@ ATTENTION_TARGETS = ("inside", "centre")
 def rectified_flow_loss(velocity: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the predicted velocity against eps - x_0.  All [B, N, C] -> scalar."""
     return F.mse_loss(velocity.float(), (noise - clean).float())
+
+
+def prompt_contrast_loss(error: torch.Tensor, swapped_error: torch.Tensor, beta: float) -> torch.Tensor:
+    """-log sigmoid(beta * (swapped_error - error)) / beta, averaged: each image's flow error under its own prompt
+    should be below its error under the prompt with the broken relations (a diffusion classifier between the two
+    prompts). Divided by beta, it is a smoothed hinge on the margin: slope -1/2 at margin 0 (half the flow loss's pull
+    on the error), flat once the margin exceeds a few 1/beta. error, swapped_error: per-sample mean squared errors
+    [B] -> scalar."""
+    return F.softplus(-beta * (swapped_error - error)).mean() / beta
+
+
+def per_sample_flow_error(velocity: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each sample's velocity against eps - x_0: [B, N, C] -> [B]."""
+    return (velocity.float() - (noise - clean).float()).square().flatten(1).mean(1)
 
 
 def logit_normal_sigmas(batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -283,6 +333,8 @@ class GeneratorPretrainModule(LightningModule):
         train_text_encoders: bool = False,
         attention_loss_weight: float = 0.0,
         attention_target: str = "inside",
+        contrast_weight: float = 0.0,
+        contrast_beta: float = 1000.0,
         eval_steps: int = 20,
         eval_cfg_scale: float = 3.0,
         eval_seed: int = 0,
@@ -293,6 +345,10 @@ class GeneratorPretrainModule(LightningModule):
         check_sigma_settings(sigma_distribution, sigma_shift)
         if not attention_loss_weight >= 0:
             raise ValueError(f"attention_loss_weight must be >= 0, got {attention_loss_weight}")
+        if not contrast_weight >= 0 or not contrast_beta > 0:
+            raise ValueError(f"need contrast_weight >= 0 and contrast_beta > 0, got {contrast_weight}, {contrast_beta}")
+        if contrast_weight and attention_loss_weight:
+            raise ValueError("the prompt contrast and the attention supervision do not combine")
         if attention_target not in ATTENTION_TARGETS:
             raise ValueError(f"attention_target must be one of {ATTENTION_TARGETS}, got {attention_target!r}")
         if decay_steps < 0 or (decay_steps and (total_steps is None or total_steps < decay_steps)):
@@ -354,7 +410,52 @@ class GeneratorPretrainModule(LightningModule):
                 setattr(pipeline, name, module)
             self.policy._cache.clear()
 
-    def training_step(self, batch: tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor], batch_idx: int):
+    def contrast_step(self, batch: tuple[torch.Tensor, list[str], torch.Tensor, list[str]]) -> torch.Tensor:
+        """Flow loss on both sides of each pair under their own prompts (with prompt dropout) plus `contrast_weight`
+        x `prompt_contrast_loss` against the other side's prompt, at the same noisy latents (dropped prompts
+        excluded from the contrast)."""
+        perfect, prompts, perturbed, swapped = batch
+        images, own, other = (
+            torch.cat([perfect, perturbed]),
+            list(prompts) + list(swapped),
+            list(swapped) + list(prompts),
+        )
+        height, width = images.shape[-2:]
+        kept = torch.rand(len(own)) >= self.hparams.prompt_dropout
+        own = [prompt if keep else "" for prompt, keep in zip(own, kept.tolist(), strict=True)]
+        clean = self.policy.encode_images(images.to(self.device))
+        noise = torch.randn_like(clean)
+        sigma = training_sigmas(len(own), self.hparams.sigma_distribution, self.hparams.sigma_shift, device=self.device)
+        noisy = noised_latents(clean, noise, sigma)
+        error = per_sample_flow_error(
+            self.policy.velocity(noisy, sigma, self.encode_prompts(own), height, width), noise, clean
+        )
+        flow_loss = error.mean()
+        kept = kept.to(self.device)
+        swapped_error = per_sample_flow_error(
+            self.policy.velocity(
+                noisy[kept],
+                sigma[kept],
+                self.encode_prompts([p for p, k in zip(other, kept.tolist(), strict=True) if k]),
+                height,
+                width,
+            ),
+            noise[kept],
+            clean[kept],
+        )
+        contrast = prompt_contrast_loss(error[kept], swapped_error, self.hparams.contrast_beta)
+        loss = flow_loss + self.hparams.contrast_weight * contrast
+        margin = (swapped_error - error[kept]).detach()
+        self.log("train/flow_loss", flow_loss, batch_size=len(own))
+        self.log("train/contrast_loss", contrast, batch_size=len(own))
+        self.log("train/contrast_margin", margin.mean(), batch_size=len(own))
+        self.log("train/contrast_accuracy", (margin > 0).float().mean(), batch_size=len(own))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(own))
+        return loss
+
+    def training_step(self, batch: tuple, batch_idx: int):
+        if self.hparams.contrast_weight:
+            return self.contrast_step(batch)
         images, prompts, regions, colours = batch
         height, width = images.shape[-2:]
         dropped = torch.rand(len(prompts)) < self.hparams.prompt_dropout

@@ -19,10 +19,8 @@ random weights, so it first learns to draw SpatialWorld scenes here, the way FLU
 Output: `save_generator` writes the pipeline (EMA weights) as a diffusers directory (safetensors), which
 `rl_policy.policy.load_pipeline` loads, plus `pretrain_metrics.json`.
 
-Training images are a SpatialWorld dataset dir's perfect images (resized to `resolution`) and, with `fresh_scenes`
-N, N more pairs drawn with the dataset's settings and another seed (`data_synthesis.fresh`; train prompts only, kept
-beside the run so that a resumed run reuses them): the RL set's 7,175 prompts teach a tiny model those prompts, not
-the rule that places "A left of B" (docs/research/generator.md, 2026-12-06). One guidance scale for evaluation.
+Simplified: images come from a SpatialWorld dataset dir's perfect images (resized to `resolution`), not rendered on
+the fly; one guidance scale for evaluation.
 """
 
 from __future__ import annotations
@@ -32,7 +30,7 @@ import copy
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,17 +45,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from data_synthesis import FAMILIES, KINDS, DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
-from data_synthesis.fresh import FreshScenes
-from data_synthesis.scene import COLOURS, Scene
-from rl_policy.attention_supervision import (
-    attention_centre_loss,
-    attention_localisation_loss,
-    install_recorders,
-    object_region_masks,
-    region_centres,
-    token_grid_masks,
-    token_objects,
-)
 from rl_policy.policy import FluxPolicy, PromptEmbeddings
 from rl_policy.rollout import sample_ode
 from rl_policy.sde import noised_latents
@@ -66,75 +53,28 @@ from shared.schedules import lr_factor
 
 
 class ImagePromptDataset(Dataset):
-    """(image [3, R, R] float in [0, 1], prompt, object regions [K, R, R] float in [0, 1], object colours [K] long)
-    held in memory as uint8. Object k's region is the coverage of its bounding square
-    (`attention_supervision.object_region_masks`) and its colour its index in `data_synthesis.COLOURS` (-1 where a
-    scene has fewer than K objects): what the attention supervision needs, unused otherwise."""
+    """(image [3, R, R] float in [0, 1], prompt) pairs held in memory as uint8."""
 
-    def __init__(self, images: torch.Tensor, prompts: list[str], regions: torch.Tensor, colours: torch.Tensor) -> None:
-        self.images, self.prompts, self.regions, self.colours = images, prompts, regions, colours
+    def __init__(self, images: torch.Tensor, prompts: list[str]) -> None:
+        self.images, self.prompts = images, prompts
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, torch.Tensor, torch.Tensor]:
-        return (
-            self.images[index].float() / 255,
-            self.prompts[index],
-            self.regions[index].float() / 255,
-            self.colours[index],
-        )
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        return self.images[index].float() / 255, self.prompts[index]
 
 
-class PromptContrastDataset(Dataset):
-    """(perfect image, prompt, perturbed image, perturbed prompt) of the pairs whose perturbed prompt differs from the
-    prompt: two images and two prompts that differ only in the broken relations, each image matching its own prompt
-    and not the other's. Images [3, R, R] float in [0, 1], held in memory as uint8."""
-
-    def __init__(self, perfect: torch.Tensor, prompts: list[str], perturbed: torch.Tensor, swapped: list[str]) -> None:
-        self.perfect, self.prompts, self.perturbed, self.swapped = perfect, prompts, perturbed, swapped
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, torch.Tensor, str]:
-        return (
-            self.perfect[index].float() / 255,
-            self.prompts[index],
-            self.perturbed[index].float() / 255,
-            self.swapped[index],
-        )
-
-
-def load_split_images(
-    dataset_dir: Path, frame: pd.DataFrame, resolution: int, column: str = "perfect_image"
-) -> torch.Tensor:
-    """The images of `frame`'s rows (`column`: perfect_image or perturbed_image), resized to resolution x resolution
-    (area filter), as uint8 [N, 3, R, R]."""
+def load_split_images(dataset_dir: Path, frame: pd.DataFrame, resolution: int) -> torch.Tensor:
+    """The perfect images of `frame`'s rows, resized to resolution x resolution (area filter), as uint8 [N, 3, R, R]."""
     images = np.empty((len(frame), resolution, resolution, 3), dtype=np.uint8)
-    for row, path in enumerate(frame[column]):
+    for row, path in enumerate(frame["perfect_image"]):
         try:
             with Image.open(dataset_dir / path) as image:
                 images[row] = np.asarray(image.convert("RGB").resize((resolution, resolution), Image.Resampling.BOX))
         except OSError as error:
             raise DatasetError(f"cannot read image {dataset_dir / path}: {error}") from None
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-
-
-def load_split_objects(scene_texts: list[str], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The perfect scenes' objects of `frame`'s rows: bounding-square coverage [N, K, R, R] uint8 (255 = covered) and
-    colour indices into `data_synthesis.COLOURS` [N, K] long (-1 past a scene's objects), K the most objects of a
-    scene."""
-    scenes = [Scene.from_json(text) for text in scene_texts]
-    most = max(len(scene.objects) for scene in scenes)
-    colour_index = {colour: index for index, colour in enumerate(COLOURS)}
-    regions = torch.zeros(len(scenes), most, resolution, resolution, dtype=torch.uint8)
-    colours = torch.full((len(scenes), most), -1, dtype=torch.long)
-    for row, scene in enumerate(scenes):
-        boxes = [(item.x, item.y, item.radius) for item in scene.objects]
-        regions[row] = (object_region_masks(boxes, resolution, most) * 255).round().to(torch.uint8)
-        colours[row, : len(boxes)] = torch.tensor([colour_index[item.colour] for item in scene.objects])
-    return regions, colours
 
 
 class GeneratorPretrainDataModule(LightningDataModule):
@@ -150,22 +90,8 @@ class GeneratorPretrainDataModule(LightningDataModule):
         eval_split: str = "val",
         num_eval_prompts: int = 32,
         seed: int = 0,
-        fresh_scenes: int = 0,
-        fresh_seed: int = 1000,
-        fresh_path: str | os.PathLike | None = None,
-        workers: int = 1,
-        prompt_fits: Callable[[str], bool] | None = None,
-        prompt_contrast: bool = False,
     ) -> None:
         super().__init__()
-        if prompt_contrast and fresh_scenes:
-            raise ValueError("prompt_contrast trains on the dataset's pairs; fresh scenes have no perturbed side")
-        self.prompt_contrast = prompt_contrast
-        if fresh_scenes < 0 or (fresh_scenes and fresh_path is None):
-            raise ValueError(f"fresh_scenes must be >= 0 and needs fresh_path, got {fresh_scenes}, {fresh_path}")
-        self.fresh_scenes, self.fresh_seed, self.fresh_path = fresh_scenes, fresh_seed, fresh_path
-        self.workers, self.prompt_fits = workers, prompt_fits
-        self.skipped_fresh = 0  # fresh prompts over the text encoders' limit
         if resolution < 8 or batch_size < 1 or num_eval_prompts < 1:
             raise ValueError(
                 f"need resolution >= 8 and positive sizes, got {resolution}, {batch_size}, {num_eval_prompts}"
@@ -185,62 +111,20 @@ class GeneratorPretrainDataModule(LightningDataModule):
         held_out = frame[frame["split"] == self.eval_split].head(self.num_eval_prompts)
         if train.empty or held_out.empty:
             raise DatasetError(f"{self.dataset_dir} needs train and {self.eval_split!r} pairs to pretrain a generator")
+        self.train = ImagePromptDataset(
+            load_split_images(self.dataset_dir, train, self.resolution), list(train["prompt"])
+        )
         self.eval_prompts = list(held_out["prompt"])
         self.eval_metadata = [oracle_metadata(row) for _, row in held_out.iterrows()]
-        if self.prompt_contrast:
-            train = train[train["perturbed_prompt"] != train["prompt"]]
-            self.train = PromptContrastDataset(
-                load_split_images(self.dataset_dir, train, self.resolution),
-                list(train["prompt"]),
-                load_split_images(self.dataset_dir, train, self.resolution, "perturbed_image"),
-                list(train["perturbed_prompt"]),
-            )
-            return
-        images, prompts = load_split_images(self.dataset_dir, train, self.resolution), list(train["prompt"])
-        scenes = list(train["perfect_scene"])
-        if self.fresh_scenes:
-            fresh = FreshScenes.load_or_draw(
-                self.fresh_path,
-                self.dataset_dir,
-                self.fresh_scenes,
-                seed=self.fresh_seed,
-                resolution=self.resolution,
-                workers=self.workers,
-            )
-            if self.prompt_fits is not None:
-                fresh, total = fresh.subset([self.prompt_fits(prompt) for prompt in fresh.prompts]), len(fresh)
-                self.skipped_fresh = total - len(fresh)
-                print(f"fresh scenes: {self.skipped_fresh} of {total} prompts over the text encoders' limit skipped")
-            images = torch.cat([images, torch.from_numpy(fresh.images).permute(0, 3, 1, 2).contiguous()])
-            prompts += fresh.prompts
-            scenes += fresh.scenes
-        self.train = ImagePromptDataset(images, prompts, *load_split_objects(scenes, self.resolution))
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator)
 
 
-ATTENTION_TARGETS = ("inside", "centre")
-
-
 def rectified_flow_loss(velocity: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """Mean squared error of the predicted velocity against eps - x_0.  All [B, N, C] -> scalar."""
     return F.mse_loss(velocity.float(), (noise - clean).float())
-
-
-def prompt_contrast_loss(error: torch.Tensor, swapped_error: torch.Tensor, beta: float) -> torch.Tensor:
-    """-log sigmoid(beta * (swapped_error - error)) / beta, averaged: each image's flow error under its own prompt
-    should be below its error under the prompt with the broken relations (a diffusion classifier between the two
-    prompts). Divided by beta, it is a smoothed hinge on the margin: slope -1/2 at margin 0 (half the flow loss's pull
-    on the error), flat once the margin exceeds a few 1/beta. error, swapped_error: per-sample mean squared errors
-    [B] -> scalar."""
-    return F.softplus(-beta * (swapped_error - error)).mean() / beta
-
-
-def per_sample_flow_error(velocity: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of each sample's velocity against eps - x_0: [B, N, C] -> [B]."""
-    return (velocity.float() - (noise - clean).float()).square().flatten(1).mean(1)
 
 
 def logit_normal_sigmas(batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -310,11 +194,8 @@ class GeneratorPretrainModule(LightningModule):
     probability of training on the empty prompt. warmup_steps / decay_steps / total_steps: the learning-rate schedule
     (`shared.schedules.lr_factor`). ema_decay: EMA of the transformer weights. sigma_distribution /
     sigma_shift: the training noise levels (`training_sigmas`). train_text_encoders: the CLIP and T5 encoders train
-    too, at the same learning rate (kept in eval mode: no dropout). attention_loss_weight: weight of the attention
-    term (`rl_policy.attention_supervision`) beside the rectified-flow loss; 0 leaves the attention as it is (no
-    recorder installed). attention_target: "inside" (TokenCompose's share of an object word's attention inside the
-    object's region) or "centre" (the attention's centre of mass against the object's centre). eval_*: the ODE
-    sampler of the evaluation (steps, true classifier-free guidance scale, seed).
+    too, at the same learning rate (kept in eval mode: no dropout). eval_*: the ODE sampler of the evaluation (steps,
+    true classifier-free guidance scale, seed).
     """
 
     def __init__(
@@ -331,10 +212,6 @@ class GeneratorPretrainModule(LightningModule):
         sigma_distribution: str = "logit_normal",
         sigma_shift: float = 1.0,
         train_text_encoders: bool = False,
-        attention_loss_weight: float = 0.0,
-        attention_target: str = "inside",
-        contrast_weight: float = 0.0,
-        contrast_beta: float = 1000.0,
         eval_steps: int = 20,
         eval_cfg_scale: float = 3.0,
         eval_seed: int = 0,
@@ -343,14 +220,6 @@ class GeneratorPretrainModule(LightningModule):
         if not 0 <= prompt_dropout < 1 or not 0 <= ema_decay < 1:
             raise ValueError(f"prompt_dropout and ema_decay must lie in [0, 1), got {prompt_dropout}, {ema_decay}")
         check_sigma_settings(sigma_distribution, sigma_shift)
-        if not attention_loss_weight >= 0:
-            raise ValueError(f"attention_loss_weight must be >= 0, got {attention_loss_weight}")
-        if not contrast_weight >= 0 or not contrast_beta > 0:
-            raise ValueError(f"need contrast_weight >= 0 and contrast_beta > 0, got {contrast_weight}, {contrast_beta}")
-        if contrast_weight and attention_loss_weight:
-            raise ValueError("the prompt contrast and the attention supervision do not combine")
-        if attention_target not in ATTENTION_TARGETS:
-            raise ValueError(f"attention_target must be one of {ATTENTION_TARGETS}, got {attention_target!r}")
         if decay_steps < 0 or (decay_steps and (total_steps is None or total_steps < decay_steps)):
             raise ValueError(f"decay_steps ({decay_steps}) needs total_steps >= it, got total_steps={total_steps}")
         self.save_hyperparameters(ignore=["policy"])
@@ -359,8 +228,6 @@ class GeneratorPretrainModule(LightningModule):
         for component in (pipeline.text_encoder, pipeline.text_encoder_2, pipeline.vae):
             component.requires_grad_(False).eval()
         self.transformer = policy.transformer.requires_grad_(True)
-        # installed before the EMA copy is made: the copy gets recorders of its own, which stay inactive
-        self.recorders = install_recorders(self.transformer) if attention_loss_weight > 0 else []
         self.ema = copy.deepcopy(self.transformer).requires_grad_(False).eval()
         if train_text_encoders:
             # registered only when they train, so a frozen-encoder run's checkpoints keep their keys
@@ -410,53 +277,8 @@ class GeneratorPretrainModule(LightningModule):
                 setattr(pipeline, name, module)
             self.policy._cache.clear()
 
-    def contrast_step(self, batch: tuple[torch.Tensor, list[str], torch.Tensor, list[str]]) -> torch.Tensor:
-        """Flow loss on both sides of each pair under their own prompts (with prompt dropout) plus `contrast_weight`
-        x `prompt_contrast_loss` against the other side's prompt, at the same noisy latents (dropped prompts
-        excluded from the contrast)."""
-        perfect, prompts, perturbed, swapped = batch
-        images, own, other = (
-            torch.cat([perfect, perturbed]),
-            list(prompts) + list(swapped),
-            list(swapped) + list(prompts),
-        )
-        height, width = images.shape[-2:]
-        kept = torch.rand(len(own)) >= self.hparams.prompt_dropout
-        own = [prompt if keep else "" for prompt, keep in zip(own, kept.tolist(), strict=True)]
-        clean = self.policy.encode_images(images.to(self.device))
-        noise = torch.randn_like(clean)
-        sigma = training_sigmas(len(own), self.hparams.sigma_distribution, self.hparams.sigma_shift, device=self.device)
-        noisy = noised_latents(clean, noise, sigma)
-        error = per_sample_flow_error(
-            self.policy.velocity(noisy, sigma, self.encode_prompts(own), height, width), noise, clean
-        )
-        flow_loss = error.mean()
-        kept = kept.to(self.device)
-        swapped_error = per_sample_flow_error(
-            self.policy.velocity(
-                noisy[kept],
-                sigma[kept],
-                self.encode_prompts([p for p, k in zip(other, kept.tolist(), strict=True) if k]),
-                height,
-                width,
-            ),
-            noise[kept],
-            clean[kept],
-        )
-        contrast = prompt_contrast_loss(error[kept], swapped_error, self.hparams.contrast_beta)
-        loss = flow_loss + self.hparams.contrast_weight * contrast
-        margin = (swapped_error - error[kept]).detach()
-        self.log("train/flow_loss", flow_loss, batch_size=len(own))
-        self.log("train/contrast_loss", contrast, batch_size=len(own))
-        self.log("train/contrast_margin", margin.mean(), batch_size=len(own))
-        self.log("train/contrast_accuracy", (margin > 0).float().mean(), batch_size=len(own))
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(own))
-        return loss
-
-    def training_step(self, batch: tuple, batch_idx: int):
-        if self.hparams.contrast_weight:
-            return self.contrast_step(batch)
-        images, prompts, regions, colours = batch
+    def training_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> torch.Tensor:
+        images, prompts = batch
         height, width = images.shape[-2:]
         dropped = torch.rand(len(prompts)) < self.hparams.prompt_dropout
         prompts = ["" if drop else prompt for prompt, drop in zip(prompts, dropped.tolist(), strict=True)]
@@ -466,50 +288,10 @@ class GeneratorPretrainModule(LightningModule):
             len(prompts), self.hparams.sigma_distribution, self.hparams.sigma_shift, device=self.device
         )  # [B]
         noisy = noised_latents(clean, noise, sigma)
-        embeddings = self.encode_prompts(prompts)
-        for recorder in self.recorders:
-            recorder.records, recorder.text_length = [], embeddings.prompt_embeds.shape[1]
-        try:
-            velocity = self.policy.velocity(noisy, sigma, embeddings, height, width)
-            records = [probabilities for recorder in self.recorders for probabilities in recorder.records]
-        finally:
-            for recorder in self.recorders:
-                recorder.records = None
-        loss = flow_loss = rectified_flow_loss(velocity, noise, clean)
-        if self.recorders:
-            attention_loss = self.attention_loss(records, prompts, regions, colours, height, width)
-            loss = flow_loss + self.hparams.attention_loss_weight * attention_loss
-            self.log("train/attention_loss", attention_loss, batch_size=len(prompts))
-            self.log("train/flow_loss", flow_loss, batch_size=len(prompts))
+        velocity = self.policy.velocity(noisy, sigma, self.encode_prompts(prompts), height, width)
+        loss = rectified_flow_loss(velocity, noise, clean)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
         return loss
-
-    def attention_loss(
-        self,
-        records: list[torch.Tensor],
-        prompts: list[str],
-        regions: torch.Tensor,
-        colours: torch.Tensor,
-        height: int,
-        width: int,
-    ) -> torch.Tensor:
-        """The attention term (`attention_localisation_loss` or `attention_centre_loss`) averaged over the recorded
-        blocks. records: [B, H, N, T] per block; regions [B, K, R, R]; colours [B, K] (`ImagePromptDataset`)."""
-        tokenizer = self.policy.pipeline.tokenizer_2  # the T5 side: its tokens are the joint attention's text tokens
-        token_ids = tokenizer(
-            prompts, padding="max_length", max_length=records[0].shape[-1], truncation=True, return_tensors="pt"
-        ).input_ids.to(self.device)  # [B, T]
-        word_ids = torch.tensor(tokenizer.convert_tokens_to_ids(list(COLOURS)), device=self.device)
-        object_word_ids = torch.where(colours >= 0, word_ids[colours.clamp(min=0)], -1)  # [B, K]
-        owners = token_objects(token_ids, object_word_ids)  # [B, T]
-        grid = self.policy.latent_grid(height, width)
-        if self.hparams.attention_target == "centre":
-            centres = region_centres(regions.to(self.device))  # [B, K, 2]
-            losses = [attention_centre_loss(probabilities, owners, centres, grid) for probabilities in records]
-        else:
-            masks = token_grid_masks(regions.to(self.device), grid)  # [B, K, N]
-            losses = [attention_localisation_loss(probabilities, owners, masks) for probabilities in records]
-        return torch.stack(losses).mean()
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -16,9 +16,6 @@ from rl_policy.policy import FluxPolicy, build_tiny_flux_pipeline, load_pipeline
 from rl_policy.pretrain import (
     GeneratorPretrainDataModule,
     GeneratorPretrainModule,
-    PromptContrastDataset,
-    per_sample_flow_error,
-    prompt_contrast_loss,
     rectified_flow_loss,
     save_generator,
     training_sigmas,
@@ -194,83 +191,3 @@ def test_pretrain_command_warm_starts_from_a_saved_pipeline(small_dataset, tmp_p
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path)])
     assert "is not a saved pipeline" in capsys.readouterr().err
-
-
-def test_pretrain_datamodule_adds_the_fresh_scenes_to_the_train_split(small_dataset, tmp_path):
-    from data_synthesis.fresh import FreshScenes
-
-    plain = GeneratorPretrainDataModule(small_dataset, resolution=32, num_eval_prompts=2)
-    plain.setup()
-    fresh_path = tmp_path / "fresh.safetensors"
-    mixed = GeneratorPretrainDataModule(
-        small_dataset, resolution=32, num_eval_prompts=2, fresh_scenes=20, fresh_seed=77, fresh_path=fresh_path
-    )
-    mixed.setup()
-    fresh = FreshScenes.load(fresh_path)
-    assert len(mixed.train) == len(plain.train) + 20
-    assert mixed.train.prompts[len(plain.train) :] == fresh.prompts
-    image, prompt, _, _ = mixed.train[len(plain.train) + 3]
-    assert prompt == fresh.prompts[3]
-    assert torch.equal((image * 255).round().to(torch.uint8), torch.from_numpy(fresh.images[3]).permute(2, 0, 1))
-    assert mixed.eval_prompts == plain.eval_prompts
-    short = GeneratorPretrainDataModule(
-        small_dataset,
-        resolution=32,
-        num_eval_prompts=2,
-        fresh_scenes=20,
-        fresh_seed=77,
-        fresh_path=fresh_path,
-        prompt_fits=lambda prompt: len(prompt) < 400,
-    )
-    short.setup()
-    kept = [prompt for prompt in fresh.prompts if len(prompt) < 400]
-    assert 0 < len(kept) < 20, "the fixture's 3-6 object prompts straddle 400 characters"
-    assert short.skipped_fresh == 20 - len(kept) and short.train.prompts[len(plain.train) :] == kept
-    with pytest.raises(ValueError, match="fresh_path"):
-        GeneratorPretrainDataModule(small_dataset, fresh_scenes=5)
-
-
-def test_prompt_contrast_loss_against_hand_values():
-    clean, noise = torch.zeros(2, 2, 1), torch.tensor([[[1.0], [1.0]], [[0.0], [2.0]]])
-    # targets eps - x0: [1, 1] and [0, 2]; a zero velocity errs by (1 + 1) / 2 = 1 and (0 + 4) / 2 = 2
-    assert per_sample_flow_error(torch.zeros(2, 2, 1), noise, clean).tolist() == [1.0, 2.0]
-    error, swapped = torch.tensor([0.1, 0.2]), torch.tensor([0.2, 0.1])
-    # beta 10: margins +.1 and -.1 -> softplus(-1) = .313262, softplus(1) = 1.313262; mean .813262, / 10
-    assert prompt_contrast_loss(error, swapped, 10.0).item() == pytest.approx(0.0813262, abs=1e-6)
-    # a wide margin costs almost nothing; the slope at margin 0 is -1/2 whatever beta
-    assert prompt_contrast_loss(torch.tensor([0.0]), torch.tensor([1.0]), 100.0).item() < 1e-40
-    margin = torch.zeros(1, requires_grad=True)
-    prompt_contrast_loss(torch.zeros(1), margin, 1000.0).backward()
-    assert margin.grad.item() == pytest.approx(-0.5)
-
-
-def test_prompt_contrast_pairs_train_the_transformer(small_dataset):
-    datamodule = GeneratorPretrainDataModule(small_dataset, batch_size=2, num_eval_prompts=1, prompt_contrast=True)
-    datamodule.setup()
-    train = datamodule.train
-    assert isinstance(train, PromptContrastDataset) and len(train) > 0
-    assert all(prompt != swapped for prompt, swapped in zip(train.prompts, train.swapped, strict=True))
-    perfect, prompt, perturbed, swapped = train[0]
-    assert perfect.shape == perturbed.shape == (3, 32, 32) and not torch.equal(perfect, perturbed)
-    assert (prompt, swapped) == (train.prompts[0], train.swapped[0])
-
-    pipeline = build_tiny_flux_pipeline(max_prompt_tokens=160)
-    policy = FluxPolicy(pipeline, max_sequence_length=161, strict_prompt_length=True)
-    module = GeneratorPretrainModule(policy, lr=1e-3, warmup_steps=1, eval_steps=2, contrast_weight=2.0)
-    before = {name: p.detach().clone() for name, p in pipeline.transformer.named_parameters()}
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, datamodule)
-    changed = [name for name, p in pipeline.transformer.named_parameters() if not torch.equal(p, before[name])]
-    assert len(changed) > 0.9 * len(before)
-    assert 0 <= trainer.callback_metrics["train/contrast_accuracy"].item() <= 1
-    with pytest.raises(ValueError, match="fresh scenes"):
-        GeneratorPretrainDataModule(small_dataset, prompt_contrast=True, fresh_scenes=4, fresh_path="x")
-    with pytest.raises(ValueError, match="contrast_weight"):
-        GeneratorPretrainModule(policy, contrast_weight=-1.0)

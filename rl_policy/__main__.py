@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from jsonargparse import Namespace, set_parsing_settings
@@ -88,15 +89,42 @@ def pretrain_command(argv: Sequence[str]) -> None:
     )
     parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts sampled at each epoch end")
     parser.add_argument("--eval-steps", type=int, default=20, help="ODE steps of the evaluation sampler")
+    parser.add_argument("--eval-every-epochs", type=int, default=1, help="evaluate at every N-th epoch end")
     parser.add_argument("--eval-cfg-scale", type=float, default=3.0, help="true classifier-free guidance scale")
     parser.add_argument("--max-prompt-tokens", type=int, default=96, help="text encoder length (longer: error)")
     parser.add_argument("--num-layers", type=int, default=1, help="double-stream blocks")
     parser.add_argument("--num-single-layers", type=int, default=2, help="single-stream blocks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--accelerator",
+        choices=("cpu", "gpu", "auto"),
+        default="cpu",
+        help="where to train (gpu: one CUDA device; the tiny model needs no more)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("32-true", "bf16-mixed"),
+        default="32-true",
+        help="Lightning precision of the training steps (the EMA and the saved weights stay float32)",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop after this much training time (then evaluate and save as at --steps); the learning-rate "
+        "schedule still follows --steps",
+    )
     arguments = parser.parse_args(argv)
     if not (arguments.data / "pairs.parquet").is_file():
         parser.error(f"--data {arguments.data} is not a SpatialWorld dataset dir (no pairs.parquet)")
+    if arguments.max_minutes is not None and not arguments.max_minutes > 0:
+        parser.error(f"--max-minutes must be positive, got {arguments.max_minutes}")
+    if arguments.accelerator == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--accelerator gpu: torch sees no CUDA device")
     if arguments.decay_steps > arguments.steps:
         parser.error(f"--decay-steps {arguments.decay_steps} exceeds --steps {arguments.steps}")
     if arguments.init_from is not None and not (arguments.init_from / "model_index.json").is_file():
@@ -137,6 +165,7 @@ def pretrain_command(argv: Sequence[str]) -> None:
         eval_steps=arguments.eval_steps,
         eval_cfg_scale=arguments.eval_cfg_scale,
         eval_seed=arguments.seed,
+        eval_every_epochs=arguments.eval_every_epochs,
     )
     datamodule = GeneratorPretrainDataModule(
         arguments.data,
@@ -152,9 +181,12 @@ def pretrain_command(argv: Sequence[str]) -> None:
         dirpath=logs / "checkpoints", save_last=True, every_n_train_steps=200, enable_version_counter=False
     )
     trainer = Trainer(
-        accelerator="cpu",
+        accelerator=arguments.accelerator,
+        devices=1,
+        precision=arguments.precision,
         max_steps=arguments.steps,
         max_epochs=-1,
+        max_time=None if arguments.max_minutes is None else timedelta(minutes=arguments.max_minutes),
         logger=TensorBoardLogger(logs, name="pretrain"),
         callbacks=[checkpoints],
         log_every_n_steps=20,

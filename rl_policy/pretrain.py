@@ -195,7 +195,8 @@ class GeneratorPretrainModule(LightningModule):
     (`shared.schedules.lr_factor`). ema_decay: EMA of the transformer weights. sigma_distribution /
     sigma_shift: the training noise levels (`training_sigmas`). train_text_encoders: the CLIP and T5 encoders train
     too, at the same learning rate (kept in eval mode: no dropout). eval_*: the ODE sampler of the evaluation (steps,
-    true classifier-free guidance scale, seed).
+    true classifier-free guidance scale, seed); eval_every_epochs: evaluate at every N-th epoch end (short epochs, a
+    GPU batch over a small set, would otherwise spend their time sampling).
     """
 
     def __init__(
@@ -215,8 +216,11 @@ class GeneratorPretrainModule(LightningModule):
         eval_steps: int = 20,
         eval_cfg_scale: float = 3.0,
         eval_seed: int = 0,
+        eval_every_epochs: int = 1,
     ) -> None:
         super().__init__()
+        if eval_every_epochs < 1:
+            raise ValueError(f"eval_every_epochs must be >= 1, got {eval_every_epochs}")
         if not 0 <= prompt_dropout < 1 or not 0 <= ema_decay < 1:
             raise ValueError(f"prompt_dropout and ema_decay must lie in [0, 1), got {prompt_dropout}, {ema_decay}")
         check_sigma_settings(sigma_distribution, sigma_shift)
@@ -300,12 +304,23 @@ class GeneratorPretrainModule(LightningModule):
             for average, current in zip(averaged.parameters(), trained.parameters(), strict=True):
                 average.lerp_(current.detach(), 1 - decay)
 
+    def _place_pipeline(self) -> None:
+        """The frozen pipeline parts (text encoders, autoencoder) on the transformer's device: Lightning moves only
+        this module's own submodules (and back to the CPU after a fit on a GPU)."""
+        for name, component in self.policy.pipeline.components.items():
+            if isinstance(component, nn.Module) and name != "transformer":
+                component.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._place_pipeline()
+
     @torch.no_grad()
     def evaluate(
         self, prompts: list[str], metadata: list[dict[str, Any]], resolution: int
     ) -> tuple[dict, torch.Tensor]:
         """ODE samples of `prompts` with the EMA weights, scored by the SpatialWorld oracle -> (`oracle_metrics`,
-        images)."""
+        images). The initial noise is drawn on the CPU from `eval_seed` whatever the device."""
+        self._place_pipeline()
         generator = torch.Generator(device="cpu").manual_seed(self.hparams.eval_seed)
         with self.averaged_weights():
             images = sample_ode(
@@ -322,7 +337,8 @@ class GeneratorPretrainModule(LightningModule):
         return oracle_metrics(verdicts), images
 
     def on_train_epoch_end(self) -> None:
-        self._evaluate_and_log()
+        if (self.current_epoch + 1) % self.hparams.eval_every_epochs == 0:
+            self._evaluate_and_log()
 
     def evaluate_held_out(self, datamodule: GeneratorPretrainDataModule) -> tuple[dict, torch.Tensor]:
         """`evaluate` on the data module's held-out prompts; remembered in `last_eval`."""

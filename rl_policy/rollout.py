@@ -130,12 +130,13 @@ def sample_trajectories(
 def initial_noise(
     policy: FluxPolicy, batch: int, height: int, width: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Standard normal packed latents [batch, tokens, channels] for height x width images."""
+    """Standard normal packed latents [batch, tokens, channels] for height x width images, drawn on `generator`'s
+    device (a CPU generator gives the same noise whatever device the transformer is on)."""
     rows, columns = policy.latent_grid(height, width)
     channels = policy.transformer.config.in_channels
-    return torch.randn(
-        (batch, rows * columns, channels), generator=generator, device=policy.transformer.device, dtype=torch.float32
-    ).to(policy.transformer.dtype)
+    device = policy.transformer.device if generator is None else generator.device
+    noise = torch.randn((batch, rows * columns, channels), generator=generator, device=device, dtype=torch.float32)
+    return noise.to(policy.transformer.device, policy.transformer.dtype)
 
 
 @torch.no_grad()

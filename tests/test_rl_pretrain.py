@@ -191,3 +191,54 @@ def test_pretrain_command_warm_starts_from_a_saved_pipeline(small_dataset, tmp_p
     with pytest.raises(SystemExit):
         main([*args, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path)])
     assert "is not a saved pipeline" in capsys.readouterr().err
+
+
+def test_pretrain_command_stops_at_its_time_budget_and_saves(small_dataset, tmp_path, capsys):
+    from rl_policy.__main__ import main
+
+    args = ["pretrain", "--data", str(small_dataset), "--batch-size", "4", "--eval-prompts", "1", "--eval-steps", "1"]
+    args += ["--max-prompt-tokens", "160", "--decay-steps", "0", "--warmup-steps", "1"]
+    main([*args, "--steps", "100000", "--max-minutes", "0.001", "--out", str(tmp_path / "timed")])
+    metrics = json.loads((tmp_path / "timed" / "pipeline" / "pretrain_metrics.json").read_text())
+    assert 1 <= metrics["steps"] < 100000 and metrics["num_eval_images"] == 1
+    with pytest.raises(SystemExit):
+        main([*args, "--steps", "2", "--max-minutes", "0", "--out", str(tmp_path / "x")])
+    assert "--max-minutes must be positive" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main([*args, "--steps", "2", "--accelerator", "gpu", "--out", str(tmp_path / "x")])
+        assert "torch sees no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_pretrain_command_trains_on_a_gpu_in_bf16(small_dataset, tmp_path):
+    from rl_policy.__main__ import main
+
+    args = ["pretrain", "--data", str(small_dataset), "--batch-size", "4", "--eval-prompts", "2", "--eval-steps", "2"]
+    args += ["--max-prompt-tokens", "160", "--decay-steps", "0", "--warmup-steps", "1", "--steps", "3"]
+    main([*args, "--accelerator", "gpu", "--precision", "bf16-mixed", "--out", str(tmp_path / "gpu")])
+    metrics = json.loads((tmp_path / "gpu" / "pipeline" / "pretrain_metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["num_eval_images"] == 2
+    reloaded = load_pipeline(tmp_path / "gpu" / "pipeline")
+    assert all(parameter.dtype == torch.float32 for parameter in reloaded.transformer.parameters())
+
+
+def test_evaluation_runs_at_every_nth_epoch_end(small_dataset):
+    policy = FluxPolicy(build_tiny_flux_pipeline(max_prompt_tokens=160), max_sequence_length=161)
+    module = GeneratorPretrainModule(policy, warmup_steps=1, eval_every_epochs=2)
+    epochs = []
+    module._evaluate_and_log = lambda: epochs.append(module.current_epoch)
+    datamodule = GeneratorPretrainDataModule(small_dataset, batch_size=2, num_eval_prompts=1)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=5,
+        limit_train_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule)
+    assert epochs == [1, 3]  # the ends of the 2nd and 4th of 5 epochs
+    with pytest.raises(ValueError, match="eval_every_epochs"):
+        GeneratorPretrainModule(policy, eval_every_epochs=0)

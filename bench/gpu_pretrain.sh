@@ -6,9 +6,14 @@
 #
 #     bash bench/gpu_pretrain.sh "$OUT/pretrain"          # on the device machine, from the repository root
 #
-# What it does: builds data/spatialworld-rl (the Makefile's RL_DATA_ARGS) if missing and a larger set of the same
-# world with another seed (PAIRS pairs; its val and test prompts never enter training, and the split hash keeps the
-# RL set's test prompts out of its train split); then `python -m rl_policy pretrain` on that set's train split,
+# The device image lacks diffusers and jsonargparse: run `bash bench/device_wheels.sh` here first, then the call is
+#     run(timeout_s=540, carry=[".whl"], command="python3 -m pip install -q --no-index --no-deps --no-compile
+#         --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit;
+#         bash bench/gpu_pretrain.sh $OUT/pretrain")
+#
+# What it does: builds a larger set of the RL world (the Makefile's RL_DATA_ARGS with another seed; PAIRS pairs; its
+# val and test prompts never enter training, and the split hash keeps the RL set's test prompts out of its train
+# split); then `python -m rl_policy pretrain` on that set's train split,
 # bf16-mixed, warm-started from INIT (default the shipped base; INIT=scratch for a new one), STEPS steps with a
 # linear decay over the last DECAY, stopped early at MINUTES. Environment (defaults): PYTHON (python3), PAIRS
 # (100000), BATCH (1024), LR (1e-3), STEPS (6000), DECAY (2000), MINUTES (7), INIT, WORKERS (nproc), ACCELERATOR
@@ -30,13 +35,36 @@ SECONDS=0
 if [[ ${ACCELERATOR:-gpu} == gpu ]]; then
     nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee "$out/nvidia_smi.txt"
 fi
-read -r -a rl_args <<<"$(make -s --no-print-directory --eval='print-rl-args: ; @echo $(RL_DATA_ARGS)' print-rl-args)"
-if [[ ! -f data/spatialworld-rl/pairs.parquet ]]; then
-    "$python" -m data_synthesis build --out data/spatialworld-rl "${rl_args[@]}" --workers "$workers"
-fi
+# the Makefile's RL_DATA_ARGS (continued lines joined; no make needed)
+rl_args=$(awk '/^RL_DATA_ARGS \?=/ {f = 1} f {sub(/^RL_DATA_ARGS \?= /, ""); line = line $0; if ($0 !~ /\\$/) {print line; exit}}' \
+    Makefile | tr -d '\\')
 if [[ ! -f $big/pairs.parquet ]]; then
-    "$python" -m data_synthesis build --out "$big" "${rl_args[@]}" --num-pairs "$pairs" --seed 2 \
-        --workers "$workers" 2>&1 | tail -3
+    # data_synthesis.build directly: its command line also loads the review app and the LLM client, which the
+    # device image lacks
+    "$python" - "$big" "$pairs" "$workers" $rl_args <<'PY'
+import sys
+
+from data_synthesis.build import BuildConfig, build
+
+out, pairs, workers, rest = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+values, key = {}, None
+for word in rest:  # the Makefile's RL_DATA_ARGS: --name value [value]
+    if word.startswith("--"):
+        key = word[2:].replace("-", "_")
+        values[key] = []
+    else:
+        values[key].append(word)
+config = BuildConfig(
+    num_pairs=pairs,
+    seed=2,  # not the RL set's seed 1: other scenes, and the split hash keeps its test prompts out of train
+    resolution=int(values["resolution"][0]),
+    min_objects=int(values["min_objects"][0]),
+    max_objects=int(values["max_objects"][0]),
+    max_broken=int(values["max_broken"][0]),
+    split_fractions=tuple(float(value) for value in values["split_fractions"]),
+)
+build(config, out, workers=workers)
+PY
 fi
 echo "== data ready after ${SECONDS}s"
 init_args=()

@@ -26,6 +26,18 @@ from shared.schedules import lr_factor
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def quiet_trainer(**options) -> Trainer:
+    """A CPU Trainer without logger, checkpoints, progress bar or summary."""
+    return Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **options,
+    )
+
+
 def test_rectified_flow_loss_is_zero_for_the_exact_velocity():
     clean, noise = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
     assert rectified_flow_loss(noise - clean, noise, clean).item() == 0.0
@@ -71,14 +83,7 @@ def test_a_few_steps_train_the_transformer_only_and_the_saved_pipeline_holds_the
     datamodule = GeneratorPretrainDataModule(small_dataset, resolution=32, batch_size=4, num_eval_prompts=3)
     frozen = {name: p.detach().clone() for name, p in pipeline.text_encoder.named_parameters()}
     before = {name: p.detach().clone() for name, p in pipeline.transformer.named_parameters()}
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=3)
     trainer.fit(module, datamodule)
     changed = [name for name, p in pipeline.transformer.named_parameters() if not torch.equal(p, before[name])]
     assert len(changed) > 0.9 * len(before)
@@ -152,14 +157,7 @@ def test_trained_text_encoders_move_with_their_ema_and_are_saved(small_dataset, 
     )
     datamodule = GeneratorPretrainDataModule(small_dataset, resolution=32, batch_size=4, num_eval_prompts=2)
     before = {name: p.detach().clone() for name, p in pipeline.text_encoder_2.named_parameters()}
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=2)
     trainer.fit(module, datamodule)
     live = dict(pipeline.text_encoder_2.named_parameters())
     assert any(not torch.equal(p, before[name]) for name, p in live.items())
@@ -229,15 +227,7 @@ def test_evaluation_runs_at_every_nth_epoch_end(small_dataset):
     epochs = []
     module._evaluate_and_log = lambda: epochs.append(module.current_epoch)
     datamodule = GeneratorPretrainDataModule(small_dataset, batch_size=2, num_eval_prompts=1)
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=5,
-        limit_train_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=5, limit_train_batches=1)
     trainer.fit(module, datamodule)
     assert epochs == [1, 3]  # the ends of the 2nd and 4th of 5 epochs
     with pytest.raises(ValueError, match="eval_every_epochs"):

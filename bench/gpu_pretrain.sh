@@ -74,5 +74,4 @@ init_args=()
     --lr "${LR:-1e-3}" --steps "${STEPS:-6000}" --decay-steps "${DECAY:-2000}" --warmup-steps 100 \
     --max-minutes "${MINUTES:-7}" --eval-prompts 128 --eval-every-epochs "${EVAL_EVERY:-10}" \
     2>"$out/pretrain.log" | tail -40
-rm -f "$out"/logs/checkpoints/*.ckpt.tmp
 echo "== done after ${SECONDS}s: $out/pipeline"

@@ -45,7 +45,7 @@ from rl_policy.data import PromptBatch, PromptDataModule
 from rl_policy.evaluation import sample_eval_images, score_eval_images
 from rl_policy.grpo import GroupSettings, filtered_advantages
 from rl_policy.objectives import ClippedGRPO, Objective, PolicyCall
-from rl_policy.policy import FluxPolicy, reference_policy, trainable_parameters
+from rl_policy.policy import FluxPolicy, frozen_components, reference_policy, trainable_parameters
 from rl_policy.reward import Reward
 from rl_policy.rollout import SamplerSettings, Trajectory, guidance_inputs, sample_trajectories, select_embeddings
 from rl_policy.updates import UpdateSettings, update_plan
@@ -111,9 +111,8 @@ class GRPOModule(LightningModule):
             # cuDNN attention where asked for: globally, or for the no-grad passes only (policy.no_grad_attention)
             wanted = self.hparams.cudnn_attention or getattr(self.policy, "no_grad_attention", None) == "cudnn"
             torch.backends.cuda.enable_cudnn_sdp(wanted)
-        for name, component in self.policy.pipeline.components.items():
-            if isinstance(component, torch.nn.Module) and name != "transformer":
-                component.to(self.device)
+        for component in frozen_components(self.policy.pipeline):
+            component.to(self.device)
         experiment = getattr(self.logger, "experiment", None)
         if hasattr(experiment, "add_custom_scalars") and self.global_rank == 0:
             experiment.add_custom_scalars(monitor.TENSORBOARD_LAYOUT)

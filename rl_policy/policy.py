@@ -651,6 +651,16 @@ class QwenImagePolicy:
 Policy = FluxPolicy | QwenImagePolicy
 
 
+def frozen_components(pipeline: DiffusionPipeline) -> list[torch.nn.Module]:
+    """The pipeline's modules other than the transformer (text encoders, autoencoder): frozen in every stage, and
+    placed on the transformer's device by hand, since Lightning moves only a module's own submodules."""
+    return [
+        component
+        for name, component in pipeline.components.items()
+        if isinstance(component, torch.nn.Module) and name != "transformer"
+    ]
+
+
 def build_policy(
     pipeline: FluxPipeline | QwenImagePipeline,
     *,
@@ -673,9 +683,8 @@ def build_policy(
     forward_batch_size, grad_attention, no_grad_attention: the policy's throughput switches (module docstring);
     compile_blocks: `compile_transformer_blocks` after the LoRA is added. Their defaults change nothing.
     """
-    for name, component in pipeline.components.items():
-        if isinstance(component, torch.nn.Module) and name != "transformer":
-            component.requires_grad_(False).eval()
+    for component in frozen_components(pipeline):
+        component.requires_grad_(False).eval()
     if not isinstance(pipeline, FluxPipeline | QwenImagePipeline):
         raise TypeError(f"no policy for {type(pipeline).__name__}; supported: {', '.join(SUPPORTED_PIPELINES)}")
     add_lora(pipeline.transformer, rank=lora_rank, alpha=lora_alpha, target_modules=lora_targets)

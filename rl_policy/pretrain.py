@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from data_synthesis import FAMILIES, KINDS, DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
-from rl_policy.policy import FluxPolicy, PromptEmbeddings
+from rl_policy.policy import FluxPolicy, PromptEmbeddings, frozen_components
 from rl_policy.rollout import sample_ode
 from rl_policy.sde import noised_latents
 from shared import atomic_write_json
@@ -229,7 +229,7 @@ class GeneratorPretrainModule(LightningModule):
         self.save_hyperparameters(ignore=["policy"])
         self.policy = policy
         pipeline = policy.pipeline
-        for component in (pipeline.text_encoder, pipeline.text_encoder_2, pipeline.vae):
+        for component in frozen_components(pipeline):
             component.requires_grad_(False).eval()
         self.transformer = policy.transformer.requires_grad_(True)
         self.ema = copy.deepcopy(self.transformer).requires_grad_(False).eval()
@@ -305,11 +305,9 @@ class GeneratorPretrainModule(LightningModule):
                 average.lerp_(current.detach(), 1 - decay)
 
     def _place_pipeline(self) -> None:
-        """The frozen pipeline parts (text encoders, autoencoder) on the transformer's device: Lightning moves only
-        this module's own submodules (and back to the CPU after a fit on a GPU)."""
-        for name, component in self.policy.pipeline.components.items():
-            if isinstance(component, nn.Module) and name != "transformer":
-                component.to(self.device)
+        """The frozen pipeline parts on this module's device (Lightning moves it back to the CPU after a GPU fit)."""
+        for component in frozen_components(self.policy.pipeline):
+            component.to(self.device)
 
     def on_fit_start(self) -> None:
         self._place_pipeline()

@@ -1,16 +1,22 @@
-"""`make exp-rl`: the RL comparison of the embedded default (not in CI: about 20 CPU-minutes per run).
+"""`make exp-rl`: the RL comparison of the embedded default (not in CI: about 10-20 CPU-minutes per run).
 
-Runs, each `python -m rl_policy fit` on configs/rl/tiny.yaml with an overlay:
+Runs, each `python -m rl_policy fit` on configs/rl/tiny.yaml with the reward's overlay, in this order:
 - `<reward>-topk-s<seed>`: the paper's recipe (top-6 and bottom-6 of each group of 24) for 3 seeds;
-- `<reward>-all-s<seed>`: the same without top-k filtering (every sample of the group trains);
+- with the critic: `oracle-topk-s<seed>`, the SpatialWorld oracle as reward (what a perfect critic gives) on the
+  same seeds: the reference the critic's gain is measured against;
 - `geneval-topk-s<seed>`: the GenEval-rule reward (the paper's Flow-GRPO* baseline), same seeds;
-where <reward> is the SpatialScore critic (default) or the SpatialWorld oracle (`--reward oracle`).
+- `<reward>-all-s<seed>`: the same without top-k filtering (every sample of the group trains);
+where <reward> is the SpatialScore critic (default) or the SpatialWorld oracle (`--reward oracle`). A reward's
+overlay may change more than the reward: configs/rl/reward_oracle.yaml trains every sample of the group with the
+graded oracle (its `-topk` runs keep 12 per side of 24), SDE noise on the first step only, learning rate 1e-3.
+`--only CONFIGURATION ...` runs only those configurations (two processes can then share the runs on two cores).
 
 Every run writes into `<out>/<name>/` (its own checkpoints, TensorBoard logs, `lora/`, `metrics.json`); a run whose
 `metrics.json` exists is not run again, and a killed run resumes from its `checkpoints/last.ckpt`. Then:
 - `<out>/comparison.md`: per configuration, mean and standard deviation over seeds of the paired base-vs-trained
   evaluation (oracle relation accuracy, the same among samples where every object was found, share of samples with
-  every object found, the training reward), the gain in points, and each seed's numbers;
+  every object found, the training reward), the gain in points, and each seed's numbers; and per relation family
+  the accuracy among all-found samples, base -> RL, with the relation counts behind it;
 - `<out>/curves.png`: held-out oracle relation accuracy (`eval/oracle_accuracy`) against GRPO steps, one line per run.
 """
 
@@ -62,11 +68,12 @@ class Run:
 
 
 def plan(reward: str, seeds: Sequence[int]) -> list[Run]:
-    """The runs of the comparison, in the order they are run."""
+    """The runs of the comparison, in the order they are run (module docstring)."""
     runs = [Run(f"{reward}-topk-s{seed}", reward, True, seed) for seed in seeds]
+    if reward == "spatialscore":
+        runs += [Run(f"oracle-topk-s{seed}", "oracle", True, seed) for seed in seeds]
+    runs += [Run(f"geneval-topk-s{seed}", "geneval", True, seed) for seed in seeds]
     runs += [Run(f"{reward}-all-s{seed}", reward, False, seed) for seed in seeds]
-    if reward != "geneval":
-        runs += [Run(f"geneval-topk-s{seed}", "geneval", True, seed) for seed in seeds]
     return runs
 
 
@@ -137,8 +144,39 @@ def summarize(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
                 "final": mean_std(final),
                 "gain": mean_std([f - b for b, f in zip(base, final, strict=True)]),
             }
+        row["families"] = summarize_families(runs)
         table[configuration] = row
     return table
+
+
+def summarize_families(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per relation family, over the seeds of one configuration: accuracy among all-found samples (base, final,
+    paired gain: mean and std) and the mean relation count behind base and final; families without a relation left
+    out."""
+    families: dict[str, dict[str, Any]] = {}
+    names = sorted({f for r in runs for f in r.get("num_relations_all_found_by_family_final", {})})
+    for family in names:
+
+        def values(side: str, family: str = family) -> list[float]:
+            rates = [r.get(f"relation_accuracy_all_found_by_family_{side}", {}).get(family) for r in runs]
+            return [math.nan if rate is None else float(rate) for rate in rates]
+
+        def counts(side: str, family: str = family) -> float:
+            return statistics.fmean(
+                float(r.get(f"num_relations_all_found_by_family_{side}", {}).get(family, 0)) for r in runs
+            )
+
+        if counts("base") == 0 and counts("final") == 0:
+            continue
+        base, final = values("base"), values("final")
+        families[family] = {
+            "base": mean_std(base),
+            "final": mean_std(final),
+            "gain": mean_std([f - b for b, f in zip(base, final, strict=True)]),
+            "count_base": counts("base"),
+            "count_final": counts("final"),
+        }
+    return families
 
 
 def fmt(pair: tuple[float, float], scale: float = 100.0) -> str:
@@ -154,6 +192,14 @@ def comparison_markdown(table: Mapping[str, Mapping[str, Any]], results: Mapping
     for configuration, row in table.items():
         cells = [f"{fmt(row[m]['base'])} -> {fmt(row[m]['final'])} ({fmt(row[m]['gain'])})" for m, _ in METRICS]
         lines.append(f"| {configuration} | {row['seeds']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Placement per relation family, among samples with every object found", ""]
+    lines += ["Accuracy in %, base -> RL (paired gain), mean ± std over seeds; n: relations behind it, base / RL.", ""]
+    lines += ["| configuration | family | base -> RL (gain) | n |", "|---|---|---|---|"]
+    for configuration, row in table.items():
+        for family, cell in row.get("families", {}).items():
+            n = f"{cell['count_base']:.0f} / {cell['count_final']:.0f}"
+            span = f"{fmt(cell['base'])} -> {fmt(cell['final'])} ({fmt(cell['gain'])})"
+            lines.append(f"| {configuration} | {family} | {span} | {n} |")
     lines += ["", "## Runs", "", "| run | steps | GRPO seconds | oracle accuracy base -> RL |", "|---|---|---|---|"]
     for name, metrics in sorted(results.items()):
         base, final = metrics.get("oracle_accuracy_base"), metrics.get("oracle_accuracy_final")
@@ -184,12 +230,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/exp-rl"))
     parser.add_argument("--report-only", action="store_true", help="only write the comparison of the finished runs")
+    parser.add_argument(
+        "--only", nargs="+", metavar="CONFIGURATION", help="run only these configurations (e.g. oracle-topk)"
+    )
     parser.add_argument("extra", nargs="*", help="more `python -m rl_policy fit` arguments for every run (after --)")
     args = parser.parse_args(argv)
 
     runs = plan(args.reward, args.seeds)
+    configurations = {run.configuration for run in runs}
+    unknown = sorted(set(args.only or ()) - configurations)
+    if unknown:
+        parser.error(
+            f"--only: no configuration {', '.join(unknown)} in this plan; known: {', '.join(sorted(configurations))}"
+        )
     failed = []
     for run in runs if not args.report_only else []:
+        if args.only and run.configuration not in args.only:
+            continue
         run_dir = args.out / run.name
         if (run_dir / "metrics.json").is_file():
             continue

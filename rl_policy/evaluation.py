@@ -5,8 +5,9 @@ x 2 seeds, paired noise) draws the base side once per generator instead of once 
 - `sample_eval_images`: `seeds` samples per prompt with the ODE sampler (the sampler settings' `eval_num_steps`,
   guidance) from noise drawn by one generator, so the same generator seed gives the same noise to every policy;
 - `score_eval_images`: `reward` (mean over samples; NaN rewards left out) and, with an oracle that has `judge`, the
-  share of stated relations confirmed (`oracle_accuracy`, over `num_relations`), `all_found` and the relation
-  accuracy among all-found images; other oracles give `oracle_reward`;
+  share of stated relations confirmed (`oracle_accuracy`, over `num_relations`), `all_found`, the relation
+  accuracy among all-found images, and the same per relation family (`families_all_found`: placement between
+  objects apart from whether both were drawn); other oracles give `oracle_reward`;
 - `BaseImageCache`: the images as safetensors under a key of everything that decides them (the base pipeline's
   identity, the prompts, seeds, noise seed and sampler settings); a cache entry that does not match is redrawn.
 """
@@ -23,6 +24,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from data_synthesis import FAMILIES, KINDS
 from rl_policy.policy import FluxPolicy
 from rl_policy.rollout import SamplerSettings, initial_noise, sample_ode
 from shared import atomic_write_bytes, canonical_sha256
@@ -65,12 +67,30 @@ def score_eval_images(
     verdicts = [judge(image, meta) for image, meta in zip(images, metadata, strict=True)]
     relations = [ok for verdict in verdicts for ok in verdict.confirmed]
     found = [ok for verdict in verdicts if verdict.all_found for ok in verdict.confirmed]
-    return results | {
-        "oracle_accuracy": sum(relations) / max(len(relations), 1),
-        "num_relations": float(len(relations)),
-        "all_found": sum(verdict.all_found for verdict in verdicts) / len(verdicts),
-        "relation_accuracy_all_found": sum(found) / len(found) if found else math.nan,
-    }
+    return (
+        results
+        | {
+            "oracle_accuracy": sum(relations) / max(len(relations), 1),
+            "num_relations": float(len(relations)),
+            "all_found": sum(verdict.all_found for verdict in verdicts) / len(verdicts),
+            "relation_accuracy_all_found": sum(found) / len(found) if found else math.nan,
+        }
+        | families_all_found(verdicts)
+    )
+
+
+def families_all_found(verdicts: Sequence[Any]) -> dict[str, float]:
+    """Per relation family f, over the images of `verdicts` (oracle `judge` results) with every object found:
+    `relation_accuracy_all_found/f` (NaN when there is no such relation) and `num_relations_all_found/f`."""
+    found = [
+        (KINDS[kind][2], ok) for v in verdicts if v.all_found for ok, kind in zip(v.confirmed, v.kinds, strict=True)
+    ]
+    metrics: dict[str, float] = {}
+    for family in FAMILIES:
+        hits = [ok for name, ok in found if name == family]
+        metrics[f"relation_accuracy_all_found/{family}"] = sum(hits) / len(hits) if hits else math.nan
+        metrics[f"num_relations_all_found/{family}"] = float(len(hits))
+    return metrics
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

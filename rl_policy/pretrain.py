@@ -44,7 +44,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from data_synthesis import FAMILIES, KINDS, DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
+from data_synthesis import DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
+from rl_policy.evaluation import families_all_found
 from rl_policy.policy import FluxPolicy, PromptEmbeddings, frozen_components
 from rl_policy.rollout import sample_ode
 from rl_policy.sde import noised_latents
@@ -169,20 +170,13 @@ def oracle_metrics(verdicts: list) -> dict[str, float]:
     every stated relation), relation_accuracy_all_found (over images with every object found), and per relation
     family f: relation_accuracy_all_found/f (NaN when no such relation) and num_relations_all_found/f."""
     relations = [ok for verdict in verdicts for ok in verdict.confirmed]
-    found = [
-        (KINDS[kind][2], ok) for v in verdicts if v.all_found for ok, kind in zip(v.confirmed, v.kinds, strict=True)
-    ]
-    metrics = {
+    found = [ok for verdict in verdicts if verdict.all_found for ok in verdict.confirmed]
+    return {
         "all_found": float(np.mean([verdict.all_found for verdict in verdicts])),
         "relation_accuracy": float(np.mean(relations)) if relations else math.nan,
-        "relation_accuracy_all_found": float(np.mean([ok for _, ok in found])) if found else math.nan,
+        "relation_accuracy_all_found": float(np.mean(found)) if found else math.nan,
         "num_eval_images": len(verdicts),
-    }
-    for family in FAMILIES:
-        hits = [ok for name, ok in found if name == family]
-        metrics[f"relation_accuracy_all_found/{family}"] = float(np.mean(hits)) if hits else math.nan
-        metrics[f"num_relations_all_found/{family}"] = len(hits)
-    return metrics
+    } | families_all_found(verdicts)
 
 
 class GeneratorPretrainModule(LightningModule):

@@ -10,15 +10,17 @@ generator) and once with it (the trained policy), and writes into `<default_root
 - `metrics.json` (docs/DESIGN.md, "Default locations"): `reward_source`, `reward_base`, `reward_final`, and where
   the prompts carry SpatialWorld metadata and an oracle is configured `oracle_accuracy_base`,
   `oracle_accuracy_final`, `relation_accuracy_all_found_base`, `relation_accuracy_all_found_final`,
-  `all_found_base`, `all_found_final`; `grpo_seconds`, `num_eval_samples`, `num_eval_prompts`, `global_step`; with
-  an oracle
-  `critic_oracle_spearman_final` (and its `_step`: the last rollout the monitor measured) and
-  `reward_hacking_warning` (the reward rose while the oracle's accuracy fell, rl_policy.monitor).
+  `all_found_base`, `all_found_final`, per relation family `relation_accuracy_all_found_by_family_{base,final}`
+  (null for a family with no relation) and `num_relations_all_found_by_family_{base,final}`; `grpo_seconds`,
+  `num_eval_samples`, `num_eval_prompts`, `global_step`; with an oracle `critic_oracle_spearman_final` (and its
+  `_step`: the last rollout the monitor measured) and `reward_hacking_warning` (the reward rose while the oracle's
+  accuracy fell, rl_policy.monitor).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -178,6 +180,15 @@ class ExportPolicy(Callback):
         for name in ("reward", "oracle_accuracy", "relation_accuracy_all_found", "all_found"):
             if name in final:
                 metrics[f"{name}_base"], metrics[f"{name}_final"] = base[name], final[name]
+        for side, scores in (("base", base), ("final", final)):
+            for name in ("relation_accuracy_all_found", "num_relations_all_found"):
+                by_family = {
+                    key.split("/", 1)[1]: None if math.isnan(value) else value
+                    for key, value in scores.items()
+                    if key.startswith(f"{name}/")
+                }
+                if by_family:
+                    metrics[f"{name}_by_family_{side}"] = by_family
         history = getattr(pl_module, "agreement_history", [])
         if history:  # the critic's within-group Spearman with the oracle on the last measured rollout
             metrics["critic_oracle_spearman_final"], metrics["critic_oracle_spearman_step"] = (

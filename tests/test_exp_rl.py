@@ -26,9 +26,18 @@ def test_plan_and_overlays_parse_with_the_rl_cli(tmp_path):
             pass
 
     runs = exp_rl.plan("spatialscore", [0, 1, 2])
-    assert [r.name for r in runs[::3]] == ["spatialscore-topk-s0", "spatialscore-all-s0", "geneval-topk-s0"]
-    assert len(runs) == 9 and len(exp_rl.plan("oracle", [4])) == 3
-    run = runs[4]  # spatialscore-all-s1
+    assert [r.name for r in runs[::3]] == [
+        "spatialscore-topk-s0",
+        "oracle-topk-s0",
+        "geneval-topk-s0",
+        "spatialscore-all-s0",
+    ]
+    assert len(runs) == 12 and [r.name for r in exp_rl.plan("oracle", [4])] == [
+        "oracle-topk-s4",
+        "geneval-topk-s4",
+        "oracle-all-s4",
+    ]
+    run = runs[10]  # spatialscore-all-s1
     argv = exp_rl.command(run, tmp_path / run.name)
     assert argv[argv.index("fit") + 1 :][-2:] == ["--config", str(tmp_path / run.name / "overlay.yaml")]
     config = ParseOnlyCLI(GRPOTraining, PromptDataModule, args=argv[argv.index("fit") + 1 :], run=False).config
@@ -43,6 +52,19 @@ def test_plan_and_overlays_parse_with_the_rl_cli(tmp_path):
     ]
     geneval = exp_rl.command(runs[6], tmp_path / runs[6].name)
     assert "configs/rl/reward_geneval.yaml" in geneval
+    oracle = exp_rl.command(runs[3], tmp_path / runs[3].name)
+    assert "configs/rl/reward_oracle.yaml" in oracle
+
+
+def test_only_runs_the_named_configurations_and_names_unknown_ones(tmp_path, monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr(exp_rl.subprocess, "call", lambda argv, cwd: started.append(Path(argv[-1]).parent.name) or 1)
+    assert exp_rl.main(["--out", str(tmp_path), "--seeds", "0", "1", "--only", "oracle-topk", "geneval-topk"]) == 1
+    assert started == ["oracle-topk-s0", "oracle-topk-s1", "geneval-topk-s0", "geneval-topk-s1"]
+    assert "failed runs" in capsys.readouterr().err  # no metrics.json written: each counted as failed
+    with pytest.raises(SystemExit):
+        exp_rl.main(["--out", str(tmp_path), "--only", "oracle-al"])
+    assert "--only: no configuration oracle-al in this plan" in capsys.readouterr().err
 
 
 def test_gains_are_paired_per_seed_then_averaged():
@@ -59,6 +81,7 @@ def test_gains_are_paired_per_seed_then_averaged():
     assert table["oracle-all"]["oracle_accuracy"]["gain"] == pytest.approx((0.05, 0.0))
     assert math.isnan(topk["all_found"]["final"][0])
     markdown = exp_rl.comparison_markdown(table, results)
+    assert table["oracle-topk"]["families"] == {}  # no per-family numbers in these metrics
     assert "| oracle-topk | 2 | 30.0 ± 7.1 -> 50.0 ± 0.0 (20.0 ± 7.1) |" in markdown
     assert "| oracle-all-s0 |  | 0 | 25.0 -> 30.0 |" in markdown
 
@@ -90,3 +113,32 @@ def test_curves_come_back_from_tensorboard_and_are_drawn(tmp_path):
     assert Image.open(io.BytesIO(drawn)).format == "PNG"
     # the legend's swatch alone (an empty curve) is about 60 pixels; the line and markers add hundreds
     assert orange_pixels(drawn) > 5 * orange_pixels(empty) > 0
+
+
+def test_placement_per_family_is_paired_per_seed_and_keeps_the_counts():
+    """Two seeds: horizontal .40 -> .60 and .50 -> .60 (gains .20 and .10), on 30 / 40 and 50 / 60 relations;
+    vertical has no relation among all-found samples in the base of seed 1 (null): its gain is seed 0's alone;
+    depth never has one and is left out."""
+    results = {
+        "oracle-topk-s0": {
+            "relation_accuracy_all_found_by_family_base": {"horizontal": 0.4, "vertical": 0.5, "depth": None},
+            "relation_accuracy_all_found_by_family_final": {"horizontal": 0.6, "vertical": 0.75, "depth": None},
+            "num_relations_all_found_by_family_base": {"horizontal": 30, "vertical": 10, "depth": 0},
+            "num_relations_all_found_by_family_final": {"horizontal": 40, "vertical": 8, "depth": 0},
+        },
+        "oracle-topk-s1": {
+            "relation_accuracy_all_found_by_family_base": {"horizontal": 0.5, "vertical": None, "depth": None},
+            "relation_accuracy_all_found_by_family_final": {"horizontal": 0.6, "vertical": 1.0, "depth": None},
+            "num_relations_all_found_by_family_base": {"horizontal": 50, "vertical": 0, "depth": 0},
+            "num_relations_all_found_by_family_final": {"horizontal": 60, "vertical": 2, "depth": 0},
+        },
+    }
+    families = exp_rl.summarize(results)["oracle-topk"]["families"]
+    assert set(families) == {"horizontal", "vertical"}
+    horizontal = families["horizontal"]
+    assert horizontal["base"] == pytest.approx((0.45, math.sqrt(0.005)))
+    assert horizontal["gain"] == pytest.approx((0.15, math.sqrt(0.005)))
+    assert (horizontal["count_base"], horizontal["count_final"]) == (40, 50)
+    assert families["vertical"]["gain"] == pytest.approx((0.25, 0.0))
+    markdown = exp_rl.comparison_markdown(exp_rl.summarize(results), results)
+    assert "| oracle-topk | horizontal | 45.0 ± 7.1 -> 60.0 ± 0.0 (15.0 ± 7.1) | 40 / 50 |" in markdown

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import math
 
 import pytest
 import torch
@@ -263,6 +264,17 @@ def test_fit_command_trains_exports_lora_and_metrics(small_dataset, tmp_path):
         assert 0 <= metrics[f"{key}_base"] <= 1 and 0 <= metrics[f"{key}_final"] <= 1
     assert metrics["critic_oracle_spearman_step"] == 0 and isinstance(metrics["reward_hacking_warning"], bool)
     assert "critic_oracle_spearman_final" in metrics
+    from data_synthesis import FAMILIES
+
+    for side in ("base", "final"):  # per family among all-found images: counts add up to the overall rate's
+        accuracy = metrics[f"relation_accuracy_all_found_by_family_{side}"]
+        counts = metrics[f"num_relations_all_found_by_family_{side}"]
+        assert set(accuracy) == set(counts) == set(FAMILIES)
+        assert all((accuracy[f] is None) == (counts[f] == 0) for f in FAMILIES)
+        if sum(counts.values()):
+            confirmed = sum(accuracy[f] * counts[f] for f in FAMILIES if counts[f])
+            overall = metrics[f"relation_accuracy_all_found_{side}"]
+            assert confirmed / sum(counts.values()) == pytest.approx(overall)
     policy = json.loads((root / "lora" / "policy.json").read_text())
     assert policy["base_pipeline"] == "tiny-random" and policy["pipeline_class"] == "FluxPipeline"
     pipeline = build_tiny_flux_pipeline(max_prompt_tokens=160)
@@ -279,3 +291,33 @@ def test_policy_spec_passes_the_throughput_switches_to_the_policy():
     ).build()
     assert (policy.forward_batch_size, policy.grad_attention, policy.no_grad_attention) == (3, "flash", "math")
     assert PolicySpec(lora_rank=4, max_sequence_length=160).build().forward_batch_size is None
+
+
+def test_eval_scores_give_placement_per_family_among_all_found_images():
+    """Three images judged by hand-made verdicts: the first has both objects (left_of holds, above fails), the second
+    too (left_of fails), the third misses one (its left_of, confirmed by chance, counts only over all images).
+    Overall 2 of 4 relations hold; among all-found images 1 of 3: horizontal 1/2, vertical 0/1, depth none."""
+    from data_synthesis.oracle import OracleVerdict
+    from rl_policy.evaluation import score_eval_images
+
+    verdicts = [
+        OracleVerdict((True, False), ("left_of", "above"), True),
+        OracleVerdict((False,), ("right_of",), True),
+        OracleVerdict((True,), ("left_of",), False),
+    ]
+
+    class HandJudge:
+        def judge(self, image, meta):
+            return verdicts[int(image[0, 0, 0])]
+
+    def reward(prompts, images, metadata):
+        return torch.tensor([0.5, float("nan"), 1.0])
+
+    images = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 3, 2, 2)
+    scores = score_eval_images(images, ["a", "b", "c"], [{}, {}, {}], reward, HandJudge())
+    assert scores["reward"] == 0.75 and scores["num_eval_samples"] == 3  # the NaN reward left out
+    assert scores["oracle_accuracy"] == 0.5 and scores["num_relations"] == 4
+    assert scores["all_found"] == pytest.approx(2 / 3) and scores["relation_accuracy_all_found"] == pytest.approx(1 / 3)
+    assert scores["relation_accuracy_all_found/horizontal"] == 0.5 and scores["num_relations_all_found/horizontal"] == 2
+    assert scores["relation_accuracy_all_found/vertical"] == 0.0 and scores["num_relations_all_found/vertical"] == 1
+    assert math.isnan(scores["relation_accuracy_all_found/depth"]) and scores["num_relations_all_found/depth"] == 0

@@ -169,12 +169,15 @@ train-rl: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json $(RL_R
 	$(PYTHON) -m rl_policy fit --config configs/rl/tiny.yaml $(RL_REWARD_CONFIG) --data.source $(RL_DATA_DIR) \
 		--model.policy.pipeline $(GENERATOR) $(RL_CRITIC_ARGS) $(RL_SIZE_ARGS) $(RL_SEED) $(RL_RESUME)
 
-# The RL comparison (not in CI; about 20 CPU-minutes per run, 9 runs): 3 seeds of the paper's recipe, the same
-# without top-k filtering, and the GenEval-rule reward; runs/exp-rl/comparison.md and curves.png. Resumable.
+# The RL comparison (not in CI; 10-20 CPU-minutes per run, 18 runs): 3 seeds each of the critic, the oracle and the
+# GenEval-rule reward, the critic and GenEval under the oracle's recipe, and the critic without top-k filtering
+# (experiments/exp_rl.py); runs/exp-rl/comparison.md and curves.png. Resumable. EXP_RL_ONLY="CONFIGURATION ...": only
+# those configurations (e.g. oracle-topk), so that two processes can share the runs.
 EXP_RL_REWARD ?= spatialscore
-exp-rl: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json runs/reward/tiny/export/metrics.json | $(STAMP) ## RL comparison: seeds, top-k off, GenEval reward
-	$(PYTHON) experiments/exp_rl.py --reward $(EXP_RL_REWARD) --out runs/exp-rl -- --data.source $(RL_DATA_DIR) \
-		--model.policy.pipeline $(GENERATOR)
+EXP_RL_ONLY ?=
+exp-rl: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json runs/reward/tiny/export/metrics.json | $(STAMP) ## RL comparison: rewards x recipes x 3 seeds
+	$(PYTHON) experiments/exp_rl.py --reward $(EXP_RL_REWARD) --out runs/exp-rl $(if $(EXP_RL_ONLY),--only $(EXP_RL_ONLY),) \
+		-- --data.source $(RL_DATA_DIR) --model.policy.pipeline $(GENERATOR)
 
 # Every benchmark for the tiny reward model and for each generator that exists (the pretrained base, the RL runs);
 # cached and resumable: a rerun makes no judge call and gives a byte-identical reports/summary.json.

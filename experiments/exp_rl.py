@@ -5,10 +5,14 @@ Runs, each `python -m rl_policy fit` on configs/rl/tiny.yaml with the reward's o
 - with the critic: `oracle-topk-s<seed>`, the SpatialWorld oracle as reward (what a perfect critic gives) on the
   same seeds: the reference the critic's gain is measured against;
 - `geneval-topk-s<seed>`: the GenEval-rule reward (the paper's Flow-GRPO* baseline), same seeds;
+- with the critic: `spatialscore-layout-s<seed>` and `geneval-layout-s<seed>`, those rewards under the oracle
+  runs' recipe (below), so that every reward is also measured at the same budget, differing only in `model.reward`;
 - `<reward>-all-s<seed>`: the same without top-k filtering (every sample of the group trains);
 where <reward> is the SpatialScore critic (default) or the SpatialWorld oracle (`--reward oracle`). A reward's
 overlay may change more than the reward: configs/rl/reward_oracle.yaml trains every sample of the group with the
-graded oracle (its `-topk` runs keep 12 per side of 24), SDE noise on the first step only, learning rate 1e-3.
+graded oracle (its `-topk` runs keep 12 per side of 24), SDE noise on the first (layout) step only with one initial
+noise per group, learning rate 1e-3, 115 steps: the `layout` recipe, which `-layout` runs take from that file
+(everything in it but the reward and the run's paths).
 `--only CONFIGURATION ...` runs only those configurations (two processes can then share the runs on two cores).
 
 Every run writes into `<out>/<name>/` (its own checkpoints, TensorBoard logs, `lora/`, `metrics.json`); a run whose
@@ -53,6 +57,7 @@ METRICS = (
     ("reward", "training reward"),
 )
 CURVE_TAG = "eval/oracle_accuracy"
+RECIPE_SOURCE = "configs/rl/reward_oracle.yaml"  # the `layout` recipe: this file less its reward and paths
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class Run:
     reward: str
     top_k: bool
     seed: int
+    recipe: str = "own"  # "own": the reward's overlay as it is; "layout": RECIPE_SOURCE's recipe with this reward
 
     @property
     def configuration(self) -> str:
@@ -73,6 +79,9 @@ def plan(reward: str, seeds: Sequence[int]) -> list[Run]:
     if reward == "spatialscore":
         runs += [Run(f"oracle-topk-s{seed}", "oracle", True, seed) for seed in seeds]
     runs += [Run(f"geneval-topk-s{seed}", "geneval", True, seed) for seed in seeds]
+    if reward == "spatialscore":
+        for name in ("spatialscore", "geneval"):
+            runs += [Run(f"{name}-layout-s{seed}", name, True, seed, recipe="layout") for seed in seeds]
     runs += [Run(f"{reward}-all-s{seed}", reward, False, seed) for seed in seeds]
     return runs
 
@@ -96,9 +105,22 @@ def overlay(run: Run, run_dir: Path) -> dict[str, Any]:
         },
         "data": {"seed": run.seed},
     }
+    if run.recipe == "layout":
+        recipe = layout_recipe()
+        config["trainer"] |= recipe["trainer"]
+        config["model"] = recipe["model"]
     if not run.top_k:
-        config["model"] = {"groups": {"keep_per_side": None}}
+        config.setdefault("model", {}).setdefault("groups", {})["keep_per_side"] = None
     return config
+
+
+def layout_recipe() -> dict[str, Any]:
+    """RECIPE_SOURCE less its reward and its run's paths: the `trainer` (steps, time guard) and `model` settings
+    (sampler, groups, updates, optimizer, evaluation)."""
+    source = yaml.safe_load((REPO / RECIPE_SOURCE).read_text())
+    trainer = {k: v for k, v in source.get("trainer", {}).items() if k not in ("default_root_dir", "callbacks")}
+    model = {k: v for k, v in source["model"].items() if k not in ("reward", "reward_source")}
+    return {"trainer": trainer, "model": model}
 
 
 def command(run: Run, run_dir: Path, extra: Sequence[str] = ()) -> list[str]:

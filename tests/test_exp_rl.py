@@ -30,14 +30,16 @@ def test_plan_and_overlays_parse_with_the_rl_cli(tmp_path):
         "spatialscore-topk-s0",
         "oracle-topk-s0",
         "geneval-topk-s0",
+        "spatialscore-layout-s0",
+        "geneval-layout-s0",
         "spatialscore-all-s0",
     ]
-    assert len(runs) == 12 and [r.name for r in exp_rl.plan("oracle", [4])] == [
+    assert len(runs) == 18 and [r.name for r in exp_rl.plan("oracle", [4])] == [
         "oracle-topk-s4",
         "geneval-topk-s4",
         "oracle-all-s4",
     ]
-    run = runs[10]  # spatialscore-all-s1
+    run = runs[16]  # spatialscore-all-s1
     argv = exp_rl.command(run, tmp_path / run.name)
     assert argv[argv.index("fit") + 1 :][-2:] == ["--config", str(tmp_path / run.name / "overlay.yaml")]
     config = ParseOnlyCLI(GRPOTraining, PromptDataModule, args=argv[argv.index("fit") + 1 :], run=False).config
@@ -54,6 +56,21 @@ def test_plan_and_overlays_parse_with_the_rl_cli(tmp_path):
     assert "configs/rl/reward_geneval.yaml" in geneval
     oracle = exp_rl.command(runs[3], tmp_path / runs[3].name)
     assert "configs/rl/reward_oracle.yaml" in oracle
+    # the critic under the oracle runs' recipe: the same budget, only the reward differs
+    layout = runs[10]  # spatialscore-layout-s1
+    argv = exp_rl.command(layout, tmp_path / layout.name)
+    assert "configs/rl/reward_oracle.yaml" not in argv
+    config = ParseOnlyCLI(GRPOTraining, PromptDataModule, args=argv[argv.index("fit") + 1 :], run=False).config
+    oracle_config = ParseOnlyCLI(GRPOTraining, PromptDataModule, args=oracle[oracle.index("fit") + 1 :], run=False)
+    oracle_config = oracle_config.config
+    assert (
+        config.model.reward.class_path == "reward_model.SpatialScorer" and config.model.reward_source == "spatialscore"
+    )
+    assert config.model.sampler.sde_steps == [0] and config.model.groups.keep_per_side == 12
+    for part in ("sampler", "groups", "updates", "optimizer", "objective"):
+        assert config.model[part] == oracle_config.model[part], part
+    assert (config.trainer.max_steps, config.trainer.max_time) == (115, oracle_config.trainer.max_time)
+    assert config.trainer.default_root_dir == str(tmp_path / layout.name) and config.seed_everything == 1
 
 
 def test_only_runs_the_named_configurations_and_names_unknown_ones(tmp_path, monkeypatch, capsys):

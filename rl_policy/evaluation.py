@@ -89,7 +89,7 @@ def families_all_found(verdicts: Sequence[Any]) -> dict[str, float]:
     for family in FAMILIES:
         hits = [ok for name, ok in found if name == family]
         metrics[f"relation_accuracy_all_found/{family}"] = sum(hits) / len(hits) if hits else math.nan
-        metrics[f"num_relations_all_found/{family}"] = float(len(hits))
+        metrics[f"num_relations_all_found/{family}"] = len(hits)
     return metrics
 
 

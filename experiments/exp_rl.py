@@ -176,27 +176,22 @@ def summarize_families(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str,
     paired gain: mean and std) and the mean relation count behind base and final; families without a relation left
     out."""
     families: dict[str, dict[str, Any]] = {}
-    names = sorted({f for r in runs for f in r.get("num_relations_all_found_by_family_final", {})})
-    for family in names:
-
-        def values(side: str, family: str = family) -> list[float]:
-            rates = [r.get(f"relation_accuracy_all_found_by_family_{side}", {}).get(family) for r in runs]
-            return [math.nan if rate is None else float(rate) for rate in rates]
-
-        def counts(side: str, family: str = family) -> float:
-            return statistics.fmean(
+    for family in sorted({f for r in runs for f in r.get("num_relations_all_found_by_family_final", {})}):
+        rates, counts = {}, {}
+        for side in ("base", "final"):
+            values = [r.get(f"relation_accuracy_all_found_by_family_{side}", {}).get(family) for r in runs]
+            rates[side] = [math.nan if value is None else float(value) for value in values]
+            counts[side] = statistics.fmean(
                 float(r.get(f"num_relations_all_found_by_family_{side}", {}).get(family, 0)) for r in runs
             )
-
-        if counts("base") == 0 and counts("final") == 0:
+        if counts["base"] == 0 and counts["final"] == 0:
             continue
-        base, final = values("base"), values("final")
         families[family] = {
-            "base": mean_std(base),
-            "final": mean_std(final),
-            "gain": mean_std([f - b for b, f in zip(base, final, strict=True)]),
-            "count_base": counts("base"),
-            "count_final": counts("final"),
+            "base": mean_std(rates["base"]),
+            "final": mean_std(rates["final"]),
+            "gain": mean_std([f - b for b, f in zip(rates["base"], rates["final"], strict=True)]),
+            "count_base": counts["base"],
+            "count_final": counts["final"],
         }
     return families
 

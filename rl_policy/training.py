@@ -32,6 +32,7 @@ from lightning.pytorch.cli import LightningCLI, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft.utils import get_peft_model_state_dict
 
+from data_synthesis import FAMILIES
 from rl_policy.data import load_prompts
 from rl_policy.evaluation import (
     BaseImageCache,
@@ -180,15 +181,11 @@ class ExportPolicy(Callback):
         for name in ("reward", "oracle_accuracy", "relation_accuracy_all_found", "all_found"):
             if name in final:
                 metrics[f"{name}_base"], metrics[f"{name}_final"] = base[name], final[name]
-        for side, scores in (("base", base), ("final", final)):
-            for name in ("relation_accuracy_all_found", "num_relations_all_found"):
-                by_family = {
-                    key.split("/", 1)[1]: None if math.isnan(value) else value
-                    for key, value in scores.items()
-                    if key.startswith(f"{name}/")
-                }
-                if by_family:
-                    metrics[f"{name}_by_family_{side}"] = by_family
+        if "all_found" in final:  # an oracle judged the images: families_all_found's numbers, as JSON (null, not NaN)
+            for side, scores in (("base", base), ("final", final)):
+                for name in ("relation_accuracy_all_found", "num_relations_all_found"):
+                    values = {family: scores[f"{name}/{family}"] for family in FAMILIES}
+                    metrics[f"{name}_by_family_{side}"] = {f: None if math.isnan(v) else v for f, v in values.items()}
         history = getattr(pl_module, "agreement_history", [])
         if history:  # the critic's within-group Spearman with the oracle on the last measured rollout
             metrics["critic_oracle_spearman_final"], metrics["critic_oracle_spearman_step"] = (

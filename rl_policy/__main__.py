@@ -1,6 +1,7 @@
 """Command line of the RL stage.
 
-    python -m rl_policy pretrain --data data/spatialworld-rl --out runs/rl/generator   # the tiny generator (embedded)
+    python -m rl_policy pretrain-text --data data/spatialworld-rl --out runs/rl/text    # its T5 reads layouts
+    python -m rl_policy pretrain --data data/spatialworld-rl --init-from runs/rl/text/pipeline --out runs/rl/generator
     python -m rl_policy fit --config configs/rl/tiny.yaml                             # GRPO (LightningCLI)
     python -m rl_policy sample --lora runs/rl/tiny-oracle/lora --prompt "..." --seed 0 --out x.png
     python -m rl_policy draw --pipeline DIR --data data/spatialworld-rl --out data/agreement-test   # judged groups
@@ -12,6 +13,10 @@ diffusers' format in `<default_root_dir>/lora/` and `<default_root_dir>/metrics.
 
 `sample` draws images of a pipeline (and optionally a trained LoRA: the `lora/` dir a fit writes, whose policy.json
 names its base pipeline) with the ODE sampler the RL evaluation uses, one PNG per seed.
+
+`pretrain-text` builds the tiny pipeline (or takes --init-from) and trains its T5 text encoder to say where each
+object of a prompt goes (rl_policy.text_layout) on fresh SpatialWorld prompts, then writes the pipeline with that T5 to
+`<out>/pipeline`; `pretrain --init-from` it trains the transformer on those text features.
 
 `pretrain` trains the tiny FluxTransformer2DModel from scratch with the rectified-flow loss on a SpatialWorld
 dataset dir's (prompt, perfect image) pairs (rl_policy.pretrain), evaluates it with the SpatialWorld oracle at the end
@@ -81,15 +86,44 @@ def pretrain_command(argv: Sequence[str]) -> None:
         help="train the CLIP and T5 text encoders with the transformer (default: frozen at their random weights)",
     )
     parser.add_argument(
+        "--layout-loss-weight",
+        type=float,
+        default=0.0,
+        help="weight of the layout head's loss beside the flow loss: a linear head on the image stream after the "
+        "double-stream blocks names each image token's object colour or background (rl_policy/layout_head.py); 0 = off",
+    )
+    parser.add_argument(
         "--init-from",
         type=Path,
         default=None,
         help="start from this saved tiny pipeline (e.g. checkpoints/generator_tiny/pipeline): its weights and "
         "architecture; --num-layers and --num-single-layers are then not used",
     )
+    parser.add_argument(
+        "--fresh-scenes",
+        type=int,
+        default=0,
+        help="also train on N fresh pairs drawn with --data's settings and --fresh-seed (train prompts only; kept at "
+        "--fresh-path for a resumed run); prompts over the text encoders' limit are skipped and counted",
+    )
+    parser.add_argument("--fresh-seed", type=int, default=1000, help="seed of the fresh pairs (not --data's own)")
+    parser.add_argument(
+        "--fresh-path",
+        type=Path,
+        default=None,
+        help="where the fresh pairs are kept (default <out>/fresh_scenes.safetensors; `pretrain-text` can share it)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="processes that draw the fresh pairs")
     parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts sampled at each epoch end")
     parser.add_argument("--eval-steps", type=int, default=20, help="ODE steps of the evaluation sampler")
     parser.add_argument("--eval-every-epochs", type=int, default=1, help="evaluate at every N-th epoch end")
+    parser.add_argument(
+        "--epoch-steps",
+        type=int,
+        default=None,
+        help="steps per epoch (default: one pass over the train set): its end evaluates and logs; set it with "
+        "--fresh-scenes, whose pass is long",
+    )
     parser.add_argument("--eval-cfg-scale", type=float, default=3.0, help="true classifier-free guidance scale")
     parser.add_argument("--max-prompt-tokens", type=int, default=96, help="text encoder length (longer: error)")
     parser.add_argument("--num-layers", type=int, default=1, help="double-stream blocks")
@@ -120,6 +154,8 @@ def pretrain_command(argv: Sequence[str]) -> None:
         parser.error(f"--data {arguments.data} is not a SpatialWorld dataset dir (no pairs.parquet)")
     if arguments.max_minutes is not None and not arguments.max_minutes > 0:
         parser.error(f"--max-minutes must be positive, got {arguments.max_minutes}")
+    if arguments.epoch_steps is not None and arguments.epoch_steps < 1:
+        parser.error(f"--epoch-steps must be positive, got {arguments.epoch_steps}")
     if arguments.accelerator == "gpu":
         import torch
 
@@ -162,6 +198,7 @@ def pretrain_command(argv: Sequence[str]) -> None:
         sigma_distribution=arguments.sigma_distribution,
         sigma_shift=arguments.sigma_shift,
         train_text_encoders=arguments.train_text_encoders,
+        layout_loss_weight=arguments.layout_loss_weight,
         eval_steps=arguments.eval_steps,
         eval_cfg_scale=arguments.eval_cfg_scale,
         eval_seed=arguments.seed,
@@ -173,6 +210,11 @@ def pretrain_command(argv: Sequence[str]) -> None:
         batch_size=arguments.batch_size,
         num_eval_prompts=arguments.eval_prompts,
         seed=arguments.seed,
+        fresh_scenes=arguments.fresh_scenes,
+        fresh_seed=arguments.fresh_seed,
+        fresh_path=arguments.fresh_path or arguments.out / "fresh_scenes.safetensors",
+        workers=arguments.workers,
+        prompt_fits=lambda prompt: policy.prompt_overflow(prompt) is None,
     )
     logs = arguments.out / "logs"
     # No version counter: last.ckpt is always the newest, also when <out> was copied from another run's dir (the
@@ -190,6 +232,7 @@ def pretrain_command(argv: Sequence[str]) -> None:
         logger=TensorBoardLogger(logs, name="pretrain"),
         callbacks=[checkpoints],
         log_every_n_steps=20,
+        limit_train_batches=arguments.epoch_steps,
     )
     last = logs / "checkpoints" / "last.ckpt"
     started = time.perf_counter()
@@ -197,10 +240,129 @@ def pretrain_command(argv: Sequence[str]) -> None:
     metrics = module.evaluate_held_out(datamodule)[0] | {
         "steps": trainer.global_step,
         "resolution": arguments.resolution,
+        "fresh_prompts_skipped": datamodule.skipped_fresh,
         "seconds_this_run": time.perf_counter() - started,
     }
     out = save_generator(module, arguments.out / "pipeline", metrics)
     print(json.dumps({"pipeline": str(out), "metrics": metrics}, indent=2))
+
+
+def pretrain_text_command(argv: Sequence[str]) -> None:
+    """Train the tiny generator's T5 text encoder to read layouts (where each object goes) from fresh SpatialWorld
+    prompts; writes <out>/pipeline (the pipeline with that T5) and <out>/text_layout_metrics.json."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rl_policy pretrain-text",
+        description=pretrain_text_command.__doc__,
+        epilog=TRACEBACK_HELP,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--data", type=Path, required=True, help="a SpatialWorld dataset dir (its world; val split)")
+    parser.add_argument("--out", type=Path, required=True, help="output dir: pipeline/, logs/, the metrics")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="a saved tiny pipeline whose T5 to train (default: a new tiny pipeline from --seed, as `pretrain` builds)",
+    )
+    parser.add_argument("--fresh-scenes", type=int, default=200000, help="fresh train prompts (one pass at most)")
+    parser.add_argument("--fresh-seed", type=int, default=1000, help="seed of the fresh pairs (not --data's own)")
+    parser.add_argument(
+        "--fresh-path",
+        type=Path,
+        default=None,
+        help="where the fresh pairs are kept (default <out>/fresh_scenes.safetensors; share it with `pretrain`)",
+    )
+    parser.add_argument("--resolution", type=int, default=32, help="image side of the kept fresh pairs")
+    parser.add_argument("--steps", type=int, default=6000, help="(6,000 read both orderings; 3,500 only left/right)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--decay-steps", type=int, default=1500, help="linear decay to 0 over the last N steps")
+    parser.add_argument("--eval-every", type=int, default=250, help="steps between val checks")
+    parser.add_argument("--max-prompt-tokens", type=int, default=96, help="text encoder length, as `pretrain`'s")
+    parser.add_argument("--num-layers", type=int, default=1, help="double-stream blocks of a new pipeline")
+    parser.add_argument("--num-single-layers", type=int, default=2, help="single-stream blocks of a new pipeline")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="processes that draw the fresh pairs")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    arguments = parser.parse_args(argv)
+    if not (arguments.data / "pairs.parquet").is_file():
+        parser.error(f"--data {arguments.data} is not a SpatialWorld dataset dir (no pairs.parquet)")
+    if arguments.init_from is not None and not (arguments.init_from / "model_index.json").is_file():
+        parser.error(f"--init-from {arguments.init_from} is not a saved pipeline (no model_index.json)")
+    if arguments.decay_steps > arguments.steps:
+        parser.error(f"--decay-steps {arguments.decay_steps} exceeds --steps {arguments.steps}")
+
+    import torch
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from rl_policy.policy import build_tiny_flux_pipeline, load_pipeline
+    from rl_policy.text_layout import TextLayoutDataModule, TextLayoutModule
+    from shared import atomic_write_json
+    from shared.io import atomic_directory
+
+    if arguments.threads is not None:
+        torch.set_num_threads(arguments.threads)
+    seed_everything(arguments.seed)
+    if arguments.init_from is not None:
+        pipeline = load_pipeline(arguments.init_from, torch_dtype=torch.float32)
+    else:
+        pipeline = build_tiny_flux_pipeline(
+            num_layers=arguments.num_layers,
+            num_single_layers=arguments.num_single_layers,
+            max_prompt_tokens=arguments.max_prompt_tokens,
+            seed=arguments.seed,
+        )
+    module = TextLayoutModule(
+        pipeline.text_encoder_2,
+        lr=arguments.lr,
+        warmup_steps=arguments.warmup_steps,
+        decay_steps=arguments.decay_steps,
+        total_steps=arguments.steps,
+        eval_every=arguments.eval_every,
+    )
+    datamodule = TextLayoutDataModule(
+        arguments.data,
+        pipeline.tokenizer_2,
+        length=arguments.max_prompt_tokens + 1,  # the policy's max_sequence_length (FluxPolicy in `pretrain`)
+        fresh_scenes=arguments.fresh_scenes,
+        fresh_path=arguments.fresh_path or arguments.out / "fresh_scenes.safetensors",
+        fresh_seed=arguments.fresh_seed,
+        resolution=arguments.resolution,
+        batch_size=arguments.batch_size,
+        workers=arguments.workers,
+        seed=arguments.seed,
+    )
+    logs = arguments.out / "logs"
+    checkpoints = ModelCheckpoint(
+        dirpath=logs / "checkpoints", save_last=True, every_n_train_steps=250, enable_version_counter=False
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=arguments.steps,
+        max_epochs=-1,
+        logger=TensorBoardLogger(logs, name="text_layout"),
+        callbacks=[checkpoints],
+        log_every_n_steps=20,
+    )
+    last = logs / "checkpoints" / "last.ckpt"
+    started = time.perf_counter()
+    trainer.fit(module, datamodule, ckpt_path=last if last.is_file() else None)
+    metrics = {
+        "val": module.evaluate(),
+        "history_this_run": module.history,
+        "steps": trainer.global_step,
+        "fresh_prompts": len(datamodule.train),
+        "fresh_prompts_skipped": datamodule.skipped,
+        "seconds_this_run": time.perf_counter() - started,
+    }
+    pipeline.text_encoder_2 = module.encoder.requires_grad_(False).eval()
+    with atomic_directory(arguments.out / "pipeline") as staging:
+        pipeline.save_pretrained(staging, safe_serialization=True)
+    atomic_write_json(arguments.out / "text_layout_metrics.json", metrics)
+    print(json.dumps({"pipeline": str(arguments.out / "pipeline"), "val": metrics["val"]}, indent=2))
 
 
 def sample_command(argv: Sequence[str]) -> None:
@@ -364,7 +526,12 @@ def lightning_cli(args: Sequence[str] | None = None, *, run: bool = True) -> Che
         set_parsing_settings(validate_subclass_spec_in_any=validating)
 
 
-COMMANDS = {"pretrain": pretrain_command, "sample": sample_command, "draw": draw_command}
+COMMANDS = {
+    "pretrain-text": pretrain_text_command,
+    "pretrain": pretrain_command,
+    "sample": sample_command,
+    "draw": draw_command,
+}
 CLI_COMMANDS = ("fit", "validate", "test")
 
 

@@ -361,16 +361,23 @@ class FluxPolicy:
     def transformer(self) -> FluxTransformer2DModel:
         return self.pipeline.transformer
 
-    def _check_length(self, prompts: Sequence[str]) -> None:
-        """Raise (strict) or count and warn, once per prompt, when a prompt exceeds either text encoder's limit."""
+    def prompt_overflow(self, prompt: str) -> tuple[int, int] | None:
+        """(tokens, limit) of the first text encoder whose limit `prompt` exceeds, or None when it fits both."""
         limits = [(self.pipeline.tokenizer, self.pipeline.tokenizer_max_length)]
         limits.append((self.pipeline.tokenizer_2, self.max_sequence_length))
+        for tokenizer, limit in limits:
+            length = len(tokenizer(prompt).input_ids)
+            if length > limit:
+                return length, limit
+        return None
+
+    def _check_length(self, prompts: Sequence[str]) -> None:
+        """Raise (strict) or count and warn, once per prompt, when a prompt exceeds either text encoder's limit."""
         for prompt in prompts:
-            over = [(len(tokenizer(prompt).input_ids), limit) for tokenizer, limit in limits]
-            over = [(length, limit) for length, limit in over if length > limit]
-            if not over:
+            over = self.prompt_overflow(prompt)
+            if over is None:
                 continue
-            length, limit = over[0]
+            length, limit = over
             if self.strict_prompt_length:
                 raise ValueError(f"prompt has {length} tokens, over the text encoder's limit {limit}: {prompt!r}")
             self.truncated_prompts += 1

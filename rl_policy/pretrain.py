@@ -19,8 +19,10 @@ random weights, so it first learns to draw SpatialWorld scenes here, the way FLU
 Output: `save_generator` writes the pipeline (EMA weights) as a diffusers directory (safetensors), which
 `rl_policy.policy.load_pipeline` loads, plus `pretrain_metrics.json`.
 
-Simplified: images come from a SpatialWorld dataset dir's perfect images (resized to `resolution`), not rendered on
-the fly; one guidance scale for evaluation.
+Training images are a SpatialWorld dataset dir's perfect images (resized to `resolution`) and, with `fresh_scenes`
+N, N more pairs drawn with the dataset's settings and another seed (`data_synthesis.fresh`; train prompts only, kept
+beside the run so that a resumed run reuses them): the RL set's 7,175 prompts teach a tiny model those prompts, not
+the rule that places "A left of B" (docs/research/generator.md, 2026-12-06). One guidance scale for evaluation.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import copy
 import math
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from data_synthesis import DatasetError, SpatialWorldOracle, load_pairs, oracle_metadata
+from data_synthesis.fresh import FreshScenes
+from data_synthesis.scene import COLOURS, Scene
 from rl_policy.evaluation import families_all_found
+from rl_policy.layout_head import layout_loss, layout_targets, object_region_masks
 from rl_policy.policy import FluxPolicy, PromptEmbeddings, frozen_components
 from rl_policy.rollout import sample_ode
 from rl_policy.sde import noised_latents
@@ -54,16 +59,24 @@ from shared.schedules import lr_factor
 
 
 class ImagePromptDataset(Dataset):
-    """(image [3, R, R] float in [0, 1], prompt) pairs held in memory as uint8."""
+    """(image [3, R, R] float in [0, 1], prompt, object regions [K, R, R] float in [0, 1], object colours [K] long)
+    held in memory as uint8. Object k's region is the coverage of its bounding square
+    (`layout_head.object_region_masks`) and its colour its index in `data_synthesis.COLOURS` (-1 where a scene has
+    fewer than K objects): the layout head's targets."""
 
-    def __init__(self, images: torch.Tensor, prompts: list[str]) -> None:
-        self.images, self.prompts = images, prompts
+    def __init__(self, images: torch.Tensor, prompts: list[str], regions: torch.Tensor, colours: torch.Tensor) -> None:
+        self.images, self.prompts, self.regions, self.colours = images, prompts, regions, colours
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        return self.images[index].float() / 255, self.prompts[index]
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str, torch.Tensor, torch.Tensor]:
+        return (
+            self.images[index].float() / 255,
+            self.prompts[index],
+            self.regions[index].float() / 255,
+            self.colours[index],
+        )
 
 
 def load_split_images(dataset_dir: Path, frame: pd.DataFrame, resolution: int) -> torch.Tensor:
@@ -76,6 +89,22 @@ def load_split_images(dataset_dir: Path, frame: pd.DataFrame, resolution: int) -
         except OSError as error:
             raise DatasetError(f"cannot read image {dataset_dir / path}: {error}") from None
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def load_split_objects(scene_texts: list[str], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The perfect scenes' objects of `frame`'s rows: bounding-square coverage [N, K, R, R] uint8 (255 = covered) and
+    colour indices into `data_synthesis.COLOURS` [N, K] long (-1 past a scene's objects), K the most objects of a
+    scene."""
+    scenes = [Scene.from_json(text) for text in scene_texts]
+    most = max(len(scene.objects) for scene in scenes)
+    colour_index = {colour: index for index, colour in enumerate(COLOURS)}
+    regions = torch.zeros(len(scenes), most, resolution, resolution, dtype=torch.uint8)
+    colours = torch.full((len(scenes), most), -1, dtype=torch.long)
+    for row, scene in enumerate(scenes):
+        boxes = [(item.x, item.y, item.radius) for item in scene.objects]
+        regions[row] = (object_region_masks(boxes, resolution, most) * 255).round().to(torch.uint8)
+        colours[row, : len(boxes)] = torch.tensor([colour_index[item.colour] for item in scene.objects])
+    return regions, colours
 
 
 class GeneratorPretrainDataModule(LightningDataModule):
@@ -91,8 +120,18 @@ class GeneratorPretrainDataModule(LightningDataModule):
         eval_split: str = "val",
         num_eval_prompts: int = 32,
         seed: int = 0,
+        fresh_scenes: int = 0,
+        fresh_seed: int = 1000,
+        fresh_path: str | os.PathLike | None = None,
+        workers: int = 1,
+        prompt_fits: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__()
+        if fresh_scenes < 0 or (fresh_scenes and fresh_path is None):
+            raise ValueError(f"fresh_scenes must be >= 0 and needs fresh_path, got {fresh_scenes}, {fresh_path}")
+        self.fresh_scenes, self.fresh_seed, self.fresh_path = fresh_scenes, fresh_seed, fresh_path
+        self.workers, self.prompt_fits = workers, prompt_fits
+        self.skipped_fresh = 0  # fresh prompts over the text encoders' limit
         if resolution < 8 or batch_size < 1 or num_eval_prompts < 1:
             raise ValueError(
                 f"need resolution >= 8 and positive sizes, got {resolution}, {batch_size}, {num_eval_prompts}"
@@ -112,11 +151,27 @@ class GeneratorPretrainDataModule(LightningDataModule):
         held_out = frame[frame["split"] == self.eval_split].head(self.num_eval_prompts)
         if train.empty or held_out.empty:
             raise DatasetError(f"{self.dataset_dir} needs train and {self.eval_split!r} pairs to pretrain a generator")
-        self.train = ImagePromptDataset(
-            load_split_images(self.dataset_dir, train, self.resolution), list(train["prompt"])
-        )
         self.eval_prompts = list(held_out["prompt"])
         self.eval_metadata = [oracle_metadata(row) for _, row in held_out.iterrows()]
+        images, prompts = load_split_images(self.dataset_dir, train, self.resolution), list(train["prompt"])
+        scenes = list(train["perfect_scene"])
+        if self.fresh_scenes:
+            fresh = FreshScenes.load_or_draw(
+                self.fresh_path,
+                self.dataset_dir,
+                self.fresh_scenes,
+                seed=self.fresh_seed,
+                resolution=self.resolution,
+                workers=self.workers,
+            )
+            if self.prompt_fits is not None:
+                fresh, total = fresh.subset([self.prompt_fits(prompt) for prompt in fresh.prompts]), len(fresh)
+                self.skipped_fresh = total - len(fresh)
+                print(f"fresh scenes: {self.skipped_fresh} of {total} prompts over the text encoders' limit skipped")
+            images = torch.cat([images, torch.from_numpy(fresh.images).permute(0, 3, 1, 2).contiguous()])
+            prompts += fresh.prompts
+            scenes += fresh.scenes
+        self.train = ImagePromptDataset(images, prompts, *load_split_objects(scenes, self.resolution))
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
@@ -188,9 +243,10 @@ class GeneratorPretrainModule(LightningModule):
     probability of training on the empty prompt. warmup_steps / decay_steps / total_steps: the learning-rate schedule
     (`shared.schedules.lr_factor`). ema_decay: EMA of the transformer weights. sigma_distribution /
     sigma_shift: the training noise levels (`training_sigmas`). train_text_encoders: the CLIP and T5 encoders train
-    too, at the same learning rate (kept in eval mode: no dropout). eval_*: the ODE sampler of the evaluation (steps,
-    true classifier-free guidance scale, seed); eval_every_epochs: evaluate at every N-th epoch end (short epochs, a
-    GPU batch over a small set, would otherwise spend their time sampling).
+    too, at the same learning rate (kept in eval mode: no dropout). layout_loss_weight: weight of the layout head's
+    loss (`rl_policy.layout_head`) beside the rectified-flow loss; 0: no head. eval_*: the ODE sampler of the
+    evaluation (steps, true classifier-free guidance scale, seed); eval_every_epochs: evaluate at every N-th epoch end
+    (short epochs, a GPU batch over a small set, would otherwise spend their time sampling).
     """
 
     def __init__(
@@ -207,6 +263,7 @@ class GeneratorPretrainModule(LightningModule):
         sigma_distribution: str = "logit_normal",
         sigma_shift: float = 1.0,
         train_text_encoders: bool = False,
+        layout_loss_weight: float = 0.0,
         eval_steps: int = 20,
         eval_cfg_scale: float = 3.0,
         eval_seed: int = 0,
@@ -218,6 +275,8 @@ class GeneratorPretrainModule(LightningModule):
         if not 0 <= prompt_dropout < 1 or not 0 <= ema_decay < 1:
             raise ValueError(f"prompt_dropout and ema_decay must lie in [0, 1), got {prompt_dropout}, {ema_decay}")
         check_sigma_settings(sigma_distribution, sigma_shift)
+        if not layout_loss_weight >= 0:
+            raise ValueError(f"layout_loss_weight must be >= 0, got {layout_loss_weight}")
         if decay_steps < 0 or (decay_steps and (total_steps is None or total_steps < decay_steps)):
             raise ValueError(f"decay_steps ({decay_steps}) needs total_steps >= it, got total_steps={total_steps}")
         self.save_hyperparameters(ignore=["policy"])
@@ -227,6 +286,11 @@ class GeneratorPretrainModule(LightningModule):
             component.requires_grad_(False).eval()
         self.transformer = policy.transformer.requires_grad_(True)
         self.ema = copy.deepcopy(self.transformer).requires_grad_(False).eval()
+        self.layout_features: torch.Tensor | None = None
+        if layout_loss_weight > 0:
+            # on the image stream after the double-stream blocks (hooked on the live transformer, not the EMA copy)
+            self.layout_head = nn.Linear(self.transformer.inner_dim, len(COLOURS) + 1)
+            self.transformer.transformer_blocks[-1].register_forward_hook(self._keep_layout_features)
         if train_text_encoders:
             # registered only when they train, so a frozen-encoder run's checkpoints keep their keys
             self.text_encoders = nn.ModuleDict(
@@ -234,6 +298,21 @@ class GeneratorPretrainModule(LightningModule):
             ).requires_grad_(True)
             self.ema_text_encoders = copy.deepcopy(self.text_encoders).requires_grad_(False).eval()
         self.last_eval: dict[str, float] = {}
+
+    def _keep_layout_features(self, module: nn.Module, inputs: Any, outputs: tuple) -> None:
+        self.layout_features = outputs[1]  # (encoder_hidden_states, hidden_states): the image tokens [B, N, D]
+
+    def layout_loss(
+        self, features: torch.Tensor, regions: torch.Tensor, colours: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """The layout head's `layout_loss` on image-stream features [B, N, D] against the objects' regions [B, K, R, R]
+        and colours [B, K] (`ImagePromptDataset`), averaged over the samples in `keep` [B] (not prompt-dropped: the
+        empty prompt says nothing of the layout)."""
+        grid = self.policy.latent_grid(*regions.shape[-2:])
+        target = layout_targets(regions.to(self.device), colours.to(self.device), grid, len(COLOURS))
+        losses = layout_loss(self.layout_head(features), target)  # [B]
+        keep = keep.to(self.device)
+        return losses[keep].mean() if keep.any() else losses.sum() * 0
 
     def _trained_and_averaged(self) -> list[tuple[nn.Module, nn.Module]]:
         pairs = [(self.transformer, self.ema)]
@@ -275,8 +354,8 @@ class GeneratorPretrainModule(LightningModule):
                 setattr(pipeline, name, module)
             self.policy._cache.clear()
 
-    def training_step(self, batch: tuple[torch.Tensor, list[str]], batch_idx: int) -> torch.Tensor:
-        images, prompts = batch
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        images, prompts, regions, colours = batch
         height, width = images.shape[-2:]
         dropped = torch.rand(len(prompts)) < self.hparams.prompt_dropout
         prompts = ["" if drop else prompt for prompt, drop in zip(prompts, dropped.tolist(), strict=True)]
@@ -287,7 +366,13 @@ class GeneratorPretrainModule(LightningModule):
         )  # [B]
         noisy = noised_latents(clean, noise, sigma)
         velocity = self.policy.velocity(noisy, sigma, self.encode_prompts(prompts), height, width)
-        loss = rectified_flow_loss(velocity, noise, clean)
+        loss = flow_loss = rectified_flow_loss(velocity, noise, clean)
+        if self.hparams.layout_loss_weight:
+            layout = self.layout_loss(self.layout_features, regions, colours, ~dropped)
+            self.layout_features = None
+            loss = flow_loss + self.hparams.layout_loss_weight * layout
+            self.log("train/layout_loss", layout, batch_size=len(prompts))
+            self.log("train/flow_loss", flow_loss, batch_size=len(prompts))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(prompts))
         return loss
 
@@ -347,6 +432,8 @@ class GeneratorPretrainModule(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         trained = [parameter for module, _ in self._trained_and_averaged() for parameter in module.parameters()]
+        if self.hparams.layout_loss_weight:
+            trained += list(self.layout_head.parameters())
         optimizer = torch.optim.AdamW(trained, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,

@@ -12,6 +12,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from data_synthesis.scene import COLOURS
 from rl_policy.policy import FluxPolicy, build_tiny_flux_pipeline, load_pipeline
 from rl_policy.pretrain import (
     GeneratorPretrainDataModule,
@@ -232,3 +233,58 @@ def test_evaluation_runs_at_every_nth_epoch_end(small_dataset):
     assert epochs == [1, 3]  # the ends of the 2nd and 4th of 5 epochs
     with pytest.raises(ValueError, match="eval_every_epochs"):
         GeneratorPretrainModule(policy, eval_every_epochs=0)
+
+
+def test_pretrain_datamodule_adds_the_fresh_scenes_to_the_train_split(small_dataset, tmp_path):
+    from data_synthesis.fresh import FreshScenes
+
+    plain = GeneratorPretrainDataModule(small_dataset, resolution=32, num_eval_prompts=2)
+    plain.setup()
+    fresh_path = tmp_path / "fresh.safetensors"
+    mixed = GeneratorPretrainDataModule(
+        small_dataset, resolution=32, num_eval_prompts=2, fresh_scenes=20, fresh_seed=77, fresh_path=fresh_path
+    )
+    mixed.setup()
+    fresh = FreshScenes.load(fresh_path)
+    assert len(mixed.train) == len(plain.train) + 20
+    assert mixed.train.prompts[len(plain.train) :] == fresh.prompts
+    image, prompt, _, _ = mixed.train[len(plain.train) + 3]
+    assert prompt == fresh.prompts[3]
+    assert torch.equal((image * 255).round().to(torch.uint8), torch.from_numpy(fresh.images[3]).permute(2, 0, 1))
+    assert mixed.eval_prompts == plain.eval_prompts
+    short = GeneratorPretrainDataModule(
+        small_dataset,
+        resolution=32,
+        num_eval_prompts=2,
+        fresh_scenes=20,
+        fresh_seed=77,
+        fresh_path=fresh_path,
+        prompt_fits=lambda prompt: len(prompt) < 400,
+    )
+    short.setup()
+    kept = [prompt for prompt in fresh.prompts if len(prompt) < 400]
+    assert 0 < len(kept) < 20, "the fixture's 3-6 object prompts straddle 400 characters"
+    assert short.skipped_fresh == 20 - len(kept) and short.train.prompts[len(plain.train) :] == kept
+    with pytest.raises(ValueError, match="fresh_path"):
+        GeneratorPretrainDataModule(small_dataset, fresh_scenes=5)
+
+
+def test_layout_head_trains_with_the_transformer_and_stays_out_of_the_saved_pipeline(small_dataset, tmp_path):
+    policy = FluxPolicy(build_tiny_flux_pipeline(max_prompt_tokens=160), max_sequence_length=161)
+    module = GeneratorPretrainModule(policy, warmup_steps=1, layout_loss_weight=1.0, eval_steps=1)
+    datamodule = GeneratorPretrainDataModule(small_dataset, resolution=32, batch_size=4, num_eval_prompts=1)
+    head = module.layout_head.weight.detach().clone()
+    block = {name: p.detach().clone() for name, p in policy.transformer.transformer_blocks.named_parameters()}
+    trainer = quiet_trainer(max_steps=2)
+    trainer.fit(module, datamodule)
+    assert not torch.equal(module.layout_head.weight, head)
+    moved = [n for n, p in policy.transformer.transformer_blocks.named_parameters() if not torch.equal(p, block[n])]
+    assert len(moved) > 0.9 * len(block)
+    # the logged layout loss is a real cross-entropy: positive, and near log(classes) at a fresh head
+    assert 0 < trainer.callback_metrics["train/layout_loss"].item() < 2 * math.log(len(COLOURS) + 1)
+    save_generator(module, tmp_path / "pipeline", {})
+    reloaded = load_pipeline(tmp_path / "pipeline")
+    assert type(reloaded.transformer).__name__ == "FluxTransformer2DModel"
+    assert not any("layout" in name for name in reloaded.transformer.state_dict())
+    with pytest.raises(ValueError, match="layout_loss_weight"):
+        GeneratorPretrainModule(policy, layout_loss_weight=-1.0)

@@ -45,6 +45,27 @@ from shared.cli import TRACEBACK_HELP, build_lightning_cli
 SCORER_CLASS_PATHS = ("reward_model.SpatialScorer", "reward_model.scorer.SpatialScorer")
 
 
+def start_tiny_pipeline(arguments: argparse.Namespace):
+    """`pretrain` and `pretrain-text`: torch's threads and every seed set, then the pipeline of --init-from (float32)
+    or a new tiny one from --num-layers, --num-single-layers, --max-prompt-tokens and --seed."""
+    import torch
+    from lightning.pytorch import seed_everything
+
+    from rl_policy.policy import build_tiny_flux_pipeline, load_pipeline
+
+    if arguments.threads is not None:
+        torch.set_num_threads(arguments.threads)
+    seed_everything(arguments.seed)
+    if arguments.init_from is not None:
+        return load_pipeline(arguments.init_from, torch_dtype=torch.float32)
+    return build_tiny_flux_pipeline(
+        num_layers=arguments.num_layers,
+        num_single_layers=arguments.num_single_layers,
+        max_prompt_tokens=arguments.max_prompt_tokens,
+        seed=arguments.seed,
+    )
+
+
 def pretrain_command(argv: Sequence[str]) -> None:
     """Pretrain the tiny embedded generator (rectified flow on SpatialWorld); writes <out>/pipeline."""
     parser = argparse.ArgumentParser(
@@ -167,25 +188,14 @@ def pretrain_command(argv: Sequence[str]) -> None:
         parser.error(f"--init-from {arguments.init_from} is not a saved pipeline (no model_index.json)")
 
     import torch
-    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from rl_policy.policy import FluxPolicy, build_tiny_flux_pipeline, load_pipeline
+    from rl_policy.policy import FluxPolicy
     from rl_policy.pretrain import GeneratorPretrainDataModule, GeneratorPretrainModule, save_generator
 
-    if arguments.threads is not None:
-        torch.set_num_threads(arguments.threads)
-    seed_everything(arguments.seed)
-    if arguments.init_from is not None:
-        pipeline = load_pipeline(arguments.init_from, torch_dtype=torch.float32)
-    else:
-        pipeline = build_tiny_flux_pipeline(
-            num_layers=arguments.num_layers,
-            num_single_layers=arguments.num_single_layers,
-            max_prompt_tokens=arguments.max_prompt_tokens,
-            seed=arguments.seed,
-        )
+    pipeline = start_tiny_pipeline(arguments)
     policy = FluxPolicy(pipeline, max_sequence_length=arguments.max_prompt_tokens + 1, strict_prompt_length=True)
     module = GeneratorPretrainModule(
         policy,
@@ -293,28 +303,15 @@ def pretrain_text_command(argv: Sequence[str]) -> None:
     if arguments.decay_steps > arguments.steps:
         parser.error(f"--decay-steps {arguments.decay_steps} exceeds --steps {arguments.steps}")
 
-    import torch
-    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch import Trainer
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from rl_policy.policy import build_tiny_flux_pipeline, load_pipeline
     from rl_policy.text_layout import TextLayoutDataModule, TextLayoutModule
     from shared import atomic_write_json
     from shared.io import atomic_directory
 
-    if arguments.threads is not None:
-        torch.set_num_threads(arguments.threads)
-    seed_everything(arguments.seed)
-    if arguments.init_from is not None:
-        pipeline = load_pipeline(arguments.init_from, torch_dtype=torch.float32)
-    else:
-        pipeline = build_tiny_flux_pipeline(
-            num_layers=arguments.num_layers,
-            num_single_layers=arguments.num_single_layers,
-            max_prompt_tokens=arguments.max_prompt_tokens,
-            seed=arguments.seed,
-        )
+    pipeline = start_tiny_pipeline(arguments)
     module = TextLayoutModule(
         pipeline.text_encoder_2,
         lr=arguments.lr,

@@ -73,7 +73,18 @@ def test_the_layout_head_and_t5_fit_a_fixed_batch(small_dataset, one_thread):
 def test_pretrain_text_command_trains_only_the_t5_saves_it_and_resumes(small_dataset, tmp_path, capsys):
     out = tmp_path / "text"
     common = ["pretrain-text", "--data", str(small_dataset), "--out", str(out), "--fresh-scenes", "96"]
-    common += ["--batch-size", "16", "--max-prompt-tokens", "160", "--eval-every", "2", "--threads", "1"]
+    common += [
+        "--batch-size",
+        "16",
+        "--max-prompt-tokens",
+        "160",
+        "--eval-every",
+        "2",
+        "--threads",
+        "1",
+        "--decay-steps",
+        "0",
+    ]
     assert main([*common, "--steps", "4"]) == 0
     reference = build_tiny_flux_pipeline(max_prompt_tokens=160, seed=0)
     saved = load_pipeline(out / "pipeline", torch_dtype=torch.float32)

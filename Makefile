@@ -136,8 +136,10 @@ pretrain-generator: $(GENERATOR_DIR)/pipeline/model_index.json ## pretrain the t
 # steps; (2) its T5 trained to read layouts on 200,000 fresh train-split prompts (6,000 steps); (3) the transformer
 # warm-started on both, on the RL set + those fresh scenes, with the layout head (rl_policy/layout_head.py).
 GENERATOR_FRESH = --fresh-scenes 200000 --fresh-path $(GENERATOR_DIR)/fresh_scenes.safetensors --workers $$(nproc)
-GENERATOR_LAYOUT_ARGS ?= --steps 5000 --lr 1e-3 --warmup-steps 100 --decay-steps 2000 --eval-prompts 256 \
-	--epoch-steps 1000 --layout-loss-weight 0.1
+# Stage 3 as measured: 5,000 steps (decay over the last 2,000), then resumed to 10,000 (the rate back at 1e-3 after
+# 5,000, decayed again over the last 2,000).
+GENERATOR_LAYOUT_ARGS ?= --lr 1e-3 --warmup-steps 100 --decay-steps 2000 --eval-prompts 256 --epoch-steps 1000 \
+	--layout-loss-weight 0.1
 
 $(GENERATOR_DIR)/base/pipeline/model_index.json: $(RL_DATA_DIR)/verify_report.json | $(STAMP)
 	$(PYTHON) -m rl_policy pretrain --data $(RL_DATA_DIR) --out $(GENERATOR_DIR)/base
@@ -147,8 +149,10 @@ $(GENERATOR_DIR)/text/pipeline/model_index.json: $(GENERATOR_DIR)/base/pipeline/
 		--init-from $(GENERATOR_DIR)/base/pipeline $(GENERATOR_FRESH)
 
 $(GENERATOR_DIR)/pipeline/model_index.json: $(GENERATOR_DIR)/text/pipeline/model_index.json
-	$(PYTHON) -m rl_policy pretrain --data $(RL_DATA_DIR) --out $(GENERATOR_DIR) \
-		--init-from $(GENERATOR_DIR)/text/pipeline $(GENERATOR_FRESH) $(GENERATOR_LAYOUT_ARGS)
+	for steps in 5000 10000; do \
+		$(PYTHON) -m rl_policy pretrain --data $(RL_DATA_DIR) --out $(GENERATOR_DIR) --steps $$steps \
+			--init-from $(GENERATOR_DIR)/text/pipeline $(GENERATOR_FRESH) $(GENERATOR_LAYOUT_ARGS) || exit 1; \
+	done
 
 # REWARD=spatialscore (default: the tiny critic of make train-reward), REWARD=oracle (the SpatialWorld oracle) or
 # REWARD=geneval (the GenEval rules: the paper's Flow-GRPO* baseline); each writes runs/rl/tiny[-oracle|-geneval].

@@ -92,9 +92,9 @@ def load_split_images(dataset_dir: Path, frame: pd.DataFrame, resolution: int) -
 
 
 def load_split_objects(scene_texts: list[str], resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The perfect scenes' objects of `frame`'s rows: bounding-square coverage [N, K, R, R] uint8 (255 = covered) and
-    colour indices into `data_synthesis.COLOURS` [N, K] long (-1 past a scene's objects), K the most objects of a
-    scene."""
+    """The objects of scenes given as `Scene` JSON texts (a dataset's `perfect_scene` column, or fresh scenes):
+    bounding-square coverage [N, K, R, R] uint8 (255 = covered) and colour indices into `data_synthesis.COLOURS` [N, K]
+    long (-1 past a scene's objects), K the most objects of a scene."""
     scenes = [Scene.from_json(text) for text in scene_texts]
     most = max(len(scene.objects) for scene in scenes)
     colour_index = {colour: index for index, colour in enumerate(COLOURS)}

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 from data_synthesis import load_pairs
+from data_synthesis.scene import COLOURS
+from rl_policy.layout_head import layout_loss, layout_targets
 from rl_policy.policy import FluxPolicy, load_pipeline
 from rl_policy.pretrain import GeneratorPretrainModule, load_split_images, load_split_objects
 from rl_policy.sde import noised_latents
@@ -47,7 +49,8 @@ def main() -> None:
     regions, colours = load_split_objects(list(frame["perfect_scene"]), 32)
     regions = regions.float() / 255
     clean = policy.encode_images(images)
-    keep = torch.ones(1, dtype=torch.bool)
+    # one target per pair (the perfect scene's layout), scored per sample under both prompts
+    target = layout_targets(regions, colours, policy.latent_grid(32, 32), len(COLOURS))
     table: dict[str, dict] = {}
     for sigma in SIGMAS:
         margins = torch.zeros(len(frame))
@@ -59,15 +62,7 @@ def main() -> None:
             for prompts in (list(frame["prompt"]), list(frame["perturbed_prompt"])):
                 embeddings = policy.encode_prompts(prompts)
                 module.policy.velocity(noisy, level, embeddings, 32, 32)  # fills module.layout_features
-                features = module.layout_features
-                losses.append(
-                    torch.stack(
-                        [
-                            module.layout_loss(features[i : i + 1], regions[i : i + 1], colours[i : i + 1], keep)
-                            for i in range(len(frame))
-                        ]
-                    )
-                )
+                losses.append(layout_loss(module.layout_head(module.layout_features), target))  # [pairs]
             margins += (losses[1] - losses[0]) / arguments.draws
         for family in sorted(set(frame["broken_families"])):
             rows = torch.tensor([name == family for name in frame["broken_families"]])

@@ -114,6 +114,13 @@ def pretrain_command(argv: Sequence[str]) -> None:
         "double-stream blocks names each image token's object colour or background (rl_policy/layout_head.py); 0 = off",
     )
     parser.add_argument(
+        "--object-loss-weight",
+        type=float,
+        default=0.0,
+        help="an image token's flow loss counts 1 + this x the share of it that the prompt's objects cover "
+        "(objects are a few percent of the image); 0 = the plain flow loss",
+    )
+    parser.add_argument(
         "--init-from",
         type=Path,
         default=None,
@@ -209,6 +216,7 @@ def pretrain_command(argv: Sequence[str]) -> None:
         sigma_shift=arguments.sigma_shift,
         train_text_encoders=arguments.train_text_encoders,
         layout_loss_weight=arguments.layout_loss_weight,
+        object_loss_weight=arguments.object_loss_weight,
         eval_steps=arguments.eval_steps,
         eval_cfg_scale=arguments.eval_cfg_scale,
         eval_seed=arguments.seed,

@@ -50,7 +50,7 @@ from data_synthesis import DatasetError, SpatialWorldOracle, load_pairs, oracle_
 from data_synthesis.fresh import FreshScenes
 from data_synthesis.scene import COLOURS, Scene
 from rl_policy.evaluation import families_all_found
-from rl_policy.layout_head import layout_loss, layout_targets, object_region_masks
+from rl_policy.layout_head import layout_loss, layout_targets, object_region_masks, token_grid_masks
 from rl_policy.policy import FluxPolicy, PromptEmbeddings, frozen_components
 from rl_policy.rollout import sample_ode
 from rl_policy.sde import noised_latents
@@ -178,9 +178,23 @@ class GeneratorPretrainDataModule(LightningDataModule):
         return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=True, generator=generator)
 
 
-def rectified_flow_loss(velocity: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of the predicted velocity against eps - x_0.  All [B, N, C] -> scalar."""
-    return F.mse_loss(velocity.float(), (noise - clean).float())
+def rectified_flow_loss(
+    velocity: torch.Tensor, noise: torch.Tensor, clean: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error of the predicted velocity against eps - x_0.  All [B, N, C] -> scalar. With token `weights`
+    [B, N]: the weighted mean over tokens of each token's squared error (mean over channels); all ones gives the
+    plain mean."""
+    if weights is None:
+        return F.mse_loss(velocity.float(), (noise - clean).float())
+    errors = (velocity.float() - (noise - clean).float()).pow(2).mean(-1)  # [B, N]
+    return (errors * weights).sum() / weights.sum()
+
+
+def object_token_weights(regions: torch.Tensor, colours: torch.Tensor, grid: tuple[int, int], weight: float):
+    """Per image token 1 + `weight` x the share of it that objects cover (overlaps counted once) -> [B, h * w].
+    regions [B, K, R, R] in [0, 1] and colours [B, K] (-1: no object) as `ImagePromptDataset` gives them."""
+    coverage = token_grid_masks(regions, grid) * (colours >= 0)[:, :, None]  # [B, K, N]
+    return 1 + weight * coverage.sum(1).clamp(max=1)
 
 
 def logit_normal_sigmas(batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -244,9 +258,11 @@ class GeneratorPretrainModule(LightningModule):
     (`shared.schedules.lr_factor`). ema_decay: EMA of the transformer weights. sigma_distribution /
     sigma_shift: the training noise levels (`training_sigmas`). train_text_encoders: the CLIP and T5 encoders train
     too, at the same learning rate (kept in eval mode: no dropout). layout_loss_weight: weight of the layout head's
-    loss (`rl_policy.layout_head`) beside the rectified-flow loss; 0: no head. eval_*: the ODE sampler of the
-    evaluation (steps, true classifier-free guidance scale, seed); eval_every_epochs: evaluate at every N-th epoch end
-    (short epochs, a GPU batch over a small set, would otherwise spend their time sampling).
+    loss (`rl_policy.layout_head`) beside the rectified-flow loss; 0: no head. object_loss_weight: the flow loss of an
+    image token counts 1 + this x the share of it that the prompt's objects cover (`object_token_weights`; objects
+    cover a few percent of a 32 px image, and an object left out costs the plain loss little); 0: plain. eval_*: the
+    ODE sampler of the evaluation (steps, true classifier-free guidance scale, seed); eval_every_epochs: evaluate at
+    every N-th epoch end (short epochs, a GPU batch over a small set, would otherwise spend their time sampling).
     """
 
     def __init__(
@@ -264,6 +280,7 @@ class GeneratorPretrainModule(LightningModule):
         sigma_shift: float = 1.0,
         train_text_encoders: bool = False,
         layout_loss_weight: float = 0.0,
+        object_loss_weight: float = 0.0,
         eval_steps: int = 20,
         eval_cfg_scale: float = 3.0,
         eval_seed: int = 0,
@@ -277,6 +294,8 @@ class GeneratorPretrainModule(LightningModule):
         check_sigma_settings(sigma_distribution, sigma_shift)
         if not layout_loss_weight >= 0:
             raise ValueError(f"layout_loss_weight must be >= 0, got {layout_loss_weight}")
+        if not object_loss_weight >= 0:
+            raise ValueError(f"object_loss_weight must be >= 0, got {object_loss_weight}")
         if decay_steps < 0 or (decay_steps and (total_steps is None or total_steps < decay_steps)):
             raise ValueError(f"decay_steps ({decay_steps}) needs total_steps >= it, got total_steps={total_steps}")
         self.save_hyperparameters(ignore=["policy"])
@@ -366,7 +385,13 @@ class GeneratorPretrainModule(LightningModule):
         )  # [B]
         noisy = noised_latents(clean, noise, sigma)
         velocity = self.policy.velocity(noisy, sigma, self.encode_prompts(prompts), height, width)
-        loss = flow_loss = rectified_flow_loss(velocity, noise, clean)
+        weights = None
+        if self.hparams.object_loss_weight:
+            grid = self.policy.latent_grid(height, width)
+            weights = object_token_weights(
+                regions.to(self.device), colours.to(self.device), grid, self.hparams.object_loss_weight
+            )
+        loss = flow_loss = rectified_flow_loss(velocity, noise, clean, weights)
         if self.hparams.layout_loss_weight:
             layout = self.layout_loss(self.layout_features, regions, colours, ~dropped)
             self.layout_features = None

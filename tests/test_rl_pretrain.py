@@ -17,6 +17,7 @@ from rl_policy.policy import FluxPolicy, build_tiny_flux_pipeline, load_pipeline
 from rl_policy.pretrain import (
     GeneratorPretrainDataModule,
     GeneratorPretrainModule,
+    object_token_weights,
     rectified_flow_loss,
     save_generator,
     training_sigmas,
@@ -45,6 +46,22 @@ def test_rectified_flow_loss_is_zero_for_the_exact_velocity():
     assert rectified_flow_loss(torch.zeros(2, 4, 3), noise, clean).item() == pytest.approx(
         ((noise - clean) ** 2).mean().item()
     )
+
+
+def test_weighted_flow_loss_and_object_token_weights_against_hand_values():
+    clean, noise = torch.zeros(1, 2, 2), torch.tensor([[[1.0, 1.0], [2.0, 2.0]]])
+    velocity = torch.zeros(1, 2, 2)  # squared errors per token: 1 and 4
+    assert rectified_flow_loss(velocity, noise, clean, torch.ones(1, 2)).item() == pytest.approx(2.5)
+    assert rectified_flow_loss(velocity, noise, clean, torch.tensor([[1.0, 3.0]])).item() == pytest.approx(13 / 4)
+    # a 4x4 image on a 2x2 token grid: object 0 covers the top-left token whole and half of the top-right one;
+    # object 1 overlaps object 0 on the top-left token (counted once); object 2 is absent (colour -1)
+    regions = torch.zeros(1, 3, 4, 4)
+    regions[0, 0, :2, :3] = 1
+    regions[0, 1, :2, :2] = 1
+    regions[0, 2] = 1
+    colours = torch.tensor([[4, 2, -1]])
+    weights = object_token_weights(regions, colours, (2, 2), 4.0)
+    assert weights.tolist() == [[5.0, 3.0, 1.0, 1.0]]
 
 
 def test_lr_factor_warms_up_holds_and_decays_to_zero():
@@ -288,3 +305,22 @@ def test_layout_head_trains_with_the_transformer_and_stays_out_of_the_saved_pipe
     assert not any("layout" in name for name in reloaded.transformer.state_dict())
     with pytest.raises(ValueError, match="layout_loss_weight"):
         GeneratorPretrainModule(policy, layout_loss_weight=-1.0)
+
+
+def test_object_weighted_flow_loss_trains_and_counts_object_tokens_more(small_dataset):
+    torch.manual_seed(0)
+    policy = FluxPolicy(build_tiny_flux_pipeline(max_prompt_tokens=160), max_sequence_length=161)
+    module = GeneratorPretrainModule(policy, warmup_steps=1, object_loss_weight=4.0, eval_steps=1)
+    datamodule = GeneratorPretrainDataModule(small_dataset, resolution=32, batch_size=4, num_eval_prompts=1)
+    datamodule.setup()
+    images, prompts, regions, colours = next(iter(datamodule.train_dataloader()))
+    grid = policy.latent_grid(32, 32)
+    weights = object_token_weights(regions, colours, grid, 4.0)
+    assert weights.shape == (4, grid[0] * grid[1]) and (weights > 1).any() and (weights == 1).any()
+    before = {name: p.detach().clone() for name, p in policy.transformer.named_parameters()}
+    trainer = quiet_trainer(max_steps=2)
+    trainer.fit(module, datamodule)
+    moved = [n for n, p in policy.transformer.named_parameters() if not torch.equal(p, before[n])]
+    assert len(moved) > 0.9 * len(before)
+    with pytest.raises(ValueError, match="object_loss_weight"):
+        GeneratorPretrainModule(policy, object_loss_weight=-1.0)

@@ -202,6 +202,24 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--db", help="decisions database; DIR/review.sqlite when not given")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    g = commands.add_parser(
+        "ranked-groups",
+        help="on-policy ranked pairs from groups of a generator's samples (`python -m rl_policy draw`)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="For each group of samples of one prompt, the oracle reads every sample and up to "
+        "--pairs-per-group pairs it strictly orders (more stated relations confirmed, or every object found, and "
+        "worse on neither) become Bradley-Terry pairs of kind 'ranked' under that prompt, the preferred sample as "
+        "the perfect image. Splits by prompt. Groups with no ordered pair are skipped and counted.",
+    )
+    g.add_argument("draw", help="a finished `python -m rl_policy draw` dir (samples.parquet, draw_args.json)")
+    g.add_argument("--source-dir", required=True, help="the dataset dir the draw took its prompts from")
+    g.add_argument("--out", required=True, help="output dataset dir")
+    g.add_argument("--pairs-per-group", type=int, default=6, help="most ordered pairs kept per group")
+    g.add_argument("--seed", type=int, default=0, help="which ordered pairs are kept")
+    g.add_argument(
+        "--split-fractions", type=float, nargs=3, default=(0.8, 0.1, 0.1), help="train/val/test shares of the prompts"
+    )
+
     e = commands.add_parser(
         "export",
         help="write the reviewed dataset (accepted pairs only) as a dataset dir",
@@ -281,6 +299,16 @@ def main(argv: list[str] | None = None) -> int:
             from data_synthesis.oracle_review import oracle_review
 
             print(oracle_review(args.dataset, db_path=args.db, progress=not args.quiet).describe())
+            return 0
+        if args.command == "ranked-groups":
+            from data_synthesis.ranked_groups import RankedGroupsConfig, build_ranked_groups
+
+            config = RankedGroupsConfig(args.pairs_per_group, args.seed, tuple(args.split_fractions))
+            counts = build_ranked_groups(args.draw, args.source_dir, args.out, config)
+            print(
+                f"{args.out}: {counts['pairs']} ranked pairs from {counts['groups']} groups {counts['by_split']}; "
+                f"skipped {counts['skipped']}"
+            )
             return 0
         if args.command == "export":
             result = export_reviewed(args.dataset, args.out, db_path=args.db, min_reviewers=args.min_reviewers)

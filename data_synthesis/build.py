@@ -486,7 +486,7 @@ def build(
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False, engine="pyarrow")
     atomic_write_bytes(out_dir / "pairs.parquet", buffer.getvalue())
-    counts = _counts(frame, skipped)
+    counts = dataset_counts(frame, skipped)
     seconds = time.perf_counter() - start
     usage = source.usage()
     atomic_write_json(
@@ -731,7 +731,7 @@ def _remove_unreferenced_images(out_dir: Path, rows: list[dict]) -> None:
             folder.rmdir()
 
 
-def _counts(frame: pd.DataFrame, skipped: Counter) -> dict:
+def dataset_counts(frame: pd.DataFrame, skipped: Counter) -> dict:
     families: Counter = Counter()
     for value in frame["broken_families"]:
         families.update(value.split(","))

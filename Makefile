@@ -14,7 +14,7 @@ DATA_PAIRS ?= 12000
 DATA_ARGS ?= --num-pairs $(DATA_PAIRS) --seed 0 --resolution 128 --min-objects 3 --max-objects 6 --max-broken 3 \
 	--split-fractions 0.75 0.05 0.20
 
-.PHONY: help setup test test-slow lint data data-rl data-generated agreement-set pretrain-reward train-reward pretrain-generator train-rl exp-rl eval-benchmarks demo bench clean
+.PHONY: help setup test test-slow lint data data-rl data-generated data-ranked agreement-set pretrain-reward train-reward pretrain-generator train-rl exp-rl eval-benchmarks demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -83,11 +83,14 @@ REWARD_STEPS ?=
 # REWARD_EXTRA_DATA=DIR: more dataset dirs whose pairs join the renders' (e.g. $(GEN_DATA_DIR), the generator's own
 # images from `make data-generated`; accuracy is then reported per kind). Empty by default: see the README's results.
 REWARD_EXTRA_DATA ?=
+# REWARD_REPEATS='{"ranked": 5}': how many times each training pair of a kind is read per epoch (--data.train_repeats)
+REWARD_REPEATS ?=
 train-reward: $(DATA_DIR)/verify_report.json $(AGREEMENT_DIR)/samples.parquet $(addsuffix /meta.json,$(REWARD_EXTRA_DATA)) | $(STAMP) ## stage B on the shipped stage A; exports runs/reward/tiny/export
 	$(PYTHON) -m reward_model fit --config $(REWARD_CONFIG) --data.dataset_dir $(DATA_DIR) \
 		--export.agreement_set $(AGREEMENT_DIR) --trainer.default_root_dir $(REWARD_RUN_DIR) \
 		$(if $(REWARD_STEPS),--trainer.max_steps $(REWARD_STEPS),) \
-		$(if $(REWARD_EXTRA_DATA),--data.extra_dataset_dirs '[$(subst $(space),$(comma),$(strip $(REWARD_EXTRA_DATA)))]',)
+		$(if $(REWARD_EXTRA_DATA),--data.extra_dataset_dirs '[$(subst $(space),$(comma),$(strip $(REWARD_EXTRA_DATA)))]',) \
+		$(if $(REWARD_REPEATS),--data.train_repeats '$(REWARD_REPEATS)',)
 
 # The RL testbed: 2-object SpatialWorld scenes (every relation family but `between`, which needs 3), prompts of at
 # most 84 tokens, drawn by the tiny generator at 32 px.
@@ -129,6 +132,20 @@ $(GEN_DATA_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_
 	$(PYTHON) -m data_synthesis build --out $(GEN_DATA_DIR) $(GEN_DATA_ARGS) --prompt-source dataset \
 		--source-dir $(RL_DATA_DIR) --source-split train --generator tiny=$(GENERATOR)
 	$(PYTHON) -m data_synthesis oracle-review $(GEN_DATA_DIR) --quiet
+
+# On-policy ranked pairs (issue 18): RANKED_PROMPTS train prompts of the RL set x 24 samples of the generator with the
+# rollouts' sampler (rl_policy draw), and per prompt up to 6 pairs of samples the oracle strictly orders
+# (data_synthesis ranked-groups). 400 prompts: 9 minutes of drawing, 2,400 pairs. Used by
+# `make train-reward REWARD_EXTRA_DATA=data/spatialworld-ranked REWARD_REPEATS='{"ranked": 5}' REWARD_STEPS=1200`.
+RANKED_PROMPTS ?= 400
+RANKED_DRAW_DIR ?= data/draw-train
+RANKED_DIR ?= data/spatialworld-ranked
+data-ranked: $(RANKED_DIR)/meta.json ## ranked pairs of the generator's own samples of RL train prompts (oracle-ordered)
+
+$(RANKED_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json | $(STAMP)
+	$(PYTHON) -m rl_policy draw --pipeline $(GENERATOR) --data $(RL_DATA_DIR) --split train \
+		--prompts $(RANKED_PROMPTS) --per-prompt 24 --out $(RANKED_DRAW_DIR)
+	$(PYTHON) -m data_synthesis ranked-groups $(RANKED_DRAW_DIR) --source-dir $(RL_DATA_DIR) --out $(RANKED_DIR)
 
 pretrain-generator: $(GENERATOR_DIR)/pipeline/model_index.json ## pretrain the tiny generator (3 stages, resumable)
 

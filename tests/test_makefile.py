@@ -26,6 +26,14 @@ NEEDS = {
     "test": [SETUP, "pytest"],
     "data": [SETUP, DATA, "data_synthesis verify data/spatialworld "],
     "data-rl": [SETUP, RL_DATA],
+    "data-ranked": [SETUP, RL_DATA, "rl_policy draw", "--split train", "--prompts 400", "data_synthesis ranked-groups"],
+    'train-reward REWARD_EXTRA_DATA=data/spatialworld-ranked REWARD_REPEATS={"ranked":5}': [
+        "rl_policy draw",
+        "data_synthesis ranked-groups",
+        REWARD,
+        "--data.extra_dataset_dirs '[data/spatialworld-ranked]'",
+        "--data.train_repeats '{\"ranked\":5}'",
+    ],
     "train-reward": [SETUP, DATA, REWARD],
     "pretrain-reward": [SETUP, DATA, STAGE_A + "v3.yaml "]
     + [

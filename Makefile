@@ -147,16 +147,18 @@ $(RANKED_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_in
 		--prompts $(RANKED_PROMPTS) --per-prompt 24 --out $(RANKED_DRAW_DIR)
 	$(PYTHON) -m data_synthesis ranked-groups $(RANKED_DRAW_DIR) --source-dir $(RL_DATA_DIR) --out $(RANKED_DIR)
 
-pretrain-generator: $(GENERATOR_DIR)/pipeline/model_index.json ## pretrain the tiny generator (3 stages, resumable)
+pretrain-generator: $(GENERATOR_DIR)/pipeline/model_index.json ## pretrain the tiny generator (3 stages, ~6 h, resumable)
 
 # The shipped generator's recipe (checkpoints/generator_tiny/README.md): (1) rectified flow on the RL set, 13,600
 # steps; (2) its T5 trained to read layouts on 200,000 fresh train-split prompts (6,000 steps); (3) the transformer
-# warm-started on both, on the RL set + those fresh scenes, with the layout head (rl_policy/layout_head.py).
+# warm-started on both, on the RL set + those fresh scenes, with the layout head (rl_policy/layout_head.py) and, for
+# its last 10,000 steps, the object-weighted flow loss.
 GENERATOR_FRESH = --fresh-scenes 200000 --fresh-path $(GENERATOR_DIR)/fresh_scenes.safetensors --workers $$(nproc)
 # Stage 3 as measured: 5,000 steps (decay over the last 2,000), then resumed to 10,000 (the rate back at 1e-3 after
-# 5,000, decayed again over the last 2,000).
+# 5,000, decayed again over the last 2,000), then to 20,000 with the object-weighted flow loss as well.
 GENERATOR_LAYOUT_ARGS ?= --lr 1e-3 --warmup-steps 100 --decay-steps 2000 --eval-prompts 256 --epoch-steps 1000 \
 	--layout-loss-weight 0.1
+GENERATOR_OBJECT_ARGS ?= --object-loss-weight 4
 
 $(GENERATOR_DIR)/base/pipeline/model_index.json: $(RL_DATA_DIR)/verify_report.json | $(STAMP)
 	$(PYTHON) -m rl_policy pretrain --data $(RL_DATA_DIR) --out $(GENERATOR_DIR)/base
@@ -166,9 +168,10 @@ $(GENERATOR_DIR)/text/pipeline/model_index.json: $(GENERATOR_DIR)/base/pipeline/
 		--init-from $(GENERATOR_DIR)/base/pipeline $(GENERATOR_FRESH)
 
 $(GENERATOR_DIR)/pipeline/model_index.json: $(GENERATOR_DIR)/text/pipeline/model_index.json
-	for steps in 5000 10000; do \
+	for steps in 5000 10000 20000; do \
 		$(PYTHON) -m rl_policy pretrain --data $(RL_DATA_DIR) --out $(GENERATOR_DIR) --steps $$steps \
-			--init-from $(GENERATOR_DIR)/text/pipeline $(GENERATOR_FRESH) $(GENERATOR_LAYOUT_ARGS) || exit 1; \
+			--init-from $(GENERATOR_DIR)/text/pipeline $(GENERATOR_FRESH) $(GENERATOR_LAYOUT_ARGS) \
+			$$(test $$steps = 20000 && echo "$(GENERATOR_OBJECT_ARGS)") || exit 1; \
 	done
 
 # REWARD=spatialscore (default: the tiny critic of make train-reward), REWARD=oracle (the SpatialWorld oracle) or

@@ -18,7 +18,7 @@
 # linear decay over the last DECAY, stopped early at MINUTES. Environment (defaults): PYTHON (python3), PAIRS
 # (100000), BATCH (1024), LR (1e-3), STEPS (6000), DECAY (2000), MINUTES (7), INIT, WORKERS (nproc), ACCELERATOR
 # (gpu), PRECISION (bf16-mixed), EVAL_EVERY (10 epochs), LAYOUT (0.1: the layout head's weight, as the shipped base's
-# stage 3; 0 for none).
+# stage 3; 0 for none), OBJECT (4: the object-weighted flow loss, as the end of stage 3; 0 for the plain loss).
 #
 # A dry run on the CPU (about 2 minutes on 2 cores):
 #     ACCELERATOR=cpu PRECISION=32-true PAIRS=1500 BATCH=8 STEPS=6 DECAY=2 MINUTES=1 EVAL_EVERY=1 \
@@ -74,5 +74,5 @@ init_args=()
     --accelerator "${ACCELERATOR:-gpu}" --precision "${PRECISION:-bf16-mixed}" --batch-size "${BATCH:-1024}" \
     --lr "${LR:-1e-3}" --steps "${STEPS:-6000}" --decay-steps "${DECAY:-2000}" --warmup-steps 100 \
     --max-minutes "${MINUTES:-7}" --eval-prompts 128 --eval-every-epochs "${EVAL_EVERY:-10}" \
-    --layout-loss-weight "${LAYOUT:-0.1}" 2>"$out/pretrain.log" | tail -40
+    --layout-loss-weight "${LAYOUT:-0.1}" --object-loss-weight "${OBJECT:-4}" 2>"$out/pretrain.log" | tail -40
 echo "== done after ${SECONDS}s: $out/pipeline"

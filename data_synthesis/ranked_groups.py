@@ -8,7 +8,8 @@ prefers (`oracle_review.prefers`: more stated relations confirmed or every objec
 `perfect_image`, `perturbed_prompt` = `prompt`, `broken_relations` the relations confirmed in the preferred sample
 only. Per group the oracle re-reads every sample; of the strictly ordered (preferred, other) pairs at most
 `pairs_per_group` are kept, drawn without replacement by a hash of (seed, group), so one group's pairs do not
-depend on the others. A group with no ordered pair (every sample equally good) is skipped and counted.
+depend on the others. A group with no ordered pair (every sample equally good) is skipped and counted, and so is an
+image that cannot be read or on which the detector raises (it takes part in no pair).
 
 Splits go by prompt (`build.split_of`, salted with "ranked-groups": the draw's prompts all come from one split of the
 source set, and are spread over train/val/test again), so a prompt's pairs stay together and `generated_pairwise_
@@ -134,10 +135,15 @@ def build_ranked_groups(
         graph = pair_graph(source_row)
         readings: list[ImageReading | None] = []
         for path in members["image"]:
-            image = _open(draw_dir / path)
+            image, reading = _open(draw_dir / path), None
             if image is None:
                 skipped["image_unreadable"] += 1
-            readings.append(None if image is None else read_image(image, graph.relations, graph.colours))
+            else:
+                try:
+                    reading = read_image(image, graph.relations, graph.colours)
+                except Exception:  # noqa: BLE001 - a detector failure on one image skips that image, not the build
+                    skipped["detector_failed"] += 1
+            readings.append(reading)
         chosen = ordered_pairs(readings, config.pairs_per_group, config.seed, int(group))
         if not chosen:
             skipped["no_ordered_samples"] += 1

@@ -104,6 +104,9 @@ def test_ranked_groups_orders_each_group_and_writes_a_dataset(draw, tmp_path):
     assert (tmp_path / "again/pairs.parquet").read_bytes() == (tmp_path / "ranked/pairs.parquet").read_bytes()
     one = build_ranked_groups(draw_dir, source, tmp_path / "one", RankedGroupsConfig(pairs_per_group=1))
     assert one["pairs"] == 1
+    arguments = ["ranked-groups", str(draw_dir), "--source-dir", str(source), "--out", str(tmp_path / "cli")]
+    assert main([*arguments, "--pairs-per-group", "6"]) == 0
+    assert (tmp_path / "cli/pairs.parquet").read_bytes() == (tmp_path / "ranked/pairs.parquet").read_bytes()
 
 
 def test_ranked_groups_bad_input_gets_one_clear_error(draw, tmp_path, capsys):

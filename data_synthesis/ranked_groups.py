@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from data_synthesis.build import COLUMNS, SCHEMA_VERSION, BuildError, dataset_counts, split_of
 from data_synthesis.oracle_review import ImageReading, pair_graph, prefers, read_image
@@ -92,7 +92,7 @@ def _open(path: Path) -> Image.Image | None:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError):
+    except OSError:  # UnidentifiedImageError is one
         return None
 
 

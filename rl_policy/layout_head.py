@@ -47,12 +47,18 @@ def token_grid_masks(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
     return F.adaptive_avg_pool2d(masks.float(), grid).reshape(batch, objects, grid[0] * grid[1])
 
 
+def object_coverage(regions: torch.Tensor, colours: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Each object's share of each image token [B, K, h * w]: `token_grid_masks` of the regions [B, K, R, R], zero for
+    absent objects (colour -1 in colours [B, K])."""
+    return token_grid_masks(regions, grid) * (colours >= 0)[:, :, None]
+
+
 def layout_targets(regions: torch.Tensor, colours: torch.Tensor, grid: tuple[int, int], classes: int) -> torch.Tensor:
     """Each image token's soft class [B, N, classes + 1]: object k's coverage of the token on its colour's class, the
     rest on background (the last index); a token that objects cover more than once (overlaps) is normalised to 1.
 
     regions [B, K, R, R] in [0, 1] (`object_region_masks`); colours [B, K]: colour indices, -1 for absent objects."""
-    coverage = token_grid_masks(regions, grid) * (colours >= 0)[:, :, None]  # [B, K, N]
+    coverage = object_coverage(regions, colours, grid)  # [B, K, N]
     target = torch.zeros(coverage.shape[0], coverage.shape[2], classes + 1, device=regions.device)
     index = colours.clamp(min=0)[:, None, :].expand(-1, coverage.shape[2], -1)  # [B, N, K]
     target.scatter_add_(2, index, coverage.transpose(1, 2))

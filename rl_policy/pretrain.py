@@ -50,7 +50,7 @@ from data_synthesis import DatasetError, SpatialWorldOracle, load_pairs, oracle_
 from data_synthesis.fresh import FreshScenes
 from data_synthesis.scene import COLOURS, Scene
 from rl_policy.evaluation import families_all_found
-from rl_policy.layout_head import layout_loss, layout_targets, object_region_masks, token_grid_masks
+from rl_policy.layout_head import layout_loss, layout_targets, object_coverage, object_region_masks
 from rl_policy.policy import FluxPolicy, PromptEmbeddings, frozen_components
 from rl_policy.rollout import sample_ode
 from rl_policy.sde import noised_latents
@@ -193,8 +193,7 @@ def rectified_flow_loss(
 def object_token_weights(regions: torch.Tensor, colours: torch.Tensor, grid: tuple[int, int], weight: float):
     """Per image token 1 + `weight` x the share of it that objects cover (overlaps counted once) -> [B, h * w].
     regions [B, K, R, R] in [0, 1] and colours [B, K] (-1: no object) as `ImagePromptDataset` gives them."""
-    coverage = token_grid_masks(regions, grid) * (colours >= 0)[:, :, None]  # [B, K, N]
-    return 1 + weight * coverage.sum(1).clamp(max=1)
+    return 1 + weight * object_coverage(regions, colours, grid).sum(1).clamp(max=1)
 
 
 def logit_normal_sigmas(batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:

@@ -103,10 +103,13 @@ GENERATOR_DIR ?= runs/rl/generator
 SHIPPED_GENERATOR = checkpoints/generator_tiny/pipeline
 GENERATOR ?= $(if $(wildcard $(SHIPPED_GENERATOR)/model_index.json),$(SHIPPED_GENERATOR),$(GENERATOR_DIR)/pipeline)
 REWARD ?= spatialscore
+# A draw from the generator is redone when its weights are newer; `rl_policy draw` then refuses a dir drawn from other
+# weights (remove it: its samples are the old generator's).
+GENERATOR_WEIGHTS = $(GENERATOR)/model_index.json $(wildcard $(GENERATOR)/transformer/*.safetensors)
 
 agreement-set: $(AGREEMENT_DIR)/samples.parquet ## the generator's own samples of RL test prompts, oracle-labelled
 
-$(AGREEMENT_DIR)/samples.parquet: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json | $(STAMP)
+$(AGREEMENT_DIR)/samples.parquet: $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) | $(STAMP)
 	$(PYTHON) -m rl_policy draw --pipeline $(GENERATOR) --data $(RL_DATA_DIR) --split test \
 		--prompts $(AGREEMENT_PROMPTS) --per-prompt 24 --out $(AGREEMENT_DIR)
 
@@ -142,7 +145,7 @@ RANKED_DRAW_DIR ?= data/draw-train
 RANKED_DIR ?= data/spatialworld-ranked
 data-ranked: $(RANKED_DIR)/meta.json ## ranked pairs of the generator's own samples of RL train prompts (oracle-ordered)
 
-$(RANKED_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json | $(STAMP)
+$(RANKED_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) | $(STAMP)
 	$(PYTHON) -m rl_policy draw --pipeline $(GENERATOR) --data $(RL_DATA_DIR) --split train \
 		--prompts $(RANKED_PROMPTS) --per-prompt 24 --out $(RANKED_DRAW_DIR)
 	$(PYTHON) -m data_synthesis ranked-groups $(RANKED_DRAW_DIR) --source-dir $(RL_DATA_DIR) --out $(RANKED_DIR)

@@ -10,12 +10,15 @@ position), so a larger set begins with the same groups. Output, read by `reward_
 - `images/g{group:04d}_s{sample:02d}.png`;
 - `samples.parquet`: group, sample, pair_id, prompt, image (relative path), relation_accuracy (share of the stated
   relations the oracle confirms), all_found (every named object detected), num_relations;
-- `draw_args.json`: the arguments; a rerun with the same ones resumes (groups already judged are kept: each group's
-  labels are written atomically after its images, `groups/g{group:04d}.json`), other arguments are refused.
+- `draw_args.json`: the arguments and `weights_fingerprint` (of the pipeline's and the LoRA's weight files: their
+  names, sizes and first and last MiB); a rerun with the same ones resumes (groups already judged are kept: each
+  group's labels are written atomically after its images, `groups/g{group:04d}.json`); other arguments, or other
+  weights under the same path (a retrained generator), are refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass
@@ -32,6 +35,8 @@ from shared import atomic_write_bytes, atomic_write_json, stable_seed
 
 SAMPLES_FILE = "samples.parquet"
 ARGS_FILE = "draw_args.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+FINGERPRINT_SPAN = 1 << 20  # bytes read at each end of a weight file
 
 
 @dataclass(frozen=True)
@@ -128,15 +133,43 @@ def _draw_group(policy: FluxPolicy, oracle: SpatialWorldOracle, settings: DrawSe
     atomic_write_json(out / "groups" / f"g{group:04d}.json", rows)
 
 
+def weights_fingerprint(*directories: str | Path | None) -> str:
+    """sha256 over the weight files under `directories` (None skipped): each one's relative path, size, and first and
+    last MiB. Enough to tell a retrained generator at the same path from the one drawn before, without reading a
+    12B checkpoint whole."""
+    digest = hashlib.sha256()
+    for index, directory in enumerate(directories):
+        if directory is None:
+            continue
+        root = Path(directory)
+        for file in sorted(path for path in root.rglob("*") if path.is_file() and path.suffix in WEIGHT_SUFFIXES):
+            size = file.stat().st_size
+            digest.update(f"{index}\0{file.relative_to(root).as_posix()}\0{size}\0".encode())
+            with file.open("rb") as handle:
+                digest.update(handle.read(FINGERPRINT_SPAN))
+                if size > FINGERPRINT_SPAN:
+                    handle.seek(max(FINGERPRINT_SPAN, size - FINGERPRINT_SPAN))
+                    digest.update(handle.read(FINGERPRINT_SPAN))
+    return digest.hexdigest()
+
+
 def _claim(out: Path, settings: DrawSettings) -> None:
-    """Create `out` with the arguments, or check that an existing one was drawn with the same ones."""
-    arguments = asdict(settings)
+    """Create `out` with the arguments and the weights' fingerprint, or check that an existing one was drawn with the
+    same ones."""
+    arguments = asdict(settings) | {"weights_fingerprint": weights_fingerprint(settings.pipeline, settings.lora)}
     path = out / ARGS_FILE
     if path.is_file():
         previous = json.loads(path.read_text())
-        if previous != arguments:
-            changed = sorted(key for key in arguments if previous.get(key) != arguments[key])
+        changed = sorted(key for key in asdict(settings) if previous.get(key) != arguments[key])
+        if changed:
             raise ValueError(f"{out} was drawn with other arguments ({', '.join(changed)}): use a new --out")
+        if previous.get("weights_fingerprint") != arguments["weights_fingerprint"]:
+            what = "other weights" if "weights_fingerprint" in previous else "weights it did not record"
+            raise ValueError(
+                f"{out} was drawn from {what} at --pipeline {settings.pipeline}"
+                f"{' / --lora ' + settings.lora if settings.lora else ''} (a retrained generator?): its samples are not "
+                "this generator's; remove it or use a new --out"
+            )
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, arguments)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 from data_synthesis import SpatialWorldOracle
 from rl_policy.__main__ import main
 from rl_policy.data import load_prompts
+from rl_policy.draw import FINGERPRINT_SPAN, weights_fingerprint
 from rl_policy.policy import build_tiny_flux_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,3 +69,47 @@ def test_draw_refuses_a_dir_that_is_not_a_pipeline(small_dataset, tmp_path, caps
     assert main(argv) == 1
     assert "is not a diffusers pipeline dir" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_draw_refuses_to_resume_from_other_weights_at_the_same_path(small_dataset, tmp_path, capsys):
+    """A retrained generator saved where the old one was: its samples would be mixed with the old one's."""
+    pipeline = tmp_path / "pipeline"
+    build_tiny_flux_pipeline(max_prompt_tokens=96, seed=0).save_pretrained(pipeline)
+    out = tmp_path / "agreement"
+    argv = ["draw", "--pipeline", str(pipeline), "--data", str(small_dataset), "--prompts", "1"]
+    argv += ["--per-prompt", "2", "--steps", "2", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    recorded = json.loads((out / "draw_args.json").read_text())["weights_fingerprint"]
+    assert recorded == weights_fingerprint(pipeline, None)
+
+    # the same weights copied elsewhere (new modification times) have the same fingerprint
+    copy = tmp_path / "copy"
+    shutil.copytree(pipeline, copy, copy_function=shutil.copy)
+    assert weights_fingerprint(copy) == recorded
+
+    build_tiny_flux_pipeline(max_prompt_tokens=96, seed=1).save_pretrained(pipeline)  # retrained, same path
+    assert weights_fingerprint(pipeline) != recorded
+    capsys.readouterr()
+    assert main(argv) == 1
+    assert "drawn from other weights" in capsys.readouterr().err
+    assert json.loads((out / "draw_args.json").read_text())["weights_fingerprint"] == recorded
+
+    # a draw from before fingerprints were recorded is not trusted either
+    arguments = json.loads((out / "draw_args.json").read_text())
+    del arguments["weights_fingerprint"]
+    (out / "draw_args.json").write_text(json.dumps(arguments))
+    assert main(argv) == 1
+    assert "weights it did not record" in capsys.readouterr().err
+
+
+def test_weights_fingerprint_reads_both_ends_of_a_large_file(tmp_path):
+    """Weights changed only past the first MiB (a later tensor) change the fingerprint; other files do not count."""
+    data = bytearray(3 * FINGERPRINT_SPAN)
+    (tmp_path / "model.safetensors").write_bytes(bytes(data))
+    first = weights_fingerprint(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    assert weights_fingerprint(tmp_path) == first
+    data[-1] = 1
+    (tmp_path / "model.safetensors").write_bytes(bytes(data))
+    assert weights_fingerprint(tmp_path) != first
+    assert weights_fingerprint(tmp_path, None) == weights_fingerprint(tmp_path)

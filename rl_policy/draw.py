@@ -165,10 +165,10 @@ def _claim(out: Path, settings: DrawSettings) -> None:
             raise ValueError(f"{out} was drawn with other arguments ({', '.join(changed)}): use a new --out")
         if previous.get("weights_fingerprint") != arguments["weights_fingerprint"]:
             what = "other weights" if "weights_fingerprint" in previous else "weights it did not record"
+            lora = f" / --lora {settings.lora}" if settings.lora else ""
             raise ValueError(
-                f"{out} was drawn from {what} at --pipeline {settings.pipeline}"
-                f"{' / --lora ' + settings.lora if settings.lora else ''} (a retrained generator?): its samples are not "
-                "this generator's; remove it or use a new --out"
+                f"{out} was drawn from {what} at --pipeline {settings.pipeline}{lora} (a retrained generator?): its "
+                "samples are not this generator's; remove it or use a new --out"
             )
         return
     out.mkdir(parents=True, exist_ok=True)

@@ -100,6 +100,7 @@ def build_pretrained_tiny_spatialscore(
     lora_alpha: float = 32.0,
     lora_dropout: float = 0.0,
     lora_target_modules: list[str] | None = None,
+    vision_lora_target_modules: list[str] | None = None,
     head_hidden_size: int = 64,
     min_std: float = 0.05,
     max_std: float = 10.0,
@@ -115,6 +116,8 @@ def build_pretrained_tiny_spatialscore(
     backbone_dir: the stage-A directory (config.json, model.safetensors, processor files, position embedding).
     lora_rank: LoRA rank on the language model; None fine-tunes the whole language model (vision tower frozen).
     lora_alpha, lora_dropout, lora_target_modules: as `build_tiny_spatialscore`.
+    vision_lora_target_modules: Linear names inside each vision block to LoRA as well (e.g. `VISION_LORA_TARGETS`);
+        None keeps the stage-A vision tower frozen, as it saw only clean renders.
     head_hidden_size, min_std, max_std, initial_std: the (mean, std) head; seed draws its initialisation.
     head_init: "random" (the paper's fresh head) or "match": the head's mean starts equal to the stage-A image-text
         matching logit (`match_head` in the directory's grounding heads), which reads the same `<|reward|>` hidden
@@ -136,6 +139,7 @@ def build_pretrained_tiny_spatialscore(
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
         lora_target_modules=tuple(lora_target_modules or TEXT_LORA_TARGETS),
+        vision_lora_target_modules=tuple(vision_lora_target_modules or ()),
         head_hidden_size=head_hidden_size,
         min_std=min_std,
         max_std=max_std,

@@ -305,6 +305,17 @@ def test_a_few_steps_move_every_weight_and_the_backbone_reloads(processor, tmp_p
             matched_mean, _ = matched(**batch.inputs)
         torch.testing.assert_close(matched_mean, scale * expected.match_logits, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(mean, matched_mean)
+    # LoRA on the vision tower as well: its blocks gain trainable adapters (the text ones too), and the untrained
+    # adapters leave stage A's output unchanged
+    with_vision = build_pretrained_tiny_spatialscore(
+        backbone_dir=str(directory), lora_rank=4, head_init="match", vision_lora_target_modules=["qkv", "proj"]
+    ).eval()
+    trainable = [name for name, value in with_vision.named_parameters() if value.requires_grad]
+    assert any("visual.blocks" in name and "lora_" in name for name in trainable)
+    assert any("language_model" in name and "lora_" in name for name in trainable)
+    assert not any("visual.blocks" in name and "lora_" in name for name, _ in scorer.named_parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(with_vision(**batch.inputs)[0], expected.match_logits, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="head_init must be one of"):
         build_pretrained_tiny_spatialscore(backbone_dir=str(directory), head_init="verdict")
     with pytest.raises(ValueError, match="head_init_scale must be positive"):

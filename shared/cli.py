@@ -42,9 +42,12 @@ def build_lightning_cli(cli_class: type, model_class: type, datamodule_class: ty
     """`cli_class` (a LightningCLI subclass) over a module and a data module as every stage builds it: `args` are the
     command's words or a config dict, seed 0 by default, the saved config overwritten on a rerun, `TRACEBACK_HELP`
     under every `--help`, and without LightningCLI's warning that sys.argv (the command's own words) is not what it
-    parses, which would otherwise precede every command's output and its one-line error."""
+    parses, which would otherwise precede every command's output and its one-line error. Also silenced: Lightning's
+    advice to save a manually optimised module's state before its optimizer step (GRPO's checkpoints are written after
+    a whole step, weights and step count together, which is what resuming needs)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
         return cli_class(
             model_class,
             datamodule_class,

@@ -148,6 +148,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
+def _number(value: Any) -> float:
+    """A metrics.json value as a float: null (nothing to measure) and absent keys as NaN."""
+    return math.nan if value is None else float(value)
+
+
 def summarize(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """{run name: metrics.json} -> {configuration: {metric: {base, final, gain: (mean, std)}, seeds: n}}.
 
@@ -159,8 +164,8 @@ def summarize(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
     for configuration, runs in groups.items():
         row: dict[str, Any] = {"seeds": len(runs)}
         for metric, _ in METRICS:
-            base = [float(r.get(f"{metric}_base", math.nan)) for r in runs]
-            final = [float(r.get(f"{metric}_final", math.nan)) for r in runs]
+            base = [_number(r.get(f"{metric}_base")) for r in runs]
+            final = [_number(r.get(f"{metric}_final")) for r in runs]
             row[metric] = {
                 "base": mean_std(base),
                 "final": mean_std(final),

@@ -179,19 +179,20 @@ class ExportPolicy(Callback):
             "num_eval_prompts": len(records),
         }
         for name in ("reward", "oracle_accuracy", "relation_accuracy_all_found", "all_found"):
-            if name in final:
-                metrics[f"{name}_base"], metrics[f"{name}_final"] = base[name], final[name]
+            if name in final:  # NaN (no sample with every object found) written as null: strict JSON
+                for side, value in (("base", base[name]), ("final", final[name])):
+                    metrics[f"{name}_{side}"] = None if math.isnan(value) else value
         if "all_found" in final:  # an oracle judged the images: families_all_found's numbers, as JSON (null, not NaN)
             for side, scores in (("base", base), ("final", final)):
                 for name in ("relation_accuracy_all_found", "num_relations_all_found"):
                     values = {family: scores[f"{name}/{family}"] for family in FAMILIES}
                     metrics[f"{name}_by_family_{side}"] = {f: None if math.isnan(v) else v for f, v in values.items()}
         history = getattr(pl_module, "agreement_history", [])
-        if history:  # the critic's within-group Spearman with the oracle on the last measured rollout
-            metrics["critic_oracle_spearman_final"], metrics["critic_oracle_spearman_step"] = (
-                history[-1][1],
-                history[-1][0],
-            )
+        if history:  # the critic's within-group Spearman with the oracle on the last measured rollout (null, not
+            # NaN, where every group's oracle values tied: metrics.json stays strict JSON)
+            step, spearman = history[-1]
+            metrics["critic_oracle_spearman_final"] = None if math.isnan(spearman) else spearman
+            metrics["critic_oracle_spearman_step"] = step
         warning = divergence_warning(base, final, trainer.global_step)
         metrics["reward_hacking_warning"] = warning is not None
         if warning is not None:

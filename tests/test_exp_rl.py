@@ -89,13 +89,20 @@ def test_gains_are_paired_per_seed_then_averaged():
         "oracle-topk-s0": {"oracle_accuracy_base": 0.25, "oracle_accuracy_final": 0.50, "reward_base": 0.1},
         "oracle-topk-s1": {"oracle_accuracy_base": 0.35, "oracle_accuracy_final": 0.50, "reward_base": 0.3},
         "oracle-all-s0": {"oracle_accuracy_base": 0.25, "oracle_accuracy_final": 0.30},
+        # null where nothing was measured (no sample with every object found): left out of the mean, not a crash
+        "oracle-all-s1": {"oracle_accuracy_base": 0.25, "oracle_accuracy_final": 0.30},
     }
+    results["oracle-topk-s1"] |= {"relation_accuracy_all_found_base": None, "relation_accuracy_all_found_final": 0.4}
+    results["oracle-topk-s0"] |= {"relation_accuracy_all_found_base": 0.3, "relation_accuracy_all_found_final": 0.5}
     table = exp_rl.summarize(results)
+    assert table["oracle-topk"]["relation_accuracy_all_found"]["base"] == pytest.approx((0.3, 0.0))
+    assert table["oracle-topk"]["relation_accuracy_all_found"]["gain"] == pytest.approx((0.2, 0.0))
     topk = table["oracle-topk"]
     assert topk["seeds"] == 2
     assert topk["oracle_accuracy"]["base"] == pytest.approx((0.30, math.sqrt(0.005)))
     assert topk["oracle_accuracy"]["gain"] == pytest.approx((0.20, math.sqrt(0.005)))  # gains 0.25 and 0.15
     assert table["oracle-all"]["oracle_accuracy"]["gain"] == pytest.approx((0.05, 0.0))
+    assert table["oracle-all"]["seeds"] == 2
     assert math.isnan(topk["all_found"]["final"][0])
     markdown = exp_rl.comparison_markdown(table, results)
     assert table["oracle-topk"]["families"] == {}  # no per-family numbers in these metrics

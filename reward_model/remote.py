@@ -114,6 +114,12 @@ class RemoteSpatialScore:
         mean, _ = self.score(prompts=prompts, images=images)
         return mean
 
+    def mean_and_std(
+        self, *, prompts: Sequence[str], images: Sequence[ImageInput]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian reward rl_policy asks for (`rl_policy.reward.reward_and_std`): `score`'s mean and std [N]."""
+        return self.score(prompts=prompts, images=images)
+
     def _check(self, answer: Any, count: int) -> tuple[list[float], list[float]]:
         if not isinstance(answer, dict) or not all(key in answer for key in ("mean", "std", "checkpoint_sha256")):
             raise RemoteRewardError(f"{self.score_url} answered something that is not a score: {str(answer)[:200]}")

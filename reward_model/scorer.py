@@ -400,3 +400,9 @@ class SpatialScorer:
         """The `Reward` protocol: mean reward [N] of each (prompt, image); `metadata` is not used."""
         mean, _ = self.score(prompts=prompts, images=images)
         return mean
+
+    def mean_and_std(
+        self, *, prompts: Sequence[str], images: Sequence[ImageInput]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Gaussian reward rl_policy asks for (`rl_policy.reward.reward_and_std`): `score`'s mean and std [N]."""
+        return self.score(prompts=prompts, images=images)

@@ -8,7 +8,9 @@ Each optimisation step (Lightning manual optimisation), on the prompts of one `P
 2. reward: the configured `Reward` (`rl_policy.reward`; the SpatialScore critic, the SpatialWorld oracle, the GenEval
    rules, chosen in the config by `class_path`); a non-finite reward drops that sample (counted, never trained on);
 3. advantages (`grpo.filtered_advantages`): per prompt, the top-k and bottom-k of the group (paper: k = 6 of 24);
-   groups whose rewards are all equal train nothing (counted);
+   groups whose rewards are all equal train nothing (counted), and with `groups.min_spread_to_std` neither do the
+   groups a Gaussian reward cannot order (`grpo.uncertain_groups`: its means spread less than that many of its own
+   stds; counted, `train/uncertain_groups`);
 4. update: the kept samples' pairs (sample, SDE step) for `ClippedGRPO`, (sample, noise draw) for `DiffusionNFT`
    (`rl_policy.objectives`) are shuffled from (seed, step) and split into `updates_per_rollout` chunks, each one
    optimizer step (gradients accumulated over micro-batches of `micro_batch_size`), then grad-norm clipping. The
@@ -43,10 +45,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from rl_policy import monitor
 from rl_policy.data import PromptBatch, PromptDataModule
 from rl_policy.evaluation import sample_eval_images, score_eval_images
-from rl_policy.grpo import GroupSettings, filtered_advantages
+from rl_policy.grpo import GroupSettings, filtered_advantages, uncertain_groups
 from rl_policy.objectives import ClippedGRPO, Objective, PolicyCall
 from rl_policy.policy import FluxPolicy, frozen_components, reference_policy, trainable_parameters
-from rl_policy.reward import Reward
+from rl_policy.reward import Reward, reward_and_std
 from rl_policy.rollout import SamplerSettings, Trajectory, guidance_inputs, sample_trajectories, select_embeddings
 from rl_policy.updates import UpdateSettings, update_plan
 from shared import stable_seed
@@ -99,7 +101,8 @@ class GRPOModule(LightningModule):
         self.transformer = policy.transformer  # registered: its LoRA weights are the module's trainable state
         self.reward, self.eval_reward, self.oracle = reward, eval_reward or reward, oracle
         self.optimizer_factory = optimizer
-        self.counters = {"dropped_samples": 0, "zero_variance_groups": 0}
+        self.counters = {"dropped_samples": 0, "zero_variance_groups": 0, "uncertain_groups": 0}
+        self.last_reward_std: torch.Tensor | None = None
         self.last_eval: dict[str, float] = {}
         self.first_eval: dict[str, float] = {}  # the step-0 evaluation, what the monitor compares with
         self.agreement_history: list[tuple[int, float]] = []  # (step, critic-oracle Spearman on its rollout)
@@ -122,7 +125,8 @@ class GRPOModule(LightningModule):
         return generator.manual_seed(stable_seed("grpo", self.hparams.seed, *parts) % (2**63))
 
     def rollout(self, batch: PromptBatch) -> tuple[Trajectory, torch.Tensor, torch.Tensor]:
-        """-> trajectory, images [S, 3, H, W] in [0, 1], rewards [S] (float32, NaN where non-finite)."""
+        """-> trajectory, images [S, 3, H, W] in [0, 1], rewards [S] (float32, NaN where non-finite). A Gaussian
+        reward's std [S] is kept in `last_reward_std` (None for other rewards) for `grpo.uncertain_groups`."""
         sampler, side = self.sampler, self.sampler.resolution
         trajectory = sample_trajectories(
             self.policy,
@@ -140,7 +144,8 @@ class GRPOModule(LightningModule):
         )
         images = self.policy.decode(trajectory.latents[:, -1], side, side).cpu()  # [S, 3, H, W]
         index = trajectory.prompt_index.tolist()
-        rewards = self.reward(
+        rewards, std = reward_and_std(
+            self.reward,
             prompts=[batch.prompts[i] for i in index],
             images=list(images),
             metadata=[batch.metadata[i] for i in index] if batch.metadata else None,
@@ -148,6 +153,7 @@ class GRPOModule(LightningModule):
         rewards = rewards.detach().float().cpu().reshape(-1)
         if rewards.shape != (trajectory.num_samples,):
             raise ValueError(f"the reward returned shape {list(rewards.shape)} for {trajectory.num_samples} images")
+        self.last_reward_std = None if std is None else std.detach().float().cpu().reshape(rewards.shape)
         return trajectory, images, torch.where(torch.isfinite(rewards), rewards, torch.nan)
 
     def policy_call(self, batch: PromptBatch, trajectory: Trajectory) -> PolicyCall:
@@ -185,10 +191,15 @@ class GRPOModule(LightningModule):
         trajectory, images, rewards = self.rollout(batch)
         groups = rewards.view(len(batch), self.groups.group_size)  # [P, G]
         result = filtered_advantages(groups, self.groups.keep_per_side, self.groups.filter_order, self.groups.std_scope)
+        std = None if self.last_reward_std is None else self.last_reward_std.view_as(groups)
+        uncertain = uncertain_groups(groups, std, self.groups.min_spread_to_std) & ~result.zero_variance  # [P]
+        if uncertain.any():  # the critic cannot order these groups: nothing trains on them
+            result = result._replace(advantages=torch.where(uncertain[:, None], 0.0, result.advantages))
         dropped = int((~torch.isfinite(rewards)).sum())
-        trains = (result.keep & ~result.zero_variance[:, None]).flatten()  # [S]
+        trains = (result.keep & ~(result.zero_variance | uncertain)[:, None]).flatten()  # [S]
         self.counters["dropped_samples"] += dropped
         self.counters["zero_variance_groups"] += int(result.zero_variance.sum())
+        self.counters["uncertain_groups"] = self.counters.get("uncertain_groups", 0) + int(uncertain.sum())
         if self._measures_agreement(batch):
             index = trajectory.prompt_index.tolist()
             prompts, metadata = [batch.prompts[i] for i in index], [batch.metadata[i] for i in index]
@@ -243,6 +254,9 @@ class GRPOModule(LightningModule):
 
         trained_pairs = len(pairs) if plan else 0
         metrics = monitor.rollout_metrics(rewards, advantages, trains, result.zero_variance, dropped, trained_pairs)
+        if self.last_reward_std is not None:
+            metrics["train/reward_model_std"] = self.last_reward_std.nanmean()
+            metrics["train/uncertain_groups"] = uncertain.float().mean()
         metrics["train/lr"] = torch.tensor(float(optimizer.optimizer.param_groups[0]["lr"]))
         metrics |= {f"train/{name}": torch.stack(values).mean() for name, values in logged.items()}
         if grad_norms:

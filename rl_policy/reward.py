@@ -11,7 +11,9 @@ import torch
 
 
 class Reward(Protocol):
-    """A reward for generated images: keyword-only, one float per (prompt, image)."""
+    """A reward for generated images: keyword-only, one float per (prompt, image). A Gaussian reward (the SpatialScore
+    critic, in process or served) also has `mean_and_std(prompts=, images=) -> (mean, std)`: `reward_and_std`
+    uses it."""
 
     def __call__(
         self, *, prompts: Sequence[str], images: Sequence[Any], metadata: Sequence[Any] | None
@@ -34,3 +36,14 @@ class WeightedReward:
             if weight:
                 total += weight * reward(prompts=prompts, images=images, metadata=metadata).float().cpu()
         return total
+
+
+def reward_and_std(
+    reward: Reward, *, prompts: Sequence[str], images: Sequence[Any], metadata: Sequence[Any] | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reward [N] and, for a Gaussian reward (one with `mean_and_std`), its std [N]; else None. The mean is what
+    the reward's own `__call__` gives."""
+    mean_and_std = getattr(reward, "mean_and_std", None)
+    if callable(mean_and_std):
+        return mean_and_std(prompts=prompts, images=images)
+    return reward(prompts=prompts, images=images, metadata=metadata), None

@@ -34,6 +34,7 @@ from reward_model.recipes import build_tiny_spatialscore
 from reward_model.serve import TOKEN_ENV, access_token, checkpoint_sha256, serve_command
 from rl_policy.data import PromptDataModule
 from rl_policy.policy import trainable_parameters
+from rl_policy.reward import reward_and_std
 from tests.test_rl_configs import CONFIG_DIR, parse
 from tests.test_rl_grpo_module import make_module
 from tests.test_rl_grpo_module import trainer as grpo_trainer
@@ -230,6 +231,12 @@ def test_remote_reward_equals_the_critic_and_fails_clearly(server, scorer, check
     remote = RemoteSpatialScore(server, token=TOKEN, images_per_request=2)  # 3 requests
     rewards = remote(prompts=prompts, images=images, metadata=None)
     torch.testing.assert_close(rewards, scorer(prompts=prompts, images=images, metadata=None), atol=1e-5, rtol=0)
+    # the Gaussian reward GRPO's uncertainty gate reads (rl_policy.reward.reward_and_std): mean and std, both sides
+    remote_mean, remote_std = reward_and_std(remote, prompts=prompts, images=images, metadata=None)
+    local_mean, local_std = reward_and_std(scorer, prompts=prompts, images=images, metadata=None)
+    torch.testing.assert_close((remote_mean, remote_std), (local_mean, local_std), atol=1e-5, rtol=0)
+    torch.testing.assert_close(local_mean, scorer(prompts=prompts, images=images, metadata=None), atol=0, rtol=0)
+    assert local_std.shape == (5,) and bool((local_std > 0).all())
     assert remote.checkpoint_sha256 == checkpoint_sha256(checkpoint) and TOKEN not in repr(remote)
     assert remote(prompts=[], images=[], metadata=None).shape == (0,)
 

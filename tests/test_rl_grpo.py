@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rl_policy.grpo import (
+    GroupSettings,
     filtered_advantages,
     flow_grpo_kl,
     gaussian_kl,
@@ -15,6 +16,7 @@ from rl_policy.grpo import (
     grpo_clip_loss,
     kl_to_reference,
     topk_bottomk,
+    uncertain_groups,
 )
 from rl_policy.sde import sde_step_with_logprob
 
@@ -152,3 +154,21 @@ def test_gaussian_kl_is_torch_kl_of_the_step_distributions():
     )
     with pytest.raises(ValueError, match="KL form"):
         kl_to_reference(step, reference.mean, "exact")
+
+
+def test_uncertain_groups_hand_values():
+    """Group 0: means spread 1.0 (population std of 0, 2), stds all 1 -> ratio 1. Group 1: spread 0.5 of stds
+    0.1 -> 5. Group 2: one finite reward -> never flagged here. Group 3: the non-finite mean is left out of both."""
+    rewards = torch.tensor([[0.0, 2.0], [1.0, 2.0], [1.0, math.nan], [3.0, math.nan]])
+    std = torch.tensor([[1.0, 1.0], [0.1, 0.1], [5.0, 5.0], [9.0, 9.0]])
+    assert uncertain_groups(rewards, std, 2.0).tolist() == [True, False, False, False]
+    assert uncertain_groups(rewards, std, 0.5).tolist() == [False, False, False, False]
+    assert uncertain_groups(rewards, std, 5.01).tolist() == [True, True, False, False]
+    # the ratio compares with the root-mean-square std: stds 1 and 7 -> 5; spread 4.9 (means -4.9, 4.9) is below
+    assert uncertain_groups(torch.tensor([[-4.9, 4.9]]), torch.tensor([[1.0, 7.0]]), 1.0).tolist() == [True]
+    assert uncertain_groups(torch.tensor([[-5.1, 5.1]]), torch.tensor([[1.0, 7.0]]), 1.0).tolist() == [False]
+    assert not uncertain_groups(rewards, None, 2.0).any() and not uncertain_groups(rewards, std, None).any()
+    with pytest.raises(ValueError, match="reward std of shape"):
+        uncertain_groups(rewards, std[:, :1], 2.0)
+    with pytest.raises(ValueError, match="min_spread_to_std must be positive"):
+        GroupSettings(group_size=4, keep_per_side=1, min_spread_to_std=0.0)

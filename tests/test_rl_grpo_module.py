@@ -48,7 +48,7 @@ GROUP_OF = {name: group for group, names in SETTINGS.items() for name in names} 
     name: group
     for group, names in [
         ("sampler", ["sde_steps", "shared_noise", "guidance"]),
-        ("groups", ["filter_order", "std_scope"]),
+        ("groups", ["filter_order", "std_scope", "min_spread_to_std"]),
         ("updates", ["updates_per_rollout", "max_grad_norm"]),
         ("objective", ["advantage_clip", "kl_form"]),
     ]
@@ -323,3 +323,34 @@ def test_eval_scores_give_placement_per_family_among_all_found_images():
     assert scores["relation_accuracy_all_found/horizontal"] == 0.5 and scores["num_relations_all_found/horizontal"] == 2
     assert scores["relation_accuracy_all_found/vertical"] == 0.0 and scores["num_relations_all_found/vertical"] == 1
     assert math.isnan(scores["relation_accuracy_all_found/depth"]) and scores["num_relations_all_found/depth"] == 0
+
+
+class GaussianBrightness(Brightness):
+    """A Gaussian reward: brightness as the mean, with a constant std, like the critic's (mean, std)."""
+
+    def __init__(self, std: float) -> None:
+        self.std = std
+
+    def mean_and_std(self, *, prompts, images):
+        mean = self(prompts=prompts, images=images)
+        return mean, torch.full_like(mean, self.std)
+
+
+def test_groups_a_gaussian_reward_cannot_order_train_nothing(small_dataset, tmp_path):
+    """With a std far above the groups' spread every group is uncertain: no weight moves, the groups are counted;
+    the same reward without the gate trains."""
+    data = functools.partial(PromptDataModule, small_dataset, prompts_per_step=2, num_eval_prompts=2)
+    gated = make_module(reward=GaussianBrightness(std=10.0), min_spread_to_std=2.0)
+    before = {name: p.detach().clone() for name, p in trainable_parameters(gated.transformer).items()}
+    run = trainer(tmp_path / "gated", 2, enable_checkpointing=False)
+    run.fit(gated, data())
+    assert run.global_step == 2 and gated.counters["uncertain_groups"] == 4
+    assert gated.last_reward_std is not None and torch.all(gated.last_reward_std == 10.0)
+    for name, parameter in trainable_parameters(gated.transformer).items():
+        assert torch.equal(parameter, before[name]), name
+
+    confident = make_module(reward=GaussianBrightness(std=1e-6), min_spread_to_std=2.0)
+    trainer(tmp_path / "confident", 1, enable_checkpointing=False).fit(confident, data())
+    assert confident.counters["uncertain_groups"] == 0
+    moved = [n for n, p in trainable_parameters(confident.transformer).items() if not torch.equal(p, before[n])]
+    assert moved

@@ -199,7 +199,7 @@ class GRPOModule(LightningModule):
         trains = (result.keep & ~(result.zero_variance | uncertain)[:, None]).flatten()  # [S]
         self.counters["dropped_samples"] += dropped
         self.counters["zero_variance_groups"] += int(result.zero_variance.sum())
-        self.counters["uncertain_groups"] = self.counters.get("uncertain_groups", 0) + int(uncertain.sum())
+        self.counters["uncertain_groups"] += int(uncertain.sum())
         if self._measures_agreement(batch):
             index = trajectory.prompt_index.tolist()
             prompts, metadata = [batch.prompts[i] for i in index], [batch.metadata[i] for i in index]
@@ -327,7 +327,7 @@ class GRPOModule(LightningModule):
         checkpoint["grpo_monitor"] = {"first_eval": self.first_eval, "agreement": self.agreement_history}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.counters = dict(checkpoint.get("grpo_counters", self.counters))
+        self.counters = self.counters | checkpoint.get("grpo_counters", {})  # a counter newer than the checkpoint: 0
         saved = checkpoint.get("grpo_monitor", {})
         self.first_eval = dict(saved.get("first_eval", self.first_eval))
         self.agreement_history = [tuple(item) for item in saved.get("agreement", self.agreement_history)]

@@ -131,6 +131,11 @@ class GRPOTraining(GRPOModule):
         self.reward_source = reward_source
 
 
+def json_number(value: float) -> float | None:
+    """`value` as metrics.json holds it: NaN (nothing to measure) as null, so the file stays strict JSON."""
+    return None if math.isnan(value) else value
+
+
 class ExportPolicy(Callback):
     """At the end of `fit`: base vs trained evaluation, `lora/` and `metrics.json` (module docstring).
 
@@ -179,19 +184,18 @@ class ExportPolicy(Callback):
             "num_eval_prompts": len(records),
         }
         for name in ("reward", "oracle_accuracy", "relation_accuracy_all_found", "all_found"):
-            if name in final:  # NaN (no sample with every object found) written as null: strict JSON
-                for side, value in (("base", base[name]), ("final", final[name])):
-                    metrics[f"{name}_{side}"] = None if math.isnan(value) else value
+            if name in final:  # NaN where nothing was measured (no sample with every object found)
+                metrics[f"{name}_base"], metrics[f"{name}_final"] = json_number(base[name]), json_number(final[name])
         if "all_found" in final:  # an oracle judged the images: families_all_found's numbers, as JSON (null, not NaN)
             for side, scores in (("base", base), ("final", final)):
                 for name in ("relation_accuracy_all_found", "num_relations_all_found"):
                     values = {family: scores[f"{name}/{family}"] for family in FAMILIES}
-                    metrics[f"{name}_by_family_{side}"] = {f: None if math.isnan(v) else v for f, v in values.items()}
+                    metrics[f"{name}_by_family_{side}"] = {f: json_number(v) for f, v in values.items()}
         history = getattr(pl_module, "agreement_history", [])
-        if history:  # the critic's within-group Spearman with the oracle on the last measured rollout (null, not
-            # NaN, where every group's oracle values tied: metrics.json stays strict JSON)
+        if history:  # the critic's within-group Spearman with the oracle on the last measured rollout (NaN where
+            # every group's oracle values tied)
             step, spearman = history[-1]
-            metrics["critic_oracle_spearman_final"] = None if math.isnan(spearman) else spearman
+            metrics["critic_oracle_spearman_final"] = json_number(spearman)
             metrics["critic_oracle_spearman_step"] = step
         warning = divergence_warning(base, final, trainer.global_step)
         metrics["reward_hacking_warning"] = warning is not None

@@ -80,16 +80,30 @@ AGREEMENT_PROMPTS ?= 64
 REWARD_RUN_DIR ?= runs/reward/tiny
 REWARD_EXPORT = $(REWARD_RUN_DIR)/export
 REWARD_STEPS ?=
-# REWARD_EXTRA_DATA=DIR: more dataset dirs whose pairs join the renders' (e.g. $(GEN_DATA_DIR), the generator's own
-# images from `make data-generated`; accuracy is then reported per kind). Empty by default: see the README's results.
+# What the critic learns from (issue 18): CRITIC=ranked (default) the renders and the generator's own samples as
+# on-policy ranked pairs ($(RANKED_DIR), `make data-ranked`; configs/reward/tiny_ranked.yaml: each read 5 times per
+# epoch, 2,400 steps); CRITIC=render the renders alone (tiny.yaml: 300 steps). README results, row "critic default".
+CRITIC ?= ranked
+CRITICS = ranked render
+ifeq ($(filter $(CRITIC),$(CRITICS)),)
+$(error CRITIC=$(CRITIC) is not one of: $(CRITICS))
+endif
+# REWARD_EXTRA_DATA=DIR: more dataset dirs whose pairs join the critic's (e.g. $(GEN_DATA_DIR), the generator's own
+# best-of-N pairs from `make data-generated`; accuracy is then reported per kind).
 REWARD_EXTRA_DATA ?=
+# the ranked pairs' dirs and size (`make data-ranked`, below)
+RANKED_PROMPTS ?= 800
+RANKED_DRAW_DIR ?= data/draw-train
+RANKED_DIR ?= data/spatialworld-ranked
+REWARD_CONFIGS = $(strip --config $(REWARD_CONFIG) $(if $(filter ranked,$(CRITIC)),--config configs/reward/tiny_ranked.yaml))
+REWARD_DATA_DIRS = $(strip $(if $(filter ranked,$(CRITIC)),$(RANKED_DIR)) $(REWARD_EXTRA_DATA))
 # REWARD_REPEATS='{"ranked": 5}': how many times each training pair of a kind is read per epoch (--data.train_repeats)
 REWARD_REPEATS ?=
-train-reward: $(DATA_DIR)/verify_report.json $(AGREEMENT_DIR)/samples.parquet $(addsuffix /meta.json,$(REWARD_EXTRA_DATA)) | $(STAMP) ## stage B on the shipped stage A; exports runs/reward/tiny/export
-	$(PYTHON) -m reward_model fit --config $(REWARD_CONFIG) --data.dataset_dir $(DATA_DIR) \
+train-reward: $(DATA_DIR)/verify_report.json $(AGREEMENT_DIR)/samples.parquet $(addsuffix /meta.json,$(REWARD_DATA_DIRS)) | $(STAMP) ## stage B on the shipped stage A (+ ranked pairs); exports runs/reward/tiny/export
+	$(PYTHON) -m reward_model fit $(REWARD_CONFIGS) --data.dataset_dir $(DATA_DIR) \
 		--export.agreement_set $(AGREEMENT_DIR) --trainer.default_root_dir $(REWARD_RUN_DIR) \
 		$(if $(REWARD_STEPS),--trainer.max_steps $(REWARD_STEPS),) \
-		$(if $(REWARD_EXTRA_DATA),--data.extra_dataset_dirs '[$(subst $(space),$(comma),$(strip $(REWARD_EXTRA_DATA)))]',) \
+		$(if $(REWARD_DATA_DIRS),--data.extra_dataset_dirs '[$(subst $(space),$(comma),$(REWARD_DATA_DIRS))]',) \
 		$(if $(REWARD_REPEATS),--data.train_repeats '$(REWARD_REPEATS)',)
 
 # The RL testbed: 2-object SpatialWorld scenes (every relation family but `between`, which needs 3), prompts of at
@@ -136,13 +150,10 @@ $(GEN_DATA_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_
 		--source-dir $(RL_DATA_DIR) --source-split train --generator tiny=$(GENERATOR)
 	$(PYTHON) -m data_synthesis oracle-review $(GEN_DATA_DIR) --quiet
 
-# On-policy ranked pairs (issue 18): RANKED_PROMPTS train prompts of the RL set x 24 samples of the generator with the
-# rollouts' sampler (rl_policy draw), and per prompt up to 6 pairs of samples the oracle strictly orders
-# (data_synthesis ranked-groups). 400 prompts: 9 minutes of drawing, 2,400 pairs. Used by
-# `make train-reward REWARD_EXTRA_DATA=data/spatialworld-ranked REWARD_REPEATS='{"ranked": 5}' REWARD_STEPS=1200`.
-RANKED_PROMPTS ?= 400
-RANKED_DRAW_DIR ?= data/draw-train
-RANKED_DIR ?= data/spatialworld-ranked
+# On-policy ranked pairs (issue 18), what the default critic learns beside the renders: RANKED_PROMPTS train prompts
+# of the RL set x 24 samples of the generator with the rollouts' sampler (rl_policy draw), and per prompt up to 6
+# pairs of samples the oracle strictly orders (data_synthesis ranked-groups). 800 prompts: 15-23 minutes of drawing
+# here, 4,698 pairs from the shipped generator.
 data-ranked: $(RANKED_DIR)/meta.json ## ranked pairs of the generator's own samples of RL train prompts (oracle-ordered)
 
 $(RANKED_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) | $(STAMP)
@@ -184,6 +195,15 @@ ifeq ($(filter $(REWARD),$(RL_REWARDS)),)
 $(error REWARD=$(REWARD) is not one of: $(RL_REWARDS))
 endif
 RL_REWARD_CONFIG = $(if $(filter spatialscore,$(REWARD)),,--config configs/rl/reward_$(REWARD).yaml)
+# RL_RECIPE=layout (default: configs/rl/tiny.yaml's, the same for every reward) or topk (the paper's: top-6 and
+# bottom-6, configs/rl/recipe_topk.yaml; its runs go to runs/rl/tiny[-REWARD]-topk)
+RL_RECIPE ?= layout
+RL_RECIPES = layout topk
+ifeq ($(filter $(RL_RECIPE),$(RL_RECIPES)),)
+$(error RL_RECIPE=$(RL_RECIPE) is not one of: $(RL_RECIPES))
+endif
+RL_CONFIGS = $(strip --config configs/rl/tiny.yaml $(if $(filter topk,$(RL_RECIPE)),--config configs/rl/recipe_topk.yaml) \
+	$(RL_REWARD_CONFIG))
 RL_REWARD_DEPS = $(if $(filter spatialscore,$(REWARD)),$(REWARD_EXPORT)/metrics.json,)
 # The critic is the config's runs/reward/tiny/export unless REWARD_RUN_DIR says otherwise (given whole, as JSON: a
 # protocol-typed argument is not overridden field by field)
@@ -193,10 +213,10 @@ RL_CRITIC_ARGS = $(if $(and $(filter spatialscore,$(REWARD)),$(filter-out runs/r
 # evaluation cache there (`make demo`: runs/demo/rl). RL_STEPS=n: n GRPO iterations instead of the config's;
 # RL_EVAL_PROMPTS=n: the end-of-fit evaluation on the first n test prompts (x 2 seeds) instead of all of them.
 RL_RUNS_DIR ?= runs/rl
-RL_RUN_DIR = $(RL_RUNS_DIR)/tiny$(if $(filter spatialscore,$(REWARD)),,-$(REWARD))
+RL_RUN_DIR = $(RL_RUNS_DIR)/tiny$(if $(filter spatialscore,$(REWARD)),,-$(REWARD))$(if $(filter topk,$(RL_RECIPE)),-topk)
 RL_STEPS ?=
 RL_EVAL_PROMPTS ?=
-RL_SIZE_ARGS = $(if $(filter-out runs/rl,$(RL_RUNS_DIR)),--trainer.default_root_dir $(RL_RUN_DIR) \
+RL_SIZE_ARGS = $(if $(or $(filter-out runs/rl,$(RL_RUNS_DIR)),$(filter topk,$(RL_RECIPE))),--trainer.default_root_dir $(RL_RUN_DIR) \
 	--trainer.callbacks.init_args.dirpath $(RL_RUN_DIR)/checkpoints --export.base_cache $(RL_RUNS_DIR)/base_eval_cache,) \
 	$(if $(RL_STEPS),--trainer.max_steps $(RL_STEPS),) $(if $(RL_EVAL_PROMPTS),--export.num_prompts $(RL_EVAL_PROMPTS),)
 # a killed run resumes from its last checkpoint (LoRA, optimizer, EMA, data position and RNG)
@@ -204,17 +224,18 @@ RL_SIZE_ARGS = $(if $(filter-out runs/rl,$(RL_RUNS_DIR)),--trainer.default_root_
 RL_SEED = $(if $(SEED),--seed_everything $(SEED) --data.seed $(SEED) --model.seed $(SEED),)
 RL_RESUME = $(if $(wildcard $(RL_RUN_DIR)/checkpoints/last.ckpt),--ckpt_path $(RL_RUN_DIR)/checkpoints/last.ckpt,)
 
-$(REWARD_EXPORT)/metrics.json:
+# (a critic older than its ranked pairs, e.g. one of renders alone from before they were the default, is retrained)
+$(REWARD_EXPORT)/metrics.json: $(addsuffix /meta.json,$(REWARD_DATA_DIRS))
 	$(MAKE) train-reward
 
 train-rl: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json $(RL_REWARD_DEPS) | $(STAMP) ## Flow-GRPO of the tiny generator (REWARD=oracle|geneval too)
-	$(PYTHON) -m rl_policy fit --config configs/rl/tiny.yaml $(RL_REWARD_CONFIG) --data.source $(RL_DATA_DIR) \
+	$(PYTHON) -m rl_policy fit $(RL_CONFIGS) --data.source $(RL_DATA_DIR) \
 		--model.policy.pipeline $(GENERATOR) $(RL_CRITIC_ARGS) $(RL_SIZE_ARGS) $(RL_SEED) $(RL_RESUME)
 
 # The RL comparison (not in CI; 10-20 CPU-minutes per run, 18 runs): 3 seeds each of the critic, the oracle and the
-# GenEval-rule reward, the critic and GenEval under the oracle's recipe, and the critic without top-k filtering
-# (experiments/exp_rl.py); runs/exp-rl/comparison.md and curves.png. Resumable. EXP_RL_ONLY="CONFIGURATION ...": only
-# those configurations (e.g. oracle-topk), so that two processes can share the runs.
+# GenEval-rule reward, under tiny.yaml's recipe (`-layout`) and the paper's (`-topk`), only the reward differing within
+# a recipe (experiments/exp_rl.py); runs/exp-rl/comparison.md and curves.png. Resumable. EXP_RL_ONLY="CONFIGURATION
+# ...": only those configurations (e.g. oracle-layout), so that two processes can share the runs.
 EXP_RL_REWARD ?= spatialscore
 EXP_RL_ONLY ?=
 exp-rl: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_index.json runs/reward/tiny/export/metrics.json | $(STAMP) ## RL comparison: rewards x recipes x 3 seeds

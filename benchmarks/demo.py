@@ -24,36 +24,33 @@ jobs ran on it (OMP_NUM_THREADS=1; so upper bounds), 2026-12-05:
 | data | 2,000 pairs (12,000) | 0.05 s/pair + 25 s (a) | 125 s |
 | data-rl | 8,000 pairs (same: shared) | 0.011 s/pair + 30 s (b) | 120 s |
 | pretrain-generator | skipped: shipped generator | | 0 s |
-| data-generated | 128 pairs tried (2,000) | 2.0 s per pair tried + 20 s (g) | 280 s |
+| data-ranked | 32 prompts x 24 (800 x 24) | 2.3 s/prompt + 25 s (c), ranked-groups 10 s | 110 s |
 | agreement-set | 16 prompts x 24 (64 x 24) | 2.3 s/prompt + 25 s (c) | 65 s |
-| train-reward | 150 steps (300) | 0.82 s/step, 0.03 s/scored image, 20 s (d) | 210 s |
+| train-reward | 150 steps (2,400) | 0.82 s/step, 0.03 s/scored image, 20 s (d) | 210 s |
 | train-rl REWARD=oracle | 24 iterations (115) | 11 s/iteration, 0.55 s/eval image, 18 s (e) | 460 s |
-| train-rl (critic) | 24 iterations (120) | 17.6 s/iteration (e) | 580 s |
+| train-rl (critic) | 24 iterations (115) | 17.6 s/iteration (e) | 580 s |
 | eval-benchmarks | EVAL_LIMIT=16 (all) | 3.3 s per prompt and generator + 15 s (f) | 175 s |
 | sample grid, report | 8 prompts x 3 generators | cached images | 20 s |
-| total | | | 2,035 s (34 min) |
+| total | | | 1,865 s (31 min) |
 
 Both RL runs evaluate 64 test prompts x 2 seeds at the end (RL_EVAL_PROMPTS; full: all 398) and 64 x 1 during the
-fit (step 0, then every 40 (oracle) or 20 (critic) iterations); the base side of the end evaluation is drawn once.
-That leaves 11 of the 45 minutes for the error of the estimate and for what the close-the-loop issue still adds (the
-critic trained on the generated pairs, larger evaluations). The stage `data-generated` runs only when the Makefile has
-that target. Measured with: (a) `data_synthesis build` + `verify` of 200 pairs (15 s + 24 s; the full
+fit (step 0, then every 40 iterations); the base side of the end evaluation is drawn once. That leaves 14 of the 45
+minutes for the error of the estimate. The critic learns from the renders and the generator's own samples as ranked
+pairs (`make data-ranked`), as the full-size `make train-reward` does; `make data-generated` (best-of-N pairs) is
+part of neither. The RL unit costs were measured with the paper's top-6 recipe, before configs/rl/tiny.yaml took the
+recipe every reward now shares (one initial noise per group, noise on the first step only).
+Measured with: (a) `data_synthesis build` + `verify` of 200 pairs (15 s + 24 s; the full
 12,000 built in 104 s); (b) 400 RL pairs (15 s + 21 s; the full 8,000 in 20 s + 48 s); (c) `rl_policy draw
 --prompts 4` (34 s) and `12` (53 s); (d) `reward_model fit --trainer.max_steps 5` and `20` on 200 pairs (5.7 s and
 18.0 s of training, 33 s and 37 s in all); (e) `rl_policy fit --trainer.max_steps 3` with each reward (oracle: 37 s
 of GRPO, 72 s in all with 8 evaluation prompts; critic: 57 s, 130 s with 24); (f) `benchmarks suite --limit 8` with
-one generator (34 images, 42 s); (g) `make data-generated`'s build with `--num-pairs 16` (12 kept, 100 images drawn,
-33 s; 44 s in all) and its `oracle-review` (8 s). The whole chain was run once end to end at a micro size (1,000
-pairs, 4 generated, 2 agreement prompts, 3 critic steps, 2 GRPO iterations, 4 evaluation prompts, EVAL_LIMIT 2) in a
-copy of the tree: 4.2 min of stages (data 61 s, data-generated 25, agreement-set 15, train-reward 30, oracle RL 53,
-critic RL 51, benchmarks 15), the report and the grid as described.
+one generator (34 images, 42 s).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -69,11 +66,12 @@ from shared import atomic_write_json, atomic_write_text
 
 RL_DATA = "data/spatialworld-rl"  # the Makefile's RL_DATA_DIR: built at full size, shared with the full-size targets
 GENERATOR = "runs/rl/generator/pipeline"  # what `make pretrain-generator` writes
-# The demo's own outputs (the Makefile variables DATA_DIR, AGREEMENT_DIR, GEN_DATA_DIR, REWARD_RUN_DIR,
+# The demo's own outputs (the Makefile variables DATA_DIR, AGREEMENT_DIR, RANKED_DRAW_DIR, RANKED_DIR, REWARD_RUN_DIR,
 # RL_RUNS_DIR; EVAL_OUT is `<out>/demo`)
 DEMO_DATA = "data/demo/spatialworld"
 DEMO_AGREEMENT = "data/demo/agreement-test"
-DEMO_GENERATED = "data/demo/spatialworld-generated"
+DEMO_RANKED_DRAW = "data/demo/draw-train"
+DEMO_RANKED = "data/demo/spatialworld-ranked"
 DEMO_REWARD = "runs/demo/reward/tiny"
 DEMO_RL = "runs/demo/rl"
 RL_RUNS = (("tiny-oracle", "oracle"), ("tiny", "critic (tiny SpatialScore)"))  # run dir name, the reward it used
@@ -89,10 +87,10 @@ class DemoSize:
     full size."""
 
     data_pairs: int = 2000  # DATA_PAIRS: SpatialWorld pairs for the critic (full: 12,000)
-    generated_pairs: int = 128  # GEN_DATA_PAIRS: the generator's own pairs for the critic (full: 2,000)
+    ranked_prompts: int = 32  # RANKED_PROMPTS: RL train prompts x 24 samples for the critic's ranked pairs (full: 800)
     agreement_prompts: int = 16  # AGREEMENT_PROMPTS: RL test prompts x 24 samples (full: 64)
-    reward_steps: int = 150  # REWARD_STEPS: stage-B optimizer steps (full: the config's 300)
-    rl_steps: int = 24  # RL_STEPS: GRPO iterations of each RL run (full: the configs' 115 and 120)
+    reward_steps: int = 150  # REWARD_STEPS: stage-B optimizer steps (full: tiny_ranked.yaml's 2,400)
+    rl_steps: int = 24  # RL_STEPS: GRPO iterations of each RL run (full: tiny.yaml's 115)
     rl_eval_prompts: int = 64  # RL_EVAL_PROMPTS: RL test prompts x 2 seeds in the end-of-fit evaluation (full: 398)
     eval_limit: int = 16  # EVAL_LIMIT: prompts (pairs) of each benchmark task (full: all)
 
@@ -101,8 +99,9 @@ class DemoSize:
         variables = {
             "DATA_DIR": DEMO_DATA,
             "DATA_PAIRS": self.data_pairs,
-            "GEN_DATA_DIR": DEMO_GENERATED,
-            "GEN_DATA_PAIRS": self.generated_pairs,
+            "RANKED_DRAW_DIR": DEMO_RANKED_DRAW,
+            "RANKED_DIR": DEMO_RANKED,
+            "RANKED_PROMPTS": self.ranked_prompts,
             "AGREEMENT_DIR": DEMO_AGREEMENT,
             "AGREEMENT_PROMPTS": self.agreement_prompts,
             "REWARD_RUN_DIR": DEMO_REWARD,
@@ -119,10 +118,10 @@ class DemoSize:
         """The sizes as a markdown table, with what the full-size targets use."""
         rows = [
             ("SpatialWorld pairs for the critic", "DATA_PAIRS", self.data_pairs, "12,000"),
-            ("generated pairs for the critic (tried)", "GEN_DATA_PAIRS", self.generated_pairs, "2,000"),
+            ("critic's ranked pairs: RL train prompts x 24 samples", "RANKED_PROMPTS", self.ranked_prompts, "800"),
             ("agreement set: RL test prompts x 24 samples", "AGREEMENT_PROMPTS", self.agreement_prompts, "64"),
-            ("critic (stage B) optimizer steps", "REWARD_STEPS", self.reward_steps, "300"),
-            ("GRPO iterations per RL run", "RL_STEPS", self.rl_steps, "115 (oracle), 120 (critic)"),
+            ("critic (stage B) optimizer steps", "REWARD_STEPS", self.reward_steps, "2,400"),
+            ("GRPO iterations per RL run", "RL_STEPS", self.rl_steps, "115"),
             ("RL evaluation: test prompts x 2 seeds", "RL_EVAL_PROMPTS", self.rl_eval_prompts, "every one (398)"),
             ("prompts per benchmark task", "EVAL_LIMIT", self.eval_limit, "every one"),
         ]
@@ -138,21 +137,9 @@ class Stage:
     done: str | None  # the file that proves the stage finished (None: always run; it must be cheap when done)
 
 
-def makefile_targets(makefile: Path) -> set[str]:
-    """The targets a Makefile defines (rules of the form `name: ...`; pattern and file rules included)."""
-    return set(re.findall(r"^([A-Za-z0-9_.-]+):(?!=)", makefile.read_text(), flags=re.MULTILINE))
-
-
-def default_stages(
-    size: DemoSize,
-    eval_out: Path,
-    make: str = "make",
-    generator: str = GENERATOR,
-    targets: set[str] | frozenset[str] = frozenset(),
-) -> list[Stage]:
+def default_stages(size: DemoSize, eval_out: Path, make: str = "make", generator: str = GENERATOR) -> list[Stage]:
     """The chain at demo size, in dependency order (each target also builds what it needs). `generator`: the pipeline
-    dir RL starts from (the shipped one when the repo has it: then nothing is pretrained). `targets`: the Makefile's;
-    `data-generated` runs only when the Makefile has it."""
+    dir RL starts from (the shipped one when the repo has it: then nothing is pretrained)."""
     variables = size.make_variables(eval_out)
 
     def command(target: str, *extra: str) -> tuple[str, ...]:
@@ -167,16 +154,13 @@ def default_stages(
             command("pretrain-generator"),
             f"{generator}/model_index.json",
         ),
+        Stage(
+            "data-ranked",
+            "the generator's own samples of RL train prompts as ranked pairs for the critic (oracle-ordered)",
+            command("data-ranked"),
+            f"{DEMO_RANKED}/meta.json",
+        ),
     ]
-    if "data-generated" in targets:
-        stages.append(
-            Stage(
-                "data-generated",
-                "the generator's own pairs for the critic, oracle-reviewed",
-                command("data-generated"),
-                f"{DEMO_GENERATED}/meta.json",
-            )
-        )
     stages += [
         Stage(
             "agreement-set",
@@ -186,7 +170,7 @@ def default_stages(
         ),
         Stage(
             "train-reward",
-            "SpatialScore stage B (LoRA, reward token, Gaussian BT) on the shipped stage A",
+            "SpatialScore stage B (LoRA, reward token, Gaussian BT) on the shipped stage A: renders + ranked pairs",
             command("train-reward"),
             f"{DEMO_REWARD}/export/metrics.json",
         ),
@@ -262,6 +246,10 @@ def percent(value: Any) -> str:
     return "n/a" if value is None else f"{100 * float(value):.1f}%"
 
 
+def _number(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
+
+
 def points(base: Any, final: Any) -> str:
     return "n/a" if base is None or final is None else f"{100 * (float(final) - float(base)):+.1f} points"
 
@@ -322,11 +310,22 @@ def headline_section(
         lines.append("1. **Critic**: no reward checkpoint yet.")
     else:
         by_broken = reward.get("pairwise_accuracy_by_broken", {})
-        lines.append(
-            f"1. **Critic pairwise accuracy** (tiny SpatialScore, {reward.get('num_test_pairs')} held-out test pairs): "
-            f"**{percent(reward.get('pairwise_accuracy'))}** (one broken relation {percent(by_broken.get('1'))}, "
-            f"2-3 broken {percent(by_broken.get('2-3'))}; the paper's 7B model: 95.8%)."
+        by_kind, counts = reward.get("pairwise_accuracy_by_kind", {}), reward.get("num_test_pairs_by_kind", {})
+        # the renders' pairs are the ones the paper's accuracy compares with; the ranked pairs of the generator's
+        # own samples are another task, reported beside them
+        renders = " of renders" if "render" in by_kind else ""
+        line = (
+            f"1. **Critic pairwise accuracy** (tiny SpatialScore, "
+            f"{counts.get('render', reward.get('num_test_pairs'))} held-out test pairs{renders}): "
+            f"**{percent(by_kind.get('render', reward.get('pairwise_accuracy')))}** (one broken relation "
+            f"{percent(by_broken.get('1'))}, 2-3 broken {percent(by_broken.get('2-3'))}; the paper's 7B model: 95.8%)"
         )
+        if "ranked" in by_kind:
+            line += (
+                f"; {percent(by_kind['ranked'])} of {counts.get('ranked')} ranked pairs of the generator's own "
+                "samples (the oracle's order)"
+            )
+        lines.append(line + ".")
     lines += [
         "2. **RL gain**: oracle relation accuracy on held-out RL test prompts, the base generator against the trained "
         "one on the same prompts and seeds:",
@@ -358,8 +357,10 @@ def reward_section(metrics: dict[str, Any] | None) -> list[str]:
     if metrics is None:
         return ["No reward checkpoint yet."]
     by_broken = metrics.get("pairwise_accuracy_by_broken", {})
+    by_kind = metrics.get("pairwise_accuracy_by_kind", {})
     rows = [
         ("overall", metrics.get("pairwise_accuracy")),
+        *((f"{kind} pairs", by_kind[kind]) for kind in sorted(by_kind) if len(by_kind) > 1),
         ("1 broken relation", by_broken.get("1")),
         ("2-3 broken relations", by_broken.get("2-3")),
         ("reversed pairs", metrics.get("pairwise_accuracy_reversed")),
@@ -378,7 +379,9 @@ def reward_section(metrics: dict[str, Any] | None) -> list[str]:
             "",
             f"On the generator's own samples ({metrics.get('agreement_prompts')} RL test prompts x "
             f"{metrics.get('agreement_samples_per_prompt')}), the critic's within-group Spearman with the oracle's "
-            f"relation accuracy is {metrics['agreement_spearman']:.3f}.",
+            f"relation accuracy is {metrics['agreement_spearman']:.3f}, with every object found "
+            f"{_number(metrics.get('agreement_spearman_found'))}; its top 6 beat its bottom 6 by the oracle in "
+            f"{percent(metrics.get('agreement_top6_bottom6'))} of the pairs the oracle orders.",
         ]
     return lines
 
@@ -517,7 +520,8 @@ def write_report(
         "",
         "## Sizes",
         "",
-        f"The demo writes to `{DEMO_DATA}`, `{DEMO_AGREEMENT}`, `{DEMO_REWARD}`, `{DEMO_RL}` and `{eval_out}`; the "
+        f"The demo writes to `{DEMO_DATA}`, `{DEMO_RANKED_DRAW}`, `{DEMO_RANKED}`, `{DEMO_AGREEMENT}`, "
+        f"`{DEMO_REWARD}`, `{DEMO_RL}` and `{eval_out}`; the "
         f"full-size targets (`make data`, `make train-reward`, ...) never read them. The RL prompt set "
         f"(`{RL_DATA}`) and the generator are full size and shared.",
         "",
@@ -580,8 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     eval_out = args.out / "demo"
-    targets = makefile_targets(Path("Makefile")) if Path("Makefile").is_file() else set()
-    stages = default_stages(size, eval_out, args.make, str(args.generator), targets)
+    stages = default_stages(size, eval_out, args.make, str(args.generator))
     if args.dry_run:
         for stage in stages:
             print(shlex.join(stage.command))

@@ -1,18 +1,16 @@
 """`make exp-rl`: the RL comparison of the embedded default (not in CI: about 10-20 CPU-minutes per run).
 
-Runs, each `python -m rl_policy fit` on configs/rl/tiny.yaml with the reward's overlay, in this order:
-- `<reward>-topk-s<seed>`: the paper's recipe (top-6 and bottom-6 of each group of 24) for 3 seeds;
-- with the critic: `oracle-topk-s<seed>`, the SpatialWorld oracle as reward (what a perfect critic gives) on the
-  same seeds: the reference the critic's gain is measured against;
-- `geneval-topk-s<seed>`: the GenEval-rule reward (the paper's Flow-GRPO* baseline), same seeds;
-- with the critic: `spatialscore-layout-s<seed>` and `geneval-layout-s<seed>`, those rewards under the oracle
-  runs' recipe (below), so that every reward is also measured at the same budget, differing only in `model.reward`;
-- `<reward>-all-s<seed>`: the same without top-k filtering (every sample of the group trains);
-where <reward> is the SpatialScore critic (default) or the SpatialWorld oracle (`--reward oracle`). A reward's
-overlay may change more than the reward: configs/rl/reward_oracle.yaml trains every sample of the group with the
-graded oracle (its `-topk` runs keep 12 per side of 24), SDE noise on the first (layout) step only with one initial
-noise per group, learning rate 1e-3, 115 steps: the `layout` recipe, which `-layout` runs take from that file
-(everything in it but the reward and the run's paths).
+Runs, each `python -m rl_policy fit` on configs/rl/tiny.yaml with the reward's overlay (configs/rl/reward_*.yaml, which
+changes only the reward), in this order:
+- `<reward>-layout-s<seed>`: tiny.yaml's recipe (SDE noise on the first, layout, step only with one initial noise per
+  group, every sample of each group of 24 trained, lr 1e-3, 115 steps) for 3 seeds;
+- with the critic: `oracle-layout-s<seed>`, the SpatialWorld oracle as reward (what a perfect critic gives) on the
+  same seeds: the reference the critic's gain is measured against, at the same budget;
+- `geneval-layout-s<seed>`: the GenEval-rule reward (the paper's Flow-GRPO* baseline), same seeds;
+- then the same rewards under the paper's recipe (`-topk`: configs/rl/recipe_topk.yaml, SDE on every step but the
+  last, top-6 and bottom-6 of each group, lr 3e-4, 120 steps);
+where <reward> is the SpatialScore critic (default) or the SpatialWorld oracle (`--reward oracle`). Every reward is
+so measured under both recipes, and within one recipe the runs differ only in `model.reward`.
 `--only CONFIGURATION ...` runs only those configurations (two processes can then share the runs on two cores).
 
 Every run writes into `<out>/<name>/` (its own checkpoints, TensorBoard logs, `lora/`, `metrics.json`); a run whose
@@ -50,6 +48,7 @@ OVERLAYS = {
     "oracle": "configs/rl/reward_oracle.yaml",
     "geneval": "configs/rl/reward_geneval.yaml",
 }
+RECIPES = {"layout": None, "topk": "configs/rl/recipe_topk.yaml"}  # recipe -> its overlay of tiny.yaml
 METRICS = (
     ("oracle_accuracy", "oracle relation accuracy"),
     ("relation_accuracy_all_found", "among samples with every object found"),
@@ -57,16 +56,14 @@ METRICS = (
     ("reward", "training reward"),
 )
 CURVE_TAG = "eval/oracle_accuracy"
-RECIPE_SOURCE = "configs/rl/reward_oracle.yaml"  # the `layout` recipe: this file less its reward and paths
 
 
 @dataclass(frozen=True)
 class Run:
     name: str
     reward: str
-    top_k: bool
     seed: int
-    recipe: str = "own"  # "own": the reward's overlay as it is; "layout": RECIPE_SOURCE's recipe with this reward
+    recipe: str = "layout"  # a key of RECIPES
 
     @property
     def configuration(self) -> str:
@@ -75,20 +72,15 @@ class Run:
 
 def plan(reward: str, seeds: Sequence[int]) -> list[Run]:
     """The runs of the comparison, in the order they are run (module docstring)."""
-    runs = [Run(f"{reward}-topk-s{seed}", reward, True, seed) for seed in seeds]
-    if reward == "spatialscore":
-        runs += [Run(f"oracle-topk-s{seed}", "oracle", True, seed) for seed in seeds]
-    runs += [Run(f"geneval-topk-s{seed}", "geneval", True, seed) for seed in seeds]
-    if reward == "spatialscore":
-        for name in ("spatialscore", "geneval"):
-            runs += [Run(f"{name}-layout-s{seed}", name, True, seed, recipe="layout") for seed in seeds]
-    runs += [Run(f"{reward}-all-s{seed}", reward, False, seed) for seed in seeds]
-    return runs
+    rewards = [reward, "oracle", "geneval"] if reward == "spatialscore" else [reward, "geneval"]
+    return [
+        Run(f"{name}-{recipe}-s{seed}", name, seed, recipe) for recipe in RECIPES for name in rewards for seed in seeds
+    ]
 
 
 def overlay(run: Run, run_dir: Path) -> dict[str, Any]:
-    """The last config of a run: its dir, its own checkpoints, its seed, and top-k off where asked."""
-    config: dict[str, Any] = {
+    """The last config of a run: its dir, its own checkpoints and its seed."""
+    return {
         "seed_everything": run.seed,
         "trainer": {
             "default_root_dir": str(run_dir),
@@ -105,22 +97,6 @@ def overlay(run: Run, run_dir: Path) -> dict[str, Any]:
         },
         "data": {"seed": run.seed},
     }
-    if run.recipe == "layout":
-        recipe = layout_recipe()
-        config["trainer"] |= recipe["trainer"]
-        config["model"] = recipe["model"]
-    if not run.top_k:
-        config.setdefault("model", {}).setdefault("groups", {})["keep_per_side"] = None
-    return config
-
-
-def layout_recipe() -> dict[str, Any]:
-    """RECIPE_SOURCE less its reward and its run's paths: the `trainer` (steps, time guard) and `model` settings
-    (sampler, groups, updates, optimizer, evaluation)."""
-    source = yaml.safe_load((REPO / RECIPE_SOURCE).read_text())
-    trainer = {k: v for k, v in source.get("trainer", {}).items() if k not in ("default_root_dir", "callbacks")}
-    model = {k: v for k, v in source["model"].items() if k not in ("reward", "reward_source")}
-    return {"trainer": trainer, "model": model}
 
 
 def command(run: Run, run_dir: Path, extra: Sequence[str] = ()) -> list[str]:
@@ -131,8 +107,9 @@ def command(run: Run, run_dir: Path, extra: Sequence[str] = ()) -> list[str]:
         overlay_path, "# python -m rl_policy fit --config (exp-rl overlay)\n" + yaml.safe_dump(overlay(run, run_dir))
     )
     argv = [sys.executable, "-m", "rl_policy", "fit", "--config", "configs/rl/tiny.yaml"]
-    if OVERLAYS[run.reward] is not None:
-        argv += ["--config", OVERLAYS[run.reward]]
+    for extra_config in (RECIPES[run.recipe], OVERLAYS[run.reward]):
+        if extra_config is not None:
+            argv += ["--config", extra_config]
     argv += ["--config", str(overlay_path), *extra]
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
@@ -253,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/exp-rl"))
     parser.add_argument("--report-only", action="store_true", help="only write the comparison of the finished runs")
     parser.add_argument(
-        "--only", nargs="+", metavar="CONFIGURATION", help="run only these configurations (e.g. oracle-topk)"
+        "--only", nargs="+", metavar="CONFIGURATION", help="run only these configurations (e.g. oracle-layout)"
     )
     parser.add_argument("extra", nargs="*", help="more `python -m rl_policy fit` arguments for every run (after --)")
     args = parser.parse_args(argv)

@@ -7,7 +7,8 @@ scene's prompt, the perturbed image must win) and writes `export_checkpoint(...)
 
 - `pairwise_accuracy`: forward pairs ordered right (mean_w > mean_l; a tie is wrong);
 - `pairwise_accuracy_by_broken`: the same per number of broken relations, `{"1", "2", "3", "2-3"}` (null where the
-  split has no such pair);
+  split has no such pair), over the pairs made by perturbing a scene (render, generated): a ranked pair's two
+  samples differ by what the oracle confirmed, not by a perturbation, and count only in `pairwise_accuracy_by_kind`;
 - `pairwise_accuracy_reversed`: reversed pairs ordered right;
 - `ece`: expected calibration error (10 bins) of P(the higher-scored image is right) under the trained loss's own
   probability model (`reward_model.calibration`), over the pairs each in one orientation drawn from its id;
@@ -135,14 +136,15 @@ def pair_metrics(
     at that temperature."""
     correct = correct_pairs(scores.mean_w, scores.mean_l)  # [2P]
     forward = ~scores.is_reversed
-    correct_by_group, total_by_group = counts_by_broken(correct[forward], scores.num_broken[forward])  # [G], [G]
+    kinds = np.array(scores.kinds)
+    perturbed = forward & torch.from_numpy(kinds != "ranked")  # a ranked pair has no perturbation to count
+    correct_by_group, total_by_group = counts_by_broken(correct[perturbed], scores.num_broken[perturbed])  # [G], [G]
     by_broken = {
         group.replace("_", "-"): (right / total if total else None)
         for group, right, total in zip(BROKEN_GROUPS, correct_by_group.tolist(), total_by_group.tolist(), strict=True)
     }
     chosen = scores.one_orientation(seed)  # [2P], P of them true
     auroc, errors = std_error_auroc(*scores.select(chosen))
-    kinds = np.array(scores.kinds)
     by_kind = {
         kind: correct[forward & torch.from_numpy(kinds == kind)].float().mean().item() for kind in sorted(set(kinds))
     }

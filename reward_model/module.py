@@ -183,7 +183,10 @@ class RewardModule(LightningModule):
                 batch_size=batch.num_pairs,
             )
         if "acc_broken" in metrics:
-            metrics["acc_broken"].update(mean_w, mean_l, batch.num_broken)
+            # counted over the perturbation pairs, as the export's pairwise_accuracy_by_broken (a ranked pair's count
+            # is what the oracle confirmed in one sample and not the other)
+            perturbed = torch.tensor([kind != "ranked" for kind in batch.kinds], device=mean_w.device)  # [B]
+            metrics["acc_broken"].update(mean_w[perturbed], mean_l[perturbed], batch.num_broken[perturbed])
             metrics["ece"].update(win_probability(mean_w, std_w, mean_l, std_l, self.loss_name))
 
     def training_step(self, batch: PairBatch, batch_idx: int) -> torch.Tensor | None:

@@ -14,7 +14,7 @@ from benchmarks.cache import ImageCache
 from benchmarks.demo import (
     DEMO_AGREEMENT,
     DEMO_DATA,
-    DEMO_GENERATED,
+    DEMO_RANKED,
     DEMO_REWARD,
     DEMO_RL,
     DemoSize,
@@ -64,7 +64,7 @@ def test_stages_run_once_record_times_and_stop_at_a_failure(tmp_path, monkeypatc
 
 SMALL = DemoSize(
     data_pairs=1300,
-    generated_pairs=7,
+    ranked_prompts=7,
     agreement_prompts=5,
     reward_steps=11,
     rl_steps=3,
@@ -74,8 +74,9 @@ SMALL = DemoSize(
 SMALL_VARIABLES = {
     "DATA_DIR=data/demo/spatialworld",
     "DATA_PAIRS=1300",
-    "GEN_DATA_DIR=data/demo/spatialworld-generated",
-    "GEN_DATA_PAIRS=7",
+    "RANKED_DRAW_DIR=data/demo/draw-train",
+    "RANKED_DIR=data/demo/spatialworld-ranked",
+    "RANKED_PROMPTS=7",
     "AGREEMENT_DIR=data/demo/agreement-test",
     "AGREEMENT_PROMPTS=5",
     "REWARD_RUN_DIR=runs/demo/reward/tiny",
@@ -89,8 +90,8 @@ SMALL_VARIABLES = {
 
 
 def test_every_stage_is_its_make_target_with_the_demo_sizes_and_dirs():
-    stages = default_stages(SMALL, Path("reports/demo"), "gmake", "gen/pipeline", targets={"data-generated", "data"})
-    names = ["data", "data-rl", "pretrain-generator", "data-generated", "agreement-set", "train-reward"]
+    stages = default_stages(SMALL, Path("reports/demo"), "gmake", "gen/pipeline")
+    names = ["data", "data-rl", "pretrain-generator", "data-ranked", "agreement-set", "train-reward"]
     assert [stage.name for stage in stages] == names + ["train-rl-oracle", "train-rl", "eval-benchmarks"]
     for stage in stages:
         assert set(stage.command[-len(SMALL_VARIABLES) :]) == SMALL_VARIABLES, stage.name
@@ -103,23 +104,20 @@ def test_every_stage_is_its_make_target_with_the_demo_sizes_and_dirs():
         and done["data-rl"] == "data/spatialworld-rl/verify_report.json"
     )
     assert done["pretrain-generator"] == "gen/pipeline/model_index.json"
-    assert done["data-generated"] == f"{DEMO_GENERATED}/meta.json"
+    assert done["data-ranked"] == f"{DEMO_RANKED}/meta.json"
     assert done["agreement-set"] == f"{DEMO_AGREEMENT}/samples.parquet"
     assert done["train-reward"] == f"{DEMO_REWARD}/export/metrics.json"
     assert done["train-rl-oracle"] == f"{DEMO_RL}/tiny-oracle/metrics.json" and done["eval-benchmarks"] is None
-    # the generated pairs are a stage only where the Makefile has their target
-    assert "data-generated" not in [stage.name for stage in default_stages(SMALL, Path("reports/demo"))]
 
 
 def test_dry_run_prints_the_commands_with_the_sizes_given(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "Makefile").write_text("data:\n\ttrue\ndata-generated: x\n\ttrue\nEVAL_OUT := y\n")
-    sizes = ["--data-pairs", "1300", "--generated-pairs", "7", "--agreement-prompts", "5", "--reward-steps", "11"]
+    sizes = ["--data-pairs", "1300", "--ranked-prompts", "7", "--agreement-prompts", "5", "--reward-steps", "11"]
     sizes += ["--rl-steps", "3", "--rl-eval-prompts", "9", "--eval-limit", "4"]
     assert main(["--dry-run", "--make", "mk", "--out", "reports", *sizes]) == 0
     commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
     assert [command[1] for command in commands] == [
-        "data", "data-rl", "pretrain-generator", "data-generated", "agreement-set", "train-reward", "train-rl",
+        "data", "data-rl", "pretrain-generator", "data-ranked", "agreement-set", "train-reward", "train-rl",
         "train-rl", "eval-benchmarks",
     ]  # fmt: skip
     assert all(set(command) >= SMALL_VARIABLES for command in commands)
@@ -142,7 +140,9 @@ def fake_finished_demo(root) -> None:
     write_json(
         root / DEMO_REWARD / "export/metrics.json",
         {
-            "pairwise_accuracy": 0.971,
+            "pairwise_accuracy": 0.93,  # with the ranked pairs; the headline is the renders'
+            "pairwise_accuracy_by_kind": {"ranked": 0.734, "render": 0.971},
+            "num_test_pairs_by_kind": {"ranked": 88, "render": 401},
             "pairwise_accuracy_by_broken": {"1": 0.944, "2-3": 0.985},
             "pairwise_accuracy_reversed": 0.969,
             "num_test_pairs": 401,
@@ -150,6 +150,8 @@ def fake_finished_demo(root) -> None:
             "ece_calibrated": 0.0226,
             "std_error_auroc": 0.791,
             "agreement_spearman": 0.2125,
+            "agreement_spearman_found": 0.245,
+            "agreement_top6_bottom6": 0.861,
             "agreement_prompts": 16,
             "agreement_samples_per_prompt": 24,
         },
@@ -194,9 +196,11 @@ def test_report_opens_with_the_three_numbers_and_the_grid_marked_demo_size(tmp_p
     assert lines[4] == "## The three numbers"
     # 1. the critic; 2. the RL gain with each reward, in points of oracle relation accuracy; 3. the benchmark table
     assert lines[6].startswith(
-        "1. **Critic pairwise accuracy** (tiny SpatialScore, 401 held-out test pairs): **97.1%**"
+        "1. **Critic pairwise accuracy** (tiny SpatialScore, 401 held-out test pairs of renders): **97.1%**"
     )
     assert "one broken relation 94.4%, 2-3 broken 98.5%" in lines[6]
+    assert lines[6].endswith("; 73.4% of 88 ranked pairs of the generator's own samples (the oracle's order).")
+    assert "| ranked pairs | 73.4% |  |" in lines and "| overall | 93.0% | 95.8% |" in lines
     assert "| oracle | 38.0% | 43.0% | **+5.0 points** | 24 | 128 |" in lines
     assert "| critic (tiny SpatialScore) | 38.0% | 35.5% | **-2.5 points** | 24 | 128 |" in lines
     benchmarks = lines.index("| task | metric | base | RL: oracle | RL: critic |")
@@ -215,8 +219,12 @@ def test_report_opens_with_the_three_numbers_and_the_grid_marked_demo_size(tmp_p
     assert "Wall time of the stages run this time: 21.0 min;" in text  # (1200 + 60) / 60: present stages not counted
     assert "of the whole chain, as measured by this run and earlier ones: 27.0 min." in text  # (361 + 1200 + 60) / 60
     assert "| SpatialWorld pairs for the critic | `DATA_PAIRS` | 2000 | 12,000 |" in lines
-    assert "| GRPO iterations per RL run | `RL_STEPS` | 24 | 115 (oracle), 120 (critic) |" in lines
+    assert "| GRPO iterations per RL run | `RL_STEPS` | 24 | 115 |" in lines
     assert "| reversed pairs | 96.9% |" in text and "critic's within-group Spearman" in text
+    assert (
+        "relation accuracy is 0.212, with every object found 0.245; its top 6 beat its bottom 6 by the oracle in 86.1%"
+        in text
+    )
     assert "| tiny-oracle | oracle | 38.0% -> 43.0% | n/a -> n/a | n/a -> n/a | 24 | 300 |" in lines
 
 

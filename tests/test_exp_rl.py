@@ -27,23 +27,31 @@ def test_plan_and_overlays_parse_with_the_rl_cli(tmp_path):
 
     runs = exp_rl.plan("spatialscore", [0, 1, 2])
     assert [r.name for r in runs[::3]] == [
+        "spatialscore-layout-s0",
+        "oracle-layout-s0",
+        "geneval-layout-s0",
         "spatialscore-topk-s0",
         "oracle-topk-s0",
         "geneval-topk-s0",
-        "spatialscore-layout-s0",
-        "geneval-layout-s0",
-        "spatialscore-all-s0",
     ]
     assert len(runs) == 18 and [r.name for r in exp_rl.plan("oracle", [4])] == [
+        "oracle-layout-s4",
+        "geneval-layout-s4",
         "oracle-topk-s4",
         "geneval-topk-s4",
-        "oracle-all-s4",
     ]
-    run = runs[16]  # spatialscore-all-s1
+
+    def parse(run):
+        argv = exp_rl.command(run, tmp_path / run.name)
+        return ParseOnlyCLI(GRPOTraining, PromptDataModule, args=argv[argv.index("fit") + 1 :], run=False).config
+
+    run = runs[10]  # spatialscore-topk-s1
     argv = exp_rl.command(run, tmp_path / run.name)
     assert argv[argv.index("fit") + 1 :][-2:] == ["--config", str(tmp_path / run.name / "overlay.yaml")]
-    config = ParseOnlyCLI(GRPOTraining, PromptDataModule, args=argv[argv.index("fit") + 1 :], run=False).config
-    assert config.model.groups.keep_per_side is None and config.seed_everything == 1 and config.data.seed == 1
+    assert "configs/rl/recipe_topk.yaml" in argv and "configs/rl/reward_oracle.yaml" not in argv
+    config = parse(run)
+    assert config.model.groups.keep_per_side == 6 and config.model.sampler.sde_steps is None
+    assert config.seed_everything == 1 and config.data.seed == 1 and config.trainer.max_steps == 120
     assert config.trainer.default_root_dir == str(tmp_path / run.name)
     assert config.trainer.callbacks[0].init_args.dirpath == str(tmp_path / run.name / "checkpoints")
     (tmp_path / run.name / "checkpoints").mkdir()
@@ -52,32 +60,28 @@ def test_plan_and_overlays_parse_with_the_rl_cli(tmp_path):
         "--ckpt_path",
         str(tmp_path / run.name / "checkpoints" / "last.ckpt"),
     ]
-    geneval = exp_rl.command(runs[6], tmp_path / runs[6].name)
-    assert "configs/rl/reward_geneval.yaml" in geneval
-    oracle = exp_rl.command(runs[3], tmp_path / runs[3].name)
-    assert "configs/rl/reward_oracle.yaml" in oracle
-    # the critic under the oracle runs' recipe: the same budget, only the reward differs
-    layout = runs[10]  # spatialscore-layout-s1
-    argv = exp_rl.command(layout, tmp_path / layout.name)
-    assert "configs/rl/reward_oracle.yaml" not in argv
-    config = ParseOnlyCLI(GRPOTraining, PromptDataModule, args=argv[argv.index("fit") + 1 :], run=False).config
-    oracle_config = ParseOnlyCLI(GRPOTraining, PromptDataModule, args=oracle[oracle.index("fit") + 1 :], run=False)
-    oracle_config = oracle_config.config
-    assert (
-        config.model.reward.class_path == "reward_model.SpatialScorer" and config.model.reward_source == "spatialscore"
-    )
-    assert config.model.sampler.sde_steps == [0] and config.model.groups.keep_per_side == 12
-    for part in ("sampler", "groups", "updates", "optimizer", "objective"):
-        assert config.model[part] == oracle_config.model[part], part
-    assert (config.trainer.max_steps, config.trainer.max_time) == (115, oracle_config.trainer.max_time)
-    assert config.trainer.default_root_dir == str(tmp_path / layout.name) and config.seed_everything == 1
+    assert "configs/rl/reward_geneval.yaml" in exp_rl.command(runs[6], tmp_path / runs[6].name)
+    # within a recipe the rewards differ in the reward alone: the same budget
+    for first, second in ((runs[1], runs[4]), (runs[4], runs[7]), (runs[11], runs[14])):
+        one, other = parse(first), parse(second)
+        assert one.model.reward.class_path != other.model.reward.class_path
+        for part in ("sampler", "groups", "updates", "optimizer", "objective", "policy"):
+            assert one.model[part] == other.model[part], (first.name, second.name, part)
+        assert (one.trainer.max_steps, one.trainer.max_time) == (other.trainer.max_steps, other.trainer.max_time)
+    layout, oracle = parse(runs[1]), parse(runs[4])  # spatialscore-layout-s1, oracle-layout-s1
+    assert layout.model.reward.class_path == "reward_model.SpatialScorer"
+    assert layout.model.reward_source == "spatialscore"
+    assert oracle.model.reward.class_path == "data_synthesis.SpatialWorldOracle"
+    assert oracle.model.reward_source == "oracle"
+    assert layout.model.sampler.sde_steps == [0] and layout.model.groups.keep_per_side == 12
+    assert (layout.trainer.max_steps, layout.trainer.max_time) == (115, "00:00:19:00")
 
 
 def test_only_runs_the_named_configurations_and_names_unknown_ones(tmp_path, monkeypatch, capsys):
     started = []
     monkeypatch.setattr(exp_rl.subprocess, "call", lambda argv, cwd: started.append(Path(argv[-1]).parent.name) or 1)
-    assert exp_rl.main(["--out", str(tmp_path), "--seeds", "0", "1", "--only", "oracle-topk", "geneval-topk"]) == 1
-    assert started == ["oracle-topk-s0", "oracle-topk-s1", "geneval-topk-s0", "geneval-topk-s1"]
+    assert exp_rl.main(["--out", str(tmp_path), "--seeds", "0", "1", "--only", "oracle-topk", "geneval-layout"]) == 1
+    assert started == ["geneval-layout-s0", "geneval-layout-s1", "oracle-topk-s0", "oracle-topk-s1"]
     assert "failed runs" in capsys.readouterr().err  # no metrics.json written: each counted as failed
     with pytest.raises(SystemExit):
         exp_rl.main(["--out", str(tmp_path), "--only", "oracle-al"])

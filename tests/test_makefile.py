@@ -26,15 +26,24 @@ NEEDS = {
     "test": [SETUP, "pytest"],
     "data": [SETUP, DATA, "data_synthesis verify data/spatialworld "],
     "data-rl": [SETUP, RL_DATA],
-    "data-ranked": [SETUP, RL_DATA, "rl_policy draw", "--split train", "--prompts 400", "data_synthesis ranked-groups"],
-    'train-reward REWARD_EXTRA_DATA=data/spatialworld-ranked REWARD_REPEATS={"ranked":5}': [
+    "data-ranked": [SETUP, RL_DATA, "rl_policy draw", "--split train", "--prompts 800", "data_synthesis ranked-groups"],
+    "train-reward": [
+        SETUP,
+        DATA,
         "rl_policy draw",
+        "--prompts 800 --per-prompt 24 --out data/draw-train",
         "data_synthesis ranked-groups",
-        REWARD,
+        REWARD + " --config configs/reward/tiny_ranked.yaml",
         "--data.extra_dataset_dirs '[data/spatialworld-ranked]'",
-        "--data.train_repeats '{\"ranked\":5}'",
     ],
-    "train-reward": [SETUP, DATA, REWARD],
+    "train-reward CRITIC=render": [SETUP, DATA, REWARD + " --data.dataset_dir"],
+    'train-reward REWARD_EXTRA_DATA=data/spatialworld-generated REWARD_REPEATS={"ranked":2}': [
+        "data_synthesis ranked-groups",
+        "data_synthesis build --out data/spatialworld-generated",
+        REWARD,
+        "--data.extra_dataset_dirs '[data/spatialworld-ranked,data/spatialworld-generated]'",
+        "--data.train_repeats '{\"ranked\":2}'",
+    ],
     "pretrain-reward": [SETUP, DATA, STAGE_A + "v3.yaml "]
     + [
         f"{STAGE_A}{phase}.yaml --init-from runs/stage_a/{previous}/backbone"
@@ -49,6 +58,11 @@ NEEDS = {
     "bench": [SETUP, "bench/"],
     "setup TORCH_CPU=1": [SETUP, "--index-url https://download.pytorch.org/whl/cpu"],
     "train-rl REWARD=oracle SEED=2": [RL + " --config configs/rl/reward_oracle.yaml", "--seed_everything 2"],
+    "train-rl RL_RECIPE=topk REWARD=geneval": [
+        RL + " --config configs/rl/recipe_topk.yaml --config configs/rl/reward_geneval.yaml",
+        "--trainer.default_root_dir runs/rl/tiny-geneval-topk",
+        "--trainer.callbacks.init_args.dirpath runs/rl/tiny-geneval-topk/checkpoints",
+    ],
 }
 
 
@@ -89,23 +103,28 @@ def test_demo_sizes_reach_every_stage_command_and_the_defaults_stay_full_size(fr
     demo's dirs in the commands the Makefile would run; the same targets without the variables keep the full size."""
     size = DemoSize(
         data_pairs=1300,
-        generated_pairs=7,
+        ranked_prompts=7,
         agreement_prompts=5,
         reward_steps=11,
         rl_steps=3,
         rl_eval_prompts=9,
         eval_limit=4,
     )
-    stages = default_stages(size, Path("reports/demo"), targets={"data-generated"})
-    demo_reward = "reward_model fit --config configs/reward/tiny.yaml --data.dataset_dir data/demo/spatialworld"
+    stages = default_stages(size, Path("reports/demo"))
+    demo_reward = "reward_model fit --config configs/reward/tiny.yaml --config configs/reward/tiny_ranked.yaml"
+    demo_reward += " --data.dataset_dir data/demo/spatialworld"
     demo_reward += " --export.agreement_set data/demo/agreement-test --trainer.default_root_dir runs/demo/reward/tiny"
-    demo_reward += " --trainer.max_steps 11"
+    demo_reward += " --trainer.max_steps 11 --data.extra_dataset_dirs '[data/demo/spatialworld-ranked]'"
     rl_sizes = "--trainer.max_steps 3 --export.num_prompts 9"
     needs = {
         "data": ["data_synthesis build --out data/demo/spatialworld --num-pairs 1300 --seed 0 "],
         "data-rl": [RL_DATA + "--num-pairs 8000 "],
         "pretrain-generator": ["rl_policy pretrain"],
-        "data-generated": ["data_synthesis build --out data/demo/spatialworld-generated --num-pairs 7 "],
+        "data-ranked": [
+            "rl_policy draw",
+            "--prompts 7 --per-prompt 24 --out data/demo/draw-train",
+            "ranked-groups data/demo/draw-train --source-dir data/spatialworld-rl --out data/demo/spatialworld-ranked",
+        ],
         "agreement-set": ["rl_policy draw", "--prompts 5 --per-prompt 24 --out data/demo/agreement-test"],
         "train-reward": ["--prompts 5 ", demo_reward],
         "train-rl-oracle": [
@@ -141,6 +160,9 @@ def test_demo_sizes_reach_every_stage_command_and_the_defaults_stay_full_size(fr
     assert "--num-pairs 2000 " in dry_run(fresh_clone, "data-generated")
     reward = dry_run(fresh_clone, "train-reward")
     assert "--trainer.default_root_dir runs/reward/tiny" in reward and "--trainer.max_steps" not in reward
+    assert "--prompts 800 --per-prompt 24 --out data/draw-train" in reward
+    render = dry_run(fresh_clone, "train-reward", "CRITIC=render")
+    assert "--split train" not in render and "tiny_ranked" not in render and "--data.extra_dataset_dirs" not in render
     for rl in (dry_run(fresh_clone, "train-rl"), dry_run(fresh_clone, "train-rl", "REWARD=oracle")):
         assert all(flag not in rl for flag in ("--trainer.max_steps", "--export.num_prompts", "--model.reward", "demo"))
     benchmarks = dry_run(fresh_clone, "eval-benchmarks")

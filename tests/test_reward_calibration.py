@@ -85,15 +85,16 @@ def test_pair_metrics_counts_accuracy_by_orientation_and_fits_on_the_calibration
 
 def test_pair_metrics_reports_each_kind_and_ranked_pairs_have_one_reading():
     """A render pair (both readings), a generated pair (both) and a ranked pair (forward only): accuracy per kind
-    from the forward rows, generated_pairwise_accuracy over the non-render ones, and the ranked pair's one reading
-    always chosen for calibration."""
+    from the forward rows, generated_pairwise_accuracy over the non-render ones, accuracy by broken relations over the
+    perturbation pairs only (the ranked pair's count would make "1" 2/3), and the ranked pair's one reading always
+    chosen for calibration."""
     scores = PairScores(
         mean_w=torch.tensor([2.0, 1.0, 0.0, 1.0, 3.0]),
         std_w=torch.full((5,), 0.1),
         mean_l=torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0]),
         std_l=torch.full((5,), 0.1),
         is_reversed=torch.tensor([False, True, False, True, False]),
-        num_broken=torch.tensor([1, 1, 1, 1, 0]),
+        num_broken=torch.tensor([1, 1, 1, 1, 1]),
         pair_ids=["r", "r", "g", "g", "k"],
         kinds=["render", "render", "generated", "generated", "ranked"],
     )
@@ -102,6 +103,7 @@ def test_pair_metrics_reports_each_kind_and_ranked_pairs_have_one_reading():
     assert metrics["num_test_pairs_by_kind"] == {"generated": 1, "ranked": 1, "render": 1}
     assert metrics["generated_pairwise_accuracy"] == 0.5 and metrics["num_test_pairs"] == 3
     assert metrics["pairwise_accuracy"] == pytest.approx(2 / 3) and metrics["pairwise_accuracy_reversed"] == 1.0
+    assert metrics["pairwise_accuracy_by_broken"] == {"1": 0.5, "2": None, "3": None, "2-3": None}
     for seed in range(8):
         chosen = scores.one_orientation(seed)
         assert chosen[4] and chosen[0] != chosen[1] and chosen[2] != chosen[3] and int(chosen.sum()) == 3

@@ -98,9 +98,15 @@ def test_reward_configs_exist_and_start_with_their_launch_command():
 
 @pytest.mark.parametrize("path", REWARD_CONFIGS, ids=lambda path: path.name)
 def test_every_reward_yaml_parses(path, capsys):
-    command = "pretrain" if path.read_text().startswith("# python -m reward_model pretrain ") else "fit"
+    """Each config with the configs its launch command (first line) puts before it: an overlay such as
+    tiny_ranked.yaml parses on top of tiny.yaml."""
+    launch = path.read_text().splitlines()[0]
+    command = "pretrain" if launch.startswith("# python -m reward_model pretrain ") else "fit"
+    configs = launch.split("--config ")[1:] or [str(path)]
+    assert Path(configs[-1].split()[0]).name == path.name, launch
+    arguments = [part for config in configs for part in ("--config", str(REPO / config.split()[0]))]
     with pytest.raises(SystemExit) as exited:  # stage A's phases are `pretrain` configs, the others `fit` configs
-        main([command, "--config", str(path), "--print_config"])
+        main([command, *arguments, "--print_config"])
     assert exited.value.code == 0
     assert "class_path: reward_model." in capsys.readouterr().out
 

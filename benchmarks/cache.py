@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import Counter
@@ -37,20 +36,6 @@ from benchmarks.judges import (
 )
 from shared.io import atomic_write_bytes, atomic_write_text, canonical_sha256
 from shared.sqlite_table import SQLiteTable
-
-
-def directory_sha256(directory: str | os.PathLike) -> str:
-    """SHA-256 over every file under `directory` (relative path and content, in sorted order): the identity of a
-    checkpoint or pipeline dir. Reads every byte once (about a minute for 30 GB)."""
-    root = Path(directory)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(root)).encode() + b"\0")
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()
 
 
 class JudgeCache:

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.cache import directory_sha256
 from benchmarks.geneval import geneval_name
 from benchmarks.judges import Detection
+from shared.io import directory_sha256
 
 
 class Mask2FormerDetector:

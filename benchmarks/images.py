@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 from PIL import Image, UnidentifiedImageError
 
-from benchmarks.cache import ImageCache, directory_sha256
+from benchmarks.cache import ImageCache
+from shared.io import directory_sha256
 from shared.pipelines import text_length
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from benchmarks.cache import directory_sha256
 from reward_model import SpatialScorer
+from shared.io import directory_sha256
 
 
 class SpatialScoreJudge:

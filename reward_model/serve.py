@@ -39,7 +39,6 @@ see), never printed or logged, and does not travel to the inference workers.
 # to FastAPI as they are, and FastAPI needs the classes there, not their names.
 import base64
 import binascii
-import hashlib
 import hmac
 import io
 import os
@@ -62,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, StrictStr, model_valida
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from reward_model.scorer import read_checkpoint_config, to_pil
+from shared.io import directory_sha256
 from shared.net import is_loopback
 
 TOKEN_ENV = "SPATIALSCORE_SERVE_TOKEN"
@@ -374,17 +374,6 @@ class ScoreAPI(litserve.LitAPI):
         )
 
 
-def checkpoint_sha256(checkpoint_dir: str | os.PathLike) -> str:
-    """SHA-256 over every file of a checkpoint dir (relative path and content, in path order)."""
-    directory = Path(checkpoint_dir)
-    digest = hashlib.sha256()
-    for path in sorted(path for path in directory.rglob("*") if path.is_file()):
-        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
-        with path.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()
-
-
 def model_name(config: Mapping[str, Any]) -> str:
     """A short name of what a reward checkpoint is: its backbone, and whether a LoRA sits on it."""
     backbone = config["backbone"]
@@ -440,7 +429,7 @@ def build_server(
         batch_timeout=batch_timeout,
         dtype=dtype,
         model_name=model_name(config),
-        checkpoint_sha256=checkpoint_sha256(checkpoint_dir),
+        checkpoint_sha256=directory_sha256(checkpoint_dir),
         token=token,
     )
     middlewares: list[Any] = [(RequestBytesLimit, {"max_bytes": limits.max_request_bytes})]

@@ -71,6 +71,21 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def directory_sha256(directory: str | os.PathLike) -> str:
+    """SHA-256 over every file under `directory` (relative path and content, in sorted order): the identity of a
+    checkpoint or pipeline dir, for caches and for pinning a served checkpoint. Reads every byte once (about a
+    minute for 30 GB)."""
+    root = Path(directory)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def canonical_sha256(value: Any) -> str:
     """SHA-256 of the canonical JSON of `value` (sorted keys, no spaces): a stable key for caches."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

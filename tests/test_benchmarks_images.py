@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from benchmarks.cache import ImageCache, directory_sha256
+from benchmarks.cache import ImageCache
 from benchmarks.images import ImageFolder, ImageUnreadable, PipelineImages, SamplerSettings
 from benchmarks.judges import image_sha256
+from shared.io import directory_sha256
 
 
 def test_folder_layouts_and_bad_files(tmp_path):

@@ -31,10 +31,11 @@ from PIL import Image
 from reward_model import RemoteRewardError, RemoteSpatialScore, SpatialScorer
 from reward_model.export import export_checkpoint
 from reward_model.recipes import build_tiny_spatialscore
-from reward_model.serve import TOKEN_ENV, access_token, checkpoint_sha256, serve_command
+from reward_model.serve import TOKEN_ENV, access_token, serve_command
 from rl_policy.data import PromptDataModule
 from rl_policy.policy import trainable_parameters
 from rl_policy.reward import reward_and_std
+from shared.io import directory_sha256
 from tests.test_rl_configs import CONFIG_DIR, parse
 from tests.test_rl_grpo_module import make_module
 from tests.test_rl_grpo_module import trainer as grpo_trainer
@@ -143,7 +144,7 @@ def test_scores_equal_the_in_process_scorer_and_a_long_request_is_split(server, 
     mean, std = scorer.score(prompts=prompts, images=images)
     np.testing.assert_allclose(answer["mean"], mean.numpy(), atol=1e-5, rtol=0)
     np.testing.assert_allclose(answer["std"], std.numpy(), atol=1e-5, rtol=0)
-    assert answer["checkpoint_sha256"] == checkpoint_sha256(checkpoint) and answer["model"].startswith("SpatialScore")
+    assert answer["checkpoint_sha256"] == directory_sha256(checkpoint) and answer["model"].startswith("SpatialScore")
     assert answer["batch_sizes"] == [MAX_BATCH, MAX_BATCH]  # 8 images: two forward passes of 4
     status, one = post(server, {"prompt": prompts[0], "image": bodies[0]})
     assert status == 200 and abs(one["mean"][0] - float(mean[0])) < 1e-5 and one["batch_sizes"] == [1]
@@ -237,7 +238,7 @@ def test_remote_reward_equals_the_critic_and_fails_clearly(server, scorer, check
     torch.testing.assert_close((remote_mean, remote_std), (local_mean, local_std), atol=1e-5, rtol=0)
     torch.testing.assert_close(local_mean, scorer(prompts=prompts, images=images, metadata=None), atol=0, rtol=0)
     assert local_std.shape == (5,) and bool((local_std > 0).all())
-    assert remote.checkpoint_sha256 == checkpoint_sha256(checkpoint) and TOKEN not in repr(remote)
+    assert remote.checkpoint_sha256 == directory_sha256(checkpoint) and TOKEN not in repr(remote)
     assert remote(prompts=[], images=[], metadata=None).shape == (0,)
 
     with pytest.raises(RemoteRewardError, match="HTTP 401"):  # a 4xx is not retried

@@ -82,7 +82,7 @@ def draw_agreement_set(settings: DrawSettings, out: str | Path, *, progress: boo
         oracle = SpatialWorldOracle()
         from tqdm.auto import tqdm
 
-        for group in tqdm(todo, desc="agreement set", unit="group", disable=not progress):
+        for group in tqdm(todo, desc=f"draw ({settings.split} prompts)", unit="group", disable=not progress):
             _draw_group(policy, oracle, settings, records[group], group, out)
     rows = [
         row for group in range(len(records)) for row in json.loads((out / "groups" / f"g{group:04d}.json").read_text())

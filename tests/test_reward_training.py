@@ -9,6 +9,7 @@ import logging
 import math
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from reward_model.data import (
     OMISSION_FAMILY,
     Degradation,
     Omission,
+    PairBatch,
     PairwiseDataModule,
     PairwiseDataset,
     degrade,
@@ -245,6 +247,28 @@ def test_fit_moves_lora_reward_row_and_head_and_leaves_frozen_weights_bit_identi
     for name in ("train/loss", "train/acc", "train/margin", "train/std", "val/loss", "val/acc", "val/std"):
         assert name in metrics and torch.isfinite(metrics[name]), name
     assert any(name.startswith("val/acc_broken_") for name in metrics)
+
+
+def test_validation_accuracy_by_broken_counts_the_perturbation_pairs_only():
+    """A render pair (1 broken, right), a ranked pair (its count 1, wrong) and a generated pair (2 broken, right): the
+    validation accuracy by broken relations reads 1.0 for "1" (the ranked pair's count is what the oracle confirmed,
+    not a perturbation: with it "1" would be 0.5), as the export's pairwise_accuracy_by_broken does."""
+    module = RewardModule(tiny_network(), functools.partial(torch.optim.AdamW, lr=1e-2))
+    batch = PairBatch(
+        inputs={},
+        prompts=["a", "b", "c"],
+        pair_ids=["r", "k", "g"],
+        num_broken=torch.tensor([1, 1, 2]),
+        broken_families=["left_of", "left_of", "above"],
+        is_reversed=torch.tensor([False, False, False]),
+        kinds=["render", "ranked", "generated"],
+    )
+    scores = (torch.tensor([2.0, 0.0, 1.0]), torch.ones(3), torch.tensor([1.0, 1.0, 0.0]), torch.ones(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        module._update_metrics("val", batch, torch.tensor(0.5), scores)
+    accuracy = {group: value.item() for group, value in module.val_metrics["acc_broken"].compute().items()}
+    assert accuracy["1"] == 1.0 and accuracy["2"] == 1.0 and math.isnan(accuracy["3"])
 
 
 def test_accuracy_by_number_broken_on_hand_made_scores():

@@ -33,6 +33,10 @@ jobs ran on it (OMP_NUM_THREADS=1; so upper bounds), 2026-12-05:
 | sample grid, report | 8 prompts x 3 generators | cached images | 20 s |
 | total | | | 1,865 s (31 min) |
 
+Measured from a fresh clone on 2026-12-07 (`make demo`, beside one other training job): 19.1 min in all, 17.3 min of
+stages (data 67 s, data-rl 86, data-ranked 123, agreement-set 51, train-reward 127, oracle RL 286, critic RL 215,
+benchmarks 82); the RL stages are faster than estimated under the shared recipe (8.3 and 6.8 s per iteration).
+
 Both RL runs evaluate 64 test prompts x 2 seeds at the end (RL_EVAL_PROMPTS; full: all 398) and 64 x 1 during the
 fit (step 0, then every 40 iterations); the base side of the end evaluation is drawn once. That leaves 14 of the 45
 minutes for the error of the estimate. The critic learns from the renders and the generator's own samples as ranked

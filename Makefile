@@ -94,7 +94,8 @@ REWARD_EXTRA_DATA ?=
 # the ranked pairs' dirs and size (`make data-ranked`, below)
 RANKED_PROMPTS ?= 800
 RANKED_DRAW_DIR ?= data/draw-train
-RANKED_DIR ?= data/spatialworld-ranked
+# (the pairs' dir is per size, so that another RANKED_PROMPTS builds its own; the draw grows or shrinks in place)
+RANKED_DIR ?= data/spatialworld-ranked-$(RANKED_PROMPTS)
 REWARD_CONFIGS = $(strip --config $(REWARD_CONFIG) $(if $(filter ranked,$(CRITIC)),--config configs/reward/tiny_ranked.yaml))
 REWARD_DATA_DIRS = $(strip $(if $(filter ranked,$(CRITIC)),$(RANKED_DIR)) $(REWARD_EXTRA_DATA))
 # REWARD_REPEATS='{"ranked": 5}': how many times each training pair of a kind is read per epoch (--data.train_repeats)

@@ -13,7 +13,8 @@ position), so a larger set begins with the same groups. Output, read by `reward_
 - `draw_args.json`: the arguments and `weights_fingerprint` (of the pipeline's and the LoRA's weight files: their
   names, sizes and first and last MiB); a rerun with the same ones resumes (groups already judged are kept: each
   group's labels are written atomically after its images, `groups/g{group:04d}.json`); other arguments, or other
-  weights under the same path (a retrained generator), are refused.
+  weights under the same path (a retrained generator), are refused. Only `prompts` may change: the groups do not
+  depend on it, so a larger set draws just the new groups and a smaller one writes the first groups' table.
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def _claim(out: Path, settings: DrawSettings) -> None:
     path = out / ARGS_FILE
     if path.is_file():
         previous = json.loads(path.read_text())
-        changed = sorted(key for key in asdict(settings) if previous.get(key) != arguments[key])
+        # the groups do not depend on how many there are (noise seeded by their position): `prompts` may change
+        changed = sorted(key for key in asdict(settings) if key != "prompts" and previous.get(key) != arguments[key])
         if changed:
             raise ValueError(f"{out} was drawn with other arguments ({', '.join(changed)}): use a new --out")
         if previous.get("weights_fingerprint") != arguments["weights_fingerprint"]:
@@ -170,6 +172,8 @@ def _claim(out: Path, settings: DrawSettings) -> None:
                 f"{out} was drawn from {what} at --pipeline {settings.pipeline}{lora} (a retrained generator?): its "
                 "samples are not this generator's; remove it or use a new --out"
             )
+        if previous.get("prompts") != settings.prompts:
+            atomic_write_json(path, arguments)
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, arguments)

@@ -58,6 +58,17 @@ def test_draw_labels_every_sample_with_the_oracle_and_resumes(pipeline_dir, smal
     assert digests(out) == first and (out / "images" / "g0000_s00.png").stat().st_mtime_ns == before
     pd.testing.assert_frame_equal(pd.read_parquet(out / "samples.parquet"), frame)
 
+    # only the number of prompts may change: the groups do not depend on it (a smaller set writes the first group's
+    # table; the larger one again draws nothing already drawn)
+    fewer = [*argv]
+    fewer[fewer.index("--prompts") + 1] = "1"
+    assert main(fewer) == 0
+    assert list(pd.read_parquet(out / "samples.parquet")["group"]) == [0, 0, 0]
+    assert json.loads((out / "draw_args.json").read_text())["prompts"] == 1
+    assert main(argv) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "samples.parquet"), frame)
+    assert digests(out) == first and (out / "images" / "g0000_s00.png").stat().st_mtime_ns == before
+
     capsys.readouterr()
     assert main([*argv[:-2], "--seed", "1", "--out", str(out)]) == 1
     assert "drawn with other arguments (seed)" in capsys.readouterr().err

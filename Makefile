@@ -92,7 +92,7 @@ endif
 # best-of-N pairs from `make data-generated`; accuracy is then reported per kind).
 REWARD_EXTRA_DATA ?=
 # the ranked pairs' dirs and size (`make data-ranked`, below)
-RANKED_PROMPTS ?= 800
+RANKED_PROMPTS ?= 1600
 RANKED_DRAW_DIR ?= data/draw-train
 # (the pairs' dir is per size, so that another RANKED_PROMPTS builds its own; the draw grows or shrinks in place)
 RANKED_DIR ?= data/spatialworld-ranked-$(RANKED_PROMPTS)
@@ -153,8 +153,9 @@ $(GEN_DATA_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_
 
 # On-policy ranked pairs (issue 18), what the default critic learns beside the renders: RANKED_PROMPTS train prompts
 # of the RL set x 24 samples of the generator with the rollouts' sampler (rl_policy draw), and per prompt up to 6
-# pairs of samples the oracle strictly orders (data_synthesis ranked-groups). 800 prompts: 15-23 minutes of drawing
-# here, 4,698 pairs from the shipped generator.
+# pairs of samples the oracle strictly orders (data_synthesis ranked-groups). 1,600 prompts: 35-50 minutes of drawing
+# here, 9,336 pairs from the shipped generator (800: half of each, and a critic that agrees with the oracle less:
+# README results, row "tiny critic vs the oracle").
 data-ranked: $(RANKED_DIR)/meta.json ## ranked pairs of the generator's own samples of RL train prompts (oracle-ordered)
 
 $(RANKED_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) | $(STAMP)

@@ -26,22 +26,22 @@ NEEDS = {
     "test": [SETUP, "pytest"],
     "data": [SETUP, DATA, "data_synthesis verify data/spatialworld "],
     "data-rl": [SETUP, RL_DATA],
-    "data-ranked": [SETUP, RL_DATA, "rl_policy draw", "--split train", "--prompts 800", "data_synthesis ranked-groups"],
+    "data-ranked": [SETUP, RL_DATA, "rl_policy draw", "--split train", "--prompts 1600", "data_synthesis ranked-groups"],
     "train-reward": [
         SETUP,
         DATA,
         "rl_policy draw",
-        "--prompts 800 --per-prompt 24 --out data/draw-train",
+        "--prompts 1600 --per-prompt 24 --out data/draw-train",
         "data_synthesis ranked-groups",
         REWARD + " --config configs/reward/tiny_ranked.yaml",
-        "--data.extra_dataset_dirs '[data/spatialworld-ranked-800]'",
+        "--data.extra_dataset_dirs '[data/spatialworld-ranked-1600]'",
     ],
     "train-reward CRITIC=render": [SETUP, DATA, REWARD + " --data.dataset_dir"],
     'train-reward REWARD_EXTRA_DATA=data/spatialworld-generated REWARD_REPEATS={"ranked":2}': [
         "data_synthesis ranked-groups",
         "data_synthesis build --out data/spatialworld-generated",
         REWARD,
-        "--data.extra_dataset_dirs '[data/spatialworld-ranked-800,data/spatialworld-generated]'",
+        "--data.extra_dataset_dirs '[data/spatialworld-ranked-1600,data/spatialworld-generated]'",
         "--data.train_repeats '{\"ranked\":2}'",
     ],
     "pretrain-reward": [SETUP, DATA, STAGE_A + "v3.yaml "]
@@ -160,11 +160,11 @@ def test_demo_sizes_reach_every_stage_command_and_the_defaults_stay_full_size(fr
     assert "--num-pairs 2000 " in dry_run(fresh_clone, "data-generated")
     reward = dry_run(fresh_clone, "train-reward")
     assert "--trainer.default_root_dir runs/reward/tiny" in reward and "--trainer.max_steps" not in reward
-    assert "--prompts 800 --per-prompt 24 --out data/draw-train" in reward
-    # another size of ranked pairs builds its own dir from the same (growing) draw, and the critic reads that one
-    bigger = dry_run(fresh_clone, "train-reward", "RANKED_PROMPTS=1600")
-    assert "--prompts 1600 --per-prompt 24 --out data/draw-train" in bigger
-    assert "--out data/spatialworld-ranked-1600" in bigger and "'[data/spatialworld-ranked-1600]'" in bigger
+    assert "--prompts 1600 --per-prompt 24 --out data/draw-train" in reward
+    # another size of ranked pairs builds its own dir from the same (growing or shrinking) draw; the critic reads it
+    smaller = dry_run(fresh_clone, "train-reward", "RANKED_PROMPTS=800")
+    assert "--prompts 800 --per-prompt 24 --out data/draw-train" in smaller
+    assert "--out data/spatialworld-ranked-800" in smaller and "'[data/spatialworld-ranked-800]'" in smaller
     render = dry_run(fresh_clone, "train-reward", "CRITIC=render")
     assert "--split train" not in render and "tiny_ranked" not in render and "--data.extra_dataset_dirs" not in render
     for rl in (dry_run(fresh_clone, "train-rl"), dry_run(fresh_clone, "train-rl", "REWARD=oracle")):

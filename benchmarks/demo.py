@@ -91,7 +91,7 @@ class DemoSize:
     full size."""
 
     data_pairs: int = 2000  # DATA_PAIRS: SpatialWorld pairs for the critic (full: 12,000)
-    ranked_prompts: int = 32  # RANKED_PROMPTS: RL train prompts x 24 samples for the critic's ranked pairs (full: 1,600)
+    ranked_prompts: int = 32  # RANKED_PROMPTS: RL train prompts x 24 samples for ranked pairs (full: 1,600)
     agreement_prompts: int = 16  # AGREEMENT_PROMPTS: RL test prompts x 24 samples (full: 64)
     reward_steps: int = 150  # REWARD_STEPS: stage-B optimizer steps (full: tiny_ranked.yaml's 2,400)
     rl_steps: int = 24  # RL_STEPS: GRPO iterations of each RL run (full: tiny.yaml's 115)

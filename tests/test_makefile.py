@@ -26,7 +26,7 @@ NEEDS = {
     "test": [SETUP, "pytest"],
     "data": [SETUP, DATA, "data_synthesis verify data/spatialworld "],
     "data-rl": [SETUP, RL_DATA],
-    "data-ranked": [SETUP, RL_DATA, "rl_policy draw", "--split train", "--prompts 1600", "data_synthesis ranked-groups"],
+    "data-ranked": [SETUP, RL_DATA, "rl_policy draw", "--split train", "--prompts 1600", "ranked-groups data/draw"],
     "train-reward": [
         SETUP,
         DATA,

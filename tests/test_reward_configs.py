@@ -42,9 +42,17 @@ class ParseOnlyCLI(RewardCLI):
         pass
 
 
-def parse(path: Path):
-    cli = ParseOnlyCLI(RewardModule, PairwiseDataModule, args=["--config", str(path)], run=False)
-    return cli.config
+def parse(*paths: Path):
+    arguments = [part for path in paths for part in ("--config", str(path))]
+    return ParseOnlyCLI(RewardModule, PairwiseDataModule, args=arguments, run=False).config
+
+
+def launch_configs(path: Path) -> list[Path]:
+    """The configs a YAML's launch command (its first line) names, in order: itself last (an overlay such as
+    tiny_ranked.yaml comes after the config it changes)."""
+    names = [part.split()[0] for part in path.read_text().splitlines()[0].split("--config ")[1:]]
+    assert names and Path(names[-1]).name == path.name, f"{path.name}: its launch command must end with it"
+    return [CONFIG_DIR.parents[1] / name for name in names]
 
 
 def test_every_reward_yaml_parses_and_starts_with_its_launch_command():
@@ -53,8 +61,18 @@ def test_every_reward_yaml_parses_and_starts_with_its_launch_command():
         assert path.read_text().startswith("# "), f"{path.name} must start with its launch command"
         # stage A's phases belong to `pretrain` (run by tests/test_reward_pretrain.py); every other YAML is a fit config
         if not path.read_text().startswith("# python -m reward_model pretrain "):
-            config = parse(path)
+            config = parse(*launch_configs(path))
             assert config.model.network.class_path, path.name
+
+
+def test_the_ranked_overlay_changes_only_the_data_and_the_steps():
+    """`make train-reward`'s default critic: tiny.yaml's stage B, plus the ranked pairs read 5 times, 2,400 steps."""
+    base, ranked = parse(CONFIG_DIR / "tiny.yaml"), parse(*launch_configs(CONFIG_DIR / "tiny_ranked.yaml"))
+    assert ranked.trainer.max_steps == 2400 and base.trainer.max_steps == 300
+    assert ranked.data.extra_dataset_dirs == ["data/spatialworld-ranked-1600"] and ranked.data.train_repeats == {
+        "ranked": 5
+    }
+    assert ranked.model == base.model and ranked.data.dataset_dir == base.data.dataset_dir
 
 
 def test_7b_configs_say_what_the_recipe_says():

@@ -51,7 +51,7 @@ from reward_model.calibration import expected_calibration_error, fit_temperature
 from reward_model.data import PairCollator, PairRecord, PairwiseDataModule, PairwiseDataset
 from reward_model.export import export_checkpoint
 from reward_model.model import SpatialScore
-from reward_model.module import BROKEN_GROUPS, correct_pairs, counts_by_broken
+from reward_model.module import BROKEN_GROUPS, correct_pairs, counts_by_broken, perturbation_pairs
 from reward_model.scorer import SpatialScorer
 from reward_model.tokenizer import SpatialScoreProcessor
 from shared import stable_seed
@@ -136,8 +136,7 @@ def pair_metrics(
     at that temperature."""
     correct = correct_pairs(scores.mean_w, scores.mean_l)  # [2P]
     forward = ~scores.is_reversed
-    kinds = np.array(scores.kinds)
-    perturbed = forward & torch.from_numpy(kinds != "ranked")  # a ranked pair has no perturbation to count
+    perturbed = forward & perturbation_pairs(scores.kinds)  # [2P]
     correct_by_group, total_by_group = counts_by_broken(correct[perturbed], scores.num_broken[perturbed])  # [G], [G]
     by_broken = {
         group.replace("_", "-"): (right / total if total else None)
@@ -145,6 +144,7 @@ def pair_metrics(
     }
     chosen = scores.one_orientation(seed)  # [2P], P of them true
     auroc, errors = std_error_auroc(*scores.select(chosen))
+    kinds = np.array(scores.kinds)
     by_kind = {
         kind: correct[forward & torch.from_numpy(kinds == kind)].float().mean().item() for kind in sorted(set(kinds))
     }

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -53,6 +53,12 @@ def counts_by_broken(correct: torch.Tensor, num_broken: torch.Tensor) -> tuple[t
         [torch.isin(num_broken, torch.tensor(numbers, device=num_broken.device)) for numbers in BROKEN_GROUPS.values()]
     )  # [G, B]
     return (members & correct).sum(dim=1), members.sum(dim=1)
+
+
+def perturbation_pairs(kinds: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
+    """Which pairs were made by perturbing a scene (render, generated), the ones whose `num_broken` counts broken
+    relations: a ranked pair's count is what the oracle confirmed in one sample and not the other.  -> bool [B]"""
+    return torch.tensor([kind != "ranked" for kind in kinds], dtype=torch.bool, device=device)
 
 
 class AccuracyByBroken(Metric):
@@ -183,9 +189,7 @@ class RewardModule(LightningModule):
                 batch_size=batch.num_pairs,
             )
         if "acc_broken" in metrics:
-            # counted over the perturbation pairs, as the export's pairwise_accuracy_by_broken (a ranked pair's count
-            # is what the oracle confirmed in one sample and not the other)
-            perturbed = torch.tensor([kind != "ranked" for kind in batch.kinds], device=mean_w.device)  # [B]
+            perturbed = perturbation_pairs(batch.kinds, mean_w.device)  # [B], as the export's by-broken accuracy
             metrics["acc_broken"].update(mean_w[perturbed], mean_l[perturbed], batch.num_broken[perturbed])
             metrics["ece"].update(win_probability(mean_w, std_w, mean_l, std_l, self.loss_name))
 

@@ -18,6 +18,7 @@ from reward_model.agreement import load_agreement_set
 from reward_model.model import encode
 from reward_model.scorer import SpatialScorer
 from shared.agreement import top_bottom_agreement, within_group_spearman
+from tests.test_reward_configs import launch_configs
 
 REPO = Path(__file__).resolve().parents[1]
 REWARD_CONFIGS = sorted((REPO / "configs" / "reward").glob("*.yaml"))
@@ -100,11 +101,8 @@ def test_reward_configs_exist_and_start_with_their_launch_command():
 def test_every_reward_yaml_parses(path, capsys):
     """Each config with the configs its launch command (first line) puts before it: an overlay such as
     tiny_ranked.yaml parses on top of tiny.yaml."""
-    launch = path.read_text().splitlines()[0]
-    command = "pretrain" if launch.startswith("# python -m reward_model pretrain ") else "fit"
-    configs = launch.split("--config ")[1:] or [str(path)]
-    assert Path(configs[-1].split()[0]).name == path.name, launch
-    arguments = [part for config in configs for part in ("--config", str(REPO / config.split()[0]))]
+    command = "pretrain" if path.read_text().startswith("# python -m reward_model pretrain ") else "fit"
+    arguments = [part for config in launch_configs(path) for part in ("--config", str(config))]
     with pytest.raises(SystemExit) as exited:  # stage A's phases are `pretrain` configs, the others `fit` configs
         main([command, *arguments, "--print_config"])
     assert exited.value.code == 0

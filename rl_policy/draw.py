@@ -9,7 +9,8 @@ Each group is the first `prompts` prompts of `split` (file order), `per_prompt` 
 position), so a larger set begins with the same groups. Output, read by `reward_model` as files:
 - `images/g{group:04d}_s{sample:02d}.png`;
 - `samples.parquet`: group, sample, pair_id, prompt, image (relative path), relation_accuracy (share of the stated
-  relations the oracle confirms), all_found (every named object detected), num_relations;
+  relations the oracle confirms), all_found (every named object detected), num_relations, and per stated relation
+  (prompt order) relations_confirmed and relation_kinds;
 - `draw_args.json`: the arguments and `weights_fingerprint` (of the pipeline's and the LoRA's weight files: their
   names, sizes and first and last MiB); a rerun with the same ones resumes (groups already judged are kept: each
   group's labels are written atomically after its images, `groups/g{group:04d}.json`); other arguments, or other
@@ -129,6 +130,8 @@ def _draw_group(policy: FluxPolicy, oracle: SpatialWorldOracle, settings: DrawSe
                 "relation_accuracy": verdict.accuracy,
                 "all_found": verdict.all_found,
                 "num_relations": len(verdict.confirmed),
+                "relations_confirmed": list(verdict.confirmed),
+                "relation_kinds": list(verdict.kinds),
             }
         )
     atomic_write_json(out / "groups" / f"g{group:04d}.json", rows)

@@ -8,6 +8,9 @@ Both functions take scores and reference values as [P, G] (P prompts, G samples 
 - `top_bottom_agreement`: per prompt, the k best and k worst samples by score (GRPO's top-k / bottom-k filter), and
   the share of (top, bottom) pairs that the reference orders the same way, over the pairs the reference does not
   tie (ties in the scores are broken by sample order, as a stable sort does).
+
+`binary_auroc` takes one group's scores [G] and a binary reference [G]: how well the scores separate the samples where
+the reference holds from those where it does not (what a per-relation reading asks).
 """
 
 from __future__ import annotations
@@ -66,3 +69,17 @@ def top_bottom_agreement(scores: torch.Tensor, reference: torch.Tensor, k: int) 
     agreeing = int((difference > 0).sum())
     used = int(decided.sum())
     return GroupAgreement(agreeing / used if used else math.nan, used, int((~decided).sum()))
+
+
+def binary_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of (positive, negative) sample pairs that `scores` [G] order positive first, ties counting one half;
+    NaN when `labels` [G] (bool) has only one class."""
+    scores = scores.double().reshape(-1)
+    labels = labels.bool().reshape(-1)
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores and labels must have the same length, got {len(scores)} and {len(labels)}")
+    positive, negative = scores[labels], scores[~labels]
+    if len(positive) == 0 or len(negative) == 0:
+        return math.nan
+    difference = positive[:, None] - negative[None, :]  # [Pos, Neg]
+    return float(((difference > 0).double() + 0.5 * (difference == 0).double()).mean())

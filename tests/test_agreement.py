@@ -1,14 +1,17 @@
 """shared.agreement against hand-computed values: within-group Spearman (average ranks for ties, constant reference
-skipped and counted, constant scores count 0) and the top-k vs bottom-k share (reference ties left out)."""
+skipped and counted, constant scores count 0), the top-k vs bottom-k share (reference ties left out) and the binary
+AUROC; reward_model.agreement's per-relation AUROC among the samples with every object found."""
 
 from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
-from shared.agreement import top_bottom_agreement, within_group_spearman
+from reward_model.agreement import auroc_by_relation
+from shared.agreement import binary_auroc, top_bottom_agreement, within_group_spearman
 
 
 def test_spearman_per_group_mean_skips_constant_reference():
@@ -51,3 +54,31 @@ def test_bad_shapes_and_values_are_one_clear_error():
         within_group_spearman(torch.tensor([[1.0, math.nan]]), torch.ones(1, 2))
     with pytest.raises(ValueError, match="k must be"):
         top_bottom_agreement(torch.ones(1, 4), torch.ones(1, 4), k=3)
+
+
+def test_binary_auroc_counts_ties_as_half():
+    # positives 3, 2; negatives 1, 2: (3 > 1), (3 > 2), (2 > 1) and the tie (2, 2) -> 3.5 of 4
+    assert binary_auroc(torch.tensor([3.0, 1, 2, 2]), torch.tensor([True, False, True, False])) == 0.875
+    assert binary_auroc(torch.tensor([1.0, 2]), torch.tensor([False, True])) == 1.0
+    assert math.isnan(binary_auroc(torch.tensor([1.0, 2]), torch.tensor([True, True])))
+    with pytest.raises(ValueError, match="same length"):
+        binary_auroc(torch.ones(3), torch.ones(2, dtype=torch.bool))
+
+
+def test_auroc_by_relation_reads_only_samples_with_every_object_found():
+    """Two groups of 4. Group 0 states (left_of, behind); sample 3 lost an object and is left out. left_of holds in
+    samples 0, 1 (scores 4, 3) and not in 2 (score 1): 1.0; behind holds in sample 2 only (score 1, below 4 and 3): 0.0.
+    Group 1 states (left_of, inside): left_of holds in 1 (score 2) and not in 0, 2, 3 (scores 1, 3, 2): one win, one
+    tie, one loss -> 0.5; inside holds in every found sample: left out."""
+    frame = pd.DataFrame(
+        {
+            "group": [0] * 4 + [1] * 4,
+            "all_found": [True, True, True, False] + [True] * 4,
+            "relation_kinds": [["left_of", "behind"]] * 4 + [["left_of", "inside"]] * 4,
+            "relations_confirmed": [[True, False], [True, False], [False, True], [False, False]]
+            + [[False, True], [True, True], [False, True], [False, True]],
+        }
+    )
+    scores = torch.tensor([[4.0, 3, 1, 9], [1, 2, 3, 2]])
+    auroc, used = auroc_by_relation(frame, scores)
+    assert auroc == {"behind": 0.0, "left_of": 0.75} and used == {"behind": 1, "left_of": 2}

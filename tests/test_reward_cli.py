@@ -14,7 +14,7 @@ from PIL import Image
 
 from data_synthesis import load_pairs
 from reward_model.__main__ import lightning_cli, main
-from reward_model.agreement import load_agreement_set
+from reward_model.agreement import auroc_by_relation, load_agreement_set
 from reward_model.model import encode
 from reward_model.scorer import SpatialScorer
 from shared.agreement import top_bottom_agreement, within_group_spearman
@@ -59,6 +59,11 @@ def agreement_set(small_dataset, tmp_path_factory):
                     "image": name,
                     "relation_accuracy": accuracy[sample],
                     "all_found": found[sample],
+                    # two stated relations, as many confirmed as the accuracy says
+                    "relations_confirmed": {1.0: [True, True], 0.5: [True, False], 0.0: [False, False]}[
+                        accuracy[sample]
+                    ],
+                    "relation_kinds": ["left_of", "behind"],
                 }
             )
     pd.DataFrame(records).to_parquet(directory / "samples.parquet")
@@ -216,6 +221,9 @@ def test_fit_reports_critic_oracle_agreement_on_the_agreement_set(fitted, agreem
     assert (metrics["agreement_groups_used"], metrics["agreement_groups_skipped"]) == (2, 1)
     assert (metrics["agreement_found_groups_used"], metrics["agreement_found_groups_skipped"]) == (3, 0)
     assert (metrics["agreement_prompts"], metrics["agreement_samples_per_prompt"]) == (3, 4)
+    auroc, used = auroc_by_relation(frame, scores.cpu())
+    assert metrics["agreement_auroc_relations_by_relation"] == used and used  # some (group, relation) both ways
+    assert metrics["agreement_auroc_by_relation"] == pytest.approx(auroc)
     assert metrics["pairwise_accuracy_by_kind"].keys() == {"render"} and "generated_pairwise_accuracy" not in metrics
 
 

@@ -46,6 +46,10 @@ def test_draw_labels_every_sample_with_the_oracle_and_resumes(pipeline_dir, smal
             verdict = oracle.judge(image.convert("RGB"), records[row.group].metadata)
         assert (row.relation_accuracy, row.all_found) == (verdict.accuracy, verdict.all_found)
         assert row.num_relations == len(records[row.group].metadata["relations"])
+        assert (list(row.relations_confirmed), list(row.relation_kinds)) == (
+            list(verdict.confirmed),
+            list(verdict.kinds),
+        )
     first = digests(out)
     assert len(first) == 6 and len(set(first.values())) == 6  # every sample its own noise
 

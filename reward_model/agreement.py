@@ -81,10 +81,7 @@ def agreement_metrics(scorer, frame: pd.DataFrame, *, top_k: int = 6) -> dict[st
         "agreement_prompts": groups,
         "agreement_samples_per_prompt": per_group,
     }
-    if (
-        all(column in frame.columns for column in RELATION_COLUMNS)
-        and frame[list(RELATION_COLUMNS)].notna().all().all()
-    ):
+    if set(RELATION_COLUMNS) <= set(frame.columns) and frame[list(RELATION_COLUMNS)].notna().all(axis=None):
         auroc, used = auroc_by_relation(frame, scores)
         metrics |= {"agreement_auroc_by_relation": auroc, "agreement_auroc_relations_by_relation": used}
     return metrics

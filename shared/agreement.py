@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 from torchmetrics.functional import spearman_corrcoef
+from torchmetrics.functional.classification import binary_auroc as auroc
 
 
 class GroupAgreement(NamedTuple):
@@ -72,14 +73,11 @@ def top_bottom_agreement(scores: torch.Tensor, reference: torch.Tensor, k: int) 
 
 
 def binary_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of (positive, negative) sample pairs that `scores` [G] order positive first, ties counting one half;
-    NaN when `labels` [G] (bool) has only one class."""
-    scores = scores.double().reshape(-1)
-    labels = labels.bool().reshape(-1)
+    """torchmetrics' AUROC of `scores` [G] for `labels` [G] (bool): the share of (positive, negative) pairs ordered
+    positive first, ties counting one half; NaN (not torchmetrics' 0 and a warning) when only one class is present."""
+    scores, labels = scores.double().reshape(-1), labels.bool().reshape(-1)
     if scores.shape != labels.shape:
         raise ValueError(f"scores and labels must have the same length, got {len(scores)} and {len(labels)}")
-    positive, negative = scores[labels], scores[~labels]
-    if len(positive) == 0 or len(negative) == 0:
+    if labels.all() or not labels.any():
         return math.nan
-    difference = positive[:, None] - negative[None, :]  # [Pos, Neg]
-    return float(((difference > 0).double() + 0.5 * (difference == 0).double()).mean())
+    return float(auroc(scores, labels.long()))

@@ -100,9 +100,24 @@ REWARD_CONFIGS = $(strip --config $(REWARD_CONFIG) $(if $(filter ranked,$(CRITIC
 REWARD_DATA_DIRS = $(strip $(if $(filter ranked,$(CRITIC)),$(RANKED_DIR)) $(REWARD_EXTRA_DATA))
 # REWARD_REPEATS='{"ranked": 5}': how many times each training pair of a kind is read per epoch (--data.train_repeats)
 REWARD_REPEATS ?=
-train-reward: $(DATA_DIR)/verify_report.json $(AGREEMENT_DIR)/samples.parquet $(addsuffix /meta.json,$(REWARD_DATA_DIRS)) | $(STAMP) ## stage B on the shipped stage A (+ ranked pairs); exports runs/reward/tiny/export
+# CRITIC=ranked starts stage B from one more stage-A phase (issue 18): the shipped backbone trained on the ranked
+# pairs' draw beside the renders (configs/reward/tiny_stage_a_generated.yaml: 600 steps, ~10 min), so that the frozen
+# vision tower has seen the generator's 32 px samples; STAGE_A_STEPS=n: n steps instead. `finished` marks a phase that
+# ran to its end (an interrupted one has written its backbone at an evaluation already).
+STAGE_A_DIR ?= $(REWARD_RUN_DIR)/stage_a
+STAGE_A_STEPS ?=
+STAGE_A_DONE = $(if $(filter ranked,$(CRITIC)),$(STAGE_A_DIR)/finished)
+$(STAGE_A_DIR)/finished: $(DATA_DIR)/verify_report.json $(RANKED_DIR)/meta.json | $(STAMP)
+	OMP_NUM_THREADS=1 $(PYTHON) -m reward_model pretrain --config configs/reward/tiny_stage_a_generated.yaml \
+		--data.generated_dirs '[$(RANKED_DRAW_DIR)]' --data.generated_source_dir $(RL_DATA_DIR) \
+		--data.dataset_dir $(DATA_DIR) --trainer.default_root_dir $(STAGE_A_DIR) \
+		$(if $(STAGE_A_STEPS),--trainer.max_steps $(STAGE_A_STEPS) --model.schedule_steps $(STAGE_A_STEPS),)
+	touch $@
+
+train-reward: $(DATA_DIR)/verify_report.json $(AGREEMENT_DIR)/samples.parquet $(addsuffix /meta.json,$(REWARD_DATA_DIRS)) $(STAGE_A_DONE) | $(STAMP) ## stage B (+ ranked pairs, on stage A + a phase on the generator's samples); exports runs/reward/tiny/export
 	$(PYTHON) -m reward_model fit $(REWARD_CONFIGS) --data.dataset_dir $(DATA_DIR) \
 		--export.agreement_set $(AGREEMENT_DIR) --trainer.default_root_dir $(REWARD_RUN_DIR) \
+		$(if $(STAGE_A_DONE),--model.network.init_args.backbone_dir $(STAGE_A_DIR)/backbone,) \
 		$(if $(REWARD_STEPS),--trainer.max_steps $(REWARD_STEPS),) \
 		$(if $(REWARD_DATA_DIRS),--data.extra_dataset_dirs '[$(subst $(space),$(comma),$(REWARD_DATA_DIRS))]',) \
 		$(if $(REWARD_REPEATS),--data.train_repeats '$(REWARD_REPEATS)',)

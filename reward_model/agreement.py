@@ -30,7 +30,7 @@ from shared.agreement import binary_auroc, top_bottom_agreement, within_group_sp
 
 SAMPLES_FILE = "samples.parquet"
 COLUMNS = ("group", "sample", "prompt", "image", "relation_accuracy", "all_found")
-RELATION_COLUMNS = ("relations_confirmed", "relation_kinds")  # optional: per stated relation, in prompt order
+RELATION_COLUMNS = ("relations_confirmed", "relation_kinds")  # optional: per stated relation (scene-graph order)
 
 
 def load_agreement_set(directory: str | os.PathLike) -> pd.DataFrame:

@@ -10,7 +10,8 @@ position), so a larger set begins with the same groups. Output, read by `reward_
 - `images/g{group:04d}_s{sample:02d}.png`;
 - `samples.parquet`: group, sample, pair_id, prompt, image (relative path), relation_accuracy (share of the stated
   relations the oracle confirms), all_found (every named object detected), num_relations, and per stated relation
-  (prompt order) relations_confirmed and relation_kinds;
+  (in the order of the prompt's scene graph, `stated_relations`, not its sentences') relations_confirmed and
+  relation_kinds;
 - `draw_args.json`: the arguments and `weights_fingerprint` (of the pipeline's and the LoRA's weight files: their
   names, sizes and first and last MiB); a rerun with the same ones resumes (groups already judged are kept: each
   group's labels are written atomically after its images, `groups/g{group:04d}.json`); other arguments, or other

@@ -29,6 +29,7 @@ from reward_model.stage_a.examples import (
     token_colour_targets,
     verification_example,
 )
+from reward_model.stage_a.generated import GeneratedSample, load_generated_samples, sample_example
 from reward_model.stage_a.pairs import PairCollator, TestPair, load_test_pairs
 from reward_model.tokenizer import SpatialScoreProcessor, load_processor
 from shared import stable_seed
@@ -77,7 +78,7 @@ class VerificationCollator:
     ) -> None:
         self.processor = processor
         self.bind_colour_words = bind_colour_words
-        self.stated = stated_margin if stated_all_kinds else stated_offset
+        self.stated_all_kinds = stated_all_kinds
         self.period_id = processor.tokenizer.convert_tokens_to_ids(".")
         self.merge_size = processor.image_processor.merge_size
         self.position_bins = position_bins
@@ -135,7 +136,11 @@ class VerificationCollator:
         ]
         mention_xy: list[tuple[float, float]] = []
         kinds = [list(KINDS).index(r.kind) for e in examples for r in e.relations]
-        stated = [self.stated(r, e.scene) for e in examples for r in e.relations]
+        stated = [
+            stated_margin(r, e.scene, e.layout) if self.stated_all_kinds else stated_offset(r, e.scene)
+            for e in examples
+            for r in e.relations
+        ]
         for row, example in enumerate(examples):
             for position, colour in self.mention_nouns(inputs["input_ids"][row].tolist(), example.scene):
                 obj = example.scene[colour]
@@ -224,11 +229,14 @@ class VerificationStream(IterableDataset):
         min_objects: int = 3,
         resolution: int = 128,
         prompt_curriculum: Sequence[PromptPhase] = (PromptPhase(0),),
+        generated: Sequence[GeneratedSample] = (),
+        generated_fraction: float = 0.0,
     ) -> None:
         super().__init__()
         self.seed, self.batch_size, self.start_step = seed, batch_size, start_step
         self.curriculum, self.min_objects, self.resolution = tuple(curriculum), min_objects, resolution
         self.prompt_curriculum = tuple(prompt_curriculum)
+        self.generated, self.generated_fraction = generated, generated_fraction
 
     def __iter__(self) -> Iterator[VerificationExample]:
         worker = get_worker_info()
@@ -238,7 +246,15 @@ class VerificationStream(IterableDataset):
             step = index // self.batch_size
             world, phase = world_at(step, self.curriculum, self.min_objects), phase_at(step, self.prompt_curriculum)
             seed = stable_seed("stage-a-verify", self.seed, "train", index)
-            if phase.full:
+            mix = stable_seed("stage-a-mix", self.seed, index) % 1_000_000 / 1_000_000
+            example = (
+                sample_example(self.generated, seed, resolution=self.resolution)
+                if self.generated and mix < self.generated_fraction
+                else None
+            )
+            if example is not None:
+                yield example
+            elif phase.full:
                 yield verification_example(seed, world, resolution=self.resolution)
             else:
                 yield simple_verification_example(
@@ -270,6 +286,20 @@ def easy_validation_examples(seed: int, size: int, *, resolution: int = 128) -> 
     ]
 
 
+def generated_validation_examples(
+    pool: Sequence[GeneratedSample], seed: int, size: int, *, resolution: int = 128
+) -> list[VerificationExample]:
+    """Up to `size` examples of the held-out prompts' samples in `pool`, from their own seed stream."""
+    held_out = [sample for sample in pool if sample.held_out]
+    if not held_out:
+        return []
+    examples = (
+        sample_example(held_out, stable_seed("stage-a-verify", seed, "val-generated", i), resolution=resolution)
+        for i in range(size)
+    )
+    return [example for example in examples if example is not None]
+
+
 class VerificationDataModule(LightningDataModule):
     """Stage A's examples, generated on the fly (training) and once (the held-out sets).
 
@@ -285,6 +315,10 @@ class VerificationDataModule(LightningDataModule):
     val_size / easy_val_size: the held-out sets (`validation_examples`, `easy_validation_examples`; 0: none).
     dataset_dir / eval_pairs: a SpatialWorld dataset dir whose first `eval_pairs` test pairs are scored zero-shot at
         every evaluation (`pairs.py`; None: none), in batches of `pair_batch_size` pairs.
+    generated_dirs / generated_source_dir: draw dirs of the generator's own samples (`rl_policy draw`) and the
+        SpatialWorld dataset dir whose prompts they drew (`generated.py`); generated_fraction: the share of training
+        examples taken from them (the rest are renders); generated_val_size: the `generated` held-out set, from the
+        draws' held-out prompts (0: none).
     num_workers: DataLoader workers of the training stream; 0 and 1 give the same order (more interleave it).
     seed: every example stream (training, held-out).
     """
@@ -306,10 +340,24 @@ class VerificationDataModule(LightningDataModule):
         dataset_dir: str | None = None,
         eval_pairs: int = 200,
         pair_batch_size: int = 32,
+        generated_dirs: Sequence[str] = (),
+        generated_source_dir: str | None = None,
+        generated_fraction: float = 0.0,
+        generated_val_size: int = 256,
         num_workers: int = 1,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if not 0 <= generated_fraction <= 1 or generated_val_size < 0:
+            raise ValueError(
+                f"generated_fraction must lie in [0, 1] and generated_val_size not be negative, got "
+                f"{generated_fraction}, {generated_val_size}"
+            )
+        if (generated_fraction > 0) != bool(generated_dirs) or (generated_dirs and generated_source_dir is None):
+            raise ValueError(
+                "generated_dirs, generated_source_dir and a positive generated_fraction go together, got "
+                f"{list(generated_dirs)}, {generated_source_dir}, {generated_fraction}"
+            )
         curriculum = tuple((int(first_step), int(max_objects)) for first_step, max_objects in curriculum)
         if not curriculum or curriculum[0][0] != 0 or [s for s, _ in curriculum] != sorted(s for s, _ in curriculum):
             raise ValueError(f"curriculum must start at step 0 and be sorted by step, got {list(curriculum)}")
@@ -325,8 +373,12 @@ class VerificationDataModule(LightningDataModule):
         self.bind_colour_words, self.stated_all_kinds = bind_colour_words, stated_all_kinds
         self.resolution, self.val_size, self.easy_val_size = resolution, val_size, easy_val_size
         self.dataset_dir, self.eval_pairs, self.pair_batch_size = dataset_dir, eval_pairs, pair_batch_size
+        self.generated_dirs, self.generated_source_dir = list(generated_dirs), generated_source_dir
+        self.generated_fraction, self.generated_val_size = generated_fraction, generated_val_size
+        self.generated: list[GeneratedSample] = []
         self.num_workers, self.seed = num_workers, seed
         self.held_out: list[list[VerificationExample]] | None = None
+        self.held_out_names: list[str] = []
         self.test_pairs: list[TestPair] = []
 
     def setup(self, stage: str | None = None) -> None:
@@ -338,11 +390,18 @@ class VerificationDataModule(LightningDataModule):
                     "to a Trainer whose LightningModule has a `network` with a `processor`"
                 )
             self.processor = network.processor
+        if self.generated_dirs and not self.generated:
+            self.generated = load_generated_samples(self.generated_dirs, self.generated_source_dir)
         if self.held_out is None:
             self.held_out = [validation_examples(self.seed, self.val_size, resolution=self.resolution)]
+            self.held_out_names = ["val"]
             if self.easy_val_size:
                 easy = easy_validation_examples(self.seed, self.easy_val_size, resolution=self.resolution)
                 self.held_out.append(easy)
+                self.held_out_names.append("easy")
+            if self.generated and self.generated_val_size:
+                self.held_out.append(generated_validation_examples(self.generated, self.seed, self.generated_val_size))
+                self.held_out_names.append("generated")
         if self.dataset_dir is not None and not self.test_pairs:
             self.test_pairs = load_test_pairs(self.dataset_dir, self.eval_pairs)
 
@@ -360,11 +419,14 @@ class VerificationDataModule(LightningDataModule):
             min_objects=self.min_objects,
             resolution=self.resolution,
             prompt_curriculum=self.phases,
+            generated=[sample for sample in self.generated if not sample.held_out],
+            generated_fraction=self.generated_fraction,
         )
         return DataLoader(stream, batch_size=self.batch_size, collate_fn=self.collator(), num_workers=self.num_workers)
 
     def val_dataloader(self) -> list[DataLoader]:
-        """The held-out set, then (with easy_val_size) the easy one, then (with dataset_dir) the test pairs."""
+        """The held-out sets (`held_out_names`: val, then easy and generated where asked), then (with dataset_dir)
+        the test pairs."""
         if self.held_out is None:
             raise RuntimeError("call setup() before asking for the held-out sets")
         collate = self.collator()

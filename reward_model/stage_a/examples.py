@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from PIL import Image
 
 from data_synthesis import COLOURS, Relation, Scene, SceneLayout, Truth, WorldConfig, evaluate, render
+from data_synthesis.detect import detect
 from data_synthesis.perturb import sample_pair
 from data_synthesis.prompts import describe_sentences
 from data_synthesis.relations import box_gap
@@ -31,7 +32,9 @@ class VerificationExample(NamedTuple):
     prompt: str  # intro sentences, then one sentence per relation
     sentence_truth: list[bool]  # per relation sentence, in prompt order: does it hold in the image?
     relations: list[Relation]  # the relation each sentence states, in prompt order
-    scene: Scene  # the scene shown in the image
+    scene: Scene  # the scene shown in the image (a generated image's: its objects at the detected centres)
+    layout: Any = None  # what the stated margins are read from: None for the scene's exact layout, a generated
+    # image's `PixelLayout` (the detector's reading, as the oracle judges it)
 
     @property
     def matches(self) -> bool:
@@ -97,6 +100,55 @@ def simple_verification_example(
             break
     return _stated_example(
         rng, sampled.scene, true_relations, set(), resolution, jitter, match_fraction, 0.0, max_false
+    )
+
+
+def generated_verification_example(
+    seed: int,
+    image: Image.Image,
+    scene: Scene,
+    relations: Sequence[Relation],
+    *,
+    resolution: int = 128,
+    match_fraction: float = 0.5,
+    max_false: int = 3,
+) -> VerificationExample | None:
+    """A labelled example from a generator's own image of a prompt stating `relations` about `scene`: the verdicts
+    are the oracle's reading of the image (the detector's layout), not the prompt's intent. Each stated relation the
+    oracle reads clearly (holds or broken) is stated as read and, as in `verification_example`, some are then
+    written as their opposite; the sentences are described afresh (their order and wording from `seed`). The
+    image is resized to `resolution` (bicubic) as the renders are drawn; the example's scene has its objects at the
+    detected boxes' centres. None where an object is not found or no relation reads clearly."""
+    rng = random.Random(seed)
+    layout = detect(image.convert("RGB"), [obj.colour for obj in scene.objects])
+    if not all(layout.found(obj.colour) for obj in scene.objects):
+        return None
+    read = [(relation, holds(relation, layout)) for relation in relations]
+    true_relations = [relation if truth else relation.opposite() for relation, truth in read if truth is not None]
+    if not true_relations:
+        return None
+    moved = []
+    for obj in scene.objects:
+        x0, y0, x1, y1 = layout.box(obj.colour)
+        u0, v0, u1, v1 = obj.box
+        moved.append(obj.moved(float(obj.x + (x0 + x1 - u0 - u1) / 2), float(obj.y + (y0 + y1 - v0 - v1) / 2)))
+    relations = list(true_relations)
+    if rng.random() >= match_fraction:
+        for i in rng.sample(range(len(relations)), rng.randint(1, min(max_false, len(relations)))):
+            relations[i] = relations[i].opposite()
+    truth = [holds(relation, layout) for relation in relations]
+    for i, value in enumerate(truth):
+        if value is None:  # the opposite reads unclear: state what the oracle read instead
+            relations[i], truth[i] = true_relations[i], True
+    shown = scene.replace_objects(*moved)
+    pieces = describe_sentences(shown, relations, style_seed=rng.randrange(2**31))
+    return VerificationExample(
+        image=image.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC),
+        prompt=" ".join(pieces.intro + pieces.sentences),
+        sentence_truth=[bool(truth[slot]) for slot in pieces.slots],
+        relations=[relations[slot] for slot in pieces.slots],
+        scene=shown,
+        layout=layout,
     )
 
 
@@ -171,17 +223,17 @@ def stated_offset(relation: Relation, scene: Scene) -> float:
 _CANONICAL_KINDS = {"left_of", "above", "in_front_of", "next_to", "inside", "between", "in_sky", "in_region"}
 
 
-def stated_margin(relation: Relation, scene: Scene) -> float:
+def stated_margin(relation: Relation, scene: Scene, layout: Any = None) -> float:
     """A signed margin of any relation on the exact layout, positive where it holds and negative where it is broken
     (image fractions or overlap fractions, measured from the middle of the oracle's strict UNCLEAR band): the centre
     offset in the stated direction (left/right/above/below, as `stated_offset` but between box centres), the signed
     overlap (in front), the box gap below 0.14 (next to), the covered fraction above 0.5 (inside), the slack of the
     "between" test, the clearance from the horizon (in the sky), the distance into a region; a negated kind
     (right of, behind, far from, ...) is minus its opposite's. NaN where it is undefined (no horizon, a degenerate
-    "between")."""
+    "between"). `layout`: read them there instead (a generated image's `PixelLayout`)."""
     if relation.kind not in _CANONICAL_KINDS:
-        return -stated_margin(relation.opposite(), scene)
-    layout = SceneLayout(scene)
+        return -stated_margin(relation.opposite(), scene, layout)
+    layout = SceneLayout(scene) if layout is None else layout
     boxes = [layout.box(colour) for colour in relation.subjects]
     centres = [((box[0] + box[2]) / 2, (box[1] + box[3]) / 2) for box in boxes]
     kind = relation.kind

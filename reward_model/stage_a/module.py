@@ -5,9 +5,10 @@ sum_k weight_k * loss_k` (`losses.total_loss`), AdamW (the config's optimizer fa
 trainer, and a warm-up + cosine learning-rate schedule over `schedule_steps`, which a phase may stop before
 (`trainer.max_steps`): the shipped recipe's phases were cut where the held-out verdict peaked.
 
-Metrics: `train/loss`, `train/<loss name>` and `train/acc_*` per step; per held-out set (`val`, and `easy` when the
-data module has one) the batch means of the same and `{val,easy}/auroc_verdict`, `{val,easy}/auroc_match`
-(torchmetrics' exact AUROC over the whole set); with test pairs, `pairs/{match,ver}_{acc,acc_1,acc_23,acc_rev,
+Metrics: `train/loss`, `train/<loss name>` and `train/acc_*` per step; per held-out set (`val`, and `easy` and
+`generated` when the data module has them) the batch means of the same and `<set>/auroc_verdict`,
+`<set>/auroc_match` (torchmetrics' exact AUROC over the whole set), and `generated/auroc_verdict_<kind>` per relation
+kind; with test pairs, `pairs/{match,ver}_{acc,acc_1,acc_23,acc_rev,
 acc_both}`, the zero-shot pairwise accuracies of the matching logit and the verifier score (`pairs.py`).
 """
 
@@ -22,13 +23,15 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
+from data_synthesis.relations import KINDS
 from reward_model.module import OptimizerFactory
 from reward_model.stage_a.data import VerificationBatch
 from reward_model.stage_a.losses import grounding_accuracies, grounding_losses, total_loss
 from reward_model.stage_a.model import GroundingNetwork, GroundingOutput
 from reward_model.stage_a.pairs import TestPairBatch, pair_accuracies, pair_scores
+from shared.agreement import binary_auroc
 
-HELD_OUT = ("val", "easy")  # log prefix of each held-out set's dataloader, in the data module's order
+HELD_OUT = ("val", "easy", "generated")  # log prefixes of the held-out sets (the data module's `held_out_names`)
 PAIR_METRICS = [
     f"{score}_{name}" for score in ("match", "ver") for name in ("acc", "acc_1", "acc_23", "acc_rev", "acc_both")
 ]
@@ -90,6 +93,7 @@ class VerificationModule(LightningModule):
             {f"{prefix}_{head}": BinaryAUROC() for prefix in HELD_OUT for head in ("verdict", "match")}
         )
         self.pair_metrics = nn.ModuleDict({name: MeanMetric() for name in PAIR_METRICS})
+        self.generated_verdicts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # kinds, logits, truth
 
     def forward(self, batch: VerificationBatch) -> GroundingOutput:
         return self.network(batch.inputs, batch.sentence_ends, batch.mentions)
@@ -114,8 +118,13 @@ class VerificationModule(LightningModule):
         if isinstance(batch, TestPairBatch):
             self.pair_step(batch)
             return
-        prefix = HELD_OUT[dataloader_idx]
+        names = getattr(self.trainer.datamodule, "held_out_names", None) if self._trainer is not None else None
+        prefix = (names or HELD_OUT)[dataloader_idx]
         _, metrics, output = self.step(batch)
+        if prefix == "generated" and batch.relation_kinds is not None:
+            self.generated_verdicts.append(
+                (batch.relation_kinds.cpu(), output.sentence_logits.detach().float().cpu(), batch.sentence_truth.cpu())
+            )
         for name, value in metrics.items():
             self.log(f"{prefix}/{name}", value, on_epoch=True, batch_size=batch.batch_size, add_dataloader_idx=False)
         for head, logits, truth in (
@@ -125,6 +134,19 @@ class VerificationModule(LightningModule):
             metric = self.auroc[f"{prefix}_{head}"]
             metric.update(logits.float(), truth.long())
             self.log(f"{prefix}/auroc_{head}", metric, on_epoch=True, add_dataloader_idx=False)
+
+    def on_validation_epoch_end(self) -> None:
+        """`generated/auroc_verdict_<kind>`: the verdict's AUROC per relation kind on the generator's held-out
+        samples (kinds with both verdicts among them)."""
+        if not self.generated_verdicts:
+            return
+        kinds, logits, truth = (torch.cat(parts) for parts in zip(*self.generated_verdicts, strict=True))
+        self.generated_verdicts.clear()
+        for index, kind in enumerate(KINDS):
+            chosen = kinds == index
+            value = binary_auroc(logits[chosen], truth[chosen])
+            if not math.isnan(value):
+                self.log(f"generated/auroc_verdict_{kind}", value)
 
     def pair_step(self, batch: TestPairBatch) -> None:
         """Accumulate the zero-shot pairwise accuracies of a batch of test pairs."""

@@ -14,7 +14,7 @@ DATA_PAIRS ?= 12000
 DATA_ARGS ?= --num-pairs $(DATA_PAIRS) --seed 0 --resolution 128 --min-objects 3 --max-objects 6 --max-broken 3 \
 	--split-fractions 0.75 0.05 0.20
 
-.PHONY: help setup test test-slow lint data data-rl data-generated data-ranked agreement-set pretrain-reward train-reward pretrain-generator train-rl exp-rl eval-benchmarks demo bench clean
+.PHONY: help setup test test-slow lint data data-rl data-generated data-ranked agreement-set pretrain-reward pretrain-reward-generated train-reward pretrain-generator train-rl exp-rl eval-benchmarks demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -81,8 +81,9 @@ REWARD_RUN_DIR ?= runs/reward/tiny
 REWARD_EXPORT = $(REWARD_RUN_DIR)/export
 REWARD_STEPS ?=
 # What the critic learns from (issue 18): CRITIC=ranked (default) the renders and the generator's own samples as
-# on-policy ranked pairs ($(RANKED_DIR), `make data-ranked`; configs/reward/tiny_ranked.yaml: each read 5 times per
-# epoch, 2,400 steps); CRITIC=render the renders alone (tiny.yaml: 300 steps). README results, row "critic default".
+# on-policy ranked pairs ($(RANKED_DIR), `make data-ranked`; configs/reward/tiny_ranked.yaml: each read twice per
+# epoch, 2,400 steps, from checkpoints/reward_tiny_stage_a_generated); CRITIC=render the renders alone (tiny.yaml: 300
+# steps, from checkpoints/reward_tiny_stage_a). README results, row "critic default".
 CRITIC ?= ranked
 CRITICS = ranked render
 ifeq ($(filter $(CRITIC),$(CRITICS)),)
@@ -92,32 +93,18 @@ endif
 # best-of-N pairs from `make data-generated`; accuracy is then reported per kind).
 REWARD_EXTRA_DATA ?=
 # the ranked pairs' dirs and size (`make data-ranked`, below)
-RANKED_PROMPTS ?= 1600
-RANKED_DRAW_DIR ?= data/draw-train
+RANKED_PROMPTS ?= 4800
+RANKED_PER_PROMPT ?= 8
+RANKED_DRAW_DIR ?= data/draw-train-x$(RANKED_PER_PROMPT)
 # (the pairs' dir is per size, so that another RANKED_PROMPTS builds its own; the draw grows or shrinks in place)
 RANKED_DIR ?= data/spatialworld-ranked-$(RANKED_PROMPTS)
 REWARD_CONFIGS = $(strip --config $(REWARD_CONFIG) $(if $(filter ranked,$(CRITIC)),--config configs/reward/tiny_ranked.yaml))
 REWARD_DATA_DIRS = $(strip $(if $(filter ranked,$(CRITIC)),$(RANKED_DIR)) $(REWARD_EXTRA_DATA))
 # REWARD_REPEATS='{"ranked": 5}': how many times each training pair of a kind is read per epoch (--data.train_repeats)
 REWARD_REPEATS ?=
-# CRITIC=ranked starts stage B from one more stage-A phase (issue 18): the shipped backbone trained on the ranked
-# pairs' draw beside the renders (configs/reward/tiny_stage_a_generated.yaml: 600 steps, ~10 min), so that the frozen
-# vision tower has seen the generator's 32 px samples; STAGE_A_STEPS=n: n steps instead. `finished` marks a phase that
-# ran to its end (an interrupted one has written its backbone at an evaluation already).
-STAGE_A_DIR ?= $(REWARD_RUN_DIR)/stage_a
-STAGE_A_STEPS ?=
-STAGE_A_DONE = $(if $(filter ranked,$(CRITIC)),$(STAGE_A_DIR)/finished)
-$(STAGE_A_DIR)/finished: $(DATA_DIR)/verify_report.json $(RANKED_DIR)/meta.json | $(STAMP)
-	OMP_NUM_THREADS=1 $(PYTHON) -m reward_model pretrain --config configs/reward/tiny_stage_a_generated.yaml \
-		--data.generated_dirs '[$(RANKED_DRAW_DIR)]' --data.generated_source_dir $(RL_DATA_DIR) \
-		--data.dataset_dir $(DATA_DIR) --trainer.default_root_dir $(STAGE_A_DIR) \
-		$(if $(STAGE_A_STEPS),--trainer.max_steps $(STAGE_A_STEPS) --model.schedule_steps $(STAGE_A_STEPS),)
-	touch $@
-
-train-reward: $(DATA_DIR)/verify_report.json $(AGREEMENT_DIR)/samples.parquet $(addsuffix /meta.json,$(REWARD_DATA_DIRS)) $(STAGE_A_DONE) | $(STAMP) ## stage B (+ ranked pairs, on stage A + a phase on the generator's samples); exports runs/reward/tiny/export
+train-reward: $(DATA_DIR)/verify_report.json $(AGREEMENT_DIR)/samples.parquet $(addsuffix /meta.json,$(REWARD_DATA_DIRS)) | $(STAMP) ## stage B on the shipped stage A (+ ranked pairs: the stage A that saw the generator's samples); exports runs/reward/tiny/export
 	$(PYTHON) -m reward_model fit $(REWARD_CONFIGS) --data.dataset_dir $(DATA_DIR) \
 		--export.agreement_set $(AGREEMENT_DIR) --trainer.default_root_dir $(REWARD_RUN_DIR) \
-		$(if $(STAGE_A_DONE),--model.network.init_args.backbone_dir $(STAGE_A_DIR)/backbone,) \
 		$(if $(REWARD_STEPS),--trainer.max_steps $(REWARD_STEPS),) \
 		$(if $(REWARD_DATA_DIRS),--data.extra_dataset_dirs '[$(subst $(space),$(comma),$(REWARD_DATA_DIRS))]',) \
 		$(if $(REWARD_REPEATS),--data.train_repeats '$(REWARD_REPEATS)',)
@@ -167,16 +154,38 @@ $(GEN_DATA_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_
 	$(PYTHON) -m data_synthesis oracle-review $(GEN_DATA_DIR) --quiet
 
 # On-policy ranked pairs (issue 18), what the default critic learns beside the renders: RANKED_PROMPTS train prompts
-# of the RL set x 24 samples of the generator with the rollouts' sampler (rl_policy draw), and per prompt up to 6
-# pairs of samples the oracle strictly orders (data_synthesis ranked-groups). 1,600 prompts: 35-50 minutes of drawing
-# here, 9,336 pairs from the shipped generator (800: half of each, and a critic that agrees with the oracle less:
-# README results, row "tiny critic vs the oracle").
+# of the RL set x RANKED_PER_PROMPT samples of the generator with the rollouts' sampler (rl_policy draw), and per prompt
+# up to 6 pairs of samples the oracle strictly orders (data_synthesis ranked-groups). 4,800 x 8: ~40 minutes of
+# drawing here, 25,128 pairs from the shipped generator (the critic agrees with the oracle as with 1,600 x 24, the
+# same number of images: README results, row "tiny critic vs the oracle").
 data-ranked: $(RANKED_DIR)/meta.json ## ranked pairs of the generator's own samples of RL train prompts (oracle-ordered)
 
 $(RANKED_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) | $(STAMP)
 	$(PYTHON) -m rl_policy draw --pipeline $(GENERATOR) --data $(RL_DATA_DIR) --split train \
-		--prompts $(RANKED_PROMPTS) --per-prompt 24 --out $(RANKED_DRAW_DIR)
+		--prompts $(RANKED_PROMPTS) --per-prompt $(RANKED_PER_PROMPT) --out $(RANKED_DRAW_DIR)
 	$(PYTHON) -m data_synthesis ranked-groups $(RANKED_DRAW_DIR) --source-dir $(RL_DATA_DIR) --out $(RANKED_DIR)
+
+# The default critic's stage A (issue 18; checkpoints/reward_tiny_stage_a_generated): the shipped stage A + four
+# phases on the generator's own samples of every RL train prompt (x 8, the rollouts' sampler), labelled by the oracle's
+# reading of each image, 80% of each batch beside the renders; the last phase adds the samples that lost an object,
+# so that the matching logit the critic starts from reads presence too. ~70 min after the draw (~60 min).
+STAGE_A_DRAW_DIR ?= data/draw-train-all-x8
+# $(call stage_a_generated,PHASE,FROM,STEPS,SEED[,MORE]): one phase into $(A)/generated/PHASE
+stage_a_generated = OMP_NUM_THREADS=1 $(PYTHON) -m reward_model pretrain --config configs/reward/tiny_stage_a_generated.yaml \
+	--init-from $(2) --trainer.max_steps $(3) --model.schedule_steps $(3) --data.seed $(4) $(5) \
+	--data.generated_dirs '[$(STAGE_A_DRAW_DIR)]' --data.generated_source_dir $(RL_DATA_DIR) --data.dataset_dir $(DATA_DIR) \
+	--trainer.default_root_dir $(A)/generated/$(1)
+
+$(STAGE_A_DRAW_DIR)/samples.parquet: $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) | $(STAMP)
+	$(PYTHON) -m rl_policy draw --pipeline $(GENERATOR) --data $(RL_DATA_DIR) --split train \
+		--prompts 7200 --per-prompt 8 --out $(STAGE_A_DRAW_DIR)
+
+pretrain-reward-generated: $(DATA_DIR)/verify_report.json $(STAGE_A_DRAW_DIR)/samples.parquet | $(STAMP) ## reproduce the default critic's stage A (~2 h with the draw) into runs/stage_a/generated/g4
+	$(call stage_a_generated,g1,checkpoints/reward_tiny_stage_a,600,0)
+	$(call stage_a_generated,g2,$(A)/generated/g1/backbone,1500,0)
+	$(call stage_a_generated,g3,$(A)/generated/g2/backbone,2400,1)
+	$(call stage_a_generated,g4,$(A)/generated/g3/backbone,1200,2,--data.generated_missing true)
+	@echo "stage A written to $(A)/generated/g4/backbone (the shipped copy is checkpoints/reward_tiny_stage_a_generated)"
 
 pretrain-generator: $(GENERATOR_DIR)/pipeline/model_index.json ## pretrain the tiny generator (3 stages, ~6 h, resumable)
 

@@ -24,7 +24,7 @@ jobs ran on it (OMP_NUM_THREADS=1; so upper bounds), 2026-12-05:
 | data | 2,000 pairs (12,000) | 0.05 s/pair + 25 s (a) | 125 s |
 | data-rl | 8,000 pairs (same: shared) | 0.011 s/pair + 30 s (b) | 120 s |
 | pretrain-generator | skipped: shipped generator | | 0 s |
-| data-ranked | 32 prompts x 24 (1,600 x 24) | 2.3 s/prompt + 25 s (c), ranked-groups 10 s | 110 s |
+| data-ranked | 96 prompts x 8 (4,800 x 8) | 2.3 s per 24 images + 25 s (c), ranked-groups 10 s | 110 s |
 | agreement-set | 16 prompts x 24 (64 x 24) | 2.3 s/prompt + 25 s (c) | 65 s |
 | train-reward | 150 steps (2,400) | 0.82 s/step, 0.03 s/scored image, 20 s (d) | 210 s |
 | train-rl REWARD=oracle | 24 iterations (115) | 11 s/iteration, 0.55 s/eval image, 18 s (e) | 460 s |
@@ -91,7 +91,7 @@ class DemoSize:
     full size."""
 
     data_pairs: int = 2000  # DATA_PAIRS: SpatialWorld pairs for the critic (full: 12,000)
-    ranked_prompts: int = 32  # RANKED_PROMPTS: RL train prompts x 24 samples for ranked pairs (full: 1,600)
+    ranked_prompts: int = 96  # RANKED_PROMPTS: RL train prompts x 8 samples for ranked pairs (full: 4,800)
     agreement_prompts: int = 16  # AGREEMENT_PROMPTS: RL test prompts x 24 samples (full: 64)
     reward_steps: int = 150  # REWARD_STEPS: stage-B optimizer steps (full: tiny_ranked.yaml's 2,400)
     rl_steps: int = 24  # RL_STEPS: GRPO iterations of each RL run (full: tiny.yaml's 115)
@@ -122,7 +122,7 @@ class DemoSize:
         """The sizes as a markdown table, with what the full-size targets use."""
         rows = [
             ("SpatialWorld pairs for the critic", "DATA_PAIRS", self.data_pairs, "12,000"),
-            ("critic's ranked pairs: RL train prompts x 24 samples", "RANKED_PROMPTS", self.ranked_prompts, "1,600"),
+            ("critic's ranked pairs: RL train prompts x 8 samples", "RANKED_PROMPTS", self.ranked_prompts, "4,800"),
             ("agreement set: RL test prompts x 24 samples", "AGREEMENT_PROMPTS", self.agreement_prompts, "64"),
             ("critic (stage B) optimizer steps", "REWARD_STEPS", self.reward_steps, "2,400"),
             ("GRPO iterations per RL run", "RL_STEPS", self.rl_steps, "115"),

@@ -26,28 +26,40 @@ NEEDS = {
     "test": [SETUP, "pytest"],
     "data": [SETUP, DATA, "data_synthesis verify data/spatialworld "],
     "data-rl": [SETUP, RL_DATA],
-    "data-ranked": [SETUP, RL_DATA, "rl_policy draw", "--split train", "--prompts 1600", "ranked-groups data/draw"],
+    "data-ranked": [SETUP, RL_DATA, "rl_policy draw", "--split train", "--prompts 4800", "ranked-groups data/draw"],
     "train-reward": [
         SETUP,
         DATA,
         "rl_policy draw",
-        "--prompts 1600 --per-prompt 24 --out data/draw-train",
+        "--prompts 4800 --per-prompt 8 --out data/draw-train-x8",
         "data_synthesis ranked-groups",
         REWARD + " --config configs/reward/tiny_ranked.yaml",
-        "--data.extra_dataset_dirs '[data/spatialworld-ranked-1600]'",
+        "--data.extra_dataset_dirs '[data/spatialworld-ranked-4800]'",
     ],
     "train-reward CRITIC=render": [SETUP, DATA, REWARD + " --data.dataset_dir"],
     'train-reward REWARD_EXTRA_DATA=data/spatialworld-generated REWARD_REPEATS={"ranked":2}': [
         "data_synthesis ranked-groups",
         "data_synthesis build --out data/spatialworld-generated",
         REWARD,
-        "--data.extra_dataset_dirs '[data/spatialworld-ranked-1600,data/spatialworld-generated]'",
+        "--data.extra_dataset_dirs '[data/spatialworld-ranked-4800,data/spatialworld-generated]'",
         "--data.train_repeats '{\"ranked\":2}'",
     ],
     "pretrain-reward": [SETUP, DATA, STAGE_A + "v3.yaml "]
     + [
         f"{STAGE_A}{phase}.yaml --init-from runs/stage_a/{previous}/backbone"
         for previous, phase in itertools.pairwise(PHASES)
+    ],
+    "pretrain-reward-generated": [
+        SETUP,
+        DATA,
+        "rl_policy draw",
+        "--prompts 7200 --per-prompt 8 --out data/draw-train-all-x8",
+        STAGE_A + "generated.yaml --init-from checkpoints/reward_tiny_stage_a --trainer.max_steps 600",
+        "--init-from runs/stage_a/generated/g1/backbone --trainer.max_steps 1500",
+        "--init-from runs/stage_a/generated/g2/backbone --trainer.max_steps 2400 --model.schedule_steps 2400 "
+        "--data.seed 1",
+        "--init-from runs/stage_a/generated/g3/backbone --trainer.max_steps 1200 --model.schedule_steps 1200 "
+        "--data.seed 2 --data.generated_missing true --data.generated_dirs '[data/draw-train-all-x8]'",
     ],
     "train-rl": [SETUP, RL_DATA, DATA, REWARD, RL],
     "train-rl REWARD=oracle": [SETUP, RL_DATA, RL + " --config configs/rl/reward_oracle.yaml"],
@@ -122,7 +134,7 @@ def test_demo_sizes_reach_every_stage_command_and_the_defaults_stay_full_size(fr
         "pretrain-generator": ["rl_policy pretrain"],
         "data-ranked": [
             "rl_policy draw",
-            "--prompts 7 --per-prompt 24 --out data/demo/draw-train",
+            "--prompts 7 --per-prompt 8 --out data/demo/draw-train",
             "ranked-groups data/demo/draw-train --source-dir data/spatialworld-rl --out data/demo/spatialworld-ranked",
         ],
         "agreement-set": ["rl_policy draw", "--prompts 5 --per-prompt 24 --out data/demo/agreement-test"],
@@ -160,10 +172,10 @@ def test_demo_sizes_reach_every_stage_command_and_the_defaults_stay_full_size(fr
     assert "--num-pairs 2000 " in dry_run(fresh_clone, "data-generated")
     reward = dry_run(fresh_clone, "train-reward")
     assert "--trainer.default_root_dir runs/reward/tiny" in reward and "--trainer.max_steps" not in reward
-    assert "--prompts 1600 --per-prompt 24 --out data/draw-train" in reward
+    assert "--prompts 4800 --per-prompt 8 --out data/draw-train-x8" in reward
     # another size of ranked pairs builds its own dir from the same (growing or shrinking) draw; the critic reads it
     smaller = dry_run(fresh_clone, "train-reward", "RANKED_PROMPTS=800")
-    assert "--prompts 800 --per-prompt 24 --out data/draw-train" in smaller
+    assert "--prompts 800 --per-prompt 8 --out data/draw-train-x8" in smaller
     assert "--out data/spatialworld-ranked-800" in smaller and "'[data/spatialworld-ranked-800]'" in smaller
     render = dry_run(fresh_clone, "train-reward", "CRITIC=render")
     assert "--split train" not in render and "tiny_ranked" not in render and "--data.extra_dataset_dirs" not in render

@@ -65,14 +65,22 @@ def test_every_reward_yaml_parses_and_starts_with_its_launch_command():
             assert config.model.network.class_path, path.name
 
 
-def test_the_ranked_overlay_changes_only_the_data_and_the_steps():
-    """`make train-reward`'s default critic: tiny.yaml's stage B, plus the ranked pairs read 5 times, 2,400 steps."""
+def test_the_ranked_overlay_changes_only_the_data_the_steps_and_the_stage_a():
+    """`make train-reward`'s default critic: tiny.yaml's stage B from the stage A that has seen the generator's
+    samples, plus the ranked pairs read twice, 2,400 steps."""
     base, ranked = parse(CONFIG_DIR / "tiny.yaml"), parse(*launch_configs(CONFIG_DIR / "tiny_ranked.yaml"))
     assert ranked.trainer.max_steps == 2400 and base.trainer.max_steps == 300
-    assert ranked.data.extra_dataset_dirs == ["data/spatialworld-ranked-1600"] and ranked.data.train_repeats == {
-        "ranked": 5
+    assert ranked.data.extra_dataset_dirs == ["data/spatialworld-ranked-4800"]
+    assert ranked.data.train_repeats == {"ranked": 2}
+    network, base_network = ranked.model.network.init_args, base.model.network.init_args
+    assert network.backbone_dir == "checkpoints/reward_tiny_stage_a_generated"
+    assert base_network.backbone_dir == "checkpoints/reward_tiny_stage_a"
+    assert {k: v for k, v in network.items() if k != "backbone_dir"} == {
+        k: v for k, v in base_network.items() if k != "backbone_dir"
     }
-    assert ranked.model == base.model and ranked.data.dataset_dir == base.data.dataset_dir
+    assert ranked.model.optimizer == base.model.optimizer and ranked.model.loss == base.model.loss
+    assert ranked.data.dataset_dir == base.data.dataset_dir
+    assert (CONFIG_DIR.parents[1] / network.backbone_dir / "model.safetensors").is_file()
 
 
 def test_7b_configs_say_what_the_recipe_says():

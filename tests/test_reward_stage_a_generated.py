@@ -14,11 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from data_synthesis import Background, Relation, Scene, SceneObject, render
+from data_synthesis import COLOURS, Background, Relation, Scene, SceneObject, render
 from data_synthesis.detect import PixelLayout, detect
 from reward_model.__main__ import main
-from reward_model.stage_a.data import VerificationDataModule, VerificationStream
-from reward_model.stage_a.examples import generated_verification_example, holds, stated_margin
+from reward_model.stage_a.data import VerificationCollator, VerificationDataModule, VerificationStream
+from reward_model.stage_a.examples import (
+    generated_verification_example,
+    holds,
+    layout_colour_targets,
+    stated_margin,
+)
 from reward_model.stage_a.generated import VAL_EVERY, load_generated_samples, sample_example
 from reward_model.stage_a.model import read_grounding_heads
 
@@ -78,6 +83,29 @@ def test_an_image_that_lost_an_object_or_reads_nothing_clearly_gives_no_example(
     assert generated_verification_example(0, lost, SCENE, STATED) is None
     level = small(two_squares((0.25, 0.5), (0.75, 0.5)))  # neither above nor below
     assert generated_verification_example(0, level, SCENE, (Relation("above", ("red", "blue")),)) is None
+
+
+def test_with_allow_missing_a_lost_object_makes_its_sentences_and_the_match_false(processor):
+    green = SceneObject("green", "square", "medium", x=0.75, y=0.7, radius=0.12, depth=1)
+    lost = small(Scene((SCENE["red"], green), Background("plain")))  # blue was never drawn
+    stated = (*STATED, Relation("in_region", ("red",), region="left half"))
+    for seed in range(10):
+        example = generated_verification_example(seed, lost, SCENE, stated, allow_missing=True)
+        assert not example.all_found and not example.matches
+        for relation, truth in zip(example.relations, example.sentence_truth, strict=True):
+            if "blue" in relation.subjects:
+                assert relation in STATED and truth is False  # stated as the prompt states it; it cannot hold
+                assert math.isnan(stated_margin(relation, example.scene, example.layout))
+            else:
+                assert truth is holds(relation, example.layout)
+    batch = VerificationCollator(processor, stated_all_kinds=True)([example])
+    grid = batch.inputs["image_grid_thw"][0, 1:] // 2
+    targets = layout_colour_targets(example.layout, int(grid[0]), int(grid[1]))
+    assert torch.equal(batch.token_colours, targets)
+    palette = list(COLOURS)
+    per_colour = targets.reshape(len(targets), 4, len(palette)).amax((0, 1))
+    assert per_colour[palette.index("red")] == 1 and per_colour[palette.index("blue")] == 0
+    assert batch.matches.tolist() == [0.0]
 
 
 def write_draw(root: Path, groups: list[int]) -> tuple[Path, Path]:

@@ -23,6 +23,7 @@ from reward_model.model import encode
 from reward_model.stage_a.examples import (
     VerificationExample,
     image_token_cells,
+    layout_colour_targets,
     simple_verification_example,
     stated_margin,
     stated_offset,
@@ -41,7 +42,7 @@ class VerificationBatch(NamedTuple):
     inputs: dict[str, torch.Tensor]  # encode(...): input_ids, attention_mask, mm_token_type_ids [B, T], pixels
     sentence_ends: torch.Tensor  # [S, 2] int64: (row, token index) of each relation sentence's final "."
     sentence_truth: torch.Tensor  # [S] float: 1 where that sentence holds
-    matches: torch.Tensor  # [B] float: 1 where every sentence of the row holds
+    matches: torch.Tensor  # [B] float: 1 where every sentence of the row holds and every named object is there
     token_colours: torch.Tensor  # [N, m * m * C] float: per image token (N in all rows) and merged patch (m * m),
     # which of the C colours' boxes overlap that patch
     num_objects: torch.Tensor  # [B] int64
@@ -151,6 +152,8 @@ class VerificationCollator:
         image_cells = [image_token_cells(int(h), int(w), bins) for h, w in grids]
         colours = [
             token_colour_targets(e.scene, int(h), int(w), self.merge_size)
+            if e.layout is None
+            else layout_colour_targets(e.layout, int(h), int(w), self.merge_size)
             for e, (h, w) in zip(examples, grids, strict=True)
         ]
         return VerificationBatch(
@@ -231,12 +234,14 @@ class VerificationStream(IterableDataset):
         prompt_curriculum: Sequence[PromptPhase] = (PromptPhase(0),),
         generated: Sequence[GeneratedSample] = (),
         generated_fraction: float = 0.0,
+        generated_missing: bool = False,
     ) -> None:
         super().__init__()
         self.seed, self.batch_size, self.start_step = seed, batch_size, start_step
         self.curriculum, self.min_objects, self.resolution = tuple(curriculum), min_objects, resolution
         self.prompt_curriculum = tuple(prompt_curriculum)
         self.generated, self.generated_fraction = generated, generated_fraction
+        self.generated_missing = generated_missing
 
     def __iter__(self) -> Iterator[VerificationExample]:
         worker = get_worker_info()
@@ -248,7 +253,7 @@ class VerificationStream(IterableDataset):
             seed = stable_seed("stage-a-verify", self.seed, "train", index)
             mix = stable_seed("stage-a-mix", self.seed, index) % 1_000_000 / 1_000_000
             example = (
-                sample_example(self.generated, seed, resolution=self.resolution)
+                sample_example(self.generated, seed, resolution=self.resolution, allow_missing=self.generated_missing)
                 if self.generated and mix < self.generated_fraction
                 else None
             )
@@ -287,14 +292,19 @@ def easy_validation_examples(seed: int, size: int, *, resolution: int = 128) -> 
 
 
 def generated_validation_examples(
-    pool: Sequence[GeneratedSample], seed: int, size: int, *, resolution: int = 128
+    pool: Sequence[GeneratedSample], seed: int, size: int, *, resolution: int = 128, allow_missing: bool = False
 ) -> list[VerificationExample]:
     """Up to `size` examples of the held-out prompts' samples in `pool`, from their own seed stream."""
     held_out = [sample for sample in pool if sample.held_out]
     if not held_out:
         return []
     examples = (
-        sample_example(held_out, stable_seed("stage-a-verify", seed, "val-generated", i), resolution=resolution)
+        sample_example(
+            held_out,
+            stable_seed("stage-a-verify", seed, "val-generated", i),
+            resolution=resolution,
+            allow_missing=allow_missing,
+        )
         for i in range(size)
     )
     return [example for example in examples if example is not None]
@@ -318,7 +328,8 @@ class VerificationDataModule(LightningDataModule):
     generated_dirs / generated_source_dir: draw dirs of the generator's own samples (`rl_policy draw`) and the
         SpatialWorld dataset dir whose prompts they drew (`generated.py`); generated_fraction: the share of training
         examples taken from them (the rest are renders); generated_val_size: the `generated` held-out set, from the
-        draws' held-out prompts (0: none).
+        draws' held-out prompts (0: none); generated_missing: samples in which the oracle lost an object too
+        (their sentences naming it do not hold, so the matching logit learns presence).
     num_workers: DataLoader workers of the training stream; 0 and 1 give the same order (more interleave it).
     seed: every example stream (training, held-out).
     """
@@ -344,6 +355,7 @@ class VerificationDataModule(LightningDataModule):
         generated_source_dir: str | None = None,
         generated_fraction: float = 0.0,
         generated_val_size: int = 256,
+        generated_missing: bool = False,
         num_workers: int = 1,
         seed: int = 0,
     ) -> None:
@@ -375,6 +387,7 @@ class VerificationDataModule(LightningDataModule):
         self.dataset_dir, self.eval_pairs, self.pair_batch_size = dataset_dir, eval_pairs, pair_batch_size
         self.generated_dirs, self.generated_source_dir = list(generated_dirs), generated_source_dir
         self.generated_fraction, self.generated_val_size = generated_fraction, generated_val_size
+        self.generated_missing = generated_missing
         self.generated: list[GeneratedSample] = []
         self.num_workers, self.seed = num_workers, seed
         self.held_out: list[list[VerificationExample]] | None = None
@@ -391,7 +404,9 @@ class VerificationDataModule(LightningDataModule):
                 )
             self.processor = network.processor
         if self.generated_dirs and not self.generated:
-            self.generated = load_generated_samples(self.generated_dirs, self.generated_source_dir)
+            self.generated = load_generated_samples(
+                self.generated_dirs, self.generated_source_dir, include_missing=self.generated_missing
+            )
         if self.held_out is None:
             self.held_out = [validation_examples(self.seed, self.val_size, resolution=self.resolution)]
             self.held_out_names = ["val"]
@@ -400,7 +415,10 @@ class VerificationDataModule(LightningDataModule):
                 self.held_out.append(easy)
                 self.held_out_names.append("easy")
             if self.generated and self.generated_val_size:
-                self.held_out.append(generated_validation_examples(self.generated, self.seed, self.generated_val_size))
+                examples = generated_validation_examples(
+                    self.generated, self.seed, self.generated_val_size, allow_missing=self.generated_missing
+                )
+                self.held_out.append(examples)
                 self.held_out_names.append("generated")
         if self.dataset_dir is not None and not self.test_pairs:
             self.test_pairs = load_test_pairs(self.dataset_dir, self.eval_pairs)
@@ -421,6 +439,7 @@ class VerificationDataModule(LightningDataModule):
             prompt_curriculum=self.phases,
             generated=[sample for sample in self.generated if not sample.held_out],
             generated_fraction=self.generated_fraction,
+            generated_missing=self.generated_missing,
         )
         return DataLoader(stream, batch_size=self.batch_size, collate_fn=self.collator(), num_workers=self.num_workers)
 

@@ -35,11 +35,12 @@ class VerificationExample(NamedTuple):
     scene: Scene  # the scene shown in the image (a generated image's: its objects at the detected centres)
     layout: Any = None  # what the stated margins are read from: None for the scene's exact layout, a generated
     # image's `PixelLayout` (the detector's reading, as the oracle judges it)
+    all_found: bool = True  # every object the prompt names is in the image (a generated one may lose one)
 
     @property
     def matches(self) -> bool:
-        """Image-text match: every stated relation holds."""
-        return all(self.sentence_truth)
+        """Image-text match: every named object is there and every stated relation holds."""
+        return self.all_found and all(self.sentence_truth)
 
 
 def holds(relation: Relation, layout: SceneLayout) -> bool | None:
@@ -112,43 +113,51 @@ def generated_verification_example(
     resolution: int = 128,
     match_fraction: float = 0.5,
     max_false: int = 3,
+    allow_missing: bool = False,
 ) -> VerificationExample | None:
     """A labelled example from a generator's own image of a prompt stating `relations` about `scene`: the verdicts
     are the oracle's reading of the image (the detector's layout), not the prompt's intent. Each stated relation the
     oracle reads clearly (holds or broken) is stated as read and, as in `verification_example`, some are then
-    written as their opposite; the sentences are described afresh (their order and wording from `seed`). The
-    image is resized to `resolution` (bicubic) as the renders are drawn; the example's scene has its objects at the
-    detected boxes' centres. None where an object is not found or no relation reads clearly."""
+    written as their opposite; a relation naming an object the oracle did not find is stated as the prompt states it
+    and does not hold (with `allow_missing`; else such an image gives None). The sentences are described afresh
+    (their order and wording from `seed`); the image is resized to `resolution` (bicubic) as the renders are drawn;
+    the example's scene has its found objects at the detected boxes' centres. None where no relation reads."""
     rng = random.Random(seed)
     layout = detect(image.convert("RGB"), [obj.colour for obj in scene.objects])
-    if not all(layout.found(obj.colour) for obj in scene.objects):
+    missing = {obj.colour for obj in scene.objects if not layout.found(obj.colour)}
+    if missing and not allow_missing:
         return None
-    read = [(relation, holds(relation, layout)) for relation in relations]
+    lost = [relation for relation in relations if missing & set(relation.subjects)]
+    read = [(relation, holds(relation, layout)) for relation in relations if relation not in lost]
     true_relations = [relation if truth else relation.opposite() for relation, truth in read if truth is not None]
-    if not true_relations:
+    if not true_relations and not lost:
         return None
     moved = []
     for obj in scene.objects:
+        if obj.colour in missing:
+            continue
         x0, y0, x1, y1 = layout.box(obj.colour)
         u0, v0, u1, v1 = obj.box
         moved.append(obj.moved(float(obj.x + (x0 + x1 - u0 - u1) / 2), float(obj.y + (y0 + y1 - v0 - v1) / 2)))
-    relations = list(true_relations)
-    if rng.random() >= match_fraction:
-        for i in rng.sample(range(len(relations)), rng.randint(1, min(max_false, len(relations)))):
-            relations[i] = relations[i].opposite()
-    truth = [holds(relation, layout) for relation in relations]
+    stated = list(true_relations)
+    if true_relations and rng.random() >= match_fraction:
+        for i in rng.sample(range(len(stated)), rng.randint(1, min(max_false, len(stated)))):
+            stated[i] = stated[i].opposite()
+    truth = [holds(relation, layout) for relation in stated]
     for i, value in enumerate(truth):
         if value is None:  # the opposite reads unclear: state what the oracle read instead
-            relations[i], truth[i] = true_relations[i], True
+            stated[i], truth[i] = true_relations[i], True
+    stated, truth = stated + lost, truth + [False] * len(lost)
     shown = scene.replace_objects(*moved)
-    pieces = describe_sentences(shown, relations, style_seed=rng.randrange(2**31))
+    pieces = describe_sentences(shown, stated, style_seed=rng.randrange(2**31))
     return VerificationExample(
         image=image.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC),
         prompt=" ".join(pieces.intro + pieces.sentences),
         sentence_truth=[bool(truth[slot]) for slot in pieces.slots],
-        relations=[relations[slot] for slot in pieces.slots],
+        relations=[stated[slot] for slot in pieces.slots],
         scene=shown,
         layout=layout,
+        all_found=not missing,
     )
 
 
@@ -206,6 +215,19 @@ def token_colour_targets(scene: Scene, rows: int, cols: int, merge_size: int = 2
     return blocks.reshape(rows * cols, merge_size * merge_size * len(palette))
 
 
+def layout_colour_targets(layout: Any, rows: int, cols: int, merge_size: int = 2) -> torch.Tensor:
+    """`token_colour_targets` read off a detected layout: which found objects' pixels fall in each merged patch (an
+    object the detector did not find marks none).  -> [rows * cols, merge_size^2 * len(COLOURS)]"""
+    fine_rows, fine_cols, palette = rows * merge_size, cols * merge_size, list(COLOURS)
+    fine = torch.zeros(fine_rows, fine_cols, len(palette))
+    for colour, mask in layout.masks.items():
+        pixels = torch.from_numpy(mask).float()[None, None]  # [1, 1, H, W]
+        cells = torch.nn.functional.adaptive_max_pool2d(pixels, (fine_rows, fine_cols))[0, 0]
+        fine[..., palette.index(colour)] = cells
+    blocks = fine.reshape(rows, merge_size, cols, merge_size, len(palette)).permute(0, 2, 1, 3, 4)
+    return blocks.reshape(rows * cols, merge_size * merge_size * len(palette))
+
+
 STATED_AXES = {"left_of": (0, -1.0), "right_of": (0, 1.0), "above": (1, -1.0), "below": (1, 1.0)}
 
 
@@ -233,7 +255,10 @@ def stated_margin(relation: Relation, scene: Scene, layout: Any = None) -> float
     "between"). `layout`: read them there instead (a generated image's `PixelLayout`)."""
     if relation.kind not in _CANONICAL_KINDS:
         return -stated_margin(relation.opposite(), scene, layout)
-    layout = SceneLayout(scene) if layout is None else layout
+    if layout is None:
+        layout = SceneLayout(scene)
+    elif any(layout.box(colour) is None for colour in relation.subjects):
+        return float("nan")  # an object the detector did not find
     boxes = [layout.box(colour) for colour in relation.subjects]
     centres = [((box[0] + box[2]) / 2, (box[1] + box[3]) / 2) for box in boxes]
     kind = relation.kind

@@ -33,11 +33,11 @@ class GeneratedSample(NamedTuple):
 
 
 def load_generated_samples(
-    draw_dirs: Sequence[str | os.PathLike], source_dir: str | os.PathLike
+    draw_dirs: Sequence[str | os.PathLike], source_dir: str | os.PathLike, *, include_missing: bool = False
 ) -> list[GeneratedSample]:
-    """The samples of `draw_dirs` in which the oracle found every named object, with their prompts' scene graphs
-    from `source_dir`'s pairs.parquet. One clear error for a draw without samples.parquet or images, or a prompt
-    the source does not hold."""
+    """The samples of `draw_dirs` in which the oracle found every named object (with `include_missing`, every
+    sample), with their prompts' scene graphs from `source_dir`'s pairs.parquet. One clear error for a draw without
+    samples.parquet or images, or a prompt the source does not hold."""
     pairs_path = Path(source_dir) / "pairs.parquet"
     if not pairs_path.is_file():
         raise FileNotFoundError(f"generated samples: the source dataset {source_dir} has no pairs.parquet")
@@ -55,7 +55,7 @@ def load_generated_samples(
         if unknown:
             raise ValueError(f"generated samples: {directory}'s prompts {unknown[:3]} are not in {pairs_path}")
         parsed: dict[str, tuple[Scene, tuple[Relation, ...]]] = {}
-        for row in frame[frame["all_found"]].itertuples(index=False):
+        for row in (frame if include_missing else frame[frame["all_found"]]).itertuples(index=False):
             if row.pair_id not in parsed:
                 scene_json, relations_json = graphs[row.pair_id]
                 relations = tuple(Relation.from_dict(item) for item in json.loads(relations_json))
@@ -69,10 +69,11 @@ def load_generated_samples(
 
 
 def sample_example(
-    pool: Sequence[GeneratedSample], seed: int, *, resolution: int = 128, tries: int = 20
+    pool: Sequence[GeneratedSample], seed: int, *, resolution: int = 128, tries: int = 20, allow_missing: bool = False
 ) -> VerificationExample | None:
     """The example of `seed`: a sample drawn from `pool` by the seed, the next draw where the oracle reads no
-    relation of it clearly (None after `tries`; a corrupt image counts as such a try)."""
+    relation of it clearly (None after `tries`; a corrupt image counts as such a try). allow_missing: samples that
+    lost an object give examples too (`generated_verification_example`)."""
     for attempt in range(tries):
         draw = stable_seed("stage-a-generated", seed, attempt)
         sample = pool[draw % len(pool)]
@@ -81,7 +82,9 @@ def sample_example(
                 picture = image.convert("RGB")
         except (OSError, UnidentifiedImageError):
             continue
-        example = generated_verification_example(draw, picture, sample.scene, sample.relations, resolution=resolution)
+        example = generated_verification_example(
+            draw, picture, sample.scene, sample.relations, resolution=resolution, allow_missing=allow_missing
+        )
         if example is not None:
             return example
     return None

@@ -8,6 +8,9 @@ SpatialWorld oracle (docs/research/2026-11_reward_tiny.md has the history):
 
 - `examples.py`: one labelled (image, prompt, per-sentence verdict) example per seed, and the dense targets read off
   the exact layout;
+- `generated.py`: the generator's own samples (a draw dir) as examples labelled by the oracle's reading of each
+  image, mixed into the stream at `generated_fraction` (the default critic's stage A,
+  configs/reward/tiny_stage_a_generated.yaml);
 - `data.py`: the training stream with its curricula (most objects per scene; an easy prompt start stating 1-2
   relations of a few families), the held-out sets, the collator and `VerificationDataModule`;
 - `model.py`: `GroundingNetwork` (the backbone and its heads), `build_verification_network` (from config numbers,

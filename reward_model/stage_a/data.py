@@ -5,6 +5,9 @@ the `VerificationDataModule` that LightningCLI builds.
 Example i of the training stream depends only on (seed, i): `stable_seed("stage-a-verify", seed, "train", i)`,
 never the pair builder's seeds, and its scene and prompt distributions on the step i // batch_size. The held-out
 sets come from the "val" (test distribution: 3 to 6 objects) and "val-easy" (left/right/above/below only) streams.
+With a pool of the generator's own samples (`generated.py`), example i is one of them where
+`stable_seed("stage-a-mix", seed, i)` falls below `generated_fraction` (the render it replaces is skipped, so the
+other examples keep their places), and the `generated` held-out set is drawn from the pool's held-out prompts.
 """
 
 from __future__ import annotations

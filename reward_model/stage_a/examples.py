@@ -122,8 +122,8 @@ def generated_verification_example(
     and does not hold (with `allow_missing`; else such an image gives None). The sentences are described afresh
     (their order and wording from `seed`); the image is resized to `resolution` (bicubic) as the renders are drawn;
     the example's scene has its found objects at the detected boxes' centres. None where no relation reads."""
-    rng = random.Random(seed)
-    layout = detect(image.convert("RGB"), [obj.colour for obj in scene.objects])
+    rng, image = random.Random(seed), image.convert("RGB")
+    layout = detect(image, [obj.colour for obj in scene.objects])
     missing = {obj.colour for obj in scene.objects if not layout.found(obj.colour)}
     if missing and not allow_missing:
         return None
@@ -143,15 +143,12 @@ def generated_verification_example(
     if true_relations and rng.random() >= match_fraction:
         for i in rng.sample(range(len(stated)), rng.randint(1, min(max_false, len(stated)))):
             stated[i] = stated[i].opposite()
-    truth = [holds(relation, layout) for relation in stated]
-    for i, value in enumerate(truth):
-        if value is None:  # the opposite reads unclear: state what the oracle read instead
-            stated[i], truth[i] = true_relations[i], True
+    stated, truth = _as_read(stated, true_relations, layout)
     stated, truth = stated + lost, truth + [False] * len(lost)
     shown = scene.replace_objects(*moved)
     pieces = describe_sentences(shown, stated, style_seed=rng.randrange(2**31))
     return VerificationExample(
-        image=image.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC),
+        image=image.resize((resolution, resolution), Image.Resampling.BICUBIC),
         prompt=" ".join(pieces.intro + pieces.sentences),
         sentence_truth=[bool(truth[slot]) for slot in pieces.slots],
         relations=[stated[slot] for slot in pieces.slots],
@@ -159,6 +156,18 @@ def generated_verification_example(
         layout=layout,
         all_found=not missing,
     )
+
+
+def _as_read(
+    stated: list[Relation], true_relations: list[Relation], layout
+) -> tuple[list[Relation], list[bool | None]]:
+    """The stated relations (each a true relation or its opposite) with the oracle's verdict on `layout`; one whose
+    verdict is unclear (the opposite is not clearly broken either) is replaced by its true relation, which holds."""
+    stated, truth = list(stated), [holds(relation, layout) for relation in stated]
+    for i, value in enumerate(truth):
+        if value is None:
+            stated[i], truth[i] = true_relations[i], True
+    return stated, truth
 
 
 def _stated_example(
@@ -184,11 +193,7 @@ def _stated_example(
             chosen.add(rng.choice(pool))
         for i in chosen:
             relations[i] = relations[i].opposite()
-    layout = SceneLayout(scene)
-    truth = [holds(relation, layout) for relation in relations]
-    for i, value in enumerate(truth):
-        if value is None:  # the opposite is not clearly broken either: state the true relation instead
-            relations[i], truth[i] = true_relations[i], True
+    relations, truth = _as_read(relations, true_relations, SceneLayout(scene))
     pieces = describe_sentences(scene, relations, style_seed=rng.randrange(2**31))
     image = render(scene, resolution, jitter=jitter, seed=rng.randrange(2**31))
     return VerificationExample(
@@ -211,8 +216,7 @@ def token_colour_targets(scene: Scene, rows: int, cols: int, merge_size: int = 2
         top, bottom = max(int(y0 * fine_rows), 0), min(int(y1 * fine_rows), fine_rows - 1)
         left, right = max(int(x0 * fine_cols), 0), min(int(x1 * fine_cols), fine_cols - 1)
         fine[top : bottom + 1, left : right + 1, palette.index(obj.colour)] = 1.0
-    blocks = fine.reshape(rows, merge_size, cols, merge_size, len(palette)).permute(0, 2, 1, 3, 4)
-    return blocks.reshape(rows * cols, merge_size * merge_size * len(palette))
+    return _per_token(fine, rows, cols, merge_size)
 
 
 def layout_colour_targets(layout: Any, rows: int, cols: int, merge_size: int = 2) -> torch.Tensor:
@@ -224,8 +228,14 @@ def layout_colour_targets(layout: Any, rows: int, cols: int, merge_size: int = 2
         pixels = torch.from_numpy(mask).float()[None, None]  # [1, 1, H, W]
         cells = torch.nn.functional.adaptive_max_pool2d(pixels, (fine_rows, fine_cols))[0, 0]
         fine[..., palette.index(colour)] = cells
-    blocks = fine.reshape(rows, merge_size, cols, merge_size, len(palette)).permute(0, 2, 1, 3, 4)
-    return blocks.reshape(rows * cols, merge_size * merge_size * len(palette))
+    return _per_token(fine, rows, cols, merge_size)
+
+
+def _per_token(fine: torch.Tensor, rows: int, cols: int, merge_size: int) -> torch.Tensor:
+    """A [rows * m, cols * m, C] patch grid as [rows * cols, m * m * C]: per image token, its m x m patches in
+    raster order."""
+    blocks = fine.reshape(rows, merge_size, cols, merge_size, fine.shape[-1]).permute(0, 2, 1, 3, 4)
+    return blocks.reshape(rows * cols, merge_size * merge_size * fine.shape[-1])
 
 
 STATED_AXES = {"left_of": (0, -1.0), "right_of": (0, 1.0), "above": (1, -1.0), "below": (1, 1.0)}
@@ -255,11 +265,10 @@ def stated_margin(relation: Relation, scene: Scene, layout: Any = None) -> float
     "between"). `layout`: read them there instead (a generated image's `PixelLayout`)."""
     if relation.kind not in _CANONICAL_KINDS:
         return -stated_margin(relation.opposite(), scene, layout)
-    if layout is None:
-        layout = SceneLayout(scene)
-    elif any(layout.box(colour) is None for colour in relation.subjects):
-        return float("nan")  # an object the detector did not find
+    layout = SceneLayout(scene) if layout is None else layout
     boxes = [layout.box(colour) for colour in relation.subjects]
+    if None in boxes:
+        return float("nan")  # an object the detector did not find
     centres = [((box[0] + box[2]) / 2, (box[1] + box[3]) / 2) for box in boxes]
     kind = relation.kind
     if kind == "left_of":

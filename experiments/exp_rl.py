@@ -19,6 +19,9 @@ Every run writes into `<out>/<name>/` (its own checkpoints, TensorBoard logs, `l
   evaluation (oracle relation accuracy, the same among samples where every object was found, share of samples with
   every object found, the training reward), the gain in points, and each seed's numbers; and per relation family
   the accuracy among all-found samples, base -> RL, with the relation counts behind it;
+  and per recipe with all three rewards, the critic against the references by issue 18's item 6 (`critic_verdict`:
+  at least 0.7x the oracle's gain, placement among all-found not falling, above the GenEval rules by more than
+  the seeds' spread);
 - `<out>/curves.png`: held-out oracle relation accuracy (`eval/oracle_accuracy`) against GRPO steps, one line per run.
 """
 
@@ -183,6 +186,64 @@ def fmt(pair: tuple[float, float], scale: float = 100.0) -> str:
     return "n/a" if math.isnan(mean) else f"{scale * mean:.1f} ± {scale * std:.1f}"
 
 
+def critic_verdict(table: Mapping[str, Mapping[str, Any]], recipe: str, critic: str = "spatialscore") -> dict | None:
+    """Does the critic's RL beat the references under one recipe (issue 18, item 6)? None unless the critic, the
+    oracle and the GenEval rules all have runs under it.
+
+    On the paired gains in oracle relation accuracy (mean and sample std over seeds): the critic's gain must be at
+    least 0.7x the oracle's, its accuracy among all-found samples must not fall (mean gain >= 0), and its gain must
+    exceed the GenEval rules' by more than the seeds' spread, the larger std of the two (a difference smaller than
+    the spread is not a win). Also returned: Welch's standard error of that difference, for the reader."""
+    rows = {name: table.get(f"{name}-{recipe}") for name in (critic, "oracle", "geneval")}
+    if any(row is None for row in rows.values()):
+        return None
+    (critic_gain, critic_std), (oracle_gain, _), (geneval_gain, geneval_std) = (
+        rows[name]["oracle_accuracy"]["gain"] for name in (critic, "oracle", "geneval")
+    )
+    placement_gain = rows[critic]["relation_accuracy_all_found"]["gain"][0]
+    difference, spread = critic_gain - geneval_gain, max(critic_std, geneval_std)
+    welch = math.sqrt(critic_std**2 / rows[critic]["seeds"] + geneval_std**2 / rows["geneval"]["seeds"])
+    ratio = critic_gain / oracle_gain if oracle_gain > 0 else math.nan
+    checks = {
+        "at least 0.7x the oracle's gain": oracle_gain > 0 and critic_gain >= 0.7 * oracle_gain,
+        "placement among all-found not falling": placement_gain >= 0,
+        "above the GenEval rules by more than the spread": difference > spread,
+    }
+    return {
+        "recipe": recipe,
+        "seeds": {name: rows[name]["seeds"] for name in rows},
+        "ratio_to_oracle": ratio,
+        "difference_to_geneval": difference,
+        "spread": spread,
+        "welch_standard_error": welch,
+        "checks": checks,
+        "win": all(checks.values()),
+    }
+
+
+def verdict_markdown(table: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The `critic_verdict` of every recipe with all three rewards, as markdown lines (none without)."""
+    verdicts = [v for recipe in RECIPES if (v := critic_verdict(table, recipe)) is not None]
+    if not verdicts:
+        return []
+    lines = ["", "## The critic against the references (issue 18, item 6)", ""]
+    lines += ["Oracle relation accuracy gains; spread: the larger seed std of the critic and the GenEval rules.", ""]
+    lines += [
+        "| recipe | seeds (critic / oracle / GenEval) | critic / oracle | critic - GenEval | spread | "
+        "Welch s.e. | checks | win |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        seeds = " / ".join(str(n) for n in v["seeds"].values())
+        checks = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in v["checks"].items())
+        lines.append(
+            f"| {v['recipe']} | {seeds} | {v['ratio_to_oracle']:.2f} | {100 * v['difference_to_geneval']:+.1f} | "
+            f"{100 * v['spread']:.1f} | {100 * v['welch_standard_error']:.1f} | {checks} | "
+            f"{'yes' if v['win'] else 'no'} |"
+        )
+    return lines
+
+
 def comparison_markdown(table: Mapping[str, Mapping[str, Any]], results: Mapping[str, Mapping[str, Any]]) -> str:
     lines = ["# exp-rl: Flow-GRPO on the embedded default", ""]
     lines += ["Paired base-vs-trained evaluation on held-out prompts (same noise); mean ± std over seeds, in %.", ""]
@@ -191,6 +252,7 @@ def comparison_markdown(table: Mapping[str, Mapping[str, Any]], results: Mapping
     for configuration, row in table.items():
         cells = [f"{fmt(row[m]['base'])} -> {fmt(row[m]['final'])} ({fmt(row[m]['gain'])})" for m, _ in METRICS]
         lines.append(f"| {configuration} | {row['seeds']} | " + " | ".join(cells) + " |")
+    lines += verdict_markdown(table)
     lines += ["", "## Placement per relation family, among samples with every object found", ""]
     lines += ["Accuracy in %, base -> RL (paired gain), mean ± std over seeds; n: relations behind it, base / RL.", ""]
     lines += ["| configuration | family | base -> RL (gain) | n |", "|---|---|---|---|"]

@@ -170,3 +170,47 @@ def test_placement_per_family_is_paired_per_seed_and_keeps_the_counts():
     assert families["vertical"]["gain"] == pytest.approx((0.25, 0.0))
     markdown = exp_rl.comparison_markdown(exp_rl.summarize(results), results)
     assert "| oracle-topk | horizontal | 45.0 ± 7.1 -> 60.0 ± 0.0 (15.0 ± 7.1) | 40 / 50 |" in markdown
+
+
+def _gains(configuration: str, gains: list[float], placement: float = 0.01) -> dict[str, dict[str, float]]:
+    """metrics.json of one run per seed with these paired oracle-accuracy gains (base .5) and placement gain."""
+    return {
+        f"{configuration}-s{seed}": {
+            "oracle_accuracy_base": 0.5,
+            "oracle_accuracy_final": 0.5 + gain,
+            "relation_accuracy_all_found_base": 0.6,
+            "relation_accuracy_all_found_final": 0.6 + placement,
+        }
+        for seed, gain in enumerate(gains)
+    }
+
+
+def test_the_critic_verdict_follows_the_issue_rule_on_hand_values():
+    results = _gains("spatialscore-layout", [0.04, 0.02]) | _gains("oracle-layout", [0.03, 0.01])
+    assert exp_rl.critic_verdict(exp_rl.summarize(results), "layout") is None  # no GenEval runs yet
+    verdict = exp_rl.critic_verdict(exp_rl.summarize(results | _gains("geneval-layout", [0.0, 0.0, 0.0])), "layout")
+    # critic +.03 (std .01414), oracle +.02, GenEval 0 (std 0): ratio 1.5, difference .03 > spread .01414
+    assert verdict["seeds"] == {"spatialscore": 2, "oracle": 2, "geneval": 3}
+    assert verdict["ratio_to_oracle"] == pytest.approx(1.5)
+    assert verdict["difference_to_geneval"] == pytest.approx(0.03)
+    assert verdict["spread"] == pytest.approx(math.sqrt(2) / 100)
+    assert verdict["welch_standard_error"] == pytest.approx(0.01)  # sqrt(.0002 / 2 + 0 / 3)
+    assert verdict["win"] and all(verdict["checks"].values())
+    # GenEval +.03 / -.03: std .0424 > the difference .03: not a win, and only that check fails
+    wide = exp_rl.summarize(results | _gains("geneval-layout", [0.03, -0.03]))
+    verdict = exp_rl.critic_verdict(wide, "layout")
+    assert verdict["spread"] == pytest.approx(0.06 / math.sqrt(2))
+    assert not verdict["win"]
+    assert [ok for ok in verdict["checks"].values()] == [True, True, False]
+    # placement among all-found falling, or a critic below 0.7x the oracle, fails those checks
+    falling = results | _gains("spatialscore-layout", [0.04, 0.02], placement=-0.01) | _gains("geneval-layout", [0, 0])
+    assert [ok for ok in exp_rl.critic_verdict(exp_rl.summarize(falling), "layout")["checks"].values()] == [
+        True,
+        False,
+        True,
+    ]
+    weak = results | _gains("spatialscore-layout", [0.013, 0.013]) | _gains("geneval-layout", [0, 0])
+    assert not exp_rl.critic_verdict(exp_rl.summarize(weak), "layout")["checks"]["at least 0.7x the oracle's gain"]
+    markdown = exp_rl.comparison_markdown(wide, results)
+    assert "| layout | 2 / 2 / 2 | 1.50 | +3.0 | 4.2 | 3.2 |" in markdown  # Welch sqrt(.0002/2 + .0018/2) = .0316
+    assert markdown.count("| no |") == 1

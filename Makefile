@@ -168,19 +168,20 @@ $(RANKED_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) 
 # The default critic's stage A (issue 18; checkpoints/reward_tiny_stage_a_generated): the shipped stage A + four
 # phases on the generator's own samples of every RL train prompt (x 8, the rollouts' sampler), labelled by the oracle's
 # reading of each image, 80% of each batch beside the renders; the last phase adds the samples that lost an object,
-# so that the matching logit the critic starts from reads presence too. ~70 min after the draw (~60 min).
-STAGE_A_DRAW_DIR ?= data/draw-train-all-x8
+# so that the matching logit the critic starts from reads presence too. ~70 min after the draw. The draw is the ranked
+# pairs' (`make data-ranked` first: its 4,800 groups are the first of these, noise seeded by prompt position) grown to
+# every train prompt in place (~20 min more), so the two targets draw each group once. (Do not run another size of
+# data-ranked beside it: the draw's table follows the last --prompts.)
+STAGE_A_DRAW_DIR ?= data/draw-train-x8
 # $(call stage_a_generated,PHASE,FROM,STEPS,SEED[,MORE]): one phase into $(A)/generated/PHASE
 stage_a_generated = OMP_NUM_THREADS=1 $(PYTHON) -m reward_model pretrain --config configs/reward/tiny_stage_a_generated.yaml \
 	--init-from $(2) --trainer.max_steps $(3) --model.schedule_steps $(3) --data.seed $(4) $(5) \
 	--data.generated_dirs '[$(STAGE_A_DRAW_DIR)]' --data.generated_source_dir $(RL_DATA_DIR) --data.dataset_dir $(DATA_DIR) \
 	--trainer.default_root_dir $(A)/generated/$(1)
 
-$(STAGE_A_DRAW_DIR)/samples.parquet: $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) | $(STAMP)
+pretrain-reward-generated: $(DATA_DIR)/verify_report.json $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) | $(RANKED_DIR)/meta.json $(STAMP) ## reproduce the default critic's stage A (~2 h with the draw) into runs/stage_a/generated/g4
 	$(PYTHON) -m rl_policy draw --pipeline $(GENERATOR) --data $(RL_DATA_DIR) --split train \
 		--prompts 7200 --per-prompt 8 --out $(STAGE_A_DRAW_DIR)
-
-pretrain-reward-generated: $(DATA_DIR)/verify_report.json $(STAGE_A_DRAW_DIR)/samples.parquet | $(STAMP) ## reproduce the default critic's stage A (~2 h with the draw) into runs/stage_a/generated/g4
 	$(call stage_a_generated,g1,checkpoints/reward_tiny_stage_a,600,0)
 	$(call stage_a_generated,g2,$(A)/generated/g1/backbone,1500,0)
 	$(call stage_a_generated,g3,$(A)/generated/g2/backbone,2400,1)

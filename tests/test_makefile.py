@@ -52,14 +52,16 @@ NEEDS = {
     "pretrain-reward-generated": [
         SETUP,
         DATA,
-        "rl_policy draw",
-        "--prompts 7200 --per-prompt 8 --out data/draw-train-all-x8",
+        # the ranked pairs' draw first, then the same dir grown to every train prompt (each group drawn once)
+        "--prompts 4800 --per-prompt 8 --out data/draw-train-x8",
+        "data_synthesis ranked-groups",
+        "--prompts 7200 --per-prompt 8 --out data/draw-train-x8",
         STAGE_A + "generated.yaml --init-from checkpoints/reward_tiny_stage_a --trainer.max_steps 600",
         "--init-from runs/stage_a/generated/g1/backbone --trainer.max_steps 1500",
         "--init-from runs/stage_a/generated/g2/backbone --trainer.max_steps 2400 --model.schedule_steps 2400 "
         "--data.seed 1",
         "--init-from runs/stage_a/generated/g3/backbone --trainer.max_steps 1200 --model.schedule_steps 1200 "
-        "--data.seed 2 --data.generated_missing true --data.generated_dirs '[data/draw-train-all-x8]'",
+        "--data.seed 2 --data.generated_missing true --data.generated_dirs '[data/draw-train-x8]'",
     ],
     "train-rl": [SETUP, RL_DATA, DATA, REWARD, RL],
     "train-rl REWARD=oracle": [SETUP, RL_DATA, RL + " --config configs/rl/reward_oracle.yaml"],

@@ -123,12 +123,14 @@ REWARD ?= spatialscore
 # A draw from the generator is redone when its weights are newer; `rl_policy draw` then refuses a dir drawn from other
 # weights (remove it: its samples are the old generator's).
 GENERATOR_WEIGHTS = $(GENERATOR)/model_index.json $(wildcard $(GENERATOR)/transformer/*.safetensors)
+# $(call draw,SPLIT,PROMPTS,PER_PROMPT,OUT): the generator's samples of the RL set's first PROMPTS prompts of SPLIT
+draw = $(PYTHON) -m rl_policy draw --pipeline $(GENERATOR) --data $(RL_DATA_DIR) --split $(1) \
+	--prompts $(2) --per-prompt $(3) --out $(4)
 
 agreement-set: $(AGREEMENT_DIR)/samples.parquet ## the generator's own samples of RL test prompts, oracle-labelled
 
 $(AGREEMENT_DIR)/samples.parquet: $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) | $(STAMP)
-	$(PYTHON) -m rl_policy draw --pipeline $(GENERATOR) --data $(RL_DATA_DIR) --split test \
-		--prompts $(AGREEMENT_PROMPTS) --per-prompt 24 --out $(AGREEMENT_DIR)
+	$(call draw,test,$(AGREEMENT_PROMPTS),24,$(AGREEMENT_DIR))
 
 data-rl: $(RL_DATA_DIR)/verify_report.json ## build and verify the RL prompt set in data/spatialworld-rl
 
@@ -161,8 +163,7 @@ $(GEN_DATA_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR)/model_
 data-ranked: $(RANKED_DIR)/meta.json ## ranked pairs of the generator's own samples of RL train prompts (oracle-ordered)
 
 $(RANKED_DIR)/meta.json: $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) | $(STAMP)
-	$(PYTHON) -m rl_policy draw --pipeline $(GENERATOR) --data $(RL_DATA_DIR) --split train \
-		--prompts $(RANKED_PROMPTS) --per-prompt $(RANKED_PER_PROMPT) --out $(RANKED_DRAW_DIR)
+	$(call draw,train,$(RANKED_PROMPTS),$(RANKED_PER_PROMPT),$(RANKED_DRAW_DIR))
 	$(PYTHON) -m data_synthesis ranked-groups $(RANKED_DRAW_DIR) --source-dir $(RL_DATA_DIR) --out $(RANKED_DIR)
 
 # The default critic's stage A (issue 18; checkpoints/reward_tiny_stage_a_generated): the shipped stage A + four
@@ -180,8 +181,7 @@ stage_a_generated = OMP_NUM_THREADS=1 $(PYTHON) -m reward_model pretrain --confi
 	--trainer.default_root_dir $(A)/generated/$(1)
 
 pretrain-reward-generated: $(DATA_DIR)/verify_report.json $(RL_DATA_DIR)/verify_report.json $(GENERATOR_WEIGHTS) | $(RANKED_DIR)/meta.json $(STAMP) ## reproduce the default critic's stage A (~2 h with the draw) into runs/stage_a/generated/g4
-	$(PYTHON) -m rl_policy draw --pipeline $(GENERATOR) --data $(RL_DATA_DIR) --split train \
-		--prompts 7200 --per-prompt 8 --out $(STAGE_A_DRAW_DIR)
+	$(call draw,train,7200,8,$(STAGE_A_DRAW_DIR))
 	$(call stage_a_generated,g1,checkpoints/reward_tiny_stage_a,600,0)
 	$(call stage_a_generated,g2,$(A)/generated/g1/backbone,1500,0)
 	$(call stage_a_generated,g3,$(A)/generated/g2/backbone,2400,1)

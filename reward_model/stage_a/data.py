@@ -237,14 +237,12 @@ class VerificationStream(IterableDataset):
         prompt_curriculum: Sequence[PromptPhase] = (PromptPhase(0),),
         generated: Sequence[GeneratedSample] = (),
         generated_fraction: float = 0.0,
-        generated_missing: bool = False,
     ) -> None:
         super().__init__()
         self.seed, self.batch_size, self.start_step = seed, batch_size, start_step
         self.curriculum, self.min_objects, self.resolution = tuple(curriculum), min_objects, resolution
         self.prompt_curriculum = tuple(prompt_curriculum)
         self.generated, self.generated_fraction = generated, generated_fraction
-        self.generated_missing = generated_missing
 
     def __iter__(self) -> Iterator[VerificationExample]:
         worker = get_worker_info()
@@ -256,7 +254,7 @@ class VerificationStream(IterableDataset):
             seed = stable_seed("stage-a-verify", self.seed, "train", index)
             mix = stable_seed("stage-a-mix", self.seed, index) % 1_000_000 / 1_000_000
             example = (
-                sample_example(self.generated, seed, resolution=self.resolution, allow_missing=self.generated_missing)
+                sample_example(self.generated, seed, resolution=self.resolution)
                 if self.generated and mix < self.generated_fraction
                 else None
             )
@@ -295,19 +293,14 @@ def easy_validation_examples(seed: int, size: int, *, resolution: int = 128) -> 
 
 
 def generated_validation_examples(
-    pool: Sequence[GeneratedSample], seed: int, size: int, *, resolution: int = 128, allow_missing: bool = False
+    pool: Sequence[GeneratedSample], seed: int, size: int, *, resolution: int = 128
 ) -> list[VerificationExample]:
     """Up to `size` examples of the held-out prompts' samples in `pool`, from their own seed stream."""
     held_out = [sample for sample in pool if sample.held_out]
     if not held_out:
         return []
     examples = (
-        sample_example(
-            held_out,
-            stable_seed("stage-a-verify", seed, "val-generated", i),
-            resolution=resolution,
-            allow_missing=allow_missing,
-        )
+        sample_example(held_out, stable_seed("stage-a-verify", seed, "val-generated", i), resolution=resolution)
         for i in range(size)
     )
     return [example for example in examples if example is not None]
@@ -418,10 +411,7 @@ class VerificationDataModule(LightningDataModule):
                 self.held_out.append(easy)
                 self.held_out_names.append("easy")
             if self.generated and self.generated_val_size:
-                examples = generated_validation_examples(
-                    self.generated, self.seed, self.generated_val_size, allow_missing=self.generated_missing
-                )
-                self.held_out.append(examples)
+                self.held_out.append(generated_validation_examples(self.generated, self.seed, self.generated_val_size))
                 self.held_out_names.append("generated")
         if self.dataset_dir is not None and not self.test_pairs:
             self.test_pairs = load_test_pairs(self.dataset_dir, self.eval_pairs)
@@ -442,7 +432,6 @@ class VerificationDataModule(LightningDataModule):
             prompt_curriculum=self.phases,
             generated=[sample for sample in self.generated if not sample.held_out],
             generated_fraction=self.generated_fraction,
-            generated_missing=self.generated_missing,
         )
         return DataLoader(stream, batch_size=self.batch_size, collate_fn=self.collator(), num_workers=self.num_workers)
 

@@ -30,14 +30,16 @@ class GeneratedSample(NamedTuple):
     scene: Scene  # the prompt's scene graph (the perfect scene of its pair)
     relations: tuple[Relation, ...]  # the relations its prompt states
     held_out: bool  # its prompt belongs to the validation split
+    allow_missing: bool = False  # loaded with include_missing: where the oracle lost an object, the example states it
+    # (`generated_verification_example`'s allow_missing) instead of being skipped
 
 
 def load_generated_samples(
     draw_dirs: Sequence[str | os.PathLike], source_dir: str | os.PathLike, *, include_missing: bool = False
 ) -> list[GeneratedSample]:
     """The samples of `draw_dirs` in which the oracle found every named object (with `include_missing`, every
-    sample), with their prompts' scene graphs from `source_dir`'s pairs.parquet. One clear error for a draw without
-    samples.parquet or images, or a prompt the source does not hold."""
+    sample, each marked `allow_missing`), with their prompts' scene graphs from `source_dir`'s pairs.parquet. One
+    clear error for a draw without samples.parquet or images, or a prompt the source does not hold."""
     pairs_path = Path(source_dir) / "pairs.parquet"
     if not pairs_path.is_file():
         raise FileNotFoundError(f"generated samples: the source dataset {source_dir} has no pairs.parquet")
@@ -64,16 +66,16 @@ def load_generated_samples(
             path = directory / row.image
             if not path.is_file():
                 raise FileNotFoundError(f"generated samples: {path} is missing (listed in {table})")
-            samples.append(GeneratedSample(str(path), scene, relations, row.group % VAL_EVERY == 0))
+            samples.append(GeneratedSample(str(path), scene, relations, row.group % VAL_EVERY == 0, include_missing))
     return samples
 
 
 def sample_example(
-    pool: Sequence[GeneratedSample], seed: int, *, resolution: int = 128, tries: int = 20, allow_missing: bool = False
+    pool: Sequence[GeneratedSample], seed: int, *, resolution: int = 128, tries: int = 20
 ) -> VerificationExample | None:
     """The example of `seed`: a sample drawn from `pool` by the seed, the next draw where the oracle reads no
-    relation of it clearly (None after `tries`; a corrupt image counts as such a try). allow_missing: samples that
-    lost an object give examples too (`generated_verification_example`)."""
+    relation of it clearly (None after `tries`; a corrupt image counts as such a try). A sample marked
+    `allow_missing` that lost an object gives an example too (`generated_verification_example`)."""
     for attempt in range(tries):
         draw = stable_seed("stage-a-generated", seed, attempt)
         sample = pool[draw % len(pool)]
@@ -83,7 +85,7 @@ def sample_example(
         except (OSError, UnidentifiedImageError):
             continue
         example = generated_verification_example(
-            draw, picture, sample.scene, sample.relations, resolution=resolution, allow_missing=allow_missing
+            draw, picture, sample.scene, sample.relations, resolution=resolution, allow_missing=sample.allow_missing
         )
         if example is not None:
             return example

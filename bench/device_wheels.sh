@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Wheels that the device machines' Python lacks for `bench/gpu_pretrain.sh` (their image has torch, lightning,
-# transformers, peft, pandas, pyarrow, tensorboard; not these), at the versions of this checkout's .venv, into .whl/
-# (git-ignored through .git/info/exclude). The device call then carries .whl and starts with
-#     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-#       .whl/*.whl && export PYTHONPATH=/tmp/site || exit;
+# Wheels that the device machines' Python lacks for `bench/gpu_check.sh` and `bench/gpu_pretrain.sh` (their image
+# has torch, lightning, transformers, peft, pandas, pyarrow, tensorboard; not these), at the versions of this
+# checkout's .venv, into .whl/ (git-ignored through .git/info/exclude). The device call carries .whl
+# (run(carry=[".whl"], ...)); the scripts install the wheels there through bench/device_env.sh when they need them.
 set -euo pipefail
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo /.whl/ >>.git/info/exclude
 mkdir -p .whl

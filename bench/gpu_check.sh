@@ -7,6 +7,10 @@
 #
 #     bash bench/gpu_check.sh reports/gpu            # PYTHON=... to choose the interpreter
 #
+# The device image lacks diffusers: run `bash bench/device_wheels.sh` here first (into .whl/), then the call is
+#     run(kind="nvidia-h200", timeout_s=540, carry=[".whl"], command="bash bench/gpu_check.sh $OUT/gpu")
+# (bench/device_env.sh installs the carried wheels when a module is missing, and stops at once if one still is).
+#
 # A dry run on CPU (tiny models, the same flags; about 8 minutes on 2 busy cores) appends arguments to every run:
 #     REWARD_ARGS="--size tiny --device cpu --image-pixels 12544 --prompt-words 12 --lora-rank 4 --scorer-rows 6 \
 #     --score-batch 4 --max-batch-tokens 200" POLICY_ARGS="--size tiny --device cpu --resolution 32 --group 4 \
@@ -32,6 +36,9 @@ python=${PYTHON:-python3}
 deadline=${DEADLINE:-470}
 SECONDS=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/nvidia_smi.txt"
+# shellcheck source=bench/device_env.sh
+source bench/device_env.sh
+device_env torch diffusers transformers peft lightning || exit 2
 "$python" -c "import torch, diffusers, transformers, peft; print('torch', torch.__version__, 'diffusers', \
 diffusers.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee -a "$out/nvidia_smi.txt"
 

@@ -7,9 +7,8 @@
 #     bash bench/gpu_pretrain.sh "$OUT/pretrain"          # on the device machine, from the repository root
 #
 # The device image lacks diffusers and jsonargparse: run `bash bench/device_wheels.sh` here first, then the call is
-#     run(timeout_s=540, carry=[".whl"], command="python3 -m pip install -q --no-index --no-deps --no-compile
-#         --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit;
-#         bash bench/gpu_pretrain.sh $OUT/pretrain")
+#     run(timeout_s=540, carry=[".whl"], command="bash bench/gpu_pretrain.sh $OUT/pretrain")
+# (bench/device_env.sh installs the carried wheels when a module is missing, and stops at once if one still is).
 #
 # What it does: builds a larger set of the RL world (the Makefile's RL_DATA_ARGS with another seed; PAIRS pairs; its
 # val and test prompts never enter training, and the split hash keeps the RL set's test prompts out of its train
@@ -36,6 +35,9 @@ SECONDS=0
 if [[ ${ACCELERATOR:-gpu} == gpu ]]; then
     nvidia-smi --query-gpu=name,memory.total --format=csv 2>&1 | tee "$out/nvidia_smi.txt"
 fi
+# shellcheck source=bench/device_env.sh
+source bench/device_env.sh
+device_env torch diffusers transformers peft lightning jsonargparse || exit 2
 # the Makefile's RL_DATA_ARGS (continued lines joined; no make needed)
 rl_args=$(awk '/^RL_DATA_ARGS \?=/ {f = 1} f {sub(/^RL_DATA_ARGS \?= /, ""); line = line $0; if ($0 !~ /\\$/) {print line; exit}}' \
     Makefile | tr -d '\\')
